@@ -1,0 +1,29 @@
+"""The RPM risk engine: pure rules, no Flask, no database, no clock of its own.
+
+    from app.risk import RiskPortfolioManager, RPMConfig, TradeApprovalStatus
+"""
+
+from .accounting import FillError
+from .config import ConfigError, Instrument, RPMConfig
+from .engine import Outcome, decide, health, portfolio_summary
+from .facade import RiskPortfolioManager, RPMOutput
+from .kill_switches import CooldownActive, ResumeError
+from .model import (
+    Booking,
+    Decision,
+    IntentError,
+    PortfolioState,
+    Position,
+    ReasonCode,
+    Switch,
+    SwitchEvent,
+    TradeApprovalStatus,
+    TradeIntent,
+)
+
+__all__ = [
+    "Booking", "ConfigError", "CooldownActive", "Decision", "FillError", "Instrument", "IntentError",
+    "Outcome", "PortfolioState", "Position", "RPMConfig", "RPMOutput", "ReasonCode", "ResumeError",
+    "RiskPortfolioManager", "Switch", "SwitchEvent", "TradeApprovalStatus", "TradeIntent",
+    "decide", "health", "portfolio_summary",
+]

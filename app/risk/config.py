@@ -1,0 +1,289 @@
+"""RPMConfig: every risk parameter of SPEC §3-§4, validated and hashable.
+
+A configuration is a frozen value. Its canonical hash (sha256 of canonical JSON:
+sorted keys, fixed separators) identifies it in every decision, identical across
+processes and key orders.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import time
+from types import MappingProxyType
+from typing import Any
+
+REGIMES = ("TRENDING", "RANGING", "VOLATILE", "STRESSED")
+ASSET_CLASSES = ("fx", "equity", "crypto", "future", "commodity", "index")
+CURRENCY_RE = re.compile(r"^[A-Z]{3}$")
+SYMBOL_RE = re.compile(r"^[A-Z0-9._-]{1,32}$")
+ZONE_RE = re.compile(r"^[A-Za-z_+\-/0-9]{1,64}$")
+
+
+class ConfigError(ValueError):
+    """An invalid configuration; ``field`` names the offending parameter."""
+
+    def __init__(self, field_name: str, message: str):
+        super().__init__(f"{field_name}: {message}")
+        self.field = field_name
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Instrument:
+    """A non-FX instrument (or an FX pair overriding the defaults)."""
+
+    asset_class: str = "equity"
+    currency: str = "USD"
+    multiplier: float = 1.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"asset_class": self.asset_class, "currency": self.currency, "multiplier": self.multiplier}
+
+
+DEFAULT_REGIME_MULTIPLIERS = {"TRENDING": 1.2, "RANGING": 1.0, "VOLATILE": 0.7, "STRESSED": 0.3}
+
+
+def _frozen(mapping: Mapping) -> Mapping:
+    return MappingProxyType(dict(mapping))
+
+
+@dataclass(frozen=True)
+class RPMConfig:
+    # capital and sizing
+    total_capital: float = 100_000.0
+    account_currency: str = "USD"
+    risk_per_trade: float = 0.01
+    atr_multiplier: float = 1.5
+    confidence_scaling: bool = True
+    regime_adjustments: Mapping[str, float] = field(default_factory=lambda: _frozen(DEFAULT_REGIME_MULTIPLIERS))
+    vol_high_percentile: float = 0.80
+    vol_high_multiplier: float = 0.75
+    vol_extreme_percentile: float = 0.95
+    vol_extreme_multiplier: float = 0.50
+    # intent checks
+    min_confidence_threshold: float = 0.60
+    max_intents_per_second: int = 100
+    price_collar_pct: float = 0.05
+    restricted_symbols: tuple[str, ...] = ()
+    volatility_shock_multiplier: float = 3.0
+    volatility_baseline_min_samples: int = 20
+    volatility_baseline_window: int = 100
+    volatility_baselines: Mapping[str, float] = field(default_factory=lambda: _frozen({}))
+    # regime restrictions
+    disallowed_regimes: tuple[str, ...] = ()
+    stressed_max_positions: int = 2
+    # portfolio constraints
+    max_concurrent_positions: int = 8
+    max_units_per_symbol: float = 200_000.0
+    max_symbol_exposure_pct: float = 0.30
+    max_currency_exposure_pct: float = 0.50
+    max_gross_exposure_pct: float = 2.00
+    max_net_exposure_pct: float = 1.00
+    correlation_threshold: float = 0.70
+    correlation_size_multiplier: float = 0.50
+    correlation_min_samples: int = 20
+    mark_history_size: int = 100
+    min_position_units: float = 1_000.0
+    # kill switches
+    max_drawdown: float = 0.10
+    max_daily_drawdown: float = 0.03
+    daily_loss_limit: float = 0.02
+    weekly_loss_limit: float = 0.05
+    confidence_collapse_window: int = 20
+    confidence_collapse_threshold: float = 0.60
+    cooldown_seconds: int = 3600
+    # trading calendar
+    trading_day_rollover: str = "00:00"
+    trading_timezone: str = "UTC"
+    trading_week_start: int = 0  # weekday the trading week starts on, Monday = 0
+    # instruments that are not six-letter FX pairs
+    instruments: Mapping[str, Instrument] = field(default_factory=lambda: _frozen({}))
+
+    def __post_init__(self) -> None:
+        # normalise containers so that equal configurations compare and hash equal
+        object.__setattr__(self, "regime_adjustments", _frozen(self.regime_adjustments))
+        object.__setattr__(self, "volatility_baselines", _frozen(self.volatility_baselines))
+        object.__setattr__(self, "restricted_symbols", tuple(sorted(set(self.restricted_symbols))))
+        object.__setattr__(self, "disallowed_regimes", tuple(sorted(set(self.disallowed_regimes))))
+        instruments = {}
+        for symbol, spec in dict(self.instruments).items():
+            instruments[symbol] = spec if isinstance(spec, Instrument) else _instrument_from(symbol, spec)
+        object.__setattr__(self, "instruments", _frozen(instruments))
+        _validate(self)
+
+    # -- serialisation -----------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name == "instruments":
+                value = {k: v.to_dict() for k, v in sorted(value.items())}
+            elif isinstance(value, Mapping):
+                value = dict(sorted(value.items()))
+            elif isinstance(value, tuple):
+                value = list(value)
+            out[f.name] = value
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RPMConfig:
+        if not isinstance(data, Mapping):
+            raise ConfigError("config", "must be an object")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(unknown[0], "unknown parameter")
+        kwargs = dict(data)
+        for name in ("restricted_symbols", "disallowed_regimes"):
+            if name in kwargs:
+                if not isinstance(kwargs[name], (list, tuple)):
+                    raise ConfigError(name, "must be a list")
+                kwargs[name] = tuple(kwargs[name])
+        for name in ("regime_adjustments", "volatility_baselines", "instruments"):
+            if name in kwargs and not isinstance(kwargs[name], Mapping):
+                raise ConfigError(name, "must be an object")
+        if "regime_adjustments" in kwargs:
+            kwargs["regime_adjustments"] = {**DEFAULT_REGIME_MULTIPLIERS, **kwargs["regime_adjustments"]}
+        return cls(**kwargs)
+
+    def replace(self, **changes: Any) -> RPMConfig:
+        return RPMConfig.from_dict({**self.to_dict(), **changes})
+
+    def canonical_json(self) -> str:
+        return canonical_json(self.to_dict())
+
+    @property
+    def config_hash(self) -> str:
+        cached = self.__dict__.get("_hash")
+        if cached is None:
+            cached = hashlib.sha256(self.canonical_json().encode()).hexdigest()
+            object.__setattr__(self, "_hash", cached)
+        return cached
+
+    def __hash__(self) -> int:
+        return hash(self.config_hash)
+
+    def regime_multiplier(self, regime: str) -> float:
+        return self.regime_adjustments[regime]
+
+    @property
+    def rollover_time(self) -> time:
+        hours, minutes = self.trading_day_rollover.split(":")
+        return time(int(hours), int(minutes))
+
+
+def canonical_json(data: Any) -> str:
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+
+
+def _instrument_from(symbol: str, spec: Any) -> Instrument:
+    if not isinstance(spec, Mapping):
+        raise ConfigError(f"instruments.{symbol}", "must be an object")
+    unknown = set(spec) - {"asset_class", "currency", "multiplier"}
+    if unknown:
+        raise ConfigError(f"instruments.{symbol}.{sorted(unknown)[0]}", "unknown field")
+    return Instrument(
+        asset_class=spec.get("asset_class", "equity"),
+        currency=spec.get("currency", "USD"),
+        multiplier=spec.get("multiplier", 1.0),
+    )
+
+
+# -- validation ------------------------------------------------------------
+
+def _number(cfg: RPMConfig, name: str, lo: float, hi: float, *, lo_open: bool = False, integer: bool = False) -> None:
+    value = getattr(cfg, name)
+    _check_number(name, value, lo, hi, lo_open=lo_open, integer=integer)
+
+
+def _check_number(name: str, value: Any, lo: float, hi: float, *, lo_open: bool = False, integer: bool = False) -> None:
+    kind = int if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kind):
+        raise ConfigError(name, f"must be {'an integer' if integer else 'a number'}, got {value!r}")
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ConfigError(name, "must be finite")
+    low_ok = value > lo if lo_open else value >= lo
+    if not (low_ok and value <= hi):
+        bracket = "(" if lo_open else "["
+        raise ConfigError(name, f"must be in {bracket}{lo}, {hi}], got {value!r}")
+
+
+def _validate(cfg: RPMConfig) -> None:
+    _number(cfg, "total_capital", 0, 1e15, lo_open=True)
+    if not isinstance(cfg.account_currency, str) or not CURRENCY_RE.match(cfg.account_currency):
+        raise ConfigError("account_currency", "must be a three-letter currency code such as USD")
+    _number(cfg, "risk_per_trade", 0, 0.10, lo_open=True)
+    _number(cfg, "atr_multiplier", 0, 100, lo_open=True)
+    if not isinstance(cfg.confidence_scaling, bool):
+        raise ConfigError("confidence_scaling", "must be true or false")
+    if set(cfg.regime_adjustments) != set(REGIMES):
+        raise ConfigError("regime_adjustments", f"must give exactly the regimes {', '.join(REGIMES)}")
+    for regime, mult in cfg.regime_adjustments.items():
+        _check_number(f"regime_adjustments.{regime}", mult, 0, 10)
+    _number(cfg, "vol_high_percentile", 0, 1)
+    _number(cfg, "vol_extreme_percentile", 0, 1)
+    if cfg.vol_extreme_percentile < cfg.vol_high_percentile:
+        raise ConfigError("vol_extreme_percentile", "must be >= vol_high_percentile")
+    _number(cfg, "vol_high_multiplier", 0, 1)
+    _number(cfg, "vol_extreme_multiplier", 0, 1)
+    _number(cfg, "min_confidence_threshold", 0, 1)
+    _number(cfg, "max_intents_per_second", 1, 1_000_000, integer=True)
+    _number(cfg, "price_collar_pct", 0, 1, lo_open=True)
+    for symbol in cfg.restricted_symbols:
+        if not isinstance(symbol, str) or not SYMBOL_RE.match(symbol):
+            raise ConfigError("restricted_symbols", f"invalid symbol {symbol!r}")
+    _number(cfg, "volatility_shock_multiplier", 1, 1000)
+    _number(cfg, "volatility_baseline_min_samples", 1, 10_000, integer=True)
+    _number(cfg, "volatility_baseline_window", 1, 10_000, integer=True)
+    if cfg.volatility_baseline_window < cfg.volatility_baseline_min_samples:
+        raise ConfigError("volatility_baseline_window", "must be >= volatility_baseline_min_samples")
+    for symbol, atr in cfg.volatility_baselines.items():
+        _check_number(f"volatility_baselines.{symbol}", atr, 0, 1e12, lo_open=True)
+    for regime in cfg.disallowed_regimes:
+        if regime not in REGIMES:
+            raise ConfigError("disallowed_regimes", f"unknown regime {regime!r}; one of {', '.join(REGIMES)}")
+    _number(cfg, "stressed_max_positions", 0, 1000, integer=True)
+    _number(cfg, "max_concurrent_positions", 1, 1000, integer=True)
+    _number(cfg, "max_units_per_symbol", 0, 1e15, lo_open=True)
+    _number(cfg, "max_symbol_exposure_pct", 0, 100, lo_open=True)
+    _number(cfg, "max_currency_exposure_pct", 0, 100, lo_open=True)
+    _number(cfg, "max_gross_exposure_pct", 0, 100, lo_open=True)
+    _number(cfg, "max_net_exposure_pct", 0, 100, lo_open=True)
+    _number(cfg, "correlation_threshold", 0, 1)
+    _number(cfg, "correlation_size_multiplier", 0, 1)
+    _number(cfg, "correlation_min_samples", 2, 10_000, integer=True)
+    _number(cfg, "mark_history_size", 2, 10_000, integer=True)
+    if cfg.mark_history_size <= cfg.correlation_min_samples:
+        raise ConfigError("mark_history_size", "must be > correlation_min_samples")
+    _number(cfg, "min_position_units", 0, 1e15)
+    _number(cfg, "max_drawdown", 0, 1, lo_open=True)
+    _number(cfg, "max_daily_drawdown", 0, 1, lo_open=True)
+    _number(cfg, "daily_loss_limit", 0, 1, lo_open=True)
+    _number(cfg, "weekly_loss_limit", 0, 1, lo_open=True)
+    _number(cfg, "confidence_collapse_window", 1, 10_000, integer=True)
+    _number(cfg, "confidence_collapse_threshold", 0, 1)
+    _number(cfg, "cooldown_seconds", 0, 7 * 86400, integer=True)
+    if not isinstance(cfg.trading_day_rollover, str) or not re.match(r"^([01]\d|2[0-3]):[0-5]\d$", cfg.trading_day_rollover):
+        raise ConfigError("trading_day_rollover", "must be HH:MM (24h)")
+    if not isinstance(cfg.trading_timezone, str) or not ZONE_RE.match(cfg.trading_timezone):
+        raise ConfigError("trading_timezone", "must be an IANA zone name such as UTC or America/New_York")
+    try:
+        from zoneinfo import ZoneInfo
+
+        ZoneInfo(cfg.trading_timezone)
+    except Exception:  # zoneinfo raises several types for bad names
+        raise ConfigError("trading_timezone", f"unknown time zone {cfg.trading_timezone!r}") from None
+    _number(cfg, "trading_week_start", 0, 6, integer=True)
+    for symbol, inst in cfg.instruments.items():
+        if not isinstance(symbol, str) or not SYMBOL_RE.match(symbol):
+            raise ConfigError("instruments", f"invalid symbol {symbol!r}")
+        if inst.asset_class not in ASSET_CLASSES:
+            raise ConfigError(f"instruments.{symbol}.asset_class", f"must be one of {', '.join(ASSET_CLASSES)}")
+        if not isinstance(inst.currency, str) or not CURRENCY_RE.match(inst.currency):
+            raise ConfigError(f"instruments.{symbol}.currency", "must be a three-letter currency code")
+        _check_number(f"instruments.{symbol}.multiplier", inst.multiplier, 0, 1e9, lo_open=True)

@@ -1,0 +1,400 @@
+"""The decision pipeline (SPEC §3) and the other state transitions of a portfolio.
+
+Every function takes the state, the configuration and the time, and returns the
+new state without touching the one it was given: deterministic for the same
+inputs, and cheap to run as a what-if.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from . import accounting, kill_switches
+from .config import RPMConfig
+from .constraints import apply_constraints
+from .instruments import instrument, notional_per_unit, quote_to_account_rate
+from .model import (
+    ZERO,
+    Booking,
+    Decision,
+    PortfolioState,
+    ReasonCode,
+    SwitchEvent,
+    TradeApprovalStatus,
+    TradeIntent,
+    to_decimal,
+)
+from .sizing import size_position
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """The result of a state transition: the new state and the switch events it caused."""
+
+    state: PortfolioState
+    events: list[SwitchEvent]
+    equity: Decimal
+    decision: Decision | None = None
+    booking: Booking | None = None
+    realised_pnl: Decimal = ZERO
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+def _begin(state: PortfolioState, now: datetime, config: RPMConfig) -> tuple[PortfolioState, Decimal, list[SwitchEvent]]:
+    s = state.clone()
+    eq = accounting.equity(s, config)
+    events = kill_switches.roll_calendar(s, eq, now, config)
+    kill_switches.update_peaks(s, eq)
+    return s, eq, events
+
+
+def _settle(s: PortfolioState, now: datetime, config: RPMConfig, events: list[SwitchEvent]) -> Decimal:
+    """After a change of the books: new equity, peaks, and every switch evaluated."""
+    eq = accounting.equity(s, config)
+    kill_switches.update_peaks(s, eq)
+    events += kill_switches.evaluate(s, eq, now, config)
+    return eq
+
+
+class _Decider:
+    """One run of the pipeline; collects the breakdown as it goes."""
+
+    def __init__(self, state: PortfolioState, intent: TradeIntent, config: RPMConfig, now: datetime, decision_id: str):
+        self.intent = intent
+        self.config = config
+        self.now = now
+        self.decision_id = decision_id
+        self.s, self.equity, self.events = _begin(state, now, config)
+        self.breakdown: dict[str, Any] = {"equity": float(self.equity)}
+        self.risk_capital = ZERO
+
+    def finish(self, status: TradeApprovalStatus, units: Decimal, code: ReasonCode | None, message: str,
+               context: dict[str, Any] | None = None, reducing: bool = False, booking: Booking | None = None,
+               realised: Decimal = ZERO) -> Outcome:
+        eq = _settle(self.s, self.now, self.config, self.events)
+        decision = Decision(
+            id=self.decision_id,
+            status=status,
+            reason_code=code,
+            message=message,
+            decided_at=self.now,
+            intent=self.intent,
+            units=units,
+            risk_capital=self.risk_capital,
+            reducing=reducing,
+            breakdown=self.breakdown,
+            config_hash=self.config.config_hash,
+            context=context or {},
+        )
+        return Outcome(self.s, self.events, eq, decision, booking, realised)
+
+    def reject(self, code: ReasonCode, message: str, context: dict[str, Any] | None = None) -> Outcome:
+        self.breakdown["final"] = {"result": "REJECTED", "reason_code": code.value}
+        return self.finish(TradeApprovalStatus.REJECTED, ZERO, code, message, context)
+
+    # -- the pipeline -----------------------------------------------------------
+    def run(self) -> Outcome:
+        s, intent, config = self.s, self.intent, self.config
+        position = s.positions.get(intent.symbol)
+        reducing = position is not None and position.direction != intent.direction
+        self.breakdown["reducing"] = reducing
+        if reducing:
+            return self.reduce(position)
+
+        self.events += kill_switches.expire(s, self.equity, self.now, config)
+        window = config.confidence_collapse_window
+        s.recent_confidences = (s.recent_confidences + (intent.confidence_score,))[-window:]
+        self.events += kill_switches.evaluate(s, self.equity, self.now, config)
+
+        # 1. kill switches
+        tripped = sorted(s.switches)
+        symbol_halt = s.symbol_halts.get(intent.symbol)
+        self.breakdown["kill_switches"] = {
+            "tripped": tripped,
+            "symbol_halted": symbol_halt is not None,
+            "result": "REJECTED" if tripped or symbol_halt else "PASS",
+        }
+        if tripped:
+            return self.reject(
+                ReasonCode.HALTED,
+                f"trading halted by {', '.join(tripped)}: only reducing trades are allowed",
+                {"tripped_switches": tripped, "switches": {k: s.switches[k].to_dict() for k in tripped}},
+            )
+        if symbol_halt is not None:
+            return self.reject(
+                ReasonCode.SYMBOL_HALTED,
+                f"{intent.symbol} halted by a volatility shock until {symbol_halt.cooldown_until.isoformat()}",
+                {"switch": symbol_halt.to_dict()},
+            )
+
+        # 2. intent checks
+        rejection = self.intent_checks()
+        if rejection is not None:
+            return rejection
+
+        # 3. regime restrictions
+        rejection = self.regime_check()
+        if rejection is not None:
+            return rejection
+
+        # 4. sizing
+        info = instrument(intent.symbol, config)
+        rate = quote_to_account_rate(info, intent.current_price, s.marks, config.account_currency)
+        if rate is None:
+            needed = f"{info.currency}{config.account_currency} or {config.account_currency}{info.currency}"
+            self.breakdown["sizing"] = {"result": "REJECTED", "missing_rate": needed}
+            return self.reject(ReasonCode.NO_FX_RATE, f"no mark for {needed} to convert {info.currency}",
+                               {"currency": info.currency, "needed": needed})
+        units, self.risk_capital, factors = size_position(intent, self.equity, rate, info.multiplier, config)
+        self.breakdown["sizing"] = factors
+
+        # 5. portfolio constraints
+        per_unit = notional_per_unit(info, intent.current_price, s.marks, config.account_currency)
+        exp = accounting.exposures(s, config)
+        units, steps, rejection = apply_constraints(intent, units, per_unit, exp, self.equity, s, config)
+        self.breakdown["constraints"] = steps
+        if rejection is not None:
+            return self.reject(rejection.code, rejection.message, rejection.context)
+
+        # 6. final validation
+        minimum = to_decimal(config.min_position_units)
+        if units < minimum or units <= 0:
+            return self.reject(
+                ReasonCode.SIZE_BELOW_MINIMUM,
+                f"size {float(units):,.2f} is below the minimum of {float(minimum):,.2f} units",
+                {"units": float(units), "min_position_units": float(minimum)},
+            )
+        self.breakdown["final"] = {"result": "APPROVED", "units": float(units), "min_position_units": float(minimum)}
+        accounting.book_open(s, intent.symbol, intent.direction, units, intent.current_price, self.now)
+        booking = Booking(self.decision_id, intent.symbol, "open", intent.direction, units, intent.current_price)
+        return self.finish(TradeApprovalStatus.APPROVED, units, None, "approved", booking=booking)
+
+    def reduce(self, position) -> Outcome:
+        """An intent opposite to a position closes it, in every trading state (reduce-only)."""
+        s, intent = self.s, self.intent
+        self.breakdown["kill_switches"] = {
+            "tripped": sorted(s.switches),
+            "symbol_halted": intent.symbol in s.symbol_halts,
+            "result": "REDUCE_ONLY" if s.switches or intent.symbol in s.symbol_halts else "PASS",
+        }
+        units = abs(position.units)
+        realised, closed = accounting.realise_close(s, intent.symbol, intent.current_price, self.config)
+        self.breakdown["reduce"] = {
+            "closed_units": float(units),
+            "entry_price": float(closed.avg_price),
+            "exit_price": float(intent.current_price),
+            "realised_pnl": float(realised),
+        }
+        self.breakdown["final"] = {"result": "APPROVED", "units": float(units)}
+        booking = Booking(self.decision_id, intent.symbol, "reduce", intent.direction, units,
+                          intent.current_price, closed.avg_price)
+        return self.finish(TradeApprovalStatus.APPROVED, units, None, "approved: closes the open position",
+                           reducing=True, booking=booking, realised=realised)
+
+    def intent_checks(self) -> Outcome | None:
+        s, intent, config, now = self.s, self.intent, self.config, self.now
+        checks: list[dict[str, Any]] = []
+        self.breakdown["intent_checks"] = checks
+
+        restricted = intent.symbol in config.restricted_symbols
+        checks.append({"name": "restricted_symbol", "result": "REJECTED" if restricted else "PASS"})
+        if restricted:
+            return self.reject(ReasonCode.RESTRICTED_SYMBOL, f"{intent.symbol} is on the restricted list",
+                               {"symbol": intent.symbol})
+
+        ts = now.timestamp()
+        recent = tuple(t for t in s.recent_intent_times if t > ts - 1.0)
+        limit = config.max_intents_per_second
+        s.recent_intent_times = (recent + (ts,))[-limit - 1:]
+        throttled = len(recent) >= limit
+        checks.append({"name": "throttle", "count": len(recent), "limit": limit,
+                       "result": "REJECTED" if throttled else "PASS"})
+        if throttled:
+            return self.reject(ReasonCode.THROTTLED, f"more than {limit} intents in the last second",
+                               {"count": len(recent), "limit": limit})
+
+        mark = s.marks.get(intent.symbol)
+        if mark is not None:
+            deviation = float(abs(intent.current_price - mark) / mark)
+            collar = deviation > config.price_collar_pct
+            checks.append({"name": "price_collar", "mark": float(mark), "deviation": deviation,
+                           "limit": config.price_collar_pct, "result": "REJECTED" if collar else "PASS"})
+            if collar:
+                return self.reject(
+                    ReasonCode.PRICE_COLLAR,
+                    f"price {float(intent.current_price)} is {deviation:.2%} from the latest mark {float(mark)}",
+                    {"mark": float(mark), "deviation": deviation, "limit": config.price_collar_pct},
+                )
+        else:
+            checks.append({"name": "price_collar", "mark": None, "result": "PASS"})
+
+        low = intent.confidence_score < config.min_confidence_threshold
+        checks.append({"name": "confidence", "value": intent.confidence_score,
+                       "threshold": config.min_confidence_threshold, "result": "REJECTED" if low else "PASS"})
+        if low:
+            return self.reject(
+                ReasonCode.CONFIDENCE_TOO_LOW,
+                f"confidence {intent.confidence_score:.2f} below {config.min_confidence_threshold:.2f}",
+                {"confidence_score": intent.confidence_score, "threshold": config.min_confidence_threshold},
+            )
+
+        atr = float(intent.atr)
+        history = s.atr_history.get(intent.symbol, ())
+        baseline = config.volatility_baselines.get(intent.symbol)
+        source = "config"
+        if baseline is None and len(history) >= config.volatility_baseline_min_samples:
+            baseline, source = sum(history) / len(history), "running_average"
+        s.atr_history[intent.symbol] = (history + (atr,))[-config.volatility_baseline_window:]
+        if baseline is None:
+            checks.append({"name": "volatility_shock", "baseline": None, "samples": len(history), "result": "PASS"})
+            return None
+        threshold = baseline * config.volatility_shock_multiplier
+        shock = atr > threshold
+        checks.append({"name": "volatility_shock", "baseline": baseline, "baseline_source": source,
+                       "threshold": threshold, "atr": atr, "result": "REJECTED" if shock else "PASS"})
+        if shock:
+            self.events.append(kill_switches.trip_symbol(s, intent.symbol, atr, threshold, now, config))
+            return self.reject(
+                ReasonCode.VOLATILITY_SHOCK,
+                f"ATR {atr:.6g} is above {config.volatility_shock_multiplier}x the baseline {baseline:.6g}; "
+                f"{intent.symbol} halted for {config.cooldown_seconds}s",
+                {"atr": atr, "baseline": baseline, "threshold": threshold},
+            )
+        return None
+
+    def regime_check(self) -> Outcome | None:
+        s, intent, config = self.s, self.intent, self.config
+        new_position = intent.symbol not in s.positions
+        open_count = len(s.positions)
+        result: dict[str, Any] = {"regime": intent.regime, "new_position": new_position, "open_positions": open_count}
+        self.breakdown["regime"] = result
+        if new_position and intent.regime in config.disallowed_regimes:
+            result["result"] = "REJECTED"
+            return self.reject(ReasonCode.REGIME_RESTRICTED,
+                               f"new positions are not allowed in {intent.regime} regime", {"regime": intent.regime})
+        if new_position and intent.regime == "STRESSED" and open_count >= config.stressed_max_positions:
+            result["result"] = "REJECTED"
+            return self.reject(
+                ReasonCode.REGIME_RESTRICTED,
+                f"at most {config.stressed_max_positions} positions in STRESSED regime, {open_count} open",
+                {"regime": intent.regime, "open_positions": open_count, "limit": config.stressed_max_positions},
+            )
+        result["result"] = "PASS"
+        return None
+
+
+def decide(state: PortfolioState, intent: TradeIntent, config: RPMConfig, now: datetime, decision_id: str) -> Outcome:
+    """Run the pipeline of SPEC §3 for one intent. ``state`` is not modified."""
+    return _Decider(state, intent, config, now, decision_id).run()
+
+
+def mark(state: PortfolioState, prices: Mapping[str, Any], config: RPMConfig, now: datetime) -> Outcome:
+    """New prices: revalue, move peaks, evaluate every switch."""
+    s, _eq, events = _begin(state, now, config)
+    accounting.apply_marks(s, prices, config)
+    eq = _settle(s, now, config, events)
+    return Outcome(s, events, eq)
+
+
+def fill(state: PortfolioState, booking: Booking, booked_at: datetime, units: Any, price: Any,
+         config: RPMConfig, now: datetime) -> Outcome:
+    s, _eq, events = _begin(state, now, config)
+    delta = accounting.apply_fill(s, booking, booked_at, units, price, config)
+    eq = _settle(s, now, config, events)
+    return Outcome(s, events, eq, realised_pnl=delta)
+
+
+def close(state: PortfolioState, symbol: str, price: Any, config: RPMConfig, now: datetime) -> Outcome:
+    """Close a whole position at a price, realising its PnL. KeyError when there is none."""
+    if symbol not in state.positions:
+        raise KeyError(symbol)
+    s, _eq, events = _begin(state, now, config)
+    pnl, closed = accounting.realise_close(s, symbol, to_decimal(price), config)
+    eq = _settle(s, now, config, events)
+    return Outcome(s, events, eq, realised_pnl=pnl, extra={"closed": closed.to_dict()})
+
+
+def halt(state: PortfolioState, reason: str, config: RPMConfig, now: datetime) -> Outcome:
+    s, _eq, events = _begin(state, now, config)
+    events += kill_switches.halt(s, reason, now)
+    eq = _settle(s, now, config, events)
+    return Outcome(s, events, eq)
+
+
+def resume(state: PortfolioState, config: RPMConfig, now: datetime, force: bool = False,
+           reason: str | None = None) -> Outcome:
+    s, eq_before, events = _begin(state, now, config)
+    events += kill_switches.resume(s, eq_before, now, config, force=force, reason=reason)
+    eq = _settle(s, now, config, events)
+    return Outcome(s, events, eq)
+
+
+def tick(state: PortfolioState, config: RPMConfig, now: datetime) -> Outcome:
+    """Let time pass: roll the calendar and clear switches whose cooldown is over."""
+    s, _eq, events = _begin(state, now, config)
+    eq = _settle(s, now, config, events)
+    return Outcome(s, events, eq)
+
+
+def portfolio_summary(state: PortfolioState, config: RPMConfig) -> dict[str, Any]:
+    """Positions, exposures, equity, PnL and drawdown, JSON-ready."""
+    eq = accounting.equity(state, config)
+    exp = accounting.exposures(state, config)
+    unrealised = eq - state.starting_capital - state.realised_pnl
+    positions = []
+    for symbol, pos in sorted(state.positions.items()):
+        price = accounting.valuation_price(state, pos)
+        positions.append({
+            "symbol": symbol,
+            "direction": pos.direction,
+            "units": float(pos.units),
+            "avg_price": float(pos.avg_price),
+            "mark": float(price),
+            "notional": float(exp.by_symbol[symbol]),
+            "opened_at": pos.opened_at.isoformat(),
+        })
+    return {
+        "portfolio_id": state.portfolio_id,
+        "account_currency": config.account_currency,
+        "starting_capital": float(state.starting_capital),
+        "equity": float(eq),
+        "realised_pnl": float(state.realised_pnl),
+        "unrealised_pnl": float(unrealised),
+        "peak_equity": float(state.peak_equity if state.peak_equity is not None else eq),
+        "drawdown": kill_switches.drawdown(state, eq),
+        "drawdown_pct": kill_switches.drawdown(state, eq) * 100,
+        "daily_pnl": float(kill_switches.daily_pnl(state, eq)),
+        "weekly_pnl": float(kill_switches.weekly_pnl(state, eq)),
+        "trading_day": state.day_key,
+        "trading_state": trading_state(state),
+        "open_positions": len(state.positions),
+        "positions": positions,
+        "exposures": {
+            "symbol": {k: float(v) for k, v in sorted(exp.by_symbol.items())},
+            "currency": {k: float(v) for k, v in sorted(exp.by_currency.items())},
+            "gross": float(exp.gross),
+            "net": float(exp.net),
+            "gross_pct": float(exp.gross / eq) if eq > 0 else None,
+            "net_pct": float(exp.net / eq) if eq > 0 else None,
+        },
+    }
+
+
+def trading_state(state: PortfolioState) -> str:
+    """ACTIVE, or HALTED (reduce-only) when any portfolio switch is tripped."""
+    return "HALTED" if state.switches else "ACTIVE"
+
+
+def health(state: PortfolioState, config: RPMConfig, now: datetime) -> dict[str, Any]:
+    eq = accounting.equity(state, config)
+    return {
+        "health": "HALTED" if state.switches else ("DEGRADED" if state.symbol_halts else "HEALTHY"),
+        "trading_state": trading_state(state),
+        "kill_switches": kill_switches.switch_status(state, eq, now, config),
+        "portfolio_state": portfolio_summary(state, config),
+    }
+

@@ -1,0 +1,575 @@
+"""The domain model: intents, decisions, positions, switch states, portfolio state.
+
+Money and units are ``Decimal``; ratios and statistics (confidence, percentiles,
+correlations) are ``float``. Times are timezone-aware UTC ``datetime``s.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import ROUND_FLOOR, Decimal
+from enum import StrEnum
+from typing import Any
+
+from .config import REGIMES, SYMBOL_RE, RPMConfig
+
+PORTFOLIO_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+FX_PAIR_RE = re.compile(r"^[A-Z]{3}[A-Z]{3}$")
+CENT = Decimal("0.01")
+ZERO = Decimal(0)
+ONE = Decimal(1)
+
+
+class TradeApprovalStatus(StrEnum):
+    APPROVED = "APPROVED"
+    REJECTED = "REJECTED"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class ReasonCode(StrEnum):
+    HALTED = "HALTED"
+    RESTRICTED_SYMBOL = "RESTRICTED_SYMBOL"
+    THROTTLED = "THROTTLED"
+    PRICE_COLLAR = "PRICE_COLLAR"
+    CONFIDENCE_TOO_LOW = "CONFIDENCE_TOO_LOW"
+    VOLATILITY_SHOCK = "VOLATILITY_SHOCK"
+    SYMBOL_HALTED = "SYMBOL_HALTED"
+    REGIME_RESTRICTED = "REGIME_RESTRICTED"
+    MAX_POSITIONS = "MAX_POSITIONS"
+    SYMBOL_EXPOSURE = "SYMBOL_EXPOSURE"
+    CURRENCY_EXPOSURE = "CURRENCY_EXPOSURE"
+    GROSS_EXPOSURE = "GROSS_EXPOSURE"
+    NET_EXPOSURE = "NET_EXPOSURE"
+    SIZE_BELOW_MINIMUM = "SIZE_BELOW_MINIMUM"
+    NO_FX_RATE = "NO_FX_RATE"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class Switch(StrEnum):
+    """Portfolio-wide kill switches (volatility shock is per symbol, see ``symbol_halts``)."""
+
+    DRAWDOWN = "drawdown"
+    DAILY_DRAWDOWN = "daily_drawdown"
+    DAILY_LOSS = "daily_loss"
+    WEEKLY_LOSS = "weekly_loss"
+    CONFIDENCE_COLLAPSE = "confidence_collapse"
+    MANUAL = "manual_halt"
+    VOLATILITY_SHOCK = "volatility_shock"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+# metric categories of SPEC §3 ("drawdown, loss limit, exposure, volatility, regime,
+# confidence, manual"), plus "intent" and "sizing" for the checks the SPEC adds.
+SWITCH_CATEGORY = {
+    Switch.DRAWDOWN: "drawdown",
+    Switch.DAILY_DRAWDOWN: "drawdown",
+    Switch.DAILY_LOSS: "loss_limit",
+    Switch.WEEKLY_LOSS: "loss_limit",
+    Switch.CONFIDENCE_COLLAPSE: "confidence",
+    Switch.MANUAL: "manual",
+    Switch.VOLATILITY_SHOCK: "volatility",
+}
+REASON_CATEGORY = {
+    ReasonCode.RESTRICTED_SYMBOL: "manual",
+    ReasonCode.THROTTLED: "intent",
+    ReasonCode.PRICE_COLLAR: "intent",
+    ReasonCode.CONFIDENCE_TOO_LOW: "confidence",
+    ReasonCode.VOLATILITY_SHOCK: "volatility",
+    ReasonCode.SYMBOL_HALTED: "volatility",
+    ReasonCode.REGIME_RESTRICTED: "regime",
+    ReasonCode.MAX_POSITIONS: "exposure",
+    ReasonCode.SYMBOL_EXPOSURE: "exposure",
+    ReasonCode.CURRENCY_EXPOSURE: "exposure",
+    ReasonCode.GROSS_EXPOSURE: "exposure",
+    ReasonCode.NET_EXPOSURE: "exposure",
+    ReasonCode.SIZE_BELOW_MINIMUM: "sizing",
+    ReasonCode.NO_FX_RATE: "sizing",
+}
+
+
+def to_decimal(value: Any) -> Decimal:
+    """Exact decimal of a number as a person wrote it (1.1 -> Decimal('1.1'))."""
+    if isinstance(value, Decimal):
+        return value
+    if isinstance(value, int):
+        return Decimal(value)
+    return Decimal(repr(float(value)))
+
+
+def floor_units(value: Decimal) -> Decimal:
+    """Units are floored to 0.01: never rounded up past a limit."""
+    if value <= 0:
+        return ZERO.quantize(CENT)
+    return value.quantize(CENT, rounding=ROUND_FLOOR)
+
+
+def iso(ts: datetime | None) -> str | None:
+    return ts.isoformat() if ts is not None else None
+
+
+def parse_ts(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
+
+
+class IntentError(ValueError):
+    """An invalid trade intent; ``errors`` maps each bad field to a message."""
+
+    def __init__(self, errors: dict[str, str]):
+        super().__init__("; ".join(f"{k}: {v}" for k, v in errors.items()))
+        self.errors = errors
+
+
+def _finite_number(value: Any) -> bool:
+    return (
+        isinstance(value, (int, float, Decimal))
+        and not isinstance(value, bool)
+        and math.isfinite(float(value))
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class TradeIntent:
+    symbol: str
+    direction: int
+    confidence_score: float
+    regime: str
+    atr: Decimal
+    vol_percentile: float
+    current_price: Decimal
+    intent_id: str | None = None
+    portfolio_id: str = "default"
+
+    @classmethod
+    def create(cls, config: RPMConfig | None = None, **fields: Any) -> TradeIntent:
+        """Validate raw fields (every error at once) and build an intent."""
+        errors: dict[str, str] = {}
+        allowed = {
+            "symbol", "direction", "confidence_score", "regime", "atr",
+            "vol_percentile", "current_price", "intent_id", "portfolio_id",
+        }
+        for name in sorted(set(fields) - allowed):
+            errors[name] = "unknown field"
+        for name in ("symbol", "direction", "confidence_score", "regime", "atr", "vol_percentile", "current_price"):
+            if fields.get(name) is None:
+                errors.setdefault(name, "required")
+        symbol = fields.get("symbol")
+        if symbol is not None:
+            message = symbol_error(symbol, config)
+            if message:
+                errors["symbol"] = message
+        direction = fields.get("direction")
+        if direction is not None and (isinstance(direction, bool) or direction not in (1, -1) or not isinstance(direction, int)):
+            errors["direction"] = "must be 1 (long) or -1 (short)"
+        for name, lo, hi in (("confidence_score", 0, 1), ("vol_percentile", 0, 1)):
+            value = fields.get(name)
+            if value is not None and not (_finite_number(value) and lo <= float(value) <= hi):
+                errors[name] = f"must be a finite number in [{lo}, {hi}]"
+        for name in ("atr", "current_price"):
+            value = fields.get(name)
+            if value is not None and not (_finite_number(value) and float(value) > 0):
+                errors[name] = "must be a finite number > 0"
+        regime = fields.get("regime")
+        if regime is not None and regime not in REGIMES:
+            errors["regime"] = f"must be one of {', '.join(REGIMES)}"
+        intent_id = fields.get("intent_id")
+        if intent_id is not None and not (isinstance(intent_id, str) and 1 <= len(intent_id) <= 128):
+            errors["intent_id"] = "must be a string of 1 to 128 characters"
+        portfolio_id = fields.get("portfolio_id") or "default"
+        if not (isinstance(portfolio_id, str) and PORTFOLIO_ID_RE.match(portfolio_id)):
+            errors["portfolio_id"] = "must match [A-Za-z0-9_-]{1,64}"
+        if errors:
+            raise IntentError(errors)
+        return cls(
+            symbol=symbol,
+            direction=direction,
+            confidence_score=float(fields["confidence_score"]),
+            regime=regime,
+            atr=to_decimal(fields["atr"]),
+            vol_percentile=float(fields["vol_percentile"]),
+            current_price=to_decimal(fields["current_price"]),
+            intent_id=intent_id,
+            portfolio_id=portfolio_id,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "symbol": self.symbol,
+            "direction": self.direction,
+            "confidence_score": self.confidence_score,
+            "regime": self.regime,
+            "atr": float(self.atr),
+            "vol_percentile": self.vol_percentile,
+            "current_price": float(self.current_price),
+            "intent_id": self.intent_id,
+            "portfolio_id": self.portfolio_id,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TradeIntent:
+        return cls.create(**dict(data))
+
+
+def symbol_error(symbol: Any, config: RPMConfig | None) -> str | None:
+    """Why a symbol is not tradable under a configuration, or None."""
+    if not isinstance(symbol, str) or not SYMBOL_RE.match(symbol):
+        return "must be an upper-case symbol such as EURUSD ([A-Z0-9._-], 1-32 characters)"
+    if config is not None and symbol in config.instruments:
+        return None
+    if FX_PAIR_RE.match(symbol):
+        if symbol[:3] == symbol[3:]:
+            return "an FX pair needs two different currencies"
+        return None
+    return "unknown instrument: not a six-letter FX pair and not in the configuration's instrument table"
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    symbol: str
+    units: Decimal  # signed: > 0 long, < 0 short
+    avg_price: Decimal
+    opened_at: datetime
+
+    @property
+    def direction(self) -> int:
+        return 1 if self.units > 0 else -1
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "symbol": self.symbol,
+            "units": str(self.units),
+            "avg_price": str(self.avg_price),
+            "opened_at": iso(self.opened_at),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Position:
+        return cls(
+            symbol=data["symbol"],
+            units=Decimal(data["units"]),
+            avg_price=Decimal(data["avg_price"]),
+            opened_at=parse_ts(data["opened_at"]),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class SwitchState:
+    """A tripped kill switch: when, at what value against which threshold, until when."""
+
+    switch: str
+    tripped_at: datetime
+    value: float | None
+    threshold: float | None
+    cooldown_until: datetime | None
+    reason: str
+    symbol: str | None = None
+    automatic: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "switch": self.switch,
+            "tripped_at": iso(self.tripped_at),
+            "value": self.value,
+            "threshold": self.threshold,
+            "cooldown_until": iso(self.cooldown_until),
+            "reason": self.reason,
+            "symbol": self.symbol,
+            "automatic": self.automatic,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SwitchState:
+        return cls(
+            switch=data["switch"],
+            tripped_at=parse_ts(data["tripped_at"]),
+            value=data.get("value"),
+            threshold=data.get("threshold"),
+            cooldown_until=parse_ts(data.get("cooldown_until")),
+            reason=data.get("reason", ""),
+            symbol=data.get("symbol"),
+            automatic=data.get("automatic", True),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class SwitchEvent:
+    """A kill-switch transition (tripped or cleared), for the append-only log."""
+
+    switch: str
+    action: str  # TRIPPED | CLEARED | REBASED
+    at: datetime
+    value: float | None = None
+    threshold: float | None = None
+    cooldown_until: datetime | None = None
+    symbol: str | None = None
+    reason: str = ""
+    detail: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "switch": self.switch,
+            "action": self.action,
+            "at": iso(self.at),
+            "value": self.value,
+            "threshold": self.threshold,
+            "cooldown_until": iso(self.cooldown_until),
+            "symbol": self.symbol,
+            "reason": self.reason,
+            "detail": dict(self.detail),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Booking:
+    """What an approved decision booked, so that a later fill can reconcile it."""
+
+    decision_id: str
+    symbol: str
+    kind: str  # "open" (adds risk) or "reduce" (closes a position)
+    direction: int  # the trade's direction
+    units: Decimal
+    price: Decimal
+    entry_price: Decimal | None = None  # reduce: the average entry of the position it closed
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "decision_id": self.decision_id,
+            "symbol": self.symbol,
+            "kind": self.kind,
+            "direction": self.direction,
+            "units": str(self.units),
+            "price": str(self.price),
+            "entry_price": None if self.entry_price is None else str(self.entry_price),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Booking:
+        return cls(
+            decision_id=data["decision_id"],
+            symbol=data["symbol"],
+            kind=data["kind"],
+            direction=int(data["direction"]),
+            units=Decimal(data["units"]),
+            price=Decimal(data["price"]),
+            entry_price=None if data.get("entry_price") is None else Decimal(data["entry_price"]),
+        )
+
+
+@dataclass(slots=True)
+class PortfolioState:
+    """Everything the engine reads to decide. Copied, never shared, between decisions."""
+
+    portfolio_id: str
+    starting_capital: Decimal
+    realised_pnl: Decimal = ZERO
+    peak_equity: Decimal | None = None
+    day_key: str | None = None
+    day_start_equity: Decimal | None = None
+    day_peak_equity: Decimal | None = None
+    week_key: str | None = None
+    week_start_equity: Decimal | None = None
+    positions: dict[str, Position] = field(default_factory=dict)
+    marks: dict[str, Decimal] = field(default_factory=dict)
+    mark_history: dict[str, tuple[float, ...]] = field(default_factory=dict)
+    atr_history: dict[str, tuple[float, ...]] = field(default_factory=dict)
+    recent_confidences: tuple[float, ...] = ()
+    recent_intent_times: tuple[float, ...] = ()  # POSIX seconds, newest last
+    switches: dict[str, SwitchState] = field(default_factory=dict)
+    symbol_halts: dict[str, SwitchState] = field(default_factory=dict)
+
+    @classmethod
+    def new(cls, config: RPMConfig, portfolio_id: str = "default", capital: Any = None) -> PortfolioState:
+        start = to_decimal(config.total_capital if capital is None else capital)
+        return cls(portfolio_id=portfolio_id, starting_capital=start, peak_equity=start)
+
+    def clone(self) -> PortfolioState:
+        return PortfolioState(
+            portfolio_id=self.portfolio_id,
+            starting_capital=self.starting_capital,
+            realised_pnl=self.realised_pnl,
+            peak_equity=self.peak_equity,
+            day_key=self.day_key,
+            day_start_equity=self.day_start_equity,
+            day_peak_equity=self.day_peak_equity,
+            week_key=self.week_key,
+            week_start_equity=self.week_start_equity,
+            positions=dict(self.positions),
+            marks=dict(self.marks),
+            mark_history=dict(self.mark_history),
+            atr_history=dict(self.atr_history),
+            recent_confidences=self.recent_confidences,
+            recent_intent_times=self.recent_intent_times,
+            switches=dict(self.switches),
+            symbol_halts=dict(self.symbol_halts),
+        )
+
+    @property
+    def halted(self) -> bool:
+        return bool(self.switches)
+
+    def to_dict(self) -> dict[str, Any]:
+        def dec(v: Decimal | None) -> str | None:
+            return None if v is None else str(v)
+
+        return {
+            "portfolio_id": self.portfolio_id,
+            "starting_capital": str(self.starting_capital),
+            "realised_pnl": str(self.realised_pnl),
+            "peak_equity": dec(self.peak_equity),
+            "day_key": self.day_key,
+            "day_start_equity": dec(self.day_start_equity),
+            "day_peak_equity": dec(self.day_peak_equity),
+            "week_key": self.week_key,
+            "week_start_equity": dec(self.week_start_equity),
+            "positions": {k: p.to_dict() for k, p in sorted(self.positions.items())},
+            "marks": {k: str(v) for k, v in sorted(self.marks.items())},
+            "mark_history": {k: list(v) for k, v in sorted(self.mark_history.items())},
+            "atr_history": {k: list(v) for k, v in sorted(self.atr_history.items())},
+            "recent_confidences": list(self.recent_confidences),
+            "recent_intent_times": list(self.recent_intent_times),
+            "switches": {k: s.to_dict() for k, s in sorted(self.switches.items())},
+            "symbol_halts": {k: s.to_dict() for k, s in sorted(self.symbol_halts.items())},
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> PortfolioState:
+        def dec(v: str | None) -> Decimal | None:
+            return None if v is None else Decimal(v)
+
+        return cls(
+            portfolio_id=data["portfolio_id"],
+            starting_capital=Decimal(data["starting_capital"]),
+            realised_pnl=Decimal(data.get("realised_pnl", "0")),
+            peak_equity=dec(data.get("peak_equity")),
+            day_key=data.get("day_key"),
+            day_start_equity=dec(data.get("day_start_equity")),
+            day_peak_equity=dec(data.get("day_peak_equity")),
+            week_key=data.get("week_key"),
+            week_start_equity=dec(data.get("week_start_equity")),
+            positions={k: Position.from_dict(v) for k, v in data.get("positions", {}).items()},
+            marks={k: Decimal(v) for k, v in data.get("marks", {}).items()},
+            mark_history={k: tuple(v) for k, v in data.get("mark_history", {}).items()},
+            atr_history={k: tuple(v) for k, v in data.get("atr_history", {}).items()},
+            recent_confidences=tuple(data.get("recent_confidences", ())),
+            recent_intent_times=tuple(data.get("recent_intent_times", ())),
+            switches={k: SwitchState.from_dict(v) for k, v in data.get("switches", {}).items()},
+            symbol_halts={k: SwitchState.from_dict(v) for k, v in data.get("symbol_halts", {}).items()},
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ApprovedTrade:
+    symbol: str
+    direction: int
+    position_units: float
+    confidence_score: float
+    regime: str
+    atr: float
+    risk_per_trade: float
+    current_price: float
+    reducing: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "symbol": self.symbol,
+            "direction": self.direction,
+            "position_units": self.position_units,
+            "confidence_score": self.confidence_score,
+            "regime": self.regime,
+            "atr": self.atr,
+            "risk_per_trade": self.risk_per_trade,
+            "current_price": self.current_price,
+            "reducing": self.reducing,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class RejectedTrade:
+    rejection_reason: str
+    reason_code: str
+    context: Mapping[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"rejection_reason": self.rejection_reason, "reason_code": self.reason_code, "context": dict(self.context)}
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    id: str
+    status: TradeApprovalStatus
+    reason_code: ReasonCode | None
+    message: str
+    decided_at: datetime
+    intent: TradeIntent
+    units: Decimal  # approved units (0 when rejected)
+    risk_capital: Decimal
+    reducing: bool
+    breakdown: Mapping[str, Any]
+    config_hash: str
+    context: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def approved(self) -> bool:
+        return self.status is TradeApprovalStatus.APPROVED
+
+    @property
+    def reason(self) -> str | None:
+        return None if self.reason_code is None else self.reason_code.value
+
+    @property
+    def category(self) -> str | None:
+        """The metrics category of a rejection (SPEC §3)."""
+        if self.reason_code is None:
+            return None
+        if self.reason_code is ReasonCode.HALTED:
+            tripped = self.context.get("tripped_switches") or ["manual_halt"]
+            return SWITCH_CATEGORY.get(Switch(tripped[0]), "manual")
+        return REASON_CATEGORY[self.reason_code]
+
+    @property
+    def approved_trade(self) -> ApprovedTrade | None:
+        if not self.approved:
+            return None
+        i = self.intent
+        return ApprovedTrade(
+            symbol=i.symbol,
+            direction=i.direction,
+            position_units=float(self.units),
+            confidence_score=i.confidence_score,
+            regime=i.regime,
+            atr=float(i.atr),
+            risk_per_trade=float(self.risk_capital),
+            current_price=float(i.current_price),
+            reducing=self.reducing,
+        )
+
+    @property
+    def rejected_trade(self) -> RejectedTrade | None:
+        if self.approved:
+            return None
+        return RejectedTrade(self.message, self.reason_code.value, self.context)
+
+    def to_dict(self) -> dict[str, Any]:
+        approved = self.approved_trade
+        rejected = self.rejected_trade
+        return {
+            "id": self.id,
+            "status": self.status.value,
+            "reason": self.reason,
+            "message": self.message,
+            "decided_at": iso(self.decided_at),
+            "intent": self.intent.to_dict(),
+            "approved_trade": approved.to_dict() if approved else None,
+            "rejected_trade": rejected.to_dict() if rejected else None,
+            "breakdown": dict(self.breakdown),
+            "config_hash": self.config_hash,
+        }
