@@ -33,7 +33,7 @@ def account_rate(state: PortfolioState, symbol: str, price: Decimal, config: RPM
 
 def unrealised_pnl(state: PortfolioState, config: RPMConfig) -> Decimal:
     total = ZERO
-    for pos in state.positions.values():
+    for _symbol, pos in sorted(state.positions.items()):
         price = valuation_price(state, pos)
         if price == pos.avg_price:
             continue
@@ -62,7 +62,7 @@ def exposures(state: PortfolioState, config: RPMConfig) -> Exposures:
     gross = ZERO
     net = ZERO
     account = config.account_currency
-    for symbol, pos in state.positions.items():
+    for symbol, pos in sorted(state.positions.items()):
         info = instrument(symbol, config)
         price = valuation_price(state, pos)
         signed = pos.units * price * info.multiplier * account_rate(state, symbol, price, config)

@@ -14,6 +14,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import time
+from decimal import Decimal
 from types import MappingProxyType
 from typing import Any
 
@@ -115,6 +116,10 @@ class RPMConfig:
             instruments[symbol] = spec if isinstance(spec, Instrument) else _instrument_from(symbol, spec)
         object.__setattr__(self, "instruments", _frozen(instruments))
         _validate(self)
+        digest = hashlib.sha256(self.canonical_json().encode()).hexdigest()
+        object.__setattr__(self, "_hash", digest)
+        object.__setattr__(self, "_hash_int", hash(digest))
+        object.__setattr__(self, "_decimals", {})
 
     # -- serialisation -----------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -159,14 +164,17 @@ class RPMConfig:
 
     @property
     def config_hash(self) -> str:
-        cached = self.__dict__.get("_hash")
-        if cached is None:
-            cached = hashlib.sha256(self.canonical_json().encode()).hexdigest()
-            object.__setattr__(self, "_hash", cached)
-        return cached
+        return self._hash
 
     def __hash__(self) -> int:
-        return hash(self.config_hash)
+        return self._hash_int
+
+    def dec(self, name: str) -> Decimal:
+        """A numeric parameter as the exact Decimal of its written value (cached)."""
+        value = self._decimals.get(name)
+        if value is None:
+            value = self._decimals[name] = Decimal(repr(getattr(self, name)))
+        return value
 
     def regime_multiplier(self, regime: str) -> float:
         return self.regime_adjustments[regime]

@@ -5,13 +5,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from decimal import Decimal
-from functools import lru_cache
 from typing import Any
 
 from .accounting import Exposures
 from .config import RPMConfig
 from .instruments import InstrumentInfo, instrument
-from .model import ZERO, PortfolioState, ReasonCode, TradeIntent, floor_units, to_decimal
+from .model import ZERO, PortfolioState, ReasonCode, TradeIntent, floor_units
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,12 +78,12 @@ def apply_constraints(
                         "before": float(units), "after": float(units), "result": "PASS"})
 
     held = abs(existing.units) if existing is not None else ZERO
-    max_units = to_decimal(config.max_units_per_symbol)
+    max_units = config.dec("max_units_per_symbol")
     rejection = steps.cap("symbol_units", max_units - held, ReasonCode.SYMBOL_EXPOSURE, max_units, held)
     if rejection:
         return ZERO, steps.steps, rejection
 
-    symbol_limit = equity * to_decimal(config.max_symbol_exposure_pct)
+    symbol_limit = equity * config.dec("max_symbol_exposure_pct")
     symbol_now = abs(exp.by_symbol.get(symbol, ZERO))
     rejection = steps.cap("symbol_exposure", (symbol_limit - symbol_now) / per_unit, ReasonCode.SYMBOL_EXPOSURE,
                           symbol_limit, symbol_now)
@@ -92,7 +91,7 @@ def apply_constraints(
         return ZERO, steps.steps, rejection
 
     info = instrument(symbol, config)
-    currency_limit = equity * to_decimal(config.max_currency_exposure_pct)
+    currency_limit = equity * config.dec("max_currency_exposure_pct")
     for currency, sign in info.legs():
         if currency == config.account_currency:
             continue
@@ -103,13 +102,13 @@ def apply_constraints(
         if rejection:
             return ZERO, steps.steps, rejection
 
-    gross_limit = equity * to_decimal(config.max_gross_exposure_pct)
+    gross_limit = equity * config.dec("max_gross_exposure_pct")
     rejection = steps.cap("gross_exposure", (gross_limit - exp.gross) / per_unit, ReasonCode.GROSS_EXPOSURE,
                           gross_limit, exp.gross)
     if rejection:
         return ZERO, steps.steps, rejection
 
-    net_limit = equity * to_decimal(config.max_net_exposure_pct)
+    net_limit = equity * config.dec("max_net_exposure_pct")
     rejection = steps.cap("net_exposure", _room_signed(exp.net, direction * per_unit, net_limit),
                           ReasonCode.NET_EXPOSURE, net_limit, exp.net)
     if rejection:
@@ -118,7 +117,7 @@ def apply_constraints(
     correlated = find_correlated(symbol, direction, info, state, config)
     before = steps.units
     if correlated is not None:
-        steps.units = floor_units(before * to_decimal(config.correlation_size_multiplier))
+        steps.units = floor_units(before * config.dec("correlation_size_multiplier"))
     steps.steps.append({
         "name": "correlation", "limit": config.correlation_threshold, "before": float(before),
         "after": float(steps.units), "result": "ADJUSTED" if correlated else "PASS",
@@ -132,7 +131,7 @@ def find_correlated(
 ) -> dict[str, Any] | None:
     """The first open position the new trade would add correlated risk to, or None."""
     history = state.mark_history.get(symbol, ())
-    for other, pos in state.positions.items():
+    for other, pos in sorted(state.positions.items()):
         if other == symbol:
             continue
         rho = correlation(history, state.mark_history.get(other, ()), config.correlation_min_samples)
@@ -156,8 +155,28 @@ def _shared_leg(a: InstrumentInfo, dir_a: int, b: InstrumentInfo, dir_b: int) ->
     return None
 
 
-@lru_cache(maxsize=8192)
+_CORRELATIONS: dict[tuple[int, int, int], tuple[tuple[float, ...], tuple[float, ...], float | None]] = {}
+
+
 def correlation(a: tuple[float, ...], b: tuple[float, ...], min_samples: int) -> float | None:
+    """Pearson correlation of the returns of two mark histories, memoised by identity.
+
+    Histories are immutable tuples replaced on every mark, so the same pair of
+    objects always has the same correlation; the memo holds references to the
+    tuples, so their ids cannot be reused while an entry lives.
+    """
+    key = (id(a), id(b), min_samples)
+    hit = _CORRELATIONS.get(key)
+    if hit is not None and hit[0] is a and hit[1] is b:
+        return hit[2]
+    if len(_CORRELATIONS) >= 4096:
+        _CORRELATIONS.clear()
+    rho = _pearson_of_returns(a, b, min_samples)
+    _CORRELATIONS[key] = (a, b, rho)
+    return rho
+
+
+def _pearson_of_returns(a: tuple[float, ...], b: tuple[float, ...], min_samples: int) -> float | None:
     """Pearson correlation of the simple returns of two aligned mark histories (tails)."""
     n = min(len(a), len(b))
     if n - 1 < min_samples:

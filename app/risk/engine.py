@@ -161,7 +161,7 @@ class _Decider:
             return self.reject(rejection.code, rejection.message, rejection.context)
 
         # 6. final validation
-        minimum = to_decimal(config.min_position_units)
+        minimum = config.dec("min_position_units")
         if units < minimum or units <= 0:
             return self.reject(
                 ReasonCode.SIZE_BELOW_MINIMUM,

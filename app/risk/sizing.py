@@ -25,8 +25,8 @@ def size_position(
     intent: TradeIntent, equity: Decimal, quote_to_account: Decimal, multiplier: Decimal, config: RPMConfig
 ) -> tuple[Decimal, Decimal, dict[str, Any]]:
     """Units to trade before portfolio constraints, the risk capital, and the factors."""
-    risk_capital = equity * to_decimal(config.risk_per_trade)
-    risk_per_unit = intent.atr * to_decimal(config.atr_multiplier) * quote_to_account * multiplier
+    risk_capital = equity * config.dec("risk_per_trade")
+    risk_per_unit = intent.atr * config.dec("atr_multiplier") * quote_to_account * multiplier
     base_units = risk_capital / risk_per_unit if risk_capital > 0 else Decimal(0)
     conf = confidence_multiplier(intent.confidence_score, config)
     regime = config.regime_multiplier(intent.regime)
