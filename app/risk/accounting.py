@@ -19,10 +19,6 @@ class FillError(ValueError):
     """A fill that cannot be reconciled with its decision (over-fill, position changed...)."""
 
 
-def valuation_price(state: PortfolioState, position: Position) -> Decimal:
-    return state.marks.get(position.symbol) or position.avg_price
-
-
 def account_rate(state: PortfolioState, symbol: str, price: Decimal, config: RPMConfig) -> Decimal:
     info = instrument(symbol, config)
     rate = quote_to_account_rate(info, price, state.marks, config.account_currency)
@@ -31,25 +27,12 @@ def account_rate(state: PortfolioState, symbol: str, price: Decimal, config: RPM
     return ONE if rate is None else rate
 
 
-def unrealised_pnl(state: PortfolioState, config: RPMConfig) -> Decimal:
-    total = ZERO
-    for _symbol, pos in sorted(state.positions.items()):
-        price = valuation_price(state, pos)
-        if price == pos.avg_price:
-            continue
-        info = instrument(pos.symbol, config)
-        total += (price - pos.avg_price) * pos.units * info.multiplier * account_rate(state, pos.symbol, price, config)
-    return total
-
-
-def equity(state: PortfolioState, config: RPMConfig) -> Decimal:
-    return state.starting_capital + state.realised_pnl + unrealised_pnl(state, config)
-
-
 @dataclass(frozen=True, slots=True)
 class Exposures:
-    """Account-currency exposures: per symbol (signed), per non-account currency (net), gross, net."""
+    """Account-currency valuation of the open positions: unrealised PnL and exposures
+    per symbol (signed), per non-account currency (net), gross and net."""
 
+    unrealised: Decimal
     by_symbol: Mapping[str, Decimal]
     by_currency: Mapping[str, Decimal]
     gross: Decimal
@@ -57,22 +40,47 @@ class Exposures:
 
 
 def exposures(state: PortfolioState, config: RPMConfig) -> Exposures:
+    """Value every open position at its latest mark, in one pass."""
+    unrealised = ZERO
     by_symbol: dict[str, Decimal] = {}
     by_currency: dict[str, Decimal] = {}
     gross = ZERO
     net = ZERO
     account = config.account_currency
+    marks = state.marks
     for symbol, pos in sorted(state.positions.items()):
         info = instrument(symbol, config)
-        price = valuation_price(state, pos)
-        signed = pos.units * price * info.multiplier * account_rate(state, symbol, price, config)
+        price = marks.get(symbol) or pos.avg_price
+        rate = quote_to_account_rate(info, price, marks, account)
+        scale = info.multiplier * (ONE if rate is None else rate)
+        if price != pos.avg_price:
+            unrealised += (price - pos.avg_price) * pos.units * scale
+        signed = pos.units * price * scale
         by_symbol[symbol] = signed
         gross += abs(signed)
         net += signed
         for currency, sign in info.legs():
             if currency != account:
                 by_currency[currency] = by_currency.get(currency, ZERO) + sign * signed
-    return Exposures(by_symbol, by_currency, gross, net)
+    return Exposures(unrealised, by_symbol, by_currency, gross, net)
+
+
+def unrealised_pnl(state: PortfolioState, config: RPMConfig) -> Decimal:
+    """Unrealised PnL alone: cheaper than a full valuation (positions at their entry price are skipped)."""
+    total = ZERO
+    marks = state.marks
+    for symbol, pos in sorted(state.positions.items()):
+        price = marks.get(symbol)
+        if price is None or price == pos.avg_price:
+            continue
+        info = instrument(symbol, config)
+        rate = quote_to_account_rate(info, price, marks, config.account_currency)
+        total += (price - pos.avg_price) * pos.units * info.multiplier * (ONE if rate is None else rate)
+    return total
+
+
+def equity(state: PortfolioState, config: RPMConfig) -> Decimal:
+    return state.starting_capital + state.realised_pnl + unrealised_pnl(state, config)
 
 
 def apply_marks(state: PortfolioState, prices: Mapping[str, Any], config: RPMConfig) -> None:

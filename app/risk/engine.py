@@ -45,11 +45,20 @@ class Outcome:
 
 
 def _begin(state: PortfolioState, now: datetime, config: RPMConfig) -> tuple[PortfolioState, Decimal, list[SwitchEvent]]:
+    s, eq, _exp, events = _begin_valued(state, now, config)
+    return s, eq, events
+
+
+def _begin_valued(
+    state: PortfolioState, now: datetime, config: RPMConfig
+) -> tuple[PortfolioState, Decimal, accounting.Exposures, list[SwitchEvent]]:
+    """A private copy of the state, valued, with the calendar rolled to ``now``."""
     s = state.clone()
-    eq = accounting.equity(s, config)
+    exp = accounting.exposures(s, config)
+    eq = s.starting_capital + s.realised_pnl + exp.unrealised
     events = kill_switches.roll_calendar(s, eq, now, config)
     kill_switches.update_peaks(s, eq)
-    return s, eq, events
+    return s, eq, exp, events
 
 
 def _settle(s: PortfolioState, now: datetime, config: RPMConfig, events: list[SwitchEvent]) -> Decimal:
@@ -68,14 +77,16 @@ class _Decider:
         self.config = config
         self.now = now
         self.decision_id = decision_id
-        self.s, self.equity, self.events = _begin(state, now, config)
+        # positions and marks do not change before the booking, so one valuation serves the pipeline
+        self.s, self.equity, self.exposures, self.events = _begin_valued(state, now, config)
         self.breakdown: dict[str, Any] = {"equity": float(self.equity)}
         self.risk_capital = ZERO
 
     def finish(self, status: TradeApprovalStatus, units: Decimal, code: ReasonCode | None, message: str,
                context: dict[str, Any] | None = None, reducing: bool = False, booking: Booking | None = None,
                realised: Decimal = ZERO) -> Outcome:
-        eq = _settle(self.s, self.now, self.config, self.events)
+        # only a booking changes the books; a rejection was evaluated before the pipeline ran
+        eq = _settle(self.s, self.now, self.config, self.events) if booking is not None else self.equity
         decision = Decision(
             id=self.decision_id,
             status=status,
@@ -154,8 +165,7 @@ class _Decider:
 
         # 5. portfolio constraints
         per_unit = notional_per_unit(info, intent.current_price, s.marks, config.account_currency)
-        exp = accounting.exposures(s, config)
-        units, steps, rejection = apply_constraints(intent, units, per_unit, exp, self.equity, s, config)
+        units, steps, rejection = apply_constraints(intent, units, per_unit, self.exposures, self.equity, s, config)
         self.breakdown["constraints"] = steps
         if rejection is not None:
             return self.reject(rejection.code, rejection.message, rejection.context)
@@ -342,12 +352,12 @@ def tick(state: PortfolioState, config: RPMConfig, now: datetime) -> Outcome:
 
 def portfolio_summary(state: PortfolioState, config: RPMConfig) -> dict[str, Any]:
     """Positions, exposures, equity, PnL and drawdown, JSON-ready."""
-    eq = accounting.equity(state, config)
     exp = accounting.exposures(state, config)
-    unrealised = eq - state.starting_capital - state.realised_pnl
+    unrealised = exp.unrealised
+    eq = state.starting_capital + state.realised_pnl + unrealised
     positions = []
     for symbol, pos in sorted(state.positions.items()):
-        price = accounting.valuation_price(state, pos)
+        price = state.marks.get(symbol) or pos.avg_price
         positions.append({
             "symbol": symbol,
             "direction": pos.direction,

@@ -11,6 +11,15 @@ from zoneinfo import ZoneInfo
 from .config import RPMConfig
 from .model import ZERO, PortfolioState, Switch, SwitchEvent, SwitchState, iso
 
+# plain strings on the hot path (Enum attribute access is slow)
+DRAWDOWN = Switch.DRAWDOWN.value
+DAILY_DRAWDOWN = Switch.DAILY_DRAWDOWN.value
+DAILY_LOSS = Switch.DAILY_LOSS.value
+WEEKLY_LOSS = Switch.WEEKLY_LOSS.value
+CONFIDENCE_COLLAPSE = Switch.CONFIDENCE_COLLAPSE.value
+MANUAL = Switch.MANUAL.value
+VOLATILITY_SHOCK = Switch.VOLATILITY_SHOCK.value
+
 
 class CooldownActive(Exception):
     """A manual resume during an automatic switch's cooldown, without force."""
@@ -54,13 +63,13 @@ def roll_calendar(state: PortfolioState, equity: Decimal, now: datetime, config:
         state.day_key = day_key
         state.day_start_equity = equity
         state.day_peak_equity = equity
-        for name in (Switch.DAILY_DRAWDOWN, Switch.DAILY_LOSS):
-            events += _clear(state, name.value, now, "new trading day")
+        for name in (DAILY_DRAWDOWN, DAILY_LOSS):
+            events += _clear(state, name, now, "new trading day")
         week_key = trading_week(day, config).isoformat()
         if state.week_key != week_key:
             state.week_key = week_key
             state.week_start_equity = equity
-            events += _clear(state, Switch.WEEKLY_LOSS.value, now, "new trading week")
+            events += _clear(state, WEEKLY_LOSS, now, "new trading week")
     return events
 
 
@@ -112,11 +121,11 @@ def measurements(state: PortfolioState, equity: Decimal, config: RPMConfig) -> d
     daily_limit = -config.daily_loss_limit * capital
     weekly_limit = -config.weekly_loss_limit * capital
     return {
-        Switch.DRAWDOWN.value: (dd, config.max_drawdown, dd >= config.max_drawdown),
-        Switch.DAILY_DRAWDOWN.value: (ddd, config.max_daily_drawdown, ddd >= config.max_daily_drawdown),
-        Switch.DAILY_LOSS.value: (dpnl, daily_limit, dpnl <= daily_limit),
-        Switch.WEEKLY_LOSS.value: (wpnl, weekly_limit, wpnl <= weekly_limit),
-        Switch.CONFIDENCE_COLLAPSE.value: (
+        DRAWDOWN: (dd, config.max_drawdown, dd >= config.max_drawdown),
+        DAILY_DRAWDOWN: (ddd, config.max_daily_drawdown, ddd >= config.max_daily_drawdown),
+        DAILY_LOSS: (dpnl, daily_limit, dpnl <= daily_limit),
+        WEEKLY_LOSS: (wpnl, weekly_limit, wpnl <= weekly_limit),
+        CONFIDENCE_COLLAPSE: (
             conf, config.confidence_collapse_threshold,
             full and conf is not None and conf < config.confidence_collapse_threshold,
         ),
@@ -133,24 +142,26 @@ def _clear(state: PortfolioState, name: str, now: datetime, why: str) -> list[Sw
     tripped = state.switches.pop(name, None)
     if tripped is None:
         return []
-    if name == Switch.CONFIDENCE_COLLAPSE.value:
+    if name == CONFIDENCE_COLLAPSE:
         state.recent_confidences = ()  # measure a fresh window, not the one that tripped
     return [SwitchEvent(name, "CLEARED", now, tripped.value, tripped.threshold, reason=why)]
 
 
 def expire(state: PortfolioState, equity: Decimal, now: datetime, config: RPMConfig) -> list[SwitchEvent]:
     """Clear the automatic switches whose cooldown is over (and whose condition is gone)."""
+    if not state.switches and not state.symbol_halts:
+        return []
     events: list[SwitchEvent] = []
-    for name in (Switch.DRAWDOWN.value, Switch.CONFIDENCE_COLLAPSE.value):
+    for name in (DRAWDOWN, CONFIDENCE_COLLAPSE):
         tripped = state.switches.get(name)
         if tripped is not None and tripped.cooldown_until is not None and now >= tripped.cooldown_until:
-            if name == Switch.DRAWDOWN.value and drawdown(state, equity) >= config.max_drawdown:
+            if name == DRAWDOWN and drawdown(state, equity) >= config.max_drawdown:
                 continue  # drawdown clears only once it is back under the limit
             events += _clear(state, name, now, "cooldown over")
     for symbol, halt in list(state.symbol_halts.items()):
         if halt.cooldown_until is not None and now >= halt.cooldown_until:
             del state.symbol_halts[symbol]
-            events.append(SwitchEvent(Switch.VOLATILITY_SHOCK.value, "CLEARED", now, halt.value, halt.threshold,
+            events.append(SwitchEvent(VOLATILITY_SHOCK, "CLEARED", now, halt.value, halt.threshold,
                                       symbol=symbol, reason="cooldown over"))
     return events
 
@@ -176,15 +187,15 @@ def trip_symbol(state: PortfolioState, symbol: str, value: float, threshold: flo
                 config: RPMConfig) -> SwitchEvent:
     until = _cooldown_end(now, config)
     why = f"ATR {value:.6g} above {threshold:.6g} ({config.volatility_shock_multiplier}x baseline)"
-    state.symbol_halts[symbol] = SwitchState(Switch.VOLATILITY_SHOCK.value, now, value, threshold, until, why, symbol)
-    return SwitchEvent(Switch.VOLATILITY_SHOCK.value, "TRIPPED", now, value, threshold, until, symbol, why)
+    state.symbol_halts[symbol] = SwitchState(VOLATILITY_SHOCK, now, value, threshold, until, why, symbol)
+    return SwitchEvent(VOLATILITY_SHOCK, "TRIPPED", now, value, threshold, until, symbol, why)
 
 
 def halt(state: PortfolioState, reason: str, now: datetime) -> list[SwitchEvent]:
     """A manual halt: holds until a manual resume."""
     if not reason or not reason.strip():
         raise ResumeError("a halt needs a reason")
-    name = Switch.MANUAL.value
+    name = MANUAL
     if name in state.switches:
         return []
     state.switches[name] = SwitchState(name, now, None, None, None, reason.strip(), automatic=False)
@@ -251,17 +262,17 @@ def switch_status(state: PortfolioState, equity: Decimal, now: datetime, config:
                 max(0.0, (tripped.cooldown_until - now).total_seconds()) if tripped and tripped.cooldown_until else 0.0
             ),
         }
-        if name in (Switch.DRAWDOWN.value, Switch.DAILY_DRAWDOWN.value):
+        if name in (DRAWDOWN, DAILY_DRAWDOWN):
             entry["current_pct"] = value * 100
             entry["threshold_pct"] = threshold * 100
         out[name] = entry
-    out[Switch.VOLATILITY_SHOCK.value] = {
+    out[VOLATILITY_SHOCK] = {
         "state": "TRIPPED" if state.symbol_halts else "OK",
         "threshold": config.volatility_shock_multiplier,
         "halted_symbols": {k: v.to_dict() for k, v in sorted(state.symbol_halts.items())},
     }
-    manual = state.switches.get(Switch.MANUAL.value)
-    out[Switch.MANUAL.value] = {
+    manual = state.switches.get(MANUAL)
+    out[MANUAL] = {
         "state": "TRIPPED" if manual else "OK",
         "reason": manual.reason if manual else None,
         "tripped_at": iso(manual.tripped_at) if manual else None,
