@@ -1,8 +1,8 @@
 """RPM, the Risk & Portfolio Manager."""
 
 
-def create_app(settings=None):
+def create_app(settings=None, **kwargs):
     """Build the Flask service (imports Flask only when called)."""
     from .factory import create_app as _create_app
 
-    return _create_app(settings)
+    return _create_app(settings, **kwargs)

@@ -30,20 +30,45 @@ class RiskMetrics:
         self.latencies_ms: deque[float] = deque(maxlen=latency_window)
 
     def record(self, decision: Decision, latency_ms: float | None = None) -> None:
+        self.count(decision.approved, float(decision.units), decision.reason, decision.category, latency_ms)
+
+    def count(self, approved: bool, units: float, reason: str | None, category: str | None,
+              latency_ms: float | None = None) -> None:
         self.total += 1
-        if decision.approved:
+        if approved:
             self.approved += 1
-            units = float(decision.units)
             self.units_total += units
             self.units_min = units if self.units_min is None else min(self.units_min, units)
             self.units_max = units if self.units_max is None else max(self.units_max, units)
         else:
             self.rejected += 1
-            self.by_reason[decision.reason] = self.by_reason.get(decision.reason, 0) + 1
-            category = decision.category
+            self.by_reason[reason] = self.by_reason.get(reason, 0) + 1
             self.by_category[category] = self.by_category.get(category, 0) + 1
         if latency_ms is not None:
             self.latencies_ms.append(latency_ms)
+
+    # -- persistence of the counters (the service keeps them on the portfolio row) ---
+    def counters(self) -> dict[str, Any]:
+        return {
+            "total": self.total, "approved": self.approved, "rejected": self.rejected,
+            "by_reason": self.by_reason, "by_category": self.by_category,
+            "units_total": self.units_total, "units_min": self.units_min, "units_max": self.units_max,
+        }
+
+    @classmethod
+    def from_counters(cls, data: dict[str, Any] | None, latencies_ms: list[float] = ()) -> RiskMetrics:
+        metrics = cls()
+        data = data or {}
+        metrics.total = data.get("total", 0)
+        metrics.approved = data.get("approved", 0)
+        metrics.rejected = data.get("rejected", 0)
+        metrics.by_reason = dict(data.get("by_reason", {}))
+        metrics.by_category = dict(data.get("by_category", {}))
+        metrics.units_total = data.get("units_total", 0.0)
+        metrics.units_min = data.get("units_min")
+        metrics.units_max = data.get("units_max")
+        metrics.latencies_ms.extend(latencies_ms)
+        return metrics
 
     def to_dict(self) -> dict[str, Any]:
         lat = sorted(self.latencies_ms)

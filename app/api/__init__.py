@@ -1,0 +1,75 @@
+"""The HTTP edge: flask-smorest blueprints, one JSON error shape, OpenAPI at /openapi.json and /docs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Flask, json, send_from_directory
+from flask_smorest import Api as SmorestApi
+from werkzeug.exceptions import HTTPException
+
+from app.errors import ServiceError
+
+from . import admin, health, trades
+from .common import error_response
+
+
+MESSAGES = {
+    400: "malformed request: the body is not valid JSON",
+    422: "invalid request: see `errors` for a message per field",
+}
+
+
+class Api(SmorestApi):
+    def handle_http_exception(self, error: HTTPException):  # type: ignore[override]
+        payload, code, headers = super().handle_http_exception(error)
+        payload.setdefault("message", MESSAGES.get(code) or error.description or error.name)
+        payload.setdefault("errors", {})
+        return payload, code, headers
+
+
+def register_api(app: Flask) -> Api:
+    app.config.update(
+        API_TITLE="RPM - Risk & Portfolio Manager",
+        API_VERSION="1.0",
+        OPENAPI_VERSION="3.0.3",
+        OPENAPI_URL_PREFIX="/",
+        OPENAPI_JSON_PATH="openapi.json",
+        OPENAPI_SWAGGER_UI_PATH="/docs",
+        OPENAPI_SWAGGER_UI_URL="/docs/assets/",
+    )
+    api = Api(app)
+    for module in (trades, health, admin):
+        api.register_blueprint(module.blp)
+    _register_docs_assets(app)
+    _register_error_handlers(app)
+    return api
+
+
+def _register_docs_assets(app: Flask) -> None:
+    import swagger_ui_bundle
+
+    folder = swagger_ui_bundle.swagger_ui_path
+
+    @app.get("/docs/assets/<path:filename>")
+    def docs_assets(filename: str):
+        return send_from_directory(folder, filename)
+
+    docs_assets.public = True  # type: ignore[attr-defined]
+
+
+def _register_error_handlers(app: Flask) -> None:
+    @app.errorhandler(ServiceError)
+    def service_error(exc: ServiceError):
+        return error_response(exc.status, exc.message, exc.errors, **exc.extra)
+
+    @app.errorhandler(Exception)
+    def unexpected(exc: Exception):
+        if isinstance(exc, HTTPException):
+            return app.extensions["rpm_api"].handle_http_exception(exc)
+        app.logger.exception("unexpected error")
+        return error_response(500, "internal error")
+
+
+def to_json(payload: Any) -> str:
+    return json.dumps(payload)

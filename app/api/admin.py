@@ -1,0 +1,57 @@
+"""Operating: halt, resume, configuration."""
+
+from __future__ import annotations
+
+from flask.views import MethodView
+from flask_smorest import Blueprint
+
+from .common import ERROR_RESPONSES, actor, ok, portfolio_id, service
+from .schemas import AnyObjectSchema, ConfigPutSchema, HaltSchema, PortfolioQuerySchema, ResumeSchema
+
+blp = Blueprint("admin", __name__, description="Halt, resume and configuration")
+
+
+def _errors(view):
+    for status, text in ERROR_RESPONSES.items():
+        view = blp.alt_response(status, description=text)(view)
+    return view
+
+
+@blp.route("/halt")
+class Halt(MethodView):
+    @blp.arguments(PortfolioQuerySchema, location="query", as_kwargs=True)
+    @blp.arguments(HaltSchema)
+    @blp.response(200, AnyObjectSchema)
+    @_errors
+    def post(self, body, **_query):
+        """Manual halt (reason required): only reducing trades pass until a manual resume"""
+        return ok(service().halt(portfolio_id(body), body["reason"], actor()))
+
+
+@blp.route("/resume")
+class Resume(MethodView):
+    @blp.arguments(PortfolioQuerySchema, location="query", as_kwargs=True)
+    @blp.arguments(ResumeSchema)
+    @blp.response(200, AnyObjectSchema)
+    @_errors
+    def post(self, body, **_query):
+        """Manual resume: refused (409) during an automatic switch's cooldown unless `force` with a reason"""
+        return ok(service().resume(portfolio_id(body), actor(), force=body["force"], reason=body.get("reason")))
+
+
+@blp.route("/config")
+class Config(MethodView):
+    @blp.arguments(PortfolioQuerySchema, location="query", as_kwargs=True)
+    @blp.response(200, AnyObjectSchema)
+    @_errors
+    def get(self, **_query):
+        """The portfolio's configuration with its version and hash"""
+        return ok(service().get_config(portfolio_id()))
+
+    @blp.arguments(PortfolioQuerySchema, location="query", as_kwargs=True)
+    @blp.arguments(ConfigPutSchema)
+    @blp.response(200, AnyObjectSchema)
+    @_errors
+    def put(self, body, **_query):
+        """Replace the configuration (validated; a new version; audited)"""
+        return ok(service().put_config(portfolio_id(body), body["config"], body.get("reason"), actor()))

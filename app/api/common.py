@@ -1,0 +1,53 @@
+"""Helpers shared by the blueprints."""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+from typing import Any
+
+from flask import current_app, jsonify, request
+
+from app.errors import Invalid
+from app.services import Actor, RPMService
+
+ERROR_RESPONSES = {
+    400: "Malformed JSON",
+    404: "Unknown portfolio or decision",
+    409: "Conflict (idempotency, cooldown, fill)",
+    422: "Invalid fields, with a message per field",
+    503: "Database unavailable: nothing was approved",
+}
+
+
+def error_response(status: int, message: str, errors: Any = None, **extra: Any):
+    body = {"code": status, "status": HTTPStatus(status).phrase, "message": message, "errors": errors or {}}
+    body.update(extra)
+    response = jsonify(body)
+    response.status_code = status
+    return response
+
+
+def ok(payload: Any, status: int = 200):
+    response = jsonify(payload)
+    response.status_code = status
+    return response
+
+
+def service() -> RPMService:
+    return current_app.extensions["rpm"]
+
+
+def actor() -> Actor:
+    from .auth import current_actor
+
+    return current_actor()
+
+
+def portfolio_id(body: dict[str, Any] | None = None) -> str:
+    """``portfolio_id`` from the body or the query string; absent means ``default``."""
+    in_body = (body or {}).get("portfolio_id")
+    in_query = request.args.get("portfolio_id")
+    if in_body and in_query and in_body != in_query:
+        raise Invalid("portfolio_id differs between body and query",
+                      {"portfolio_id": ["body and query name different portfolios"]})
+    return in_body or in_query or "default"

@@ -1,0 +1,75 @@
+"""Reading: portfolio, health, metrics, liveness and readiness."""
+
+from __future__ import annotations
+
+from flask import current_app
+from flask.views import MethodView
+from flask_smorest import Blueprint
+
+from app.errors import Unavailable
+
+from .common import ERROR_RESPONSES, error_response, ok, portfolio_id, service
+from .schemas import AnyObjectSchema, PortfolioQuerySchema
+
+blp = Blueprint("monitoring", __name__, description="Portfolio, health and metrics")
+
+
+def _errors(view):
+    for status in (404, 422, 503):
+        view = blp.alt_response(status, description=ERROR_RESPONSES[status])(view)
+    return view
+
+
+@blp.route("/portfolio")
+class PortfolioView(MethodView):
+    @blp.arguments(PortfolioQuerySchema, location="query", as_kwargs=True)
+    @blp.response(200, AnyObjectSchema)
+    @_errors
+    def get(self, **_query):
+        """Positions, exposures (symbol, currency, gross, net), equity, PnL, drawdown"""
+        return ok(service().portfolio(portfolio_id()))
+
+
+@blp.route("/health")
+class HealthView(MethodView):
+    @blp.arguments(PortfolioQuerySchema, location="query", as_kwargs=True)
+    @blp.response(200, AnyObjectSchema)
+    @_errors
+    def get(self, **_query):
+        """Overall health, each kill switch (value, threshold, state), risk metrics, database status"""
+        try:
+            return ok(service().health(portfolio_id()))
+        except Unavailable as exc:
+            return error_response(503, str(exc), health="UNAVAILABLE", database={"status": "unavailable"})
+
+
+@blp.route("/metrics")
+class MetricsView(MethodView):
+    @blp.arguments(PortfolioQuerySchema, location="query", as_kwargs=True)
+    @blp.response(200, AnyObjectSchema)
+    @_errors
+    def get(self, **_query):
+        """Decision counts, approval rate, rejections by reason and category, sizing and latency"""
+        return ok(service().metrics(portfolio_id()))
+
+
+@blp.route("/health/live")
+class Live(MethodView):
+    @blp.response(200, AnyObjectSchema)
+    def get(self):
+        """Liveness: the process answers"""
+        return ok({"status": "alive"})
+
+
+@blp.route("/health/ready")
+class Ready(MethodView):
+    @blp.response(200, AnyObjectSchema)
+    @blp.alt_response(503, description="Database unreachable or migrations not at head")
+    def get(self):
+        """Readiness: the database is reachable and its migrations are at head"""
+        from app.store.migrate import migration_status
+
+        status = migration_status(current_app.extensions["rpm"].db)
+        if not status["ready"]:
+            return error_response(503, status["message"], **status)
+        return ok(status)

@@ -1,0 +1,88 @@
+"""Trading: decide intents, what-if, marks, fills, closes."""
+
+from __future__ import annotations
+
+from flask.views import MethodView
+from flask_smorest import Blueprint
+
+from .common import ERROR_RESPONSES, actor, ok, portfolio_id, service
+from .schemas import (
+    AnyObjectSchema,
+    CloseSchema,
+    FillSchema,
+    MarksSchema,
+    PortfolioQuerySchema,
+    ProcessTradeResponseSchema,
+    TradeIntentSchema,
+    WhatIfResponseSchema,
+)
+
+blp = Blueprint("trading", __name__, description="Trade intents, marks, fills and closes")
+
+
+def _errors(view):
+    for status, text in ERROR_RESPONSES.items():
+        view = blp.alt_response(status, description=text)(view)
+    return view
+
+
+@blp.route("/process_trade")
+class ProcessTrade(MethodView):
+    @blp.arguments(PortfolioQuerySchema, location="query", as_kwargs=True)
+    @blp.arguments(TradeIntentSchema)
+    @blp.response(200, ProcessTradeResponseSchema)
+    @_errors
+    def post(self, body, **_query):
+        """Decide one trade intent (the main endpoint)
+
+        APPROVED (with a size) or REJECTED (with a reason code), always HTTP 200.
+        The answer is sent only after the decision is committed.
+        """
+        body["portfolio_id"] = portfolio_id(body)
+        return ok(service().process_trade(body, actor()))
+
+
+@blp.route("/what_if")
+class WhatIf(MethodView):
+    @blp.arguments(PortfolioQuerySchema, location="query", as_kwargs=True)
+    @blp.arguments(TradeIntentSchema)
+    @blp.response(200, WhatIfResponseSchema)
+    @_errors
+    def post(self, body, **_query):
+        """The decision an intent would get now; nothing is stored or changed"""
+        body["portfolio_id"] = portfolio_id(body)
+        return ok(service().what_if(body))
+
+
+@blp.route("/marks")
+class Marks(MethodView):
+    @blp.arguments(PortfolioQuerySchema, location="query", as_kwargs=True)
+    @blp.arguments(MarksSchema)
+    @blp.response(200, AnyObjectSchema)
+    @_errors
+    def post(self, body, **_query):
+        """Latest prices: revalue the portfolio and evaluate every kill switch"""
+        return ok(service().apply_marks(portfolio_id(body), body["prices"], actor()))
+
+
+@blp.route("/fills")
+class Fills(MethodView):
+    @blp.arguments(PortfolioQuerySchema, location="query", as_kwargs=True)
+    @blp.arguments(FillSchema)
+    @blp.response(200, AnyObjectSchema)
+    @_errors
+    def post(self, body, **_query):
+        """Execution report for an approved decision (final: unfilled units are released)"""
+        return ok(service().record_fill(portfolio_id(body), body["decision_id"], body["filled_units"],
+                                        body["fill_price"], actor()))
+
+
+@blp.route("/positions/<string:symbol>/close")
+class ClosePosition(MethodView):
+    @blp.arguments(PortfolioQuerySchema, location="query", as_kwargs=True)
+    @blp.arguments(CloseSchema)
+    @blp.response(200, AnyObjectSchema)
+    @_errors
+    def post(self, body, symbol, **_query):
+        """Close a whole position at a price, realising its PnL"""
+        return ok(service().close_position(portfolio_id(body), symbol, body["price"], actor()))

@@ -1,0 +1,43 @@
+"""create_app(): settings, database, service, API, CLI — a few register_* calls."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+
+from flask import Flask
+
+from .settings import Settings, default_instance_path
+
+
+def create_app(settings: Settings | None = None, *, clock: Callable[[], datetime] | None = None) -> Flask:
+    settings = settings or Settings.from_env()
+    instance_path = settings.instance_path or default_instance_path()
+    app = Flask("app", instance_path=instance_path, instance_relative_config=True)
+    app.config["RPM_SETTINGS"] = settings
+    app.json.sort_keys = False
+    register_service(app, settings, clock)
+    register_api(app)
+    return app
+
+
+def register_service(app: Flask, settings: Settings, clock: Callable[[], datetime] | None) -> None:
+    from .presets import load_preset
+    from .services import RPMService, system_clock
+    from .store.database import Database
+
+    db = Database(
+        settings.resolved_database_url(app.instance_path),
+        lock_timeout_ms=settings.lock_timeout_ms,
+        statement_timeout_ms=settings.statement_timeout_ms,
+        connect_timeout_s=settings.connect_timeout_s,
+        pool_size=settings.pool_size,
+    )
+    config = load_preset(settings.default_preset, total_capital=settings.default_capital)
+    app.extensions["rpm"] = RPMService(db, clock or system_clock, default_config=config)
+
+
+def register_api(app: Flask) -> None:
+    from .api import register_api as _register
+
+    app.extensions["rpm_api"] = _register(app)

@@ -1,0 +1,433 @@
+"""The use cases of the service: load state under the portfolio lock, let the engine decide, commit.
+
+Services take primitives and return JSON-ready dicts; the HTTP layer only translates.
+An answer is returned only after the transaction holding it has committed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from app.risk import (
+    ConfigError,
+    CooldownActive,
+    FillError,
+    IntentError,
+    ResumeError,
+    RPMConfig,
+    TradeIntent,
+    engine,
+)
+from app.risk.config import canonical_json
+from app.risk.metrics import RiskMetrics
+from app.risk.model import PORTFOLIO_ID_RE, Booking, symbol_error
+
+from .errors import Conflict, Invalid, NotFound, Unavailable
+from .store import models as m
+from .store import repository
+from .store.database import Database, DatabaseUnavailable
+from .store.repository import Loaded, PortfolioNotFound
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who made a request: the API key's id, name and role (or the CLI's operator)."""
+
+    name: str
+    role: str
+    key_id: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"key_id": self.key_id, "name": self.name, "role": self.role}
+
+
+SYSTEM = Actor("system", "admin")
+
+
+def system_clock() -> datetime:
+    return datetime.now(UTC)
+
+
+def _f(value: Decimal | None) -> float | None:
+    return None if value is None else float(value)
+
+
+class RPMService:
+    def __init__(self, db: Database, clock: Callable[[], datetime] = system_clock,
+                 default_config: RPMConfig | None = None, default_capital: float | None = None):
+        self.db = db
+        self.clock = clock
+        self.default_config = default_config or RPMConfig()
+        self.default_capital = default_capital
+
+    # -- plumbing --------------------------------------------------------------------
+    def _load(self, session, portfolio_id: str, *, lock: bool = True) -> Loaded:
+        if not isinstance(portfolio_id, str) or not PORTFOLIO_ID_RE.match(portfolio_id):
+            raise Invalid("invalid portfolio_id", {"portfolio_id": ["must match [A-Za-z0-9_-]{1,64}"]})
+        try:
+            return repository.load(session, portfolio_id, lock=lock)
+        except PortfolioNotFound:
+            if portfolio_id != "default":
+                raise NotFound(f"unknown portfolio {portfolio_id!r}") from None
+        # the `default` portfolio always exists: created on first use
+        self._create_default(session)
+        return repository.load(session, portfolio_id, lock=lock)
+
+    def _create_default(self, session) -> None:
+        capital = None if self.default_capital is None else Decimal(repr(self.default_capital))
+        try:
+            with session.begin_nested():
+                repository.create_portfolio(session, "default", self.default_config, self.clock(), capital)
+        except IntegrityError:
+            pass  # created concurrently by another request
+
+    def _write(self, fn: Callable[[Any], Any]) -> Any:
+        try:
+            with self.db.transaction() as session:
+                return fn(session)
+        except DatabaseUnavailable as exc:
+            raise Unavailable(str(exc)) from exc
+
+    def _read(self, fn: Callable[[Any], Any]) -> Any:
+        try:
+            with self.db.reader() as session:
+                return fn(session)
+        except DatabaseUnavailable as exc:
+            raise Unavailable(str(exc)) from exc
+
+    def ensure_default_portfolio(self) -> None:
+        def run(session):
+            if session.get(m.Portfolio, "default") is None:
+                self._create_default(session)
+        self._write(run)
+
+    # -- trading ---------------------------------------------------------------------
+    def process_trade(self, fields: dict[str, Any], actor: Actor) -> dict[str, Any]:
+        started = time.perf_counter()
+        portfolio_id = fields.get("portfolio_id") or "default"
+
+        def run(session):
+            loaded = self._load(session, portfolio_id)
+            try:
+                intent = TradeIntent.create(loaded.config, **{**fields, "portfolio_id": portfolio_id})
+            except IntentError as exc:
+                raise Invalid("invalid trade intent", {k: [v] for k, v in exc.errors.items()}) from None
+            request_hash = hashlib.sha256(canonical_json(intent.to_dict()).encode()).hexdigest()
+            if intent.intent_id is not None:
+                stored = session.execute(
+                    select(m.Decision).where(m.Decision.portfolio_id == portfolio_id,
+                                             m.Decision.intent_id == intent.intent_id)
+                ).scalar_one_or_none()
+                if stored is not None:
+                    if stored.request_hash != request_hash:
+                        raise Conflict(f"intent_id {intent.intent_id!r} was already used with a different payload",
+                                       decision_id=stored.id)
+                    return self._trade_response(loaded, stored, replay=True)
+            now = self.clock()
+            outcome = engine.decide(loaded.state, intent, loaded.config, now, str(uuid.uuid4()))
+            d = outcome.decision
+            row = loaded.row
+            row.last_seq += 1
+            metrics = RiskMetrics.from_counters(row.counters)
+            metrics.record(d)
+            row.counters = metrics.counters()
+            decision_row = m.Decision(
+                id=d.id, portfolio_id=portfolio_id, seq=row.last_seq, intent_id=intent.intent_id,
+                request_hash=request_hash, symbol=intent.symbol, direction=intent.direction, status=d.status.value,
+                reason_code=d.reason, message=d.message, approved_units=d.units, price=intent.current_price,
+                reducing=d.reducing, decided_at=now, config_hash=d.config_hash, config_version=row.config_version,
+                intent=intent.to_dict(), breakdown=dict(d.breakdown), context=dict(d.context),
+                state_before=loaded.state.to_dict(),
+                booking=outcome.booking.to_dict() if outcome.booking else None,
+                latency_ms=Decimal(f"{(time.perf_counter() - started) * 1000:.3f}"),
+            )
+            session.add(decision_row)
+            repository.save(session, loaded, outcome.state, now)
+            repository.add_events(session, portfolio_id, outcome.events, d.id)
+            session.flush()
+            loaded.state = outcome.state
+            return self._trade_response(loaded, decision_row, replay=False)
+
+        return self._write(run)
+
+    def _trade_response(self, loaded: Loaded, row: m.Decision, replay: bool) -> dict[str, Any]:
+        return {
+            "decision": decision_payload(row, replay=replay),
+            "portfolio_state": engine.portfolio_summary(loaded.state, loaded.config),
+            "risk_metrics": RiskMetrics.from_counters(loaded.row.counters).to_dict(),
+        }
+
+    def what_if(self, fields: dict[str, Any]) -> dict[str, Any]:
+        """The decision an intent would get now: computed from a plain read, nothing stored."""
+        portfolio_id = fields.get("portfolio_id") or "default"
+
+        def run(session):
+            loaded = self._load(session, portfolio_id, lock=False)
+            try:
+                intent = TradeIntent.create(loaded.config, **{**fields, "portfolio_id": portfolio_id})
+            except IntentError as exc:
+                raise Invalid("invalid trade intent", {k: [v] for k, v in exc.errors.items()}) from None
+            d = engine.decide(loaded.state, intent, loaded.config, self.clock(), "what-if").decision
+            return {"decision": {**d.to_dict(), "what_if": True}}
+
+        return self._read(run)
+
+    def apply_marks(self, portfolio_id: str, prices: dict[str, Any], actor: Actor) -> dict[str, Any]:
+        def run(session):
+            loaded = self._load(session, portfolio_id)
+            errors = {s: [symbol_error(s, loaded.config)] for s in prices if symbol_error(s, loaded.config)}
+            if errors:
+                raise Invalid("invalid symbols", {"prices": errors})
+            now = self.clock()
+            outcome = engine.mark(loaded.state, prices, loaded.config, now)
+            repository.save(session, loaded, outcome.state, now)
+            repository.add_events(session, portfolio_id, outcome.events)
+            return {
+                "portfolio_state": engine.portfolio_summary(outcome.state, loaded.config),
+                "events": [e.to_dict() for e in outcome.events],
+                "tripped": [e.switch for e in outcome.events if e.action == "TRIPPED"],
+            }
+
+        return self._write(run)
+
+    def record_fill(self, portfolio_id: str, decision_id: str, units: Any, price: Any, actor: Actor) -> dict[str, Any]:
+        def run(session):
+            loaded = self._load(session, portfolio_id)
+            decision = session.get(m.Decision, decision_id)
+            if decision is None or decision.portfolio_id != portfolio_id:
+                raise NotFound(f"unknown decision {decision_id!r}")
+            if decision.status != "APPROVED" or decision.booking is None:
+                raise Conflict("only an approved decision can be filled", decision_id=decision_id)
+            if session.execute(select(m.Fill.id).where(m.Fill.decision_id == decision_id)).first():
+                raise Conflict("this decision was already filled: a fill is final", decision_id=decision_id)
+            now = self.clock()
+            try:
+                outcome = engine.fill(loaded.state, Booking.from_dict(decision.booking), decision.decided_at,
+                                      units, price, loaded.config, now)
+            except FillError as exc:
+                raise Conflict(str(exc), decision_id=decision_id) from None
+            session.add(m.Fill(portfolio_id=portfolio_id, decision_id=decision_id, filled_units=Decimal(repr(units)),
+                               fill_price=Decimal(repr(price)), realised_delta=outcome.realised_pnl, at=now))
+            repository.save(session, loaded, outcome.state, now)
+            repository.add_events(session, portfolio_id, outcome.events, decision_id)
+            return {
+                "decision_id": decision_id,
+                "filled_units": float(units),
+                "fill_price": float(price),
+                "released_units": float(Decimal(decision.booking["units"]) - Decimal(repr(units))),
+                "realised_pnl_change": float(outcome.realised_pnl),
+                "portfolio_state": engine.portfolio_summary(outcome.state, loaded.config),
+                "events": [e.to_dict() for e in outcome.events],
+            }
+
+        return self._write(run)
+
+    def close_position(self, portfolio_id: str, symbol: str, price: Any, actor: Actor) -> dict[str, Any]:
+        def run(session):
+            loaded = self._load(session, portfolio_id)
+            if symbol not in loaded.state.positions:
+                raise NotFound(f"no open position in {symbol!r}")
+            now = self.clock()
+            outcome = engine.close(loaded.state, symbol, price, loaded.config, now)
+            repository.save(session, loaded, outcome.state, now)
+            repository.add_events(session, portfolio_id, outcome.events)
+            return {
+                "closed": outcome.extra["closed"],
+                "price": float(price),
+                "realised_pnl": float(outcome.realised_pnl),
+                "portfolio_state": engine.portfolio_summary(outcome.state, loaded.config),
+                "events": [e.to_dict() for e in outcome.events],
+            }
+
+        return self._write(run)
+
+    # -- operator --------------------------------------------------------------------
+    def halt(self, portfolio_id: str, reason: str, actor: Actor) -> dict[str, Any]:
+        def run(session):
+            loaded = self._load(session, portfolio_id)
+            now = self.clock()
+            try:
+                outcome = engine.halt(loaded.state, reason, loaded.config, now)
+            except ResumeError as exc:
+                raise Invalid(str(exc), {"reason": [str(exc)]}) from None
+            before = _trading(loaded.state)
+            repository.save(session, loaded, outcome.state, now)
+            repository.add_events(session, portfolio_id, outcome.events)
+            repository.add_admin_action(session, portfolio_id=portfolio_id, action="halt", actor=actor.name,
+                                        actor_role=actor.role, at=now, reason=reason, before=before,
+                                        after=_trading(outcome.state))
+            return {"portfolio_id": portfolio_id, **_trading(outcome.state),
+                    "events": [e.to_dict() for e in outcome.events]}
+
+        return self._write(run)
+
+    def resume(self, portfolio_id: str, actor: Actor, force: bool = False, reason: str | None = None) -> dict[str, Any]:
+        def run(session):
+            loaded = self._load(session, portfolio_id)
+            now = self.clock()
+            try:
+                outcome = engine.resume(loaded.state, loaded.config, now, force=force, reason=reason)
+            except CooldownActive as exc:
+                raise Conflict("resume refused: an automatic kill switch is in its cooldown; send force with a reason",
+                               {"cooldown": exc.switches}) from None
+            except ResumeError as exc:
+                raise Invalid(str(exc), {"reason": [str(exc)]}) from None
+            before = _trading(loaded.state)
+            repository.save(session, loaded, outcome.state, now)
+            repository.add_events(session, portfolio_id, outcome.events)
+            rebase = next((e.detail for e in outcome.events if e.action == "REBASED"), {})
+            repository.add_admin_action(session, portfolio_id=portfolio_id, action="resume", actor=actor.name,
+                                        actor_role=actor.role, at=now, reason=reason,
+                                        before={**before, "references": rebase.get("before")},
+                                        after={**_trading(outcome.state), "references": rebase.get("after"),
+                                               "forced": bool(rebase.get("forced"))})
+            return {"portfolio_id": portfolio_id, **_trading(outcome.state),
+                    "events": [e.to_dict() for e in outcome.events]}
+
+        return self._write(run)
+
+    # -- reading ---------------------------------------------------------------------
+    def _ticked(self, session, portfolio_id: str) -> tuple[Loaded, engine.Outcome]:
+        """The state as of now (calendar rolled, expired cooldowns cleared), without writing."""
+        loaded = self._load(session, portfolio_id, lock=False)
+        return loaded, engine.tick(loaded.state, loaded.config, self.clock())
+
+    def portfolio(self, portfolio_id: str) -> dict[str, Any]:
+        def run(session):
+            loaded, outcome = self._ticked(session, portfolio_id)
+            return engine.portfolio_summary(outcome.state, loaded.config)
+        return self._read(run)
+
+    def health(self, portfolio_id: str) -> dict[str, Any]:
+        def run(session):
+            started = time.perf_counter()
+            loaded, outcome = self._ticked(session, portfolio_id)
+            out = engine.health(outcome.state, loaded.config, self.clock())
+            out["risk_metrics"] = self._metrics(session, loaded).to_dict()
+            out["database"] = {"status": "ok", "dialect": self.db.engine.dialect.name,
+                               "latency_ms": round((time.perf_counter() - started) * 1000, 3)}
+            out["config_version"] = loaded.row.config_version
+            out["config_hash"] = loaded.config.config_hash
+            return out
+        return self._read(run)
+
+    def _metrics(self, session, loaded: Loaded) -> RiskMetrics:
+        latencies = session.scalars(
+            select(m.Decision.latency_ms).where(m.Decision.portfolio_id == loaded.row.id)
+            .order_by(m.Decision.seq.desc()).limit(10_000)
+        ).all()
+        return RiskMetrics.from_counters(loaded.row.counters, [float(v) for v in latencies if v is not None])
+
+    def metrics(self, portfolio_id: str) -> dict[str, Any]:
+        def run(session):
+            loaded = self._load(session, portfolio_id, lock=False)
+            return {"portfolio_id": portfolio_id, **self._metrics(session, loaded).to_dict()}
+        return self._read(run)
+
+    def get_config(self, portfolio_id: str) -> dict[str, Any]:
+        def run(session):
+            loaded = self._load(session, portfolio_id, lock=False)
+            version = session.execute(
+                select(m.ConfigVersion).where(m.ConfigVersion.portfolio_id == portfolio_id,
+                                              m.ConfigVersion.version == loaded.row.config_version)
+            ).scalar_one()
+            return _config_payload(version)
+        return self._read(run)
+
+    def put_config(self, portfolio_id: str, body: dict[str, Any], reason: str | None, actor: Actor) -> dict[str, Any]:
+        try:
+            config = RPMConfig.from_dict(body)
+        except ConfigError as exc:
+            raise Invalid("invalid configuration", {"config": {exc.field: [exc.message]}}) from None
+        except TypeError as exc:
+            raise Invalid("invalid configuration", {"config": [str(exc)]}) from None
+
+        def run(session):
+            loaded = self._load(session, portfolio_id)
+            now = self.clock()
+            row = loaded.row
+            before = {"version": row.config_version, "config_hash": loaded.config.config_hash}
+            row.config_version += 1
+            version = m.ConfigVersion(portfolio_id=portfolio_id, version=row.config_version, body=config.to_dict(),
+                                      config_hash=config.config_hash, created_at=now, created_by=actor.name,
+                                      reason=reason)
+            session.add(version)
+            row.updated_at = now
+            old, new = loaded.config.to_dict(), config.to_dict()
+            changed = {k: {"before": old[k], "after": new[k]} for k in new if old.get(k) != new[k]}
+            repository.add_admin_action(session, portfolio_id=portfolio_id, action="config_change", actor=actor.name,
+                                        actor_role=actor.role, at=now, reason=reason, before=before,
+                                        after={"version": row.config_version, "config_hash": config.config_hash,
+                                               "changed": changed})
+            session.flush()
+            return _config_payload(version)
+
+        return self._write(run)
+
+
+def _trading(state) -> dict[str, Any]:
+    return {
+        "trading_state": engine.trading_state(state),
+        "tripped_switches": sorted(state.switches),
+        "halted_symbols": sorted(state.symbol_halts),
+    }
+
+
+def _config_payload(version: m.ConfigVersion) -> dict[str, Any]:
+    return {
+        "portfolio_id": version.portfolio_id,
+        "version": version.version,
+        "config_hash": version.config_hash,
+        "config": version.body,
+        "created_at": version.created_at.isoformat(),
+        "created_by": version.created_by,
+        "reason": version.reason,
+    }
+
+
+def decision_payload(row: m.Decision, replay: bool = False) -> dict[str, Any]:
+    """The one JSON shape of a stored decision (SPEC §5)."""
+    intent = row.intent
+    approved = row.status == "APPROVED"
+    sizing = (row.breakdown or {}).get("sizing") or {}
+    return {
+        "id": row.id,
+        "portfolio_id": row.portfolio_id,
+        "seq": row.seq,
+        "intent_id": row.intent_id,
+        "status": row.status,
+        "reason": row.reason_code,
+        "message": row.message,
+        "decided_at": row.decided_at.isoformat(),
+        "approved_trade": {
+            "symbol": row.symbol,
+            "direction": row.direction,
+            "position_units": float(row.approved_units),
+            "confidence_score": intent["confidence_score"],
+            "regime": intent["regime"],
+            "atr": intent["atr"],
+            "risk_per_trade": 0.0 if row.reducing else sizing.get("risk_capital", 0.0),
+            "current_price": intent["current_price"],
+            "reducing": row.reducing,
+        } if approved else None,
+        "rejected_trade": None if approved else {
+            "rejection_reason": row.message,
+            "reason_code": row.reason_code,
+            "context": row.context,
+        },
+        "breakdown": row.breakdown,
+        "config_hash": row.config_hash,
+        "config_version": row.config_version,
+        "intent": intent,
+        "replay": replay,
+    }

@@ -1,0 +1,66 @@
+"""Every environment variable RPM reads, in one place, typed, with defaults."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def _int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    return default if raw in (None, "") else int(raw)
+
+
+@dataclass(frozen=True)
+class Settings:
+    # SQLAlchemy URL; unset: an embedded SQLite file in the instance folder
+    database_url: str | None = None
+    port: int = 8005
+    host: str = "0.0.0.0"
+    workers: int = 5
+    threads: int = 4
+    # a decision waiting longer than this for its portfolio's lock answers 503
+    lock_timeout_ms: int = 2000
+    statement_timeout_ms: int = 5000
+    connect_timeout_s: int = 3
+    pool_size: int = 5
+    bootstrap_admin_key: str | None = None
+    default_preset: str = "balanced"
+    default_capital: float = 100_000.0
+    instance_path: str | None = None
+    log_level: str = "INFO"
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        return cls(
+            database_url=os.environ.get("DATABASE_URL") or None,
+            port=_int("RPM_PORT", 8005),
+            host=os.environ.get("RPM_HOST", "0.0.0.0"),
+            workers=_int("RPM_WORKERS", 5),
+            threads=_int("RPM_THREADS", 4),
+            lock_timeout_ms=_int("RPM_LOCK_TIMEOUT_MS", 2000),
+            statement_timeout_ms=_int("RPM_STATEMENT_TIMEOUT_MS", 5000),
+            connect_timeout_s=_int("RPM_CONNECT_TIMEOUT_S", 3),
+            pool_size=_int("RPM_POOL_SIZE", 5),
+            bootstrap_admin_key=os.environ.get("RPM_BOOTSTRAP_ADMIN_KEY") or None,
+            default_preset=os.environ.get("RPM_DEFAULT_PRESET", "balanced"),
+            default_capital=float(os.environ.get("RPM_DEFAULT_CAPITAL", "100000")),
+            instance_path=os.environ.get("RPM_INSTANCE_PATH") or None,
+            log_level=os.environ.get("RPM_LOG_LEVEL", "INFO"),
+        )
+
+    def resolved_database_url(self, instance_path: str) -> str:
+        if self.database_url:
+            url = self.database_url
+            # plain postgresql:// URLs mean psycopg 3 here
+            if url.startswith("postgresql://") or url.startswith("postgres://"):
+                url = "postgresql+psycopg://" + url.split("://", 1)[1]
+            return url
+        Path(instance_path).mkdir(parents=True, exist_ok=True)
+        return f"sqlite:///{Path(instance_path) / 'rpm.sqlite3'}"
+
+
+def default_instance_path() -> str:
+    return os.environ.get("RPM_INSTANCE_PATH") or str(Path.cwd() / "instance")

@@ -1,0 +1,226 @@
+"""ORM rows. The schema is created only by the Alembic migrations in ``migrations/``."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    Numeric,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class DecimalText(TypeDecorator):
+    """Exact decimals on SQLite, which has no NUMERIC type of its own (stored as text)."""
+
+    impl = String(64)
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Any) -> str | None:
+        return None if value is None else str(Decimal(value))
+
+    def process_result_value(self, value: Any, dialect: Any) -> Decimal | None:
+        return None if value is None else Decimal(value)
+
+
+class UTCDateTime(TypeDecorator):
+    """Timezone-aware UTC datetimes on every backend (SQLite returns naive ones)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime")
+        return value.astimezone(UTC) if dialect.name == "postgresql" else value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+Money = Numeric(28, 10).with_variant(DecimalText(), "sqlite")
+Json = JSON().with_variant(JSONB(), "postgresql")
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class Portfolio(Base):
+    """One portfolio: its capital, equity bookkeeping, trading state, config version and audit head."""
+
+    __tablename__ = "portfolios"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    account_currency: Mapped[str] = mapped_column(String(3), default="USD")
+    starting_capital: Mapped[Decimal] = mapped_column(Money)
+    realised_pnl: Mapped[Decimal] = mapped_column(Money, default=Decimal(0))
+    peak_equity: Mapped[Decimal | None] = mapped_column(Money)
+    day_key: Mapped[str | None] = mapped_column(String(10))
+    day_start_equity: Mapped[Decimal | None] = mapped_column(Money)
+    day_peak_equity: Mapped[Decimal | None] = mapped_column(Money)
+    week_key: Mapped[str | None] = mapped_column(String(10))
+    week_start_equity: Mapped[Decimal | None] = mapped_column(Money)
+    trading_state: Mapped[str] = mapped_column(String(16), default="ACTIVE")
+    # the tripped switches (portfolio-wide and per symbol), as the engine's SwitchState dicts
+    switches: Mapped[dict] = mapped_column(Json, default=dict)
+    # bounded histories the engine reads: recent confidences, intent times, ATRs per symbol
+    memory: Mapped[dict] = mapped_column(Json, default=dict)
+    # running decision counters for risk_metrics (updated in the decision's transaction)
+    counters: Mapped[dict] = mapped_column(Json, default=dict)
+    config_version: Mapped[int] = mapped_column(Integer, default=1)
+    last_seq: Mapped[int] = mapped_column(BigInteger, default=0)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class Position(Base):
+    __tablename__ = "positions"
+
+    portfolio_id: Mapped[str] = mapped_column(ForeignKey("portfolios.id"), primary_key=True)
+    symbol: Mapped[str] = mapped_column(String(32), primary_key=True)
+    units: Mapped[Decimal] = mapped_column(Money)  # signed: > 0 long, < 0 short
+    avg_price: Mapped[Decimal] = mapped_column(Money)
+    opened_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class Mark(Base):
+    """The latest price of a symbol for a portfolio, and a bounded history for correlations."""
+
+    __tablename__ = "marks"
+
+    portfolio_id: Mapped[str] = mapped_column(ForeignKey("portfolios.id"), primary_key=True)
+    symbol: Mapped[str] = mapped_column(String(32), primary_key=True)
+    price: Mapped[Decimal] = mapped_column(Money)
+    history: Mapped[list] = mapped_column(Json, default=list)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class ConfigVersion(Base):
+    __tablename__ = "config_versions"
+    __table_args__ = (UniqueConstraint("portfolio_id", "version"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    portfolio_id: Mapped[str] = mapped_column(ForeignKey("portfolios.id"))
+    version: Mapped[int] = mapped_column(Integer)
+    body: Mapped[dict] = mapped_column(Json)
+    config_hash: Mapped[str] = mapped_column(String(64), index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    created_by: Mapped[str | None] = mapped_column(String(128))
+    reason: Mapped[str | None] = mapped_column(Text)
+
+
+class Decision(Base):
+    """Every decision ever made. Append-only."""
+
+    __tablename__ = "decisions"
+    __table_args__ = (
+        UniqueConstraint("portfolio_id", "seq"),
+        UniqueConstraint("portfolio_id", "intent_id"),
+        Index("ix_decisions_portfolio_decided", "portfolio_id", "decided_at", "id"),
+        Index("ix_decisions_symbol_decided", "portfolio_id", "symbol", "decided_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    portfolio_id: Mapped[str] = mapped_column(ForeignKey("portfolios.id"))
+    seq: Mapped[int] = mapped_column(BigInteger)
+    intent_id: Mapped[str | None] = mapped_column(String(128))
+    request_hash: Mapped[str] = mapped_column(String(64))
+    symbol: Mapped[str] = mapped_column(String(32))
+    direction: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(8))
+    reason_code: Mapped[str | None] = mapped_column(String(32))
+    message: Mapped[str] = mapped_column(Text)
+    approved_units: Mapped[Decimal] = mapped_column(Money)
+    price: Mapped[Decimal] = mapped_column(Money)
+    reducing: Mapped[bool] = mapped_column(Boolean, default=False)
+    decided_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    config_hash: Mapped[str] = mapped_column(String(64))
+    config_version: Mapped[int] = mapped_column(Integer)
+    intent: Mapped[dict] = mapped_column(Json)
+    breakdown: Mapped[dict] = mapped_column(Json)
+    context: Mapped[dict] = mapped_column(Json)
+    # everything the engine read to make this decision (replayable)
+    state_before: Mapped[dict] = mapped_column(Json)
+    booking: Mapped[dict | None] = mapped_column(Json)
+    latency_ms: Mapped[float | None] = mapped_column(Numeric(12, 3).with_variant(DecimalText(), "sqlite"))
+
+
+class Fill(Base):
+    """An execution report reconciling an approved decision. Append-only."""
+
+    __tablename__ = "fills"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    portfolio_id: Mapped[str] = mapped_column(ForeignKey("portfolios.id"))
+    decision_id: Mapped[str] = mapped_column(ForeignKey("decisions.id"), unique=True)
+    filled_units: Mapped[Decimal] = mapped_column(Money)
+    fill_price: Mapped[Decimal] = mapped_column(Money)
+    realised_delta: Mapped[Decimal] = mapped_column(Money)
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class SwitchEventRow(Base):
+    """Kill-switch transitions: tripped, cleared, references re-based. Append-only."""
+
+    __tablename__ = "switch_events"
+    __table_args__ = (Index("ix_switch_events_portfolio_at", "portfolio_id", "at"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    portfolio_id: Mapped[str] = mapped_column(ForeignKey("portfolios.id"))
+    switch: Mapped[str] = mapped_column(String(32))
+    action: Mapped[str] = mapped_column(String(16))
+    symbol: Mapped[str | None] = mapped_column(String(32))
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    value: Mapped[float | None] = mapped_column(Numeric(28, 10).with_variant(DecimalText(), "sqlite"))
+    threshold: Mapped[float | None] = mapped_column(Numeric(28, 10).with_variant(DecimalText(), "sqlite"))
+    cooldown_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    reason: Mapped[str] = mapped_column(Text, default="")
+    detail: Mapped[dict] = mapped_column(Json, default=dict)
+    decision_id: Mapped[str | None] = mapped_column(String(36))
+
+
+class AdminAction(Base):
+    """Who did what, when, why, with before and after. Append-only."""
+
+    __tablename__ = "admin_actions"
+    __table_args__ = (Index("ix_admin_actions_portfolio_at", "portfolio_id", "at"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    portfolio_id: Mapped[str | None] = mapped_column(String(64))
+    action: Mapped[str] = mapped_column(String(32))
+    actor: Mapped[str] = mapped_column(String(128))
+    actor_role: Mapped[str | None] = mapped_column(String(16))
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    reason: Mapped[str | None] = mapped_column(Text)
+    before: Mapped[dict | None] = mapped_column(Json)
+    after: Mapped[dict | None] = mapped_column(Json)

@@ -1,0 +1,193 @@
+"""Loading a portfolio's engine state under its lock, and writing back what changed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.risk import PortfolioState, RPMConfig
+from app.risk.model import Position as EnginePosition
+from app.risk.model import SwitchEvent, SwitchState
+
+from . import models as m
+
+_CONFIG_CACHE: dict[tuple[str, int], RPMConfig] = {}
+
+
+class PortfolioNotFound(LookupError):
+    pass
+
+
+@dataclass
+class Loaded:
+    """A portfolio locked for this transaction: its rows, its engine state and configuration."""
+
+    row: m.Portfolio
+    positions: dict[str, m.Position]
+    marks: dict[str, m.Mark]
+    state: PortfolioState
+    config: RPMConfig
+
+
+def lock_portfolio(session: Session, portfolio_id: str) -> m.Portfolio:
+    """Lock the portfolio row first: every change of a portfolio is serialized on it."""
+    row = session.execute(
+        select(m.Portfolio).where(m.Portfolio.id == portfolio_id).with_for_update().execution_options(
+            populate_existing=True)
+    ).scalar_one_or_none()
+    if row is None:
+        raise PortfolioNotFound(portfolio_id)
+    return row
+
+
+def load(session: Session, portfolio_id: str, *, lock: bool = True) -> Loaded:
+    if lock:
+        row = lock_portfolio(session, portfolio_id)
+    else:
+        row = session.get(m.Portfolio, portfolio_id)
+        if row is None:
+            raise PortfolioNotFound(portfolio_id)
+    positions = {p.symbol: p for p in session.scalars(select(m.Position).where(m.Position.portfolio_id == row.id))}
+    marks = {k.symbol: k for k in session.scalars(select(m.Mark).where(m.Mark.portfolio_id == row.id))}
+    config = config_for(session, row.id, row.config_version)
+    return Loaded(row, positions, marks, to_state(row, positions, marks), config)
+
+
+def config_for(session: Session, portfolio_id: str, version: int) -> RPMConfig:
+    key = (portfolio_id, version)
+    config = _CONFIG_CACHE.get(key)
+    if config is None:
+        body = session.execute(
+            select(m.ConfigVersion.body).where(m.ConfigVersion.portfolio_id == portfolio_id,
+                                               m.ConfigVersion.version == version)
+        ).scalar_one()
+        config = _CONFIG_CACHE[key] = RPMConfig.from_dict(body)
+    return config
+
+
+def to_state(row: m.Portfolio, positions: dict[str, m.Position], marks: dict[str, m.Mark]) -> PortfolioState:
+    memory = row.memory or {}
+    switches = row.switches or {}
+    return PortfolioState(
+        portfolio_id=row.id,
+        starting_capital=_norm(row.starting_capital),
+        realised_pnl=_norm(row.realised_pnl),
+        peak_equity=_norm(row.peak_equity),
+        day_key=row.day_key,
+        day_start_equity=_norm(row.day_start_equity),
+        day_peak_equity=_norm(row.day_peak_equity),
+        week_key=row.week_key,
+        week_start_equity=_norm(row.week_start_equity),
+        positions={
+            s: EnginePosition(s, _norm(p.units), _norm(p.avg_price), p.opened_at) for s, p in positions.items()
+        },
+        marks={s: _norm(k.price) for s, k in marks.items()},
+        mark_history={s: tuple(k.history or ()) for s, k in marks.items()},
+        atr_history={s: tuple(v) for s, v in memory.get("atr_history", {}).items()},
+        recent_confidences=tuple(memory.get("recent_confidences", ())),
+        recent_intent_times=tuple(memory.get("recent_intent_times", ())),
+        switches={k: SwitchState.from_dict(v) for k, v in switches.get("portfolio", {}).items()},
+        symbol_halts={k: SwitchState.from_dict(v) for k, v in switches.get("symbols", {}).items()},
+    )
+
+
+def _norm(value: Decimal | None) -> Decimal | None:
+    """NUMERIC(28, 10) pads with zeros: strip them so values read back look as the engine wrote them."""
+    if value is None:
+        return None
+    value = Decimal(value).normalize()
+    return value.quantize(Decimal(1)) if value.as_tuple().exponent > 0 else value
+
+
+def save(session: Session, loaded: Loaded, new: PortfolioState, now: datetime) -> None:
+    """Write every change the engine made to the state (within the caller's transaction)."""
+    row, old = loaded.row, loaded.state
+    row.realised_pnl = new.realised_pnl
+    row.peak_equity = new.peak_equity
+    row.day_key = new.day_key
+    row.day_start_equity = new.day_start_equity
+    row.day_peak_equity = new.day_peak_equity
+    row.week_key = new.week_key
+    row.week_start_equity = new.week_start_equity
+    row.trading_state = "HALTED" if new.switches else "ACTIVE"
+    if new.switches != old.switches or new.symbol_halts != old.symbol_halts:
+        row.switches = {
+            "portfolio": {k: v.to_dict() for k, v in sorted(new.switches.items())},
+            "symbols": {k: v.to_dict() for k, v in sorted(new.symbol_halts.items())},
+        }
+    if (new.atr_history != old.atr_history or new.recent_confidences != old.recent_confidences
+            or new.recent_intent_times != old.recent_intent_times):
+        row.memory = {
+            "atr_history": {k: list(v) for k, v in sorted(new.atr_history.items())},
+            "recent_confidences": list(new.recent_confidences),
+            "recent_intent_times": list(new.recent_intent_times),
+        }
+    row.updated_at = now
+    for symbol in old.positions.keys() - new.positions.keys():
+        session.delete(loaded.positions.pop(symbol))
+    for symbol, pos in new.positions.items():
+        if old.positions.get(symbol) == pos:
+            continue
+        existing = loaded.positions.get(symbol)
+        if existing is None:
+            loaded.positions[symbol] = existing = m.Position(portfolio_id=row.id, symbol=symbol,
+                                                             opened_at=pos.opened_at)
+            session.add(existing)
+        existing.units = pos.units
+        existing.avg_price = pos.avg_price
+        existing.opened_at = pos.opened_at
+        existing.updated_at = now
+    for symbol, price in new.marks.items():
+        history = new.mark_history.get(symbol, ())
+        if old.marks.get(symbol) == price and old.mark_history.get(symbol, ()) == history:
+            continue
+        existing = loaded.marks.get(symbol)
+        if existing is None:
+            loaded.marks[symbol] = existing = m.Mark(portfolio_id=row.id, symbol=symbol)
+            session.add(existing)
+        existing.price = price
+        existing.history = list(history)
+        existing.updated_at = now
+
+
+def add_events(session: Session, portfolio_id: str, events: list[SwitchEvent], decision_id: str | None = None) -> None:
+    for e in events:
+        session.add(m.SwitchEventRow(
+            portfolio_id=portfolio_id, switch=e.switch, action=e.action, symbol=e.symbol, at=e.at,
+            value=_num(e.value), threshold=_num(e.threshold), cooldown_until=e.cooldown_until, reason=e.reason,
+            detail=dict(e.detail), decision_id=decision_id,
+        ))
+
+
+def _num(value: float | None) -> Decimal | None:
+    return None if value is None else Decimal(repr(float(value)))
+
+
+def add_admin_action(session: Session, *, portfolio_id: str | None, action: str, actor: str, actor_role: str | None,
+                     at: datetime, reason: str | None, before: Any = None, after: Any = None) -> m.AdminAction:
+    row = m.AdminAction(portfolio_id=portfolio_id, action=action, actor=actor, actor_role=actor_role, at=at,
+                        reason=reason, before=before, after=after)
+    session.add(row)
+    return row
+
+
+def create_portfolio(session: Session, portfolio_id: str, config: RPMConfig, now: datetime,
+                     capital: Decimal | None = None, created_by: str = "system") -> m.Portfolio:
+    start = Decimal(repr(config.total_capital)) if capital is None else capital
+    row = m.Portfolio(
+        id=portfolio_id, account_currency=config.account_currency, starting_capital=start,
+        realised_pnl=Decimal(0), peak_equity=start, trading_state="ACTIVE", switches={}, memory={}, counters={},
+        config_version=1, last_seq=0, created_at=now, updated_at=now,
+    )
+    session.add(row)
+    session.flush()
+    session.add(m.ConfigVersion(portfolio_id=portfolio_id, version=1, body=config.to_dict(),
+                                config_hash=config.config_hash, created_at=now, created_by=created_by,
+                                reason="portfolio created"))
+    session.flush()
+    return row
