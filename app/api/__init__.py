@@ -13,7 +13,6 @@ from app.errors import ServiceError
 from . import admin, health, trades
 from .common import error_response
 
-
 MESSAGES = {
     400: "malformed request: the body is not valid JSON",
     422: "invalid request: see `errors` for a message per field",
@@ -24,8 +23,19 @@ class Api(SmorestApi):
     def handle_http_exception(self, error: HTTPException):  # type: ignore[override]
         payload, code, headers = super().handle_http_exception(error)
         payload.setdefault("message", MESSAGES.get(code) or error.description or error.name)
-        payload.setdefault("errors", {})
+        payload["errors"] = flatten_errors(payload.get("errors") or {})
         return payload, code, headers
+
+
+def flatten_errors(errors: Any) -> dict[str, Any]:
+    """webargs nests messages by location ({"json": {"atr": [...]}}): give one map of field -> messages."""
+    flat: dict[str, Any] = {}
+    for location, messages in (errors.items() if isinstance(errors, dict) else [("_body", errors)]):
+        if isinstance(messages, dict):
+            flat.update(messages)
+        else:
+            flat.setdefault("_body" if location in ("json", "query") else location, messages)
+    return flat
 
 
 def register_api(app: Flask) -> Api:

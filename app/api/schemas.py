@@ -42,17 +42,14 @@ def unit_interval(**kwargs: Any) -> StrictFloat:
     return StrictFloat(validate=validate.Range(min=0, max=1), **kwargs)
 
 
-PortfolioIdField = fields.String(
-    validate=validate.Regexp(PORTFOLIO_ID_RE, error="must match [A-Za-z0-9_-]{1,64}"),
-    metadata={"description": "portfolio; absent means `default`"},
-)
+def portfolio_field() -> fields.String:
+    # braces doubled: marshmallow formats the error message
+    return fields.String(validate=validate.Regexp(PORTFOLIO_ID_RE, error="must match [A-Za-z0-9_-]{{1,64}}"),
+                         metadata={"description": "portfolio; absent means `default`"})
 
 
 class PortfolioQuerySchema(Schema):
-    portfolio_id = fields.String(
-        validate=validate.Regexp(PORTFOLIO_ID_RE, error="must match [A-Za-z0-9_-]{1,64}"),
-        metadata={"description": "portfolio; absent means `default`"},
-    )
+    portfolio_id = portfolio_field()
 
 
 class TradeIntentSchema(Schema):
@@ -66,7 +63,7 @@ class TradeIntentSchema(Schema):
     current_price = positive(required=True, metadata={"example": 1.1})
     intent_id = fields.String(validate=validate.Length(1, 128),
                               metadata={"description": "the client's id: a retry with it returns the stored decision"})
-    portfolio_id = fields.String(validate=validate.Regexp(PORTFOLIO_ID_RE, error="must match [A-Za-z0-9_-]{1,64}"))
+    portfolio_id = portfolio_field()
 
 
 class MarksSchema(Schema):
@@ -77,24 +74,24 @@ class MarksSchema(Schema):
         validate=validate.Length(min=1, max=1000),
         metadata={"example": {"EURUSD": 1.1012}},
     )
-    portfolio_id = fields.String(validate=validate.Regexp(PORTFOLIO_ID_RE, error="must match [A-Za-z0-9_-]{1,64}"))
+    portfolio_id = portfolio_field()
 
 
 class FillSchema(Schema):
     decision_id = fields.String(required=True, validate=validate.Length(1, 36))
     filled_units = StrictFloat(required=True, validate=validate.Range(min=0, max=1e15))
     fill_price = positive(required=True)
-    portfolio_id = fields.String(validate=validate.Regexp(PORTFOLIO_ID_RE, error="must match [A-Za-z0-9_-]{1,64}"))
+    portfolio_id = portfolio_field()
 
 
 class CloseSchema(Schema):
     price = positive(required=True)
-    portfolio_id = fields.String(validate=validate.Regexp(PORTFOLIO_ID_RE, error="must match [A-Za-z0-9_-]{1,64}"))
+    portfolio_id = portfolio_field()
 
 
 class HaltSchema(Schema):
     reason = fields.String(required=True, validate=validate.Length(1, 1000))
-    portfolio_id = fields.String(validate=validate.Regexp(PORTFOLIO_ID_RE, error="must match [A-Za-z0-9_-]{1,64}"))
+    portfolio_id = portfolio_field()
 
     @validates_schema
     def reason_not_blank(self, data: dict, **_: Any) -> None:
@@ -105,7 +102,7 @@ class HaltSchema(Schema):
 class ResumeSchema(Schema):
     force = fields.Boolean(load_default=False)
     reason = fields.String(validate=validate.Length(1, 1000))
-    portfolio_id = fields.String(validate=validate.Regexp(PORTFOLIO_ID_RE, error="must match [A-Za-z0-9_-]{1,64}"))
+    portfolio_id = portfolio_field()
 
     @validates_schema
     def force_needs_reason(self, data: dict, **_: Any) -> None:
@@ -116,7 +113,7 @@ class ResumeSchema(Schema):
 class ConfigPutSchema(Schema):
     config = fields.Dict(required=True, metadata={"description": "every parameter; absent ones take the defaults"})
     reason = fields.String(validate=validate.Length(1, 1000))
-    portfolio_id = fields.String(validate=validate.Regexp(PORTFOLIO_ID_RE, error="must match [A-Za-z0-9_-]{1,64}"))
+    portfolio_id = portfolio_field()
 
 
 # -- responses (documentation; the payloads are built by the services) ------------------

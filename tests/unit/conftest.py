@@ -1,24 +1,8 @@
-from datetime import UTC, datetime, timedelta
-
 import pytest
 
 from app.risk import RiskPortfolioManager, RPMConfig
 
-T0 = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)  # a Monday, mid-day UTC
-
-
-class Clock:
-    """A clock the tests move by hand."""
-
-    def __init__(self, start: datetime = T0):
-        self.now = start
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, **kwargs) -> datetime:
-        self.now += timedelta(**kwargs)
-        return self.now
+from ..conftest import T0, Clock  # noqa: F401  (re-exported for the unit tests)
 
 
 def intent(**overrides):
@@ -31,11 +15,6 @@ def intent(**overrides):
 # limits wide enough that sizing alone decides the size
 WIDE = dict(max_units_per_symbol=1e12, max_symbol_exposure_pct=100.0, max_currency_exposure_pct=100.0,
             max_gross_exposure_pct=100.0, max_net_exposure_pct=100.0)
-
-
-@pytest.fixture
-def clock():
-    return Clock()
 
 
 @pytest.fixture

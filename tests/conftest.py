@@ -1,0 +1,118 @@
+"""Fixtures shared by every test: a movable clock, HTTP helpers, real servers."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+T0 = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)  # a Monday, mid-day UTC
+
+SEED_INTENT = dict(symbol="EURUSD", direction=1, confidence_score=0.75, regime="TRENDING",
+                   atr=0.0010, vol_percentile=0.50, current_price=1.1000)
+
+
+class Clock:
+    """A clock the tests move by hand."""
+
+    def __init__(self, start: datetime = T0):
+        self.now = start
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, **kwargs) -> datetime:
+        self.now += timedelta(**kwargs)
+        return self.now
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http(method: str, url: str, body=None, headers=None, timeout: float = 10.0):
+    """(status, json) of a real HTTP request."""
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method=method, headers={
+        "Content-Type": "application/json", **(headers or {})})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, json.loads(response.read() or b"null")
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read() or b"null")
+
+
+class Server:
+    """A real `rpm serve` process (gunicorn), in its own process group."""
+
+    def __init__(self, env: dict[str, str], workers: int = 2, threads: int = 4, log: Path | None = None):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {**os.environ, **env, "RPM_PORT": str(self.port), "RPM_HOST": "127.0.0.1",
+                    "RPM_WORKERS": str(workers), "RPM_THREADS": str(threads)}
+        self.log = log
+        self.proc: subprocess.Popen | None = None
+        self.banner = ""
+
+    def start(self, timeout: float = 30.0) -> Server:
+        out = open(self.log, "ab") if self.log else subprocess.DEVNULL  # noqa: SIM115
+        self.proc = subprocess.Popen([sys.executable, "-m", "app.cli", "serve"], cwd=ROOT, env=self.env,
+                                     stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"rpm serve exited with {self.proc.returncode}")
+            try:
+                status, _ = http("GET", self.url + "/health/ready", timeout=1)
+                if status == 200:
+                    return self
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise TimeoutError("rpm serve did not become ready")
+
+    def kill9(self) -> None:
+        """kill -9 the whole server: master and workers, no shutdown of any kind."""
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+
+
+@pytest.fixture
+def clock():
+    return Clock()
+
+
+@pytest.fixture
+def servers(tmp_path):
+    started: list[Server] = []
+
+    def start(env: dict[str, str], **kwargs) -> Server:
+        server = Server(env, log=tmp_path / f"server-{len(started)}.log", **kwargs)
+        started.append(server)
+        return server.start()
+
+    yield start
+    for server in started:
+        server.stop()

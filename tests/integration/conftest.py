@@ -1,0 +1,101 @@
+"""Real PostgreSQL: a migrated template database per test session, a fresh copy per test.
+
+TEST_DATABASE_URL names the server to use (any database on it; default: the
+local cluster). Tests that touch the database never run on SQLite.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from app import create_app
+from app.settings import Settings
+from app.store.migrate import upgrade
+
+BASE_URL = os.environ.get("TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+_counter = itertools.count()
+
+
+def url_for(name: str) -> str:
+    url = make_url(BASE_URL)
+    if url.drivername in ("postgresql", "postgres"):
+        url = url.set(drivername="postgresql+psycopg")
+    return url.set(database=name).render_as_string(hide_password=False)
+
+
+@pytest.fixture(scope="session")
+def admin_engine():
+    engine = create_engine(url_for(make_url(BASE_URL).database or "postgres"), isolation_level="AUTOCOMMIT")
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def template_db(admin_engine):
+    name = f"rpm_test_tpl_{os.getpid()}"
+    with admin_engine.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    upgrade(url_for(name))
+    app = create_app(Settings(database_url=url_for(name)))
+    app.extensions["rpm"].ensure_default_portfolio()  # as `rpm db upgrade` does
+    app.extensions["rpm"].db.dispose()
+    yield name
+    with admin_engine.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture
+def database_url(admin_engine, template_db):
+    name = f"rpm_test_{os.getpid()}_{next(_counter)}"
+    with admin_engine.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"'))
+    yield url_for(name)
+    with admin_engine.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture
+def empty_database_url(admin_engine):
+    name = f"rpm_test_{os.getpid()}_empty_{next(_counter)}"
+    with admin_engine.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    yield url_for(name)
+    with admin_engine.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture
+def settings(database_url, tmp_path):
+    return Settings(database_url=database_url, instance_path=str(tmp_path / "instance"), lock_timeout_ms=2000)
+
+
+@pytest.fixture
+def app(settings, clock):
+    app = create_app(settings, clock=clock)
+    app.config["TESTING"] = True
+    yield app
+    app.extensions["rpm"].db.dispose()
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def sql(database_url):
+    """Run SQL against the test database directly (to check what was written)."""
+    engine = create_engine(database_url)
+
+    def run(statement: str, **params):
+        with engine.begin() as conn:
+            return conn.execute(text(statement), params).all()
+
+    yield run
+    engine.dispose()

@@ -1,0 +1,211 @@
+"""Every endpoint through the Flask test client, on real PostgreSQL."""
+
+import pytest
+
+from ..conftest import SEED_INTENT
+
+
+def post(client, path, body, **query):
+    return client.post(path, json=body, query_string=query)
+
+
+def test_spec_request_is_approved_with_27272_72_units_and_stored(client, sql):
+    r = post(client, "/process_trade", SEED_INTENT)
+    assert r.status_code == 200
+    d = r.json["decision"]
+    assert d["status"] == "APPROVED" and d["reason"] is None and d["rejected_trade"] is None
+    assert d["approved_trade"] == {"symbol": "EURUSD", "direction": 1, "position_units": 27272.72,
+                                   "confidence_score": 0.75, "regime": "TRENDING", "atr": 0.001,
+                                   "risk_per_trade": 1000.0, "current_price": 1.1, "reducing": False}
+    assert set(d["breakdown"]) >= {"kill_switches", "sizing", "constraints"}
+    assert len(d["config_hash"]) == 64
+    assert r.json["portfolio_state"]["open_positions"] == 1
+    assert r.json["risk_metrics"]["total_decisions"] == 1
+    rows = sql("SELECT status, approved_units, seq, symbol FROM decisions")
+    assert [(s, float(u), q, sym) for s, u, q, sym in rows] == [("APPROVED", 27272.72, 1, "EURUSD")]
+    assert float(sql("SELECT units FROM positions WHERE symbol='EURUSD'")[0][0]) == 27272.72
+
+
+def test_a_rejection_is_a_normal_200_answer(client):
+    r = post(client, "/process_trade", {**SEED_INTENT, "confidence_score": 0.3})
+    assert r.status_code == 200
+    d = r.json["decision"]
+    assert d["status"] == "REJECTED" and d["approved_trade"] is None
+    assert d["rejected_trade"]["reason_code"] == "CONFIDENCE_TOO_LOW"
+    assert d["rejected_trade"]["context"] == {"confidence_score": 0.3, "threshold": 0.6}
+
+
+def test_sequence_numbers_are_gap_free_per_portfolio(client, sql):
+    for confidence in (0.75, 0.3, 0.75):
+        post(client, "/process_trade", {**SEED_INTENT, "confidence_score": confidence})
+    assert [r[0] for r in sql("SELECT seq FROM decisions ORDER BY seq")] == [1, 2, 3]
+
+
+def test_what_if_returns_a_decision_and_changes_nothing(client, sql):
+    r = post(client, "/what_if", SEED_INTENT)
+    assert r.status_code == 200 and r.json["decision"]["status"] == "APPROVED"
+    assert r.json["decision"]["what_if"] is True
+    assert sql("SELECT count(*) FROM decisions")[0][0] == 0
+    assert sql("SELECT count(*) FROM positions")[0][0] == 0
+
+
+def test_marks_revalue_and_trip_the_drawdown_switch(client, sql):
+    post(client, "/process_trade", SEED_INTENT)
+    r = post(client, "/marks", {"prices": {"EURUSD": 0.70}})
+    assert r.status_code == 200
+    assert "drawdown" in r.json["tripped"]
+    assert r.json["portfolio_state"]["drawdown_pct"] == pytest.approx(10.909, abs=0.01)
+    health = client.get("/health").json
+    assert health["kill_switches"]["drawdown"]["state"] == "TRIPPED"
+    assert health["kill_switches"]["drawdown"]["current_pct"] == pytest.approx(10.909, abs=0.01)
+    assert health["trading_state"] == "HALTED"
+    events = sql("SELECT switch, action FROM switch_events ORDER BY id")
+    assert ("drawdown", "TRIPPED") in events
+    blocked = post(client, "/process_trade", {**SEED_INTENT, "symbol": "GBPUSD", "current_price": 1.25})
+    assert blocked.json["decision"]["reason"] == "HALTED"
+    closing = post(client, "/process_trade", {**SEED_INTENT, "direction": -1, "current_price": 0.70})
+    assert closing.json["decision"]["status"] == "APPROVED"
+    assert closing.json["decision"]["approved_trade"]["reducing"] is True
+
+
+def test_fill_reconciles_an_approved_decision(client, sql):
+    d = post(client, "/process_trade", SEED_INTENT).json["decision"]
+    r = post(client, "/fills", {"decision_id": d["id"], "filled_units": 20000, "fill_price": 1.1002})
+    assert r.status_code == 200
+    assert r.json["released_units"] == pytest.approx(7272.72)
+    assert [float(v) for v in sql("SELECT units, avg_price FROM positions")[0]] == [20000, 1.1002]
+    again = post(client, "/fills", {"decision_id": d["id"], "filled_units": 1, "fill_price": 1.1})
+    assert again.status_code == 409
+
+
+def test_over_fill_and_fill_of_a_rejection_are_refused(client, sql):
+    d = post(client, "/process_trade", SEED_INTENT).json["decision"]
+    over = post(client, "/fills", {"decision_id": d["id"], "filled_units": 30000, "fill_price": 1.1})
+    assert over.status_code == 409 and "over-fill" in over.json["message"]
+    rejected = post(client, "/process_trade", {**SEED_INTENT, "confidence_score": 0.1}).json["decision"]
+    r = post(client, "/fills", {"decision_id": rejected["id"], "filled_units": 1, "fill_price": 1.1})
+    assert r.status_code == 409
+    unknown = post(client, "/fills", {"decision_id": "nope", "filled_units": 1, "fill_price": 1.1})
+    assert unknown.status_code == 404
+    assert sql("SELECT count(*) FROM fills")[0][0] == 0
+
+
+def test_close_realises_pnl(client):
+    post(client, "/process_trade", SEED_INTENT)
+    r = post(client, "/positions/EURUSD/close", {"price": 1.1010})
+    assert r.status_code == 200
+    assert r.json["realised_pnl"] == pytest.approx(27.27272)
+    assert r.json["portfolio_state"]["open_positions"] == 0
+    assert post(client, "/positions/EURUSD/close", {"price": 1.1}).status_code == 404
+
+
+def test_portfolio_shows_positions_exposures_and_pnl(client):
+    post(client, "/process_trade", SEED_INTENT)
+    p = client.get("/portfolio").json
+    assert p["positions"][0]["symbol"] == "EURUSD" and p["positions"][0]["units"] == 27272.72
+    assert p["exposures"]["symbol"]["EURUSD"] == pytest.approx(29999.992)
+    assert p["exposures"]["currency"] == {"EUR": pytest.approx(29999.992)}
+    assert set(p) >= {"equity", "realised_pnl", "unrealised_pnl", "drawdown", "daily_pnl", "weekly_pnl"}
+
+
+def test_metrics_count_decisions_by_status_and_reason(client):
+    post(client, "/process_trade", SEED_INTENT)
+    post(client, "/process_trade", {**SEED_INTENT, "confidence_score": 0.2})
+    m = client.get("/metrics").json
+    assert (m["total_decisions"], m["trades_approved"], m["trades_rejected"]) == (2, 1, 1)
+    assert m["approval_rate"] == 0.5
+    assert m["rejections_by_reason"] == {"CONFIDENCE_TOO_LOW": 1}
+    assert m["latency_ms"]["count"] == 2 and m["latency_ms"]["p99"] is not None
+
+
+def test_health_reports_each_switch_and_the_database(client):
+    h = client.get("/health").json
+    assert h["health"] == "HEALTHY" and h["database"]["status"] == "ok"
+    assert set(h["kill_switches"]) == {"drawdown", "daily_drawdown", "daily_loss", "weekly_loss",
+                                       "confidence_collapse", "volatility_shock", "manual_halt"}
+    assert h["kill_switches"]["daily_loss"]["threshold"] == -2000
+
+
+def test_liveness_and_readiness(client):
+    assert client.get("/health/live").json == {"status": "alive"}
+    ready = client.get("/health/ready")
+    assert ready.status_code == 200 and ready.json["ready"] is True
+
+
+def test_halt_and_resume_are_audited(client, sql, clock):
+    r = post(client, "/halt", {"reason": "desk review"})
+    assert r.status_code == 200 and r.json["trading_state"] == "HALTED"
+    assert post(client, "/process_trade", SEED_INTENT).json["decision"]["reason"] == "HALTED"
+    assert post(client, "/resume", {}).status_code == 200
+    assert post(client, "/process_trade", SEED_INTENT).json["decision"]["status"] == "APPROVED"
+    actions = sql("SELECT action, reason, before->>'trading_state', after->>'trading_state' FROM admin_actions "
+                  "ORDER BY id")
+    assert actions == [("halt", "desk review", "ACTIVE", "HALTED"), ("resume", None, "HALTED", "ACTIVE")]
+
+
+def test_halt_needs_a_reason(client, sql):
+    for body in ({}, {"reason": ""}, {"reason": "   "}):
+        r = post(client, "/halt", body)
+        assert r.status_code == 422 and "reason" in r.json["errors"]
+    assert sql("SELECT count(*) FROM admin_actions")[0][0] == 0
+
+
+def test_resume_during_cooldown_is_409_unless_forced_with_a_reason(client, clock, sql):
+    post(client, "/process_trade", SEED_INTENT)
+    post(client, "/marks", {"prices": {"EURUSD": 0.70}})
+    r = post(client, "/resume", {})
+    assert r.status_code == 409 and "drawdown" in r.json["errors"]["cooldown"]
+    assert post(client, "/resume", {"force": True}).status_code == 422
+    forced = post(client, "/resume", {"force": True, "reason": "loss accepted by the CRO"})
+    assert forced.status_code == 200 and forced.json["trading_state"] == "ACTIVE"
+    before, after = sql("SELECT before, after FROM admin_actions WHERE action='resume'")[0]
+    assert after["forced"] is True
+    assert float(before["references"]["peak_equity"]) == 100000
+    assert float(after["references"]["peak_equity"]) == pytest.approx(89090.91, abs=0.01)
+
+
+def test_config_get_and_put_make_a_new_audited_version(client, sql):
+    c = client.get("/config").json
+    assert c["version"] == 1 and c["config"]["risk_per_trade"] == 0.01
+    r = client.put("/config", json={"config": {**c["config"], "risk_per_trade": 0.005},
+                                    "reason": "tighten risk"})
+    assert r.status_code == 200 and r.json["version"] == 2 and r.json["config_hash"] != c["config_hash"]
+    assert client.get("/config").json["config"]["risk_per_trade"] == 0.005
+    d = post(client, "/process_trade", SEED_INTENT).json["decision"]
+    assert d["config_hash"] == r.json["config_hash"] and d["config_version"] == 2
+    action = sql("SELECT action, reason, after FROM admin_actions")[0]
+    assert action[0] == "config_change" and action[1] == "tighten risk"
+    assert action[2]["changed"] == {"risk_per_trade": {"before": 0.01, "after": 0.005}}
+
+
+@pytest.mark.parametrize("config, field", [
+    ({"risk_per_trade": 0.5}, "risk_per_trade"),
+    ({"max_drawdown": -1}, "max_drawdown"),
+    ({"no_such_limit": 1}, "no_such_limit"),
+    ({"regime_adjustments": "high"}, "regime_adjustments"),
+])
+def test_invalid_config_is_422_naming_the_field_and_changes_nothing(client, sql, config, field):
+    r = client.put("/config", json={"config": config})
+    assert r.status_code == 422
+    assert field in r.json["errors"]["config"]
+    assert sql("SELECT count(*) FROM config_versions")[0][0] == 1
+
+
+def test_unknown_portfolio_is_404(client):
+    assert client.get("/portfolio?portfolio_id=nope").status_code == 404
+    r = post(client, "/process_trade", {**SEED_INTENT, "portfolio_id": "nope"})
+    assert r.status_code == 404 and r.json["code"] == 404
+
+
+def test_openapi_document_lists_every_endpoint_and_docs_are_local(client):
+    spec = client.get("/openapi.json").json
+    paths = set(spec["paths"])
+    assert paths >= {"/process_trade", "/what_if", "/marks", "/fills", "/positions/{symbol}/close", "/portfolio",
+                     "/health", "/health/live", "/health/ready", "/metrics", "/halt", "/resume", "/config"}
+    page = client.get("/docs")
+    assert page.status_code == 200
+    html = page.get_data(as_text=True)
+    assert "/docs/assets/swagger-ui-bundle.js" in html and "http" not in html.split("<body>")[1].split("url:")[0]
+    for asset in ("swagger-ui-bundle.js", "swagger-ui.css", "swagger-ui-standalone-preset.js"):
+        with client.get(f"/docs/assets/{asset}") as response:
+            assert response.status_code == 200 and len(response.get_data()) > 1000
