@@ -1,0 +1,43 @@
+# RPM: the two commands a newcomer needs are `make run` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+
+.PHONY: install run test lint unit integration bench-engine pg clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## run the service (embedded SQLite in ./instance unless DATABASE_URL is set), port RPM_PORT or 8005
+run: install
+	$(BIN)/rpm serve
+
+## make sure the local PostgreSQL cluster is up (used by the tests unless TEST_DATABASE_URL is given)
+pg:
+	@if [ -z "$$TEST_DATABASE_URL" ] && ! pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then \
+		echo "starting the local PostgreSQL cluster"; \
+		pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql) main start; \
+		for i in $$(seq 1 30); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 1; done; \
+	fi
+
+lint: install
+	$(BIN)/ruff check .
+
+## the whole suite against real PostgreSQL (each test gets its own fresh database)
+test: install pg lint
+	$(BIN)/pytest
+
+unit: install
+	$(BIN)/pytest tests/unit
+
+bench-engine: install
+	$(BIN)/python -m bench.engine
+
+clean:
+	rm -rf $(VENV) instance .pytest_cache .ruff_cache .hypothesis
