@@ -1,0 +1,45 @@
+"""A stuck wait for the portfolio lock answers 503 and approves nothing."""
+
+import threading
+import time
+
+from sqlalchemy import create_engine, text
+
+from app import create_app
+from app.settings import Settings
+
+from ..conftest import SEED_INTENT
+
+
+def test_a_held_portfolio_lock_times_out_to_503_without_approval(database_url, tmp_path, clock, sql):
+    app = create_app(Settings(database_url=database_url, instance_path=str(tmp_path), lock_timeout_ms=300),
+                     clock=clock)
+    client = app.test_client()
+    blocker = create_engine(database_url)
+    held = threading.Event()
+    release = threading.Event()
+
+    def hold_lock():
+        with blocker.begin() as conn:
+            conn.execute(text("SELECT id FROM portfolios WHERE id='default' FOR UPDATE"))
+            held.set()
+            release.wait(10)
+
+    thread = threading.Thread(target=hold_lock)
+    thread.start()
+    try:
+        held.wait(5)
+        started = time.monotonic()
+        r = client.post("/process_trade", json=SEED_INTENT)
+        waited = time.monotonic() - started
+    finally:
+        release.set()
+        thread.join()
+        blocker.dispose()
+    assert r.status_code == 503
+    assert r.json["code"] == 503 and "lock" in r.json["message"]
+    assert waited < 3
+    assert sql("SELECT count(*) FROM decisions")[0][0] == 0
+    # and the service carries on once the lock is free
+    assert client.post("/process_trade", json=SEED_INTENT).json["decision"]["status"] == "APPROVED"
+    app.extensions["rpm"].db.dispose()
