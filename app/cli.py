@@ -27,10 +27,26 @@ def _safe_url(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
 
-def _service():
+def _app():
     from .factory import create_app
 
-    return create_app(_settings()).extensions["rpm"]
+    return create_app(_settings())
+
+
+def _service():
+    return _app().extensions["rpm"]
+
+
+def _keys():
+    return _app().extensions["rpm_keys"]
+
+
+def _bootstrap(settings: Settings) -> None:
+    if settings.bootstrap_admin_key:
+        result = _keys().ensure_bootstrap(settings.bootstrap_admin_key)
+        click.echo(f" bootstrap admin key {settings.bootstrap_admin_key[:12]}...: "
+                   f"{'created' if result['created'] else 'kept'}"
+                   f"{' (REVOKED: it will be refused)' if result['revoked'] else ''}")
 
 
 def _operator():
@@ -63,6 +79,7 @@ def db_upgrade(revision: str) -> None:
     upgrade(_url(settings), revision)
     _service().ensure_default_portfolio()
     click.echo(f"database at {revision}: {_safe_url(_url(settings))}")
+    _bootstrap(settings)
 
 
 @db.command("downgrade")
@@ -104,6 +121,7 @@ def serve(port: int | None, host: str | None, workers: int | None, threads: int 
     url = _url(settings)
     upgrade(url)
     _service().ensure_default_portfolio()
+    _bootstrap(settings)
     port = port or settings.port
     host = host or settings.host
     workers = workers or settings.workers
@@ -126,6 +144,50 @@ def serve(port: int | None, host: str | None, workers: int | None, threads: int 
             "--worker-class", "gthread", "--timeout", "30", "--graceful-timeout", "10",
             "--log-level", settings.log_level.lower(), "app:create_app()"]
     os.execv(gunicorn, args)
+
+
+@main.group()
+def keys() -> None:
+    """API keys: create (shown once), list, revoke."""
+
+
+@keys.command("create")
+@click.option("--role", type=click.Choice(["trader", "compliance", "admin"]), required=True)
+@click.option("--portfolio", "portfolios", multiple=True, help="limit the key to this portfolio (repeatable)")
+@click.option("--name", default=None, help="who uses the key (recorded with every decision and action)")
+@click.option("--expires-in-days", type=int, default=None)
+def keys_create(role: str, portfolios: tuple[str, ...], name: str | None, expires_in_days: int | None) -> None:
+    """Create a key. It is printed once and stored only as a hash."""
+    from datetime import timedelta
+
+    key, record = _keys().create(role, name, list(portfolios) or None, _operator(),
+                                 timedelta(days=expires_in_days) if expires_in_days else None)
+    click.echo(key)
+    click.echo(f"# {record['name']} ({record['role']}, portfolios: {', '.join(record['portfolios'] or ['all'])}, "
+               f"id {record['id']}): store it now, it cannot be shown again", err=True)
+
+
+@keys.command("list")
+def keys_list() -> None:
+    """Every key: prefix, name, role, portfolios, state (never the key)."""
+    for k in _keys().list():
+        click.echo(f"{k['prefix']}  {k['id']}  {k['role']:10} {k['state']:8} {k['name']:24} "
+                   f"portfolios={','.join(k['portfolios'] or ['*'])}  expires={k['expires_at'] or '-'}")
+
+
+@keys.command("revoke")
+@click.argument("key_id_or_prefix")
+@click.option("--reason", default=None)
+def keys_revoke(key_id_or_prefix: str, reason: str | None) -> None:
+    """Revoke a key by its id or prefix: refused from the next request on."""
+    from .errors import ServiceError
+
+    try:
+        record = _keys().revoke(key_id_or_prefix, _operator(), reason)
+    except ServiceError as exc:
+        click.echo(f"refused: {exc.message}", err=True)
+        sys.exit(1)
+    click.echo(f"revoked {record['prefix']} ({record['name']}) at {record['revoked_at']}")
 
 
 @main.command()

@@ -13,7 +13,7 @@ from .settings import Settings, default_instance_path
 def create_app(settings: Settings | None = None, *, clock: Callable[[], datetime] | None = None) -> Flask:
     settings = settings or Settings.from_env()
     instance_path = settings.instance_path or default_instance_path()
-    app = Flask("app", instance_path=instance_path, instance_relative_config=True)
+    app = Flask("app", instance_path=instance_path, instance_relative_config=True, static_folder=None)
     app.config["RPM_SETTINGS"] = settings
     app.json.sort_keys = False
     register_service(app, settings, clock)
@@ -34,7 +34,11 @@ def register_service(app: Flask, settings: Settings, clock: Callable[[], datetim
         pool_size=settings.pool_size,
     )
     config = load_preset(settings.default_preset, total_capital=settings.default_capital)
-    app.extensions["rpm"] = RPMService(db, clock or system_clock, default_config=config)
+    from .keys import KeyStore
+
+    service = RPMService(db, clock or system_clock, default_config=config)
+    app.extensions["rpm"] = service
+    app.extensions["rpm_keys"] = KeyStore(service)
 
 
 def register_api(app: Flask) -> None:

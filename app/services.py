@@ -150,6 +150,7 @@ class RPMService:
                 state_before=loaded.state.to_dict(),
                 booking=outcome.booking.to_dict() if outcome.booking else None,
                 latency_ms=Decimal(f"{(time.perf_counter() - started) * 1000:.3f}"),
+                key_id=actor.key_id, key_name=actor.name, key_role=actor.role,
             )
             session.add(decision_row)
             repository.save(session, loaded, outcome.state, now)
@@ -264,7 +265,7 @@ class RPMService:
             repository.save(session, loaded, outcome.state, now)
             repository.add_events(session, portfolio_id, outcome.events)
             repository.add_admin_action(session, portfolio_id=portfolio_id, action="halt", actor=actor.name,
-                                        actor_role=actor.role, at=now, reason=reason, before=before,
+                                        actor_role=actor.role, actor_key_id=actor.key_id, at=now, reason=reason, before=before,
                                         after=_trading(outcome.state))
             return {"portfolio_id": portfolio_id, **_trading(outcome.state),
                     "events": [e.to_dict() for e in outcome.events]}
@@ -287,7 +288,7 @@ class RPMService:
             repository.add_events(session, portfolio_id, outcome.events)
             rebase = next((e.detail for e in outcome.events if e.action == "REBASED"), {})
             repository.add_admin_action(session, portfolio_id=portfolio_id, action="resume", actor=actor.name,
-                                        actor_role=actor.role, at=now, reason=reason,
+                                        actor_role=actor.role, actor_key_id=actor.key_id, at=now, reason=reason,
                                         before={**before, "references": rebase.get("before")},
                                         after={**_trading(outcome.state), "references": rebase.get("after"),
                                                "forced": bool(rebase.get("forced"))})
@@ -295,6 +296,51 @@ class RPMService:
                     "events": [e.to_dict() for e in outcome.events]}
 
         return self._write(run)
+
+    # -- portfolios --------------------------------------------------------------------
+    def create_portfolio(self, portfolio_id: str, capital: float | None, preset: str | None,
+                         config: dict[str, Any] | None, actor: Actor) -> dict[str, Any]:
+        from .presets import load_preset
+
+        if not PORTFOLIO_ID_RE.match(portfolio_id):
+            raise Invalid("invalid portfolio_id", {"portfolio_id": ["must match [A-Za-z0-9_-]{1,64}"]})
+        try:
+            if config is not None:
+                cfg = RPMConfig.from_dict(config)
+            else:
+                cfg = load_preset(preset or "balanced")
+            if capital is not None:
+                cfg = cfg.replace(total_capital=capital)
+        except ConfigError as exc:
+            raise Invalid("invalid configuration", {"config": {exc.field: [exc.message]}}) from None
+
+        def run(session):
+            if session.get(m.Portfolio, portfolio_id) is not None:
+                raise Conflict(f"portfolio {portfolio_id!r} already exists")
+            now = self.clock()
+            try:
+                with session.begin_nested():
+                    row = repository.create_portfolio(session, portfolio_id, cfg, now, created_by=actor.name)
+            except IntegrityError:
+                raise Conflict(f"portfolio {portfolio_id!r} already exists") from None
+            repository.add_admin_action(session, portfolio_id=portfolio_id, action="portfolio_create",
+                                        actor=actor.name, actor_role=actor.role, actor_key_id=actor.key_id, at=now,
+                                        reason=None, before=None,
+                                        after={"capital": str(row.starting_capital), "preset": preset,
+                                               "config_hash": cfg.config_hash})
+            return _portfolio_row(row, cfg)
+
+        return self._write(run)
+
+    def list_portfolios(self, allowed: tuple[str, ...] | None) -> list[dict[str, Any]]:
+        def run(session):
+            self._load(session, "default", lock=False)  # `default` always exists
+            query = select(m.Portfolio).order_by(m.Portfolio.id)
+            if allowed is not None:
+                query = query.where(m.Portfolio.id.in_(allowed))
+            return [_portfolio_row(row, repository.config_for(session, row.id, row.config_version))
+                    for row in session.scalars(query)]
+        return self._read(run)
 
     # -- reading ---------------------------------------------------------------------
     def _ticked(self, session, portfolio_id: str) -> tuple[Loaded, engine.Outcome]:
@@ -366,13 +412,25 @@ class RPMService:
             old, new = loaded.config.to_dict(), config.to_dict()
             changed = {k: {"before": old[k], "after": new[k]} for k in new if old.get(k) != new[k]}
             repository.add_admin_action(session, portfolio_id=portfolio_id, action="config_change", actor=actor.name,
-                                        actor_role=actor.role, at=now, reason=reason, before=before,
+                                        actor_role=actor.role, actor_key_id=actor.key_id, at=now, reason=reason, before=before,
                                         after={"version": row.config_version, "config_hash": config.config_hash,
                                                "changed": changed})
             session.flush()
             return _config_payload(version)
 
         return self._write(run)
+
+
+def _portfolio_row(row: m.Portfolio, config: RPMConfig) -> dict[str, Any]:
+    return {
+        "portfolio_id": row.id,
+        "starting_capital": float(row.starting_capital),
+        "account_currency": row.account_currency,
+        "trading_state": row.trading_state,
+        "config_version": row.config_version,
+        "config_hash": config.config_hash,
+        "created_at": row.created_at.isoformat(),
+    }
 
 
 def _trading(state) -> dict[str, Any]:

@@ -43,11 +43,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def http(method: str, url: str, body=None, headers=None, timeout: float = 10.0):
-    """(status, json) of a real HTTP request."""
+def http(method: str, url: str, body=None, headers=None, timeout: float = 10.0, key: str | None = None):
+    """(status, json) of a real HTTP request, authenticated with ``key`` when given."""
     data = None if body is None else json.dumps(body).encode()
+    auth = {"Authorization": f"Bearer {key}"} if key else {}
     request = urllib.request.Request(url, data=data, method=method, headers={
-        "Content-Type": "application/json", **(headers or {})})
+        "Content-Type": "application/json", **auth, **(headers or {})})
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.status, json.loads(response.read() or b"null")

@@ -10,7 +10,8 @@ from werkzeug.exceptions import HTTPException
 
 from app.errors import ServiceError
 
-from . import admin, health, trades
+from . import admin, health, portfolios, trades
+from .auth import authorize, document_security, public
 from .common import error_response
 
 MESSAGES = {
@@ -49,10 +50,12 @@ def register_api(app: Flask) -> Api:
         OPENAPI_SWAGGER_UI_URL="/docs/assets/",
     )
     api = Api(app)
-    for module in (trades, health, admin):
+    for module in (trades, health, admin, portfolios):
         api.register_blueprint(module.blp)
     _register_docs_assets(app)
     _register_error_handlers(app)
+    app.before_request(authorize)
+    document_security(api, app)
     return api
 
 
@@ -62,16 +65,18 @@ def _register_docs_assets(app: Flask) -> None:
     folder = swagger_ui_bundle.swagger_ui_path
 
     @app.get("/docs/assets/<path:filename>")
+    @public
     def docs_assets(filename: str):
         return send_from_directory(folder, filename)
-
-    docs_assets.public = True  # type: ignore[attr-defined]
 
 
 def _register_error_handlers(app: Flask) -> None:
     @app.errorhandler(ServiceError)
     def service_error(exc: ServiceError):
-        return error_response(exc.status, exc.message, exc.errors, **exc.extra)
+        response = error_response(exc.status, exc.message, exc.errors, **exc.extra)
+        if exc.status == 401:
+            response.headers["WWW-Authenticate"] = 'Bearer realm="rpm"'
+        return response
 
     @app.errorhandler(Exception)
     def unexpected(exc: Exception):

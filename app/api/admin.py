@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
+from .auth import ANY, roles
 from .common import ERROR_RESPONSES, actor, ok, portfolio_id, service
 from .schemas import AnyObjectSchema, ConfigPutSchema, HaltSchema, PortfolioQuerySchema, ResumeSchema
 
@@ -19,6 +20,7 @@ def _errors(view):
 
 @blp.route("/halt")
 class Halt(MethodView):
+    @roles("admin")
     @blp.arguments(PortfolioQuerySchema, location="query", as_kwargs=True)
     @blp.arguments(HaltSchema)
     @blp.response(200, AnyObjectSchema)
@@ -30,6 +32,7 @@ class Halt(MethodView):
 
 @blp.route("/resume")
 class Resume(MethodView):
+    @roles("admin")
     @blp.arguments(PortfolioQuerySchema, location="query", as_kwargs=True)
     @blp.arguments(ResumeSchema)
     @blp.response(200, AnyObjectSchema)
@@ -41,6 +44,7 @@ class Resume(MethodView):
 
 @blp.route("/config")
 class Config(MethodView):
+    @roles(*ANY)
     @blp.arguments(PortfolioQuerySchema, location="query", as_kwargs=True)
     @blp.response(200, AnyObjectSchema)
     @_errors
@@ -48,6 +52,7 @@ class Config(MethodView):
         """The portfolio's configuration with its version and hash"""
         return ok(service().get_config(portfolio_id()))
 
+    @roles("admin")
     @blp.arguments(PortfolioQuerySchema, location="query", as_kwargs=True)
     @blp.arguments(ConfigPutSchema)
     @blp.response(200, AnyObjectSchema)

@@ -1,11 +1,130 @@
-"""Who is calling. (API keys and roles: next issue.)"""
+"""Access control: every route declares the roles it admits; deny by default.
+
+`Authorization: Bearer <key>`. 401 for a missing, malformed, unknown, revoked or
+expired key; 403 for a role that is not admitted or a portfolio outside the key's list.
+"""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from flask import Flask, current_app, g, request
+
+from app.errors import Forbidden, Unauthorized
+from app.keys import Principal, key_prefix
 from app.services import Actor
 
-ANONYMOUS = Actor("anonymous", "admin")
+ANY = ("trader", "compliance", "admin")
+# flask-smorest's own views (the OpenAPI document and the docs page)
+PUBLIC_ENDPOINTS = frozenset({"api-docs.openapi_json", "api-docs.openapi_swagger_ui"})
+log = logging.getLogger("rpm.auth")
+
+
+def roles(*names: str) -> Callable:
+    """Declare the roles a view admits."""
+    def mark(view: Callable) -> Callable:
+        view.rpm_roles = frozenset(names)
+        return view
+    return mark
+
+
+def public(view: Callable) -> Callable:
+    """Declare a view open to anyone (liveness, readiness, the API documents)."""
+    view.rpm_public = True
+    return view
+
+
+def declaration(app: Flask, endpoint: str, method: str) -> tuple[bool, frozenset[str] | None]:
+    """(public, roles) declared by the view behind an endpoint and method."""
+    if endpoint in PUBLIC_ENDPOINTS:
+        return True, None
+    view = app.view_functions.get(endpoint)
+    if view is None:
+        return False, None
+    target = view
+    view_class = getattr(view, "view_class", None)
+    if view_class is not None:
+        target = getattr(view_class, method.lower(), None)
+        if target is None and method == "HEAD":
+            target = getattr(view_class, "get", None)
+    if getattr(target, "rpm_public", False) or getattr(view, "rpm_public", False):
+        return True, None
+    return False, getattr(target, "rpm_roles", None)
+
+
+def current_principal() -> Principal | None:
+    return g.get("rpm_principal")
 
 
 def current_actor() -> Actor:
-    return ANONYMOUS
+    principal = current_principal()
+    if principal is None:  # only public routes have none, and they record nothing
+        return Actor("anonymous", "none")
+    return principal.actor
+
+
+def requested_portfolio() -> str:
+    body = request.get_json(silent=True) if request.is_json else None
+    in_body = body.get("portfolio_id") if isinstance(body, dict) else None
+    value = in_body or request.args.get("portfolio_id") or "default"
+    return value if isinstance(value, str) else "default"
+
+
+def authorize() -> None:
+    """before_request: authenticate the key and check the route's declaration."""
+    if request.endpoint is None or request.method == "OPTIONS":
+        return  # 404/405 answer on their own
+    is_public, admitted = declaration(current_app, request.endpoint, request.method)
+    if is_public:
+        return
+    if admitted is None:
+        raise Forbidden("this route declares no roles: denied by default")
+    header = request.headers.get("Authorization", "")
+    scheme, _, key = header.partition(" ")
+    if not header:
+        raise Unauthorized("missing API key: send Authorization: Bearer <key>")
+    if scheme != "Bearer" or not key.strip() or " " in key.strip():
+        raise Unauthorized("malformed Authorization header: expected Bearer <key>")
+    principal = current_app.extensions["rpm_keys"].authenticate(key.strip())
+    if principal.role not in admitted:
+        log.warning("forbidden: role %s on %s %s", principal.role, request.method, request.path,
+                    extra={"key_prefix": key_prefix(key.strip()), "key_name": principal.name})
+        raise Forbidden(f"role {principal.role!r} may not use {request.method} {request.url_rule.rule}",
+                        required_roles=sorted(admitted))
+    portfolio = requested_portfolio()
+    if not principal.may_use(portfolio) and request.url_rule.rule != "/portfolios":
+        raise Forbidden(f"this key may not use portfolio {portfolio!r}")
+    g.rpm_principal = principal
+
+
+def document_security(api: Any, app: Flask) -> None:
+    """Tell the truth in the OpenAPI document: the scheme, who may call what, the 401/403 answers."""
+    api.spec.components.security_scheme("bearerAuth", {"type": "http", "scheme": "bearer",
+                                                        "description": "an RPM API key"})
+    paths = api.spec._paths  # apispec keeps the operations here until to_dict()
+    for rule in app.url_map.iter_rules():
+        path = _openapi_path(rule.rule)
+        if path not in paths:
+            continue
+        for method in rule.methods - {"HEAD", "OPTIONS"}:
+            operation = paths[path].get(method.lower())
+            if operation is None:
+                continue
+            is_public, admitted = declaration(app, rule.endpoint, method)
+            if is_public:
+                operation["security"] = []
+                continue
+            operation["security"] = [{"bearerAuth": []}]
+            operation["x-roles"] = sorted(admitted or [])
+            responses = operation.setdefault("responses", {})
+            responses.setdefault("401", {"description": "No, malformed, unknown, revoked or expired API key"})
+            responses.setdefault("403", {"description": f"Role not allowed (allowed: {', '.join(sorted(admitted or []))})"
+                                                        " or portfolio outside the key's list"})
+
+
+def _openapi_path(rule: str) -> str:
+    import re
+
+    return re.sub(r"<(?:[a-z]+:)?([a-zA-Z_]+)>", r"{\1}", rule)

@@ -8,6 +8,7 @@ from flask_smorest import Blueprint
 
 from app.errors import Unavailable
 
+from .auth import ANY, public, roles
 from .common import ERROR_RESPONSES, error_response, ok, portfolio_id, service
 from .schemas import AnyObjectSchema, PortfolioQuerySchema
 
@@ -22,6 +23,7 @@ def _errors(view):
 
 @blp.route("/portfolio")
 class PortfolioView(MethodView):
+    @roles(*ANY)
     @blp.arguments(PortfolioQuerySchema, location="query", as_kwargs=True)
     @blp.response(200, AnyObjectSchema)
     @_errors
@@ -32,6 +34,7 @@ class PortfolioView(MethodView):
 
 @blp.route("/health")
 class HealthView(MethodView):
+    @roles(*ANY)
     @blp.arguments(PortfolioQuerySchema, location="query", as_kwargs=True)
     @blp.response(200, AnyObjectSchema)
     @_errors
@@ -45,6 +48,7 @@ class HealthView(MethodView):
 
 @blp.route("/metrics")
 class MetricsView(MethodView):
+    @roles(*ANY)
     @blp.arguments(PortfolioQuerySchema, location="query", as_kwargs=True)
     @blp.response(200, AnyObjectSchema)
     @_errors
@@ -55,6 +59,7 @@ class MetricsView(MethodView):
 
 @blp.route("/health/live")
 class Live(MethodView):
+    @public
     @blp.response(200, AnyObjectSchema)
     def get(self):
         """Liveness: the process answers"""
@@ -63,6 +68,7 @@ class Live(MethodView):
 
 @blp.route("/health/ready")
 class Ready(MethodView):
+    @public
     @blp.response(200, AnyObjectSchema)
     @blp.alt_response(503, description="Database unreachable or migrations not at head")
     def get(self):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
+from .auth import roles
 from .common import ERROR_RESPONSES, actor, ok, portfolio_id, service
 from .schemas import (
     AnyObjectSchema,
@@ -28,6 +29,7 @@ def _errors(view):
 
 @blp.route("/process_trade")
 class ProcessTrade(MethodView):
+    @roles("trader")
     @blp.arguments(PortfolioQuerySchema, location="query", as_kwargs=True)
     @blp.arguments(TradeIntentSchema)
     @blp.response(200, ProcessTradeResponseSchema)
@@ -44,6 +46,7 @@ class ProcessTrade(MethodView):
 
 @blp.route("/what_if")
 class WhatIf(MethodView):
+    @roles("trader", "admin")
     @blp.arguments(PortfolioQuerySchema, location="query", as_kwargs=True)
     @blp.arguments(TradeIntentSchema)
     @blp.response(200, WhatIfResponseSchema)
@@ -56,6 +59,7 @@ class WhatIf(MethodView):
 
 @blp.route("/marks")
 class Marks(MethodView):
+    @roles("trader")
     @blp.arguments(PortfolioQuerySchema, location="query", as_kwargs=True)
     @blp.arguments(MarksSchema)
     @blp.response(200, AnyObjectSchema)
@@ -67,6 +71,7 @@ class Marks(MethodView):
 
 @blp.route("/fills")
 class Fills(MethodView):
+    @roles("trader")
     @blp.arguments(PortfolioQuerySchema, location="query", as_kwargs=True)
     @blp.arguments(FillSchema)
     @blp.response(200, AnyObjectSchema)
@@ -79,6 +84,7 @@ class Fills(MethodView):
 
 @blp.route("/positions/<string:symbol>/close")
 class ClosePosition(MethodView):
+    @roles("trader")
     @blp.arguments(PortfolioQuerySchema, location="query", as_kwargs=True)
     @blp.arguments(CloseSchema)
     @blp.response(200, AnyObjectSchema)

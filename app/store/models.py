@@ -173,6 +173,10 @@ class Decision(Base):
     state_before: Mapped[dict] = mapped_column(Json)
     booking: Mapped[dict | None] = mapped_column(Json)
     latency_ms: Mapped[float | None] = mapped_column(Numeric(12, 3).with_variant(DecimalText(), "sqlite"))
+    # who submitted it (MiFID II RTS 6: every order traceable to who sent it)
+    key_id: Mapped[str | None] = mapped_column(String(36))
+    key_name: Mapped[str | None] = mapped_column(String(128))
+    key_role: Mapped[str | None] = mapped_column(String(16))
 
 
 class Fill(Base):
@@ -220,7 +224,26 @@ class AdminAction(Base):
     action: Mapped[str] = mapped_column(String(32))
     actor: Mapped[str] = mapped_column(String(128))
     actor_role: Mapped[str | None] = mapped_column(String(16))
+    actor_key_id: Mapped[str | None] = mapped_column(String(36))
     at: Mapped[datetime] = mapped_column(UTCDateTime)
     reason: Mapped[str | None] = mapped_column(Text)
     before: Mapped[dict | None] = mapped_column(Json)
     after: Mapped[dict | None] = mapped_column(Json)
+
+
+class ApiKey(Base):
+    """An API key: only its sha256 is stored; the public prefix finds it."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    prefix: Mapped[str] = mapped_column(String(16), unique=True)
+    key_hash: Mapped[str] = mapped_column(String(64))
+    name: Mapped[str] = mapped_column(String(128))
+    role: Mapped[str] = mapped_column(String(16))
+    # None: every portfolio; otherwise the list of portfolio ids the key may use
+    portfolios: Mapped[list | None] = mapped_column(Json)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    created_by: Mapped[str | None] = mapped_column(String(128))
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -169,9 +169,10 @@ def _num(value: float | None) -> Decimal | None:
 
 
 def add_admin_action(session: Session, *, portfolio_id: str | None, action: str, actor: str, actor_role: str | None,
-                     at: datetime, reason: str | None, before: Any = None, after: Any = None) -> m.AdminAction:
-    row = m.AdminAction(portfolio_id=portfolio_id, action=action, actor=actor, actor_role=actor_role, at=at,
-                        reason=reason, before=before, after=after)
+                     at: datetime, reason: str | None, before: Any = None, after: Any = None,
+                     actor_key_id: str | None = None) -> m.AdminAction:
+    row = m.AdminAction(portfolio_id=portfolio_id, action=action, actor=actor, actor_role=actor_role,
+                        actor_key_id=actor_key_id, at=at, reason=reason, before=before, after=after)
     session.add(row)
     return row
 

@@ -10,6 +10,7 @@ import itertools
 import os
 
 import pytest
+from flask.testing import FlaskClient
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
@@ -84,7 +85,65 @@ def app(settings, clock):
 
 
 @pytest.fixture
-def client(app):
+def keys(app):
+    """One key per role, plus a trader limited to another portfolio: {name: key in clear}."""
+    from app.services import Actor
+
+    store = app.extensions["rpm_keys"]
+    setup = Actor("test-setup", "admin")
+    made = {role: store.create(role, f"test-{role}", None, setup)[0] for role in ("trader", "compliance", "admin")}
+    made["trader_elsewhere"] = store.create("trader", "test-trader-elsewhere", ["elsewhere"], setup)[0]
+    return made
+
+
+class AutoRoleClient(FlaskClient):
+    """A test client that authenticates each request with a key of a role the route admits.
+
+    Tests about what a route does use it; the access-control tests use explicit headers.
+    """
+
+    rpm_keys: dict[str, str] = {}
+
+    def open(self, *args, **kwargs):
+        request = args[0] if args and not isinstance(args[0], str) else None
+        if request is None:
+            path = args[0] if args else kwargs.get("path", "/")
+            method = kwargs.get("method", "GET")
+            headers = dict(kwargs.get("headers") or {})
+            if "Authorization" not in headers:
+                key = self._key_for(path.split("?")[0], method)
+                if key:
+                    headers["Authorization"] = f"Bearer {key}"
+                    kwargs["headers"] = headers
+        return super().open(*args, **kwargs)
+
+    def _key_for(self, path: str, method: str) -> str | None:
+        from werkzeug.exceptions import HTTPException
+
+        from app.api.auth import declaration
+
+        try:
+            endpoint, _ = self.application.url_map.bind("localhost").match(path, method)
+        except HTTPException:
+            return None
+        _public, admitted = declaration(self.application, endpoint, method)
+        for role in ("trader", "admin", "compliance"):
+            if admitted and role in admitted:
+                return self.rpm_keys[role]
+        return None
+
+
+@pytest.fixture
+def client(app, keys):
+    app.test_client_class = AutoRoleClient
+    client = app.test_client()
+    client.rpm_keys = keys
+    return client
+
+
+@pytest.fixture
+def raw_client(app):
+    """A test client that sends exactly the headers a test gives it."""
     return app.test_client()
 
 

@@ -6,6 +6,7 @@ import time
 from sqlalchemy import create_engine, text
 
 from app import create_app
+from app.services import Actor
 from app.settings import Settings
 
 from ..conftest import SEED_INTENT
@@ -15,6 +16,8 @@ def test_a_held_portfolio_lock_times_out_to_503_without_approval(database_url, t
     app = create_app(Settings(database_url=database_url, instance_path=str(tmp_path), lock_timeout_ms=300),
                      clock=clock)
     client = app.test_client()
+    key, _ = app.extensions["rpm_keys"].create("trader", "t", None, Actor("setup", "admin"))
+    auth = {"Authorization": f"Bearer {key}"}
     blocker = create_engine(database_url)
     held = threading.Event()
     release = threading.Event()
@@ -30,7 +33,7 @@ def test_a_held_portfolio_lock_times_out_to_503_without_approval(database_url, t
     try:
         held.wait(5)
         started = time.monotonic()
-        r = client.post("/process_trade", json=SEED_INTENT)
+        r = client.post("/process_trade", json=SEED_INTENT, headers=auth)
         waited = time.monotonic() - started
     finally:
         release.set()
@@ -41,5 +44,5 @@ def test_a_held_portfolio_lock_times_out_to_503_without_approval(database_url, t
     assert waited < 3
     assert sql("SELECT count(*) FROM decisions")[0][0] == 0
     # and the service carries on once the lock is free
-    assert client.post("/process_trade", json=SEED_INTENT).json["decision"]["status"] == "APPROVED"
+    assert client.post("/process_trade", json=SEED_INTENT, headers=auth).json["decision"]["status"] == "APPROVED"
     app.extensions["rpm"].db.dispose()

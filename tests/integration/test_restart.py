@@ -7,32 +7,33 @@ from ..conftest import SEED_INTENT, http
 pytestmark = pytest.mark.slow
 
 
-def snapshot(url):
-    status, portfolio = http("GET", url + "/portfolio")
+def snapshot(url, key):
+    status, portfolio = http("GET", url + "/portfolio", key=key)
     assert status == 200
-    status, health = http("GET", url + "/health")
+    status, health = http("GET", url + "/health", key=key)
     assert status == 200
     switches = {k: v["state"] for k, v in health["kill_switches"].items()}
     return {k: portfolio[k] for k in ("equity", "peak_equity", "drawdown", "daily_pnl", "realised_pnl",
                                       "positions", "exposures", "trading_state")}, switches
 
 
-def test_a_halt_and_the_books_survive_kill_minus_nine(servers, database_url, capsys):
+def test_a_halt_and_the_books_survive_kill_minus_nine(servers, database_url, keys, capsys):
     env = {"DATABASE_URL": database_url}
+    trader, admin = keys["trader"], keys["admin"]
     server = servers(env)
-    status, body = http("POST", server.url + "/process_trade", SEED_INTENT)
+    status, body = http("POST", server.url + "/process_trade", SEED_INTENT, key=trader)
     assert status == 200 and body["decision"]["approved_trade"]["position_units"] == 27272.72
-    assert http("POST", server.url + "/marks", {"prices": {"EURUSD": 1.095}})[0] == 200
-    assert http("POST", server.url + "/halt", {"reason": "restart drill"})[0] == 200
-    before = snapshot(server.url)
+    assert http("POST", server.url + "/marks", {"prices": {"EURUSD": 1.095}}, key=trader)[0] == 200
+    assert http("POST", server.url + "/halt", {"reason": "restart drill"}, key=admin)[0] == 200
+    before = snapshot(server.url, trader)
     assert before[0]["trading_state"] == "HALTED"
     server.kill9()
 
     again = servers(env)
-    after = snapshot(again.url)
+    after = snapshot(again.url, trader)
     assert after == before
     status, body = http("POST", again.url + "/process_trade", {**SEED_INTENT, "symbol": "GBPUSD",
-                                                                 "current_price": 1.25})
+                                                                 "current_price": 1.25}, key=trader)
     assert body["decision"]["reason"] == "HALTED"
     with capsys.disabled():
         print(f"\n[restart] before kill -9: state={before[0]['trading_state']} equity={before[0]['equity']:.2f} "
