@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: install run test lint unit integration bench-engine pg clean
+.PHONY: install run test lint unit soak bench-engine demo pg clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,14 @@ test: install pg lint
 
 unit: install
 	$(BIN)/pytest tests/unit
+
+## longer runs of the randomized and crash tests
+soak: install pg
+	RPM_BOOKS_OPS=10000 $(BIN)/pytest tests/integration/test_books.py -s
+
+## the nine scenarios of the original design, on a throw-away embedded database
+demo: install
+	$(BIN)/rpm demo
 
 bench-engine: install
 	$(BIN)/python -m bench.engine

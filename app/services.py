@@ -153,6 +153,11 @@ class RPMService:
                 key_id=actor.key_id, key_name=actor.name, key_role=actor.role,
             )
             session.add(decision_row)
+            if outcome.booking is not None:
+                b = outcome.booking
+                repository.add_ledger(session, row, kind=b.kind, symbol=b.symbol, units=b.units * b.direction,
+                                      price=b.price, realised=outcome.realised_pnl, state=outcome.state, at=now,
+                                      actor=actor.name, decision_id=d.id)
             repository.save(session, loaded, outcome.state, now)
             repository.add_events(session, portfolio_id, outcome.events, d.id)
             session.flush()
@@ -219,6 +224,10 @@ class RPMService:
                 raise Conflict(str(exc), decision_id=decision_id) from None
             session.add(m.Fill(portfolio_id=portfolio_id, decision_id=decision_id, filled_units=Decimal(repr(units)),
                                fill_price=Decimal(repr(price)), realised_delta=outcome.realised_pnl, at=now))
+            repository.add_ledger(session, loaded.row, kind="fill", symbol=decision.symbol,
+                                  units=Decimal(repr(units)), price=Decimal(repr(price)),
+                                  realised=outcome.realised_pnl, state=outcome.state, at=now, actor=actor.name,
+                                  decision_id=decision_id)
             repository.save(session, loaded, outcome.state, now)
             repository.add_events(session, portfolio_id, outcome.events, decision_id)
             return {
@@ -240,6 +249,10 @@ class RPMService:
                 raise NotFound(f"no open position in {symbol!r}")
             now = self.clock()
             outcome = engine.close(loaded.state, symbol, price, loaded.config, now)
+            closed = loaded.state.positions[symbol]
+            repository.add_ledger(session, loaded.row, kind="close", symbol=symbol, units=-closed.units,
+                                  price=Decimal(repr(price)), realised=outcome.realised_pnl, state=outcome.state,
+                                  at=now, actor=actor.name)
             repository.save(session, loaded, outcome.state, now)
             repository.add_events(session, portfolio_id, outcome.events)
             return {

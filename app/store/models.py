@@ -98,6 +98,7 @@ class Portfolio(Base):
     counters: Mapped[dict] = mapped_column(Json, default=dict)
     config_version: Mapped[int] = mapped_column(Integer, default=1)
     last_seq: Mapped[int] = mapped_column(BigInteger, default=0)
+    last_ledger_seq: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
@@ -247,3 +248,27 @@ class ApiKey(Base):
     created_by: Mapped[str | None] = mapped_column(String(128))
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class LedgerEntry(Base):
+    """Every change of the books, in order: opens, reducing trades, fills, closes. Append-only.
+
+    Positions and realised PnL can be recomputed from these alone.
+    """
+
+    __tablename__ = "ledger_entries"
+    __table_args__ = (UniqueConstraint("portfolio_id", "seq"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    portfolio_id: Mapped[str] = mapped_column(ForeignKey("portfolios.id"))
+    seq: Mapped[int] = mapped_column(BigInteger)
+    kind: Mapped[str] = mapped_column(String(8))  # open | reduce | fill | close
+    symbol: Mapped[str] = mapped_column(String(32))
+    decision_id: Mapped[str | None] = mapped_column(String(36))
+    units: Mapped[Decimal] = mapped_column(Money)  # signed for open/reduce/close: the trade's units
+    price: Mapped[Decimal] = mapped_column(Money)
+    realised_pnl: Mapped[Decimal] = mapped_column(Money)
+    position_units: Mapped[Decimal] = mapped_column(Money)  # the position after this entry
+    position_avg_price: Mapped[Decimal | None] = mapped_column(Money)
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    actor: Mapped[str | None] = mapped_column(String(128))

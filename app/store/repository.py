@@ -16,7 +16,8 @@ from app.risk.model import SwitchEvent, SwitchState
 
 from . import models as m
 
-_CONFIG_CACHE: dict[tuple[str, int], RPMConfig] = {}
+# configuration versions are immutable: cache them per database, portfolio and version
+_CONFIG_CACHE: dict[tuple[str, str, int], RPMConfig] = {}
 
 
 class PortfolioNotFound(LookupError):
@@ -59,7 +60,7 @@ def load(session: Session, portfolio_id: str, *, lock: bool = True) -> Loaded:
 
 
 def config_for(session: Session, portfolio_id: str, version: int) -> RPMConfig:
-    key = (portfolio_id, version)
+    key = (session.get_bind().url.render_as_string(hide_password=True), portfolio_id, version)
     config = _CONFIG_CACHE.get(key)
     if config is None:
         body = session.execute(
@@ -162,6 +163,20 @@ def add_events(session: Session, portfolio_id: str, events: list[SwitchEvent], d
             value=_num(e.value), threshold=_num(e.threshold), cooldown_until=e.cooldown_until, reason=e.reason,
             detail=dict(e.detail), decision_id=decision_id,
         ))
+
+
+def add_ledger(session: Session, row: m.Portfolio, *, kind: str, symbol: str, units: Decimal, price: Decimal,
+               realised: Decimal, state: PortfolioState, at: datetime, actor: str | None,
+               decision_id: str | None = None) -> None:
+    """One change of the books, numbered in the portfolio's ledger (the caller holds its lock)."""
+    row.last_ledger_seq += 1
+    position = state.positions.get(symbol)
+    session.add(m.LedgerEntry(
+        portfolio_id=row.id, seq=row.last_ledger_seq, kind=kind, symbol=symbol, decision_id=decision_id,
+        units=units, price=price, realised_pnl=realised,
+        position_units=position.units if position else Decimal(0),
+        position_avg_price=position.avg_price if position else None, at=at, actor=actor,
+    ))
 
 
 def _num(value: float | None) -> Decimal | None:
