@@ -146,6 +146,29 @@ def serve(port: int | None, host: str | None, workers: int | None, threads: int 
     os.execv(gunicorn, args)
 
 
+@main.command()
+@click.option("--url", default=None, help="a live RPM; default: an embedded one on a throw-away database")
+@click.option("--trader-key", envvar="RPM_DEMO_TRADER_KEY", default=None, help="with --url (env RPM_DEMO_TRADER_KEY)")
+@click.option("--admin-key", envvar="RPM_DEMO_ADMIN_KEY", default=None, help="with --url (env RPM_DEMO_ADMIN_KEY)")
+@click.option("--database-url", default=None, help="embedded: use this database instead of a throw-away file")
+@click.option("--keep", is_flag=True, help="embedded: keep the throw-away database (its path is printed)")
+def demo(url: str | None, trader_key: str | None, admin_key: str | None, database_url: str | None,
+         keep: bool) -> None:
+    """The nine scenarios of the original design, each on a portfolio of its own."""
+    from .demo import Demo, EmbeddedRPM, HttpRPM
+
+    if url:
+        if not (trader_key and admin_key):
+            raise click.UsageError("--url needs --trader-key and --admin-key (each scenario creates a portfolio)")
+        rpm = HttpRPM(url, {"trader": trader_key, "admin": admin_key})
+    else:
+        rpm = EmbeddedRPM(database_url, keep=keep)
+    try:
+        Demo(rpm, click.echo).run()
+    finally:
+        rpm.close()
+
+
 @main.group()
 def keys() -> None:
     """API keys: create (shown once), list, revoke."""

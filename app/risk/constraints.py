@@ -10,7 +10,7 @@ from typing import Any
 from .accounting import Exposures
 from .config import RPMConfig
 from .instruments import InstrumentInfo, instrument
-from .model import ZERO, PortfolioState, ReasonCode, TradeIntent, floor_units
+from .model import ZERO, PortfolioState, ReasonCode, TradeIntent, div_floor, floor_units
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,9 +23,9 @@ class Rejection:
 def _room_signed(current: Decimal, per_unit: Decimal, limit: Decimal) -> Decimal | None:
     """Largest u >= 0 with |current + per_unit*u| <= limit (None: unbounded)."""
     if per_unit > 0:
-        return (limit - current) / per_unit
+        return div_floor(limit - current, per_unit)
     if per_unit < 0:
-        return (limit + current) / -per_unit
+        return div_floor(limit + current, -per_unit)
     return None
 
 
@@ -85,7 +85,7 @@ def apply_constraints(
 
     symbol_limit = equity * config.dec("max_symbol_exposure_pct")
     symbol_now = abs(exp.by_symbol.get(symbol, ZERO))
-    rejection = steps.cap("symbol_exposure", (symbol_limit - symbol_now) / per_unit, ReasonCode.SYMBOL_EXPOSURE,
+    rejection = steps.cap("symbol_exposure", div_floor(symbol_limit - symbol_now, per_unit), ReasonCode.SYMBOL_EXPOSURE,
                           symbol_limit, symbol_now)
     if rejection:
         return ZERO, steps.steps, rejection
@@ -103,7 +103,7 @@ def apply_constraints(
             return ZERO, steps.steps, rejection
 
     gross_limit = equity * config.dec("max_gross_exposure_pct")
-    rejection = steps.cap("gross_exposure", (gross_limit - exp.gross) / per_unit, ReasonCode.GROSS_EXPOSURE,
+    rejection = steps.cap("gross_exposure", div_floor(gross_limit - exp.gross, per_unit), ReasonCode.GROSS_EXPOSURE,
                           gross_limit, exp.gross)
     if rejection:
         return ZERO, steps.steps, rejection

@@ -11,7 +11,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from decimal import ROUND_FLOOR, Decimal
+from decimal import ROUND_FLOOR, Context, Decimal
 from enum import StrEnum
 from typing import Any
 
@@ -111,6 +111,14 @@ def floor_units(value: Decimal) -> Decimal:
     if value <= 0:
         return ZERO.quantize(CENT)
     return value.quantize(CENT, rounding=ROUND_FLOOR)
+
+
+_FLOOR = Context(prec=28, rounding=ROUND_FLOOR)
+
+
+def div_floor(numerator: Decimal, denominator: Decimal) -> Decimal:
+    """A quotient rounded toward negative infinity at 28 digits: a size never rounds up past a limit."""
+    return _FLOOR.divide(numerator, denominator)
 
 
 def iso(ts: datetime | None) -> str | None:

@@ -6,7 +6,7 @@ from decimal import Decimal
 from typing import Any
 
 from .config import RPMConfig
-from .model import TradeIntent, floor_units, to_decimal
+from .model import TradeIntent, div_floor, floor_units, to_decimal
 
 
 def confidence_multiplier(confidence: float, config: RPMConfig) -> float:
@@ -31,7 +31,9 @@ def size_position(
     conf = confidence_multiplier(intent.confidence_score, config)
     regime = config.regime_multiplier(intent.regime)
     vol = vol_multiplier(intent.vol_percentile, config)
-    units = floor_units(base_units * to_decimal(conf) * to_decimal(regime) * to_decimal(vol))
+    # multiply first and divide once, rounding down: 1,000 x 1.25 x 1.2 / 0.075 is exactly 20,000
+    scaled_risk = risk_capital * to_decimal(conf) * to_decimal(regime) * to_decimal(vol)
+    units = floor_units(div_floor(scaled_risk, risk_per_unit)) if risk_capital > 0 else floor_units(Decimal(0))
     factors = {
         "equity": float(equity),
         "risk_per_trade": config.risk_per_trade,

@@ -83,7 +83,7 @@ def test_random_books_match_an_independent_recomputation_to_the_cent(client, sql
             assert client.post("/marks", json={"prices": {symbol: marks[symbol]}}).status_code == 200
             counts["mark"] += 1
         elif op < 0.90 and open_decisions:
-            decision_id, symbol = open_decisions.pop(rng.randrange(len(open_decisions)))
+            decision_id, symbol = open_decisions.pop()  # the newest: most likely still open
             booked = float(sql("SELECT approved_units FROM decisions WHERE id = :id", id=decision_id)[0][0])
             filled = round(booked * rng.choice([1.0, 1.0, rng.uniform(0, 1)]), 2)
             price = round(marks[symbol] * (1 + rng.uniform(-0.001, 0.001)), 5)

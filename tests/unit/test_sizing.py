@@ -106,3 +106,9 @@ def test_instrument_table_gives_currency_and_multiplier(make_rpm):
 def test_units_are_floored_never_rounded_up(make_rpm):
     # 30,000 / 1.1 = 27,272.7272...: 27,272.72, not .73
     assert units(make_rpm()) == 27272.72
+
+
+def test_a_size_that_is_exact_in_decimal_is_not_floored_a_cent_below(make_rpm):
+    # 1,000 x 1.25 x 1.2 / (0.05 x 1.5) = 20,000 exactly; dividing before multiplying gave 19,999.99
+    assert units(make_rpm(), atr=0.05) == 20000.0
+    assert units(make_rpm(), atr=0.05, confidence_score=0.6) == 17600.0

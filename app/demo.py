@@ -1,0 +1,235 @@
+"""`rpm demo`: the nine scenarios of the original design, run through the HTTP API of a live RPM
+(a URL and keys) or of an embedded one on a throw-away database. Each scenario has its own portfolio."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+SEED = dict(symbol="EURUSD", direction=1, confidence_score=0.75, regime="TRENDING", atr=0.0010,
+            vol_percentile=0.50, current_price=1.1000)
+
+
+class HttpRPM:
+    """A live RPM over HTTP."""
+
+    def __init__(self, url: str, keys: dict[str, str]):
+        self.url = url.rstrip("/")
+        self.keys = keys
+        self.where = self.url
+
+    def call(self, method: str, path: str, body: Any = None, role: str = "trader") -> tuple[int, Any]:
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(self.url + path, data=data, method=method, headers={
+            "Content-Type": "application/json", "Authorization": f"Bearer {self.keys[role]}"})
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as err:
+            return err.code, json.loads(err.read() or b"null")
+
+    def close(self) -> None:
+        pass
+
+
+class EmbeddedRPM:
+    """An RPM in this process, on a throw-away SQLite file (or the database given), called through Flask."""
+
+    def __init__(self, database_url: str | None = None, keep: bool = False):
+        from app import create_app
+        from app.services import Actor
+        from app.settings import Settings
+        from app.store.migrate import upgrade
+
+        self.tmp = None if keep else tempfile.TemporaryDirectory(prefix="rpm-demo-")
+        folder = Path(self.tmp.name if self.tmp else tempfile.mkdtemp(prefix="rpm-demo-"))
+        settings = Settings(database_url=database_url, instance_path=str(folder))
+        url = settings.resolved_database_url(str(folder))
+        upgrade(url)
+        self.app = create_app(settings)
+        self.app.extensions["rpm"].ensure_default_portfolio()
+        store = self.app.extensions["rpm_keys"]
+        demo = Actor("rpm-demo", "admin")
+        self.keys = {role: store.create(role, f"demo-{role}", None, demo)[0] for role in ("trader", "admin")}
+        self.client = self.app.test_client()
+        self.where = f"embedded RPM on {url}"
+
+    def call(self, method: str, path: str, body: Any = None, role: str = "trader") -> tuple[int, Any]:
+        r = self.client.open(path, method=method, json=body, headers={"Authorization": f"Bearer {self.keys[role]}"})
+        return r.status_code, r.get_json()
+
+    def close(self) -> None:
+        self.app.extensions["rpm"].db.dispose()
+        if self.tmp is not None:
+            self.tmp.cleanup()
+
+
+class Demo:
+    def __init__(self, rpm: HttpRPM | EmbeddedRPM, echo: Callable[[str], None] = print):
+        self.rpm = rpm
+        self.echo = echo
+        self.run_id = uuid.uuid4().hex[:6]
+
+    # -- helpers ---------------------------------------------------------------------
+    def portfolio(self, n: int, config: dict[str, Any] | None = None) -> str:
+        pid = f"demo{n}-{self.run_id}"
+        body: dict[str, Any] = {"portfolio_id": pid, "capital": 100000.0}
+        if config:
+            _, defaults = self.rpm.call("GET", "/config", role="admin")
+            body["config"] = {**defaults["config"], **config}
+        status, out = self.rpm.call("POST", "/portfolios", body, role="admin")
+        if status != 201:
+            raise RuntimeError(f"could not create portfolio {pid}: {status} {out}")
+        return pid
+
+    def trade(self, pid: str, **changes: Any) -> dict[str, Any]:
+        status, out = self.rpm.call("POST", "/process_trade", {**SEED, **changes, "portfolio_id": pid})
+        if status != 200:
+            raise RuntimeError(f"process_trade: {status} {out}")
+        return out["decision"]
+
+    def what_if(self, pid: str, **changes: Any) -> dict[str, Any]:
+        status, out = self.rpm.call("POST", "/what_if", {**SEED, **changes, "portfolio_id": pid})
+        if status != 200:
+            raise RuntimeError(f"what_if: {status} {out}")
+        return out["decision"]
+
+    def health(self, pid: str) -> dict[str, Any]:
+        return self.rpm.call("GET", f"/health?portfolio_id={pid}")[1]
+
+    def title(self, n: int, text: str) -> None:
+        self.echo("")
+        self.echo("=" * 78)
+        self.echo(f" SCENARIO {n}: {text}")
+        self.echo("=" * 78)
+
+    def show(self, d: dict[str, Any], label: str = "") -> None:
+        prefix = f"  {label:<28}" if label else "  "
+        if d["status"] == "APPROVED":
+            self.echo(f"{prefix}APPROVED  {d['approved_trade']['position_units']:>12,.2f} units")
+        else:
+            self.echo(f"{prefix}REJECTED  {d['rejected_trade']['reason_code']}: {d['rejected_trade']['rejection_reason']}")
+
+    # -- the scenarios ---------------------------------------------------------------
+    def run(self) -> None:
+        self.echo(f"RPM demo against {self.rpm.where}")
+        for scenario in (self.normal_approval, self.confidence_sizing, self.regime_sizing, self.max_drawdown,
+                         self.daily_loss, self.confidence_collapse, self.symbol_exposure, self.manual_halt,
+                         self.health_status):
+            scenario()
+        self.echo("")
+        self.echo("Demo complete: every decision above is stored, with its breakdown, in the audit trail.")
+
+    def normal_approval(self) -> None:
+        self.title(1, "normal trade approval (clean conditions)")
+        pid = self.portfolio(1)
+        self.echo("  EURUSD long, confidence 0.75, TRENDING, ATR 0.0010, vol pct 0.50, price 1.1000, 100,000 USD")
+        d = self.trade(pid)
+        self.show(d)
+        s = d["breakdown"]["sizing"]
+        self.echo(f"  sizing: risk capital {s['risk_capital']:,.2f}; base {s['base_units']:,.2f} units "
+                  f"x {s['confidence_mult']} x {s['regime_mult']} x {s['vol_mult']} = {s['units']:,.2f}")
+        for c in d["breakdown"]["constraints"]:
+            if c["result"] == "ADJUSTED":
+                self.echo(f"  constraint {c['name']}: {c['before']:,.2f} -> {c['after']:,.2f} units "
+                          f"(limit {c['limit']:,.2f})")
+
+    def confidence_sizing(self) -> None:
+        self.title(2, "confidence-based position sizing (0.50 - 0.95)")
+        pid = self.portfolio(2)
+        self.echo("  what-if, EURUSD TRENDING, ATR 0.0500 (small enough that no limit binds)")
+        for confidence in (0.50, 0.55, 0.60, 0.70, 0.80, 0.95):
+            d = self.what_if(pid, confidence_score=confidence, atr=0.05)
+            self.show(d, f"confidence {confidence:.2f} (x{0.5 + confidence:.2f})")
+
+    def regime_sizing(self) -> None:
+        self.title(3, "regime-based adjustments")
+        pid = self.portfolio(3)
+        self.echo("  what-if, EURUSD confidence 0.75, ATR 0.0500")
+        for regime, mult in (("TRENDING", 1.2), ("RANGING", 1.0), ("VOLATILE", 0.7), ("STRESSED", 0.3)):
+            self.show(self.what_if(pid, regime=regime, atr=0.05), f"{regime} (x{mult})")
+
+    def max_drawdown(self) -> None:
+        self.title(4, "maximum drawdown kill switch (15% > 10% limit), driven by marks")
+        pid = self.portfolio(4, {"max_symbol_exposure_pct": 2.5, "max_currency_exposure_pct": 2.5,
+                                 "max_gross_exposure_pct": 3.0, "max_net_exposure_pct": 3.0})
+        self.show(self.trade(pid), "open EURUSD at 1.1000")
+        _, marked = self.rpm.call("POST", "/marks", {"prices": {"EURUSD": 1.0250}, "portfolio_id": pid})
+        p = marked["portfolio_state"]
+        self.echo(f"  mark EURUSD 1.0250: equity {p['equity']:,.2f}, drawdown {p['drawdown_pct']:.2f}%")
+        self.echo(f"  switches tripped: {', '.join(marked['tripped'])}")
+        self.show(self.trade(pid, symbol="GBPUSD", current_price=1.25), "new GBPUSD long")
+        self.show(self.trade(pid, direction=-1, current_price=1.0250), "close EURUSD (reduce-only)")
+        dd = self.health(pid)["kill_switches"]["drawdown"]
+        self.echo(f"  drawdown switch: {dd['state']}, {dd['current_pct']:.2f}% against {dd['threshold_pct']:.0f}%")
+
+    def daily_loss(self) -> None:
+        self.title(5, "daily loss limit kill switch (-2,500 < -2,000 limit), driven by a losing close")
+        pid = self.portfolio(5)
+        d = self.trade(pid)
+        self.show(d, "open EURUSD at 1.1000")
+        price = round(1.1 - 2500 / d["approved_trade"]["position_units"], 8)
+        _, closed = self.rpm.call("POST", f"/positions/EURUSD/close?portfolio_id={pid}", {"price": price})
+        self.echo(f"  close at {price}: realised {closed['realised_pnl']:,.2f}, daily PnL "
+                  f"{closed['portfolio_state']['daily_pnl']:,.2f}")
+        self.echo(f"  switches tripped: {', '.join(e['switch'] for e in closed['events'] if e['action'] == 'TRIPPED')}")
+        self.show(self.trade(pid, symbol="GBPUSD", current_price=1.25), "new GBPUSD long")
+
+    def confidence_collapse(self) -> None:
+        self.title(6, "model confidence collapse (mean 0.45 < 0.60 over 20 intents)")
+        pid = self.portfolio(6)
+        outcomes: dict[str, int] = {}
+        last = None
+        for _ in range(20):
+            last = self.trade(pid, confidence_score=0.45)
+            outcomes[last["reason"]] = outcomes.get(last["reason"], 0) + 1
+        self.echo(f"  20 intents at confidence 0.45: {outcomes}")
+        self.show(last, "the 20th")
+        self.show(self.trade(pid, confidence_score=0.95), "then one at 0.95")
+        cc = self.health(pid)["kill_switches"]["confidence_collapse"]
+        self.echo(f"  confidence_collapse switch: {cc['state']}, mean {cc['current']:.2f} against {cc['threshold']}")
+
+    def symbol_exposure(self) -> None:
+        self.title(7, "symbol exposure limit (existing + new position)")
+        pid = self.portfolio(7)
+        self.echo("  EURUSD, ATR 0.0500: 20,000 units = 22,000 USD each; the limit is 30% of equity = 30,000 USD")
+        self.show(self.trade(pid, atr=0.05), "first")
+        d = self.trade(pid, atr=0.05)
+        self.show(d, "second (adjusted)")
+        step = next(c for c in d["breakdown"]["constraints"] if c["name"] == "symbol_exposure")
+        self.echo(f"  symbol_exposure: {step['current']:,.2f} held of {step['limit']:,.2f}; "
+                  f"{step['before']:,.2f} -> {step['after']:,.2f} units")
+        self.show(self.trade(pid, atr=0.05), "third")
+
+    def manual_halt(self) -> None:
+        self.title(8, "manual halt & resume (emergency stop)")
+        pid = self.portfolio(8)
+        _, halted = self.rpm.call("POST", "/halt", {"reason": "emergency drill", "portfolio_id": pid}, role="admin")
+        self.echo(f"  halt: {halted['trading_state']} ({', '.join(halted['tripped_switches'])})")
+        self.show(self.trade(pid), "intent while halted")
+        _, resumed = self.rpm.call("POST", "/resume", {"portfolio_id": pid}, role="admin")
+        self.echo(f"  resume: {resumed['trading_state']}")
+        self.show(self.trade(pid), "intent after resume")
+
+    def health_status(self) -> None:
+        self.title(9, "health status monitoring (the portfolio of scenario 4)")
+        h = self.health(f"demo4-{self.run_id}")
+        p = h["portfolio_state"]
+        m = h["risk_metrics"]
+        self.echo(f"  health {h['health']}, trading state {h['trading_state']}, database {h['database']['status']}")
+        self.echo(f"  equity {p['equity']:,.2f}, peak {p['peak_equity']:,.2f}, drawdown {p['drawdown_pct']:.2f}%, "
+                  f"daily PnL {p['daily_pnl']:,.2f}, weekly PnL {p['weekly_pnl']:,.2f}")
+        self.echo(f"  decisions {m['total_decisions']}, approved {m['trades_approved']}, "
+                  f"approval rate {m['approval_rate']:.0%}, rejections {m['rejections_by_category']}")
+        for name, sw in h["kill_switches"].items():
+            if "current" in sw:
+                current = "-" if sw["current"] is None else f"{sw['current']:,.4f}"
+                self.echo(f"  {name:<20} {sw['state']:<8} current {current:>12}  threshold {sw['threshold']:,.4f}")
+            else:
+                self.echo(f"  {name:<20} {sw['state']}")
