@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import sys
+from pathlib import Path
 
 import click
 
@@ -167,6 +168,50 @@ def demo(url: str | None, trader_key: str | None, admin_key: str | None, databas
         Demo(rpm, click.echo).run()
     finally:
         rpm.close()
+
+
+@main.group()
+def audit() -> None:
+    """The audit trail: verify the hash chains, anchor their heads outside the database."""
+
+
+@audit.command("verify")
+@click.option("--checkpoint", "checkpoint_file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="also check the chains against heads written by `rpm audit checkpoint`")
+def audit_verify(checkpoint_file: str | None) -> None:
+    """Verify every chain; exit 1 and name the first broken sequence number if any is broken."""
+    import time
+
+    checkpoint = json.loads(Path(checkpoint_file).read_text()) if checkpoint_file else None
+    started = time.perf_counter()
+    report = _app().extensions["rpm_compliance"].verify(checkpoint)
+    elapsed = time.perf_counter() - started
+    for chain in report["chains"]:
+        if chain["ok"]:
+            click.echo(f"OK      {chain['chain']}: {chain['count']} records, head {chain['head_seq']} "
+                       f"{chain['head_hash'][:16]}...")
+        else:
+            click.echo(f"BROKEN  {chain['chain']}: first broken sequence number {chain['first_broken_seq']}: "
+                       f"{chain['problem']} ({chain['details'].get('detail')})")
+    for chain in report.get("missing_chains", []):
+        click.echo(f"BROKEN  {chain}: in the checkpoint but not in the database")
+    click.echo(f"{'OK' if report['ok'] else 'BROKEN'}: {report['count']} records verified in {elapsed:.2f}s"
+               f"{' against ' + checkpoint_file if checkpoint_file else ''}")
+    sys.exit(0 if report["ok"] else 1)
+
+
+@audit.command("checkpoint")
+@click.option("--out", "out_file", type=click.Path(dir_okay=False), default="-", show_default=True,
+              help="where to write the heads (keep it outside the database)")
+def audit_checkpoint(out_file: str) -> None:
+    """Write the head (sequence number and hash) of every chain, to anchor them outside the database."""
+    data = json.dumps(_app().extensions["rpm_compliance"].checkpoint(), indent=2)
+    if out_file == "-":
+        click.echo(data)
+    else:
+        with open(out_file, "w") as f:
+            f.write(data + "\n")
+        click.echo(f"checkpoint written to {out_file}", err=True)
 
 
 @main.group()

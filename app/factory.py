@@ -39,6 +39,9 @@ def register_service(app: Flask, settings: Settings, clock: Callable[[], datetim
     service = RPMService(db, clock or system_clock, default_config=config)
     app.extensions["rpm"] = service
     app.extensions["rpm_keys"] = KeyStore(service)
+    from .compliance import Compliance
+
+    app.extensions["rpm_compliance"] = Compliance(service)
 
 
 def register_api(app: Flask) -> None:

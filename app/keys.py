@@ -18,6 +18,7 @@ from .risk.model import PORTFOLIO_ID_RE
 from .services import Actor, RPMService
 from .store import models as m
 from .store import repository
+from .store.audit import system_chain
 
 ROLES = ("trader", "compliance", "admin")
 PREFIX_LENGTH = 12  # "rpm_" + 8 hex characters: public, used to find the key and in logs
@@ -98,7 +99,7 @@ class KeyStore:
                            created_by=actor.name, expires_at=now + expires_in if expires_in else None)
             session.add(row)
             session.flush()
-            repository.add_admin_action(session, portfolio_id=None, action="key_create", actor=actor.name,
+            repository.add_admin_action(session, system_chain(session), portfolio_id=None, action="key_create", actor=actor.name,
                                         actor_role=actor.role, actor_key_id=actor.key_id, at=now, reason=None,
                                         before=None, after=_key_payload(row, now))
             return _key_payload(row, now)
@@ -136,7 +137,7 @@ class KeyStore:
             before = _key_payload(row, now)
             if row.revoked_at is None:
                 row.revoked_at = now
-            repository.add_admin_action(session, portfolio_id=None, action="key_revoke", actor=actor.name,
+            repository.add_admin_action(session, system_chain(session), portfolio_id=None, action="key_revoke", actor=actor.name,
                                         actor_role=actor.role, actor_key_id=actor.key_id, at=now, reason=reason,
                                         before=before, after=_key_payload(row, now))
             return _key_payload(row, now)

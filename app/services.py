@@ -35,6 +35,7 @@ from app.risk.model import PORTFOLIO_ID_RE, Booking, symbol_error
 from .errors import Conflict, Invalid, NotFound, Unavailable
 from .store import models as m
 from .store import repository
+from .store.audit import Chain
 from .store.database import Database, DatabaseUnavailable
 from .store.repository import Loaded, PortfolioNotFound
 
@@ -63,8 +64,13 @@ def _f(value: Decimal | None) -> float | None:
 
 
 class RPMService:
-    def __init__(self, db: Database, clock: Callable[[], datetime] = system_clock,
-                 default_config: RPMConfig | None = None, default_capital: float | None = None):
+    def __init__(
+        self,
+        db: Database,
+        clock: Callable[[], datetime] = system_clock,
+        default_config: RPMConfig | None = None,
+        default_capital: float | None = None,
+    ):
         self.db = db
         self.clock = clock
         self.default_config = default_config or RPMConfig()
@@ -109,6 +115,7 @@ class RPMService:
         def run(session):
             if session.get(m.Portfolio, "default") is None:
                 self._create_default(session)
+
         self._write(run)
 
     # -- trading ---------------------------------------------------------------------
@@ -125,13 +132,16 @@ class RPMService:
             request_hash = hashlib.sha256(canonical_json(intent.to_dict()).encode()).hexdigest()
             if intent.intent_id is not None:
                 stored = session.execute(
-                    select(m.Decision).where(m.Decision.portfolio_id == portfolio_id,
-                                             m.Decision.intent_id == intent.intent_id)
+                    select(m.Decision).where(
+                        m.Decision.portfolio_id == portfolio_id, m.Decision.intent_id == intent.intent_id
+                    )
                 ).scalar_one_or_none()
                 if stored is not None:
                     if stored.request_hash != request_hash:
-                        raise Conflict(f"intent_id {intent.intent_id!r} was already used with a different payload",
-                                       decision_id=stored.id)
+                        raise Conflict(
+                            f"intent_id {intent.intent_id!r} was already used with a different payload",
+                            decision_id=stored.id,
+                        )
                     return self._trade_response(loaded, stored, replay=True)
             now = self.clock()
             outcome = engine.decide(loaded.state, intent, loaded.config, now, str(uuid.uuid4()))
@@ -141,25 +151,53 @@ class RPMService:
             metrics = RiskMetrics.from_counters(row.counters)
             metrics.record(d)
             row.counters = metrics.counters()
-            decision_row = m.Decision(
-                id=d.id, portfolio_id=portfolio_id, seq=row.last_seq, intent_id=intent.intent_id,
-                request_hash=request_hash, symbol=intent.symbol, direction=intent.direction, status=d.status.value,
-                reason_code=d.reason, message=d.message, approved_units=d.units, price=intent.current_price,
-                reducing=d.reducing, decided_at=now, config_hash=d.config_hash, config_version=row.config_version,
-                intent=intent.to_dict(), breakdown=dict(d.breakdown), context=dict(d.context),
+            chain = Chain(row)
+            decision_row = chain.append(
+                session,
+                m.Decision,
+                id=d.id,
+                portfolio_id=portfolio_id,
+                seq=row.last_seq,
+                intent_id=intent.intent_id,
+                request_hash=request_hash,
+                symbol=intent.symbol,
+                direction=intent.direction,
+                status=d.status.value,
+                reason_code=d.reason,
+                message=d.message,
+                approved_units=d.units,
+                price=intent.current_price,
+                reducing=d.reducing,
+                decided_at=now,
+                config_hash=d.config_hash,
+                config_version=row.config_version,
+                intent=intent.to_dict(),
+                breakdown=dict(d.breakdown),
+                context=dict(d.context),
                 state_before=loaded.state.to_dict(),
                 booking=outcome.booking.to_dict() if outcome.booking else None,
                 latency_ms=Decimal(f"{(time.perf_counter() - started) * 1000:.3f}"),
-                key_id=actor.key_id, key_name=actor.name, key_role=actor.role,
+                key_id=actor.key_id,
+                key_name=actor.name,
+                key_role=actor.role,
             )
-            session.add(decision_row)
             if outcome.booking is not None:
                 b = outcome.booking
-                repository.add_ledger(session, row, kind=b.kind, symbol=b.symbol, units=b.units * b.direction,
-                                      price=b.price, realised=outcome.realised_pnl, state=outcome.state, at=now,
-                                      actor=actor.name, decision_id=d.id)
+                repository.add_ledger(
+                    session,
+                    row,
+                    kind=b.kind,
+                    symbol=b.symbol,
+                    units=b.units * b.direction,
+                    price=b.price,
+                    realised=outcome.realised_pnl,
+                    state=outcome.state,
+                    at=now,
+                    actor=actor.name,
+                    decision_id=d.id,
+                )
             repository.save(session, loaded, outcome.state, now)
-            repository.add_events(session, portfolio_id, outcome.events, d.id)
+            repository.add_events(session, chain, portfolio_id, outcome.events, d.id)
             session.flush()
             loaded.state = outcome.state
             return self._trade_response(loaded, decision_row, replay=False)
@@ -197,7 +235,7 @@ class RPMService:
             now = self.clock()
             outcome = engine.mark(loaded.state, prices, loaded.config, now)
             repository.save(session, loaded, outcome.state, now)
-            repository.add_events(session, portfolio_id, outcome.events)
+            repository.add_events(session, Chain(loaded.row), portfolio_id, outcome.events)
             return {
                 "portfolio_state": engine.portfolio_summary(outcome.state, loaded.config),
                 "events": [e.to_dict() for e in outcome.events],
@@ -218,18 +256,42 @@ class RPMService:
                 raise Conflict("this decision was already filled: a fill is final", decision_id=decision_id)
             now = self.clock()
             try:
-                outcome = engine.fill(loaded.state, Booking.from_dict(decision.booking), decision.decided_at,
-                                      units, price, loaded.config, now)
+                outcome = engine.fill(
+                    loaded.state,
+                    Booking.from_dict(decision.booking),
+                    decision.decided_at,
+                    units,
+                    price,
+                    loaded.config,
+                    now,
+                )
             except FillError as exc:
                 raise Conflict(str(exc), decision_id=decision_id) from None
-            session.add(m.Fill(portfolio_id=portfolio_id, decision_id=decision_id, filled_units=Decimal(repr(units)),
-                               fill_price=Decimal(repr(price)), realised_delta=outcome.realised_pnl, at=now))
-            repository.add_ledger(session, loaded.row, kind="fill", symbol=decision.symbol,
-                                  units=Decimal(repr(units)), price=Decimal(repr(price)),
-                                  realised=outcome.realised_pnl, state=outcome.state, at=now, actor=actor.name,
-                                  decision_id=decision_id)
+            session.add(
+                m.Fill(
+                    portfolio_id=portfolio_id,
+                    decision_id=decision_id,
+                    filled_units=Decimal(repr(units)),
+                    fill_price=Decimal(repr(price)),
+                    realised_delta=outcome.realised_pnl,
+                    at=now,
+                )
+            )
+            repository.add_ledger(
+                session,
+                loaded.row,
+                kind="fill",
+                symbol=decision.symbol,
+                units=Decimal(repr(units)),
+                price=Decimal(repr(price)),
+                realised=outcome.realised_pnl,
+                state=outcome.state,
+                at=now,
+                actor=actor.name,
+                decision_id=decision_id,
+            )
             repository.save(session, loaded, outcome.state, now)
-            repository.add_events(session, portfolio_id, outcome.events, decision_id)
+            repository.add_events(session, Chain(loaded.row), portfolio_id, outcome.events, decision_id)
             return {
                 "decision_id": decision_id,
                 "filled_units": float(units),
@@ -250,11 +312,20 @@ class RPMService:
             now = self.clock()
             outcome = engine.close(loaded.state, symbol, price, loaded.config, now)
             closed = loaded.state.positions[symbol]
-            repository.add_ledger(session, loaded.row, kind="close", symbol=symbol, units=-closed.units,
-                                  price=Decimal(repr(price)), realised=outcome.realised_pnl, state=outcome.state,
-                                  at=now, actor=actor.name)
+            repository.add_ledger(
+                session,
+                loaded.row,
+                kind="close",
+                symbol=symbol,
+                units=-closed.units,
+                price=Decimal(repr(price)),
+                realised=outcome.realised_pnl,
+                state=outcome.state,
+                at=now,
+                actor=actor.name,
+            )
             repository.save(session, loaded, outcome.state, now)
-            repository.add_events(session, portfolio_id, outcome.events)
+            repository.add_events(session, Chain(loaded.row), portfolio_id, outcome.events)
             return {
                 "closed": outcome.extra["closed"],
                 "price": float(price),
@@ -276,12 +347,25 @@ class RPMService:
                 raise Invalid(str(exc), {"reason": [str(exc)]}) from None
             before = _trading(loaded.state)
             repository.save(session, loaded, outcome.state, now)
-            repository.add_events(session, portfolio_id, outcome.events)
-            repository.add_admin_action(session, portfolio_id=portfolio_id, action="halt", actor=actor.name,
-                                        actor_role=actor.role, actor_key_id=actor.key_id, at=now, reason=reason, before=before,
-                                        after=_trading(outcome.state))
-            return {"portfolio_id": portfolio_id, **_trading(outcome.state),
-                    "events": [e.to_dict() for e in outcome.events]}
+            repository.add_events(session, Chain(loaded.row), portfolio_id, outcome.events)
+            repository.add_admin_action(
+                session,
+                Chain(loaded.row),
+                portfolio_id=portfolio_id,
+                action="halt",
+                actor=actor.name,
+                actor_role=actor.role,
+                actor_key_id=actor.key_id,
+                at=now,
+                reason=reason,
+                before=before,
+                after=_trading(outcome.state),
+            )
+            return {
+                "portfolio_id": portfolio_id,
+                **_trading(outcome.state),
+                "events": [e.to_dict() for e in outcome.events],
+            }
 
         return self._write(run)
 
@@ -292,27 +376,45 @@ class RPMService:
             try:
                 outcome = engine.resume(loaded.state, loaded.config, now, force=force, reason=reason)
             except CooldownActive as exc:
-                raise Conflict("resume refused: an automatic kill switch is in its cooldown; send force with a reason",
-                               {"cooldown": exc.switches}) from None
+                raise Conflict(
+                    "resume refused: an automatic kill switch is in its cooldown; send force with a reason",
+                    {"cooldown": exc.switches},
+                ) from None
             except ResumeError as exc:
                 raise Invalid(str(exc), {"reason": [str(exc)]}) from None
             before = _trading(loaded.state)
             repository.save(session, loaded, outcome.state, now)
-            repository.add_events(session, portfolio_id, outcome.events)
+            repository.add_events(session, Chain(loaded.row), portfolio_id, outcome.events)
             rebase = next((e.detail for e in outcome.events if e.action == "REBASED"), {})
-            repository.add_admin_action(session, portfolio_id=portfolio_id, action="resume", actor=actor.name,
-                                        actor_role=actor.role, actor_key_id=actor.key_id, at=now, reason=reason,
-                                        before={**before, "references": rebase.get("before")},
-                                        after={**_trading(outcome.state), "references": rebase.get("after"),
-                                               "forced": bool(rebase.get("forced"))})
-            return {"portfolio_id": portfolio_id, **_trading(outcome.state),
-                    "events": [e.to_dict() for e in outcome.events]}
+            repository.add_admin_action(
+                session,
+                Chain(loaded.row),
+                portfolio_id=portfolio_id,
+                action="resume",
+                actor=actor.name,
+                actor_role=actor.role,
+                actor_key_id=actor.key_id,
+                at=now,
+                reason=reason,
+                before={**before, "references": rebase.get("before")},
+                after={
+                    **_trading(outcome.state),
+                    "references": rebase.get("after"),
+                    "forced": bool(rebase.get("forced")),
+                },
+            )
+            return {
+                "portfolio_id": portfolio_id,
+                **_trading(outcome.state),
+                "events": [e.to_dict() for e in outcome.events],
+            }
 
         return self._write(run)
 
     # -- portfolios --------------------------------------------------------------------
-    def create_portfolio(self, portfolio_id: str, capital: float | None, preset: str | None,
-                         config: dict[str, Any] | None, actor: Actor) -> dict[str, Any]:
+    def create_portfolio(
+        self, portfolio_id: str, capital: float | None, preset: str | None, config: dict[str, Any] | None, actor: Actor
+    ) -> dict[str, Any]:
         from .presets import load_preset
 
         if not PORTFOLIO_ID_RE.match(portfolio_id):
@@ -336,11 +438,19 @@ class RPMService:
                     row = repository.create_portfolio(session, portfolio_id, cfg, now, created_by=actor.name)
             except IntegrityError:
                 raise Conflict(f"portfolio {portfolio_id!r} already exists") from None
-            repository.add_admin_action(session, portfolio_id=portfolio_id, action="portfolio_create",
-                                        actor=actor.name, actor_role=actor.role, actor_key_id=actor.key_id, at=now,
-                                        reason=None, before=None,
-                                        after={"capital": str(row.starting_capital), "preset": preset,
-                                               "config_hash": cfg.config_hash})
+            repository.add_admin_action(
+                session,
+                Chain(row),
+                portfolio_id=portfolio_id,
+                action="portfolio_create",
+                actor=actor.name,
+                actor_role=actor.role,
+                actor_key_id=actor.key_id,
+                at=now,
+                reason=None,
+                before=None,
+                after={"capital": str(row.starting_capital), "preset": preset, "config_hash": cfg.config_hash},
+            )
             return _portfolio_row(row, cfg)
 
         return self._write(run)
@@ -351,8 +461,11 @@ class RPMService:
             query = select(m.Portfolio).order_by(m.Portfolio.id)
             if allowed is not None:
                 query = query.where(m.Portfolio.id.in_(allowed))
-            return [_portfolio_row(row, repository.config_for(session, row.id, row.config_version))
-                    for row in session.scalars(query)]
+            return [
+                _portfolio_row(row, repository.config_for(session, row.id, row.config_version))
+                for row in session.scalars(query)
+            ]
+
         return self._read(run)
 
     # -- reading ---------------------------------------------------------------------
@@ -365,6 +478,7 @@ class RPMService:
         def run(session):
             loaded, outcome = self._ticked(session, portfolio_id)
             return engine.portfolio_summary(outcome.state, loaded.config)
+
         return self._read(run)
 
     def health(self, portfolio_id: str) -> dict[str, Any]:
@@ -373,17 +487,23 @@ class RPMService:
             loaded, outcome = self._ticked(session, portfolio_id)
             out = engine.health(outcome.state, loaded.config, self.clock())
             out["risk_metrics"] = self._metrics(session, loaded).to_dict()
-            out["database"] = {"status": "ok", "dialect": self.db.engine.dialect.name,
-                               "latency_ms": round((time.perf_counter() - started) * 1000, 3)}
+            out["database"] = {
+                "status": "ok",
+                "dialect": self.db.engine.dialect.name,
+                "latency_ms": round((time.perf_counter() - started) * 1000, 3),
+            }
             out["config_version"] = loaded.row.config_version
             out["config_hash"] = loaded.config.config_hash
             return out
+
         return self._read(run)
 
     def _metrics(self, session, loaded: Loaded) -> RiskMetrics:
         latencies = session.scalars(
-            select(m.Decision.latency_ms).where(m.Decision.portfolio_id == loaded.row.id)
-            .order_by(m.Decision.seq.desc()).limit(10_000)
+            select(m.Decision.latency_ms)
+            .where(m.Decision.portfolio_id == loaded.row.id)
+            .order_by(m.Decision.seq.desc())
+            .limit(10_000)
         ).all()
         return RiskMetrics.from_counters(loaded.row.counters, [float(v) for v in latencies if v is not None])
 
@@ -391,16 +511,19 @@ class RPMService:
         def run(session):
             loaded = self._load(session, portfolio_id, lock=False)
             return {"portfolio_id": portfolio_id, **self._metrics(session, loaded).to_dict()}
+
         return self._read(run)
 
     def get_config(self, portfolio_id: str) -> dict[str, Any]:
         def run(session):
             loaded = self._load(session, portfolio_id, lock=False)
             version = session.execute(
-                select(m.ConfigVersion).where(m.ConfigVersion.portfolio_id == portfolio_id,
-                                              m.ConfigVersion.version == loaded.row.config_version)
+                select(m.ConfigVersion).where(
+                    m.ConfigVersion.portfolio_id == portfolio_id, m.ConfigVersion.version == loaded.row.config_version
+                )
             ).scalar_one()
             return _config_payload(version)
+
         return self._read(run)
 
     def put_config(self, portfolio_id: str, body: dict[str, Any], reason: str | None, actor: Actor) -> dict[str, Any]:
@@ -417,17 +540,32 @@ class RPMService:
             row = loaded.row
             before = {"version": row.config_version, "config_hash": loaded.config.config_hash}
             row.config_version += 1
-            version = m.ConfigVersion(portfolio_id=portfolio_id, version=row.config_version, body=config.to_dict(),
-                                      config_hash=config.config_hash, created_at=now, created_by=actor.name,
-                                      reason=reason)
+            version = m.ConfigVersion(
+                portfolio_id=portfolio_id,
+                version=row.config_version,
+                body=config.to_dict(),
+                config_hash=config.config_hash,
+                created_at=now,
+                created_by=actor.name,
+                reason=reason,
+            )
             session.add(version)
             row.updated_at = now
             old, new = loaded.config.to_dict(), config.to_dict()
             changed = {k: {"before": old[k], "after": new[k]} for k in new if old.get(k) != new[k]}
-            repository.add_admin_action(session, portfolio_id=portfolio_id, action="config_change", actor=actor.name,
-                                        actor_role=actor.role, actor_key_id=actor.key_id, at=now, reason=reason, before=before,
-                                        after={"version": row.config_version, "config_hash": config.config_hash,
-                                               "changed": changed})
+            repository.add_admin_action(
+                session,
+                Chain(loaded.row),
+                portfolio_id=portfolio_id,
+                action="config_change",
+                actor=actor.name,
+                actor_role=actor.role,
+                actor_key_id=actor.key_id,
+                at=now,
+                reason=reason,
+                before=before,
+                after={"version": row.config_version, "config_hash": config.config_hash, "changed": changed},
+            )
             session.flush()
             return _config_payload(version)
 
@@ -490,8 +628,12 @@ def decision_payload(row: m.Decision, replay: bool = False) -> dict[str, Any]:
             "risk_per_trade": 0.0 if row.reducing else sizing.get("risk_capital", 0.0),
             "current_price": intent["current_price"],
             "reducing": row.reducing,
-        } if approved else None,
-        "rejected_trade": None if approved else {
+        }
+        if approved
+        else None,
+        "rejected_trade": None
+        if approved
+        else {
             "rejection_reason": row.message,
             "reason_code": row.reason_code,
             "context": row.context,

@@ -10,7 +10,7 @@ from werkzeug.exceptions import HTTPException
 
 from app.errors import ServiceError
 
-from . import admin, health, portfolios, trades
+from . import admin, audit, health, portfolios, trades
 from .auth import authorize, document_security, public
 from .common import error_response
 
@@ -50,7 +50,7 @@ def register_api(app: Flask) -> Api:
         OPENAPI_SWAGGER_UI_URL="/docs/assets/",
     )
     api = Api(app)
-    for module in (trades, health, admin, portfolios):
+    for module in (trades, health, admin, portfolios, audit):
         api.register_blueprint(module.blp)
     _register_docs_assets(app)
     _register_error_handlers(app)

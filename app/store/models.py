@@ -99,6 +99,9 @@ class Portfolio(Base):
     config_version: Mapped[int] = mapped_column(Integer, default=1)
     last_seq: Mapped[int] = mapped_column(BigInteger, default=0)
     last_ledger_seq: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    # the head of the portfolio's audit chain
+    audit_seq: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    audit_head: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
@@ -149,6 +152,10 @@ class Decision(Base):
         UniqueConstraint("portfolio_id", "intent_id"),
         Index("ix_decisions_portfolio_decided", "portfolio_id", "decided_at", "id"),
         Index("ix_decisions_symbol_decided", "portfolio_id", "symbol", "decided_at"),
+        Index("ix_decisions_portfolio_audit", "portfolio_id", "audit_seq"),
+        Index("ix_decisions_intent", "intent_id"),
+        Index("ix_decisions_config_hash", "config_hash"),
+        Index("ix_decisions_key", "key_id"),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
@@ -178,6 +185,10 @@ class Decision(Base):
     key_id: Mapped[str | None] = mapped_column(String(36))
     key_name: Mapped[str | None] = mapped_column(String(128))
     key_role: Mapped[str | None] = mapped_column(String(16))
+    # the portfolio's audit chain (see app/store/audit.py)
+    audit_seq: Mapped[int] = mapped_column(BigInteger)
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    row_hash: Mapped[str] = mapped_column(String(64))
 
 
 class Fill(Base):
@@ -198,7 +209,8 @@ class SwitchEventRow(Base):
     """Kill-switch transitions: tripped, cleared, references re-based. Append-only."""
 
     __tablename__ = "switch_events"
-    __table_args__ = (Index("ix_switch_events_portfolio_at", "portfolio_id", "at"),)
+    __table_args__ = (Index("ix_switch_events_portfolio_at", "portfolio_id", "at"),
+                      Index("ix_switch_events_portfolio_audit", "portfolio_id", "audit_seq"))
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     portfolio_id: Mapped[str] = mapped_column(ForeignKey("portfolios.id"))
@@ -212,13 +224,18 @@ class SwitchEventRow(Base):
     reason: Mapped[str] = mapped_column(Text, default="")
     detail: Mapped[dict] = mapped_column(Json, default=dict)
     decision_id: Mapped[str | None] = mapped_column(String(36))
+    # the portfolio's audit chain (see app/store/audit.py)
+    audit_seq: Mapped[int] = mapped_column(BigInteger)
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    row_hash: Mapped[str] = mapped_column(String(64))
 
 
 class AdminAction(Base):
     """Who did what, when, why, with before and after. Append-only."""
 
     __tablename__ = "admin_actions"
-    __table_args__ = (Index("ix_admin_actions_portfolio_at", "portfolio_id", "at"),)
+    __table_args__ = (Index("ix_admin_actions_portfolio_at", "portfolio_id", "at"),
+                      Index("ix_admin_actions_portfolio_audit", "portfolio_id", "audit_seq"))
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     portfolio_id: Mapped[str | None] = mapped_column(String(64))
@@ -230,6 +247,10 @@ class AdminAction(Base):
     reason: Mapped[str | None] = mapped_column(Text)
     before: Mapped[dict | None] = mapped_column(Json)
     after: Mapped[dict | None] = mapped_column(Json)
+    # the portfolio's audit chain (see app/store/audit.py)
+    audit_seq: Mapped[int] = mapped_column(BigInteger)
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    row_hash: Mapped[str] = mapped_column(String(64))
 
 
 class ApiKey(Base):
@@ -272,3 +293,13 @@ class LedgerEntry(Base):
     position_avg_price: Mapped[Decimal | None] = mapped_column(Money)
     at: Mapped[datetime] = mapped_column(UTCDateTime)
     actor: Mapped[str | None] = mapped_column(String(128))
+
+
+class AuditHead(Base):
+    """The head of an audit chain that belongs to no portfolio (`_system`: keys)."""
+
+    __tablename__ = "audit_heads"
+
+    chain: Mapped[str] = mapped_column(String(64), primary_key=True)
+    audit_seq: Mapped[int] = mapped_column(BigInteger)
+    audit_head: Mapped[str] = mapped_column(String(64))

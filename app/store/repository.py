@@ -15,6 +15,7 @@ from app.risk.model import Position as EnginePosition
 from app.risk.model import SwitchEvent, SwitchState
 
 from . import models as m
+from .audit import Chain
 
 # configuration versions are immutable: cache them per database, portfolio and version
 _CONFIG_CACHE: dict[tuple[str, str, int], RPMConfig] = {}
@@ -156,13 +157,15 @@ def save(session: Session, loaded: Loaded, new: PortfolioState, now: datetime) -
         existing.updated_at = now
 
 
-def add_events(session: Session, portfolio_id: str, events: list[SwitchEvent], decision_id: str | None = None) -> None:
+def add_events(session: Session, chain: Chain, portfolio_id: str, events: list[SwitchEvent],
+               decision_id: str | None = None) -> None:
     for e in events:
-        session.add(m.SwitchEventRow(
+        chain.append(
+            session, m.SwitchEventRow,
             portfolio_id=portfolio_id, switch=e.switch, action=e.action, symbol=e.symbol, at=e.at,
             value=_num(e.value), threshold=_num(e.threshold), cooldown_until=e.cooldown_until, reason=e.reason,
             detail=dict(e.detail), decision_id=decision_id,
-        ))
+        )
 
 
 def add_ledger(session: Session, row: m.Portfolio, *, kind: str, symbol: str, units: Decimal, price: Decimal,
@@ -183,13 +186,12 @@ def _num(value: float | None) -> Decimal | None:
     return None if value is None else Decimal(repr(float(value)))
 
 
-def add_admin_action(session: Session, *, portfolio_id: str | None, action: str, actor: str, actor_role: str | None,
-                     at: datetime, reason: str | None, before: Any = None, after: Any = None,
+def add_admin_action(session: Session, chain: Chain, *, portfolio_id: str | None, action: str, actor: str,
+                     actor_role: str | None, at: datetime, reason: str | None, before: Any = None, after: Any = None,
                      actor_key_id: str | None = None) -> m.AdminAction:
-    row = m.AdminAction(portfolio_id=portfolio_id, action=action, actor=actor, actor_role=actor_role,
-                        actor_key_id=actor_key_id, at=at, reason=reason, before=before, after=after)
-    session.add(row)
-    return row
+    return chain.append(session, m.AdminAction, portfolio_id=portfolio_id, action=action, actor=actor,
+                        actor_role=actor_role, actor_key_id=actor_key_id, at=at, reason=reason, before=before,
+                        after=after)
 
 
 def create_portfolio(session: Session, portfolio_id: str, config: RPMConfig, now: datetime,
@@ -198,7 +200,7 @@ def create_portfolio(session: Session, portfolio_id: str, config: RPMConfig, now
     row = m.Portfolio(
         id=portfolio_id, account_currency=config.account_currency, starting_capital=start,
         realised_pnl=Decimal(0), peak_equity=start, trading_state="ACTIVE", switches={}, memory={}, counters={},
-        config_version=1, last_seq=0, created_at=now, updated_at=now,
+        config_version=1, last_seq=0, last_ledger_seq=0, audit_seq=0, created_at=now, updated_at=now,
     )
     session.add(row)
     session.flush()

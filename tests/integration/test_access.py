@@ -29,6 +29,10 @@ MATRIX = [
     ("PUT", "/config", {"config": {}, "reason": "matrix"}, {ADMIN}),
     ("GET", "/portfolios", None, ANY),
     ("POST", "/portfolios", {"portfolio_id": "made-by-matrix"}, {ADMIN}),
+    ("GET", "/decisions", None, {COMPLIANCE}),
+    ("GET", "/decisions/nope", None, {COMPLIANCE}),
+    ("GET", "/audit/events", None, {COMPLIANCE}),
+    ("GET", "/audit/verify", None, {COMPLIANCE}),
 ]
 PUBLIC = [("GET", "/health/live"), ("GET", "/health/ready"), ("GET", "/openapi.json"), ("GET", "/docs"),
           ("GET", "/docs/assets/swagger-ui.css")]
@@ -55,7 +59,8 @@ def test_the_matrix_covers_every_protected_route_with_its_declared_roles(app):
     for method, rule, endpoint in routes(app):
         is_public, admitted = declaration(app, endpoint, method)
         if not is_public:
-            declared[(method, rule.replace("<string:symbol>", "EURUSD"))] = set(admitted)
+            path = rule.replace("<string:symbol>", "EURUSD").replace("<string:decision_id>", "nope")
+            declared[(method, path)] = set(admitted)
     assert declared == {(m, p): roles for m, p, _, roles in MATRIX}
 
 

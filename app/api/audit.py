@@ -1,0 +1,117 @@
+"""Compliance: the decision history (filtered, keyset-paginated, CSV), audit events, verification."""
+
+from __future__ import annotations
+
+from flask import Response, current_app, stream_with_context
+from flask.views import MethodView
+from flask_smorest import Blueprint
+from marshmallow import Schema, fields, validate
+
+from app.compliance import Compliance, DecisionFilter
+from app.risk.model import ReasonCode
+
+from .auth import current_principal, roles
+from .common import ERROR_RESPONSES, ok
+from .schemas import AnyObjectSchema
+
+blp = Blueprint("compliance", __name__, description="Decision history and the audit trail (compliance)")
+
+PORTFOLIO_OR_ALL = validate.Regexp(r"^(\*|[A-Za-z0-9_-]{1,64})$", error="a portfolio id, or * for every portfolio")
+
+
+class DecisionQuerySchema(Schema):
+    portfolio_id = fields.String(load_default="default", validate=PORTFOLIO_OR_ALL)
+    start = fields.AwareDateTime(data_key="from", metadata={"description": "decided at or after (ISO 8601)"})
+    end = fields.AwareDateTime(data_key="to", metadata={"description": "decided before (ISO 8601)"})
+    symbol = fields.String(validate=validate.Length(1, 32))
+    status = fields.String(validate=validate.OneOf(["APPROVED", "REJECTED"]))
+    reason = fields.String(validate=validate.OneOf([r.value for r in ReasonCode]))
+    config_hash = fields.String(validate=validate.Length(64, 64))
+    intent_id = fields.String(validate=validate.Length(1, 128))
+    key_id = fields.String(validate=validate.Length(1, 36))
+    key_name = fields.String(validate=validate.Length(1, 128))
+    limit = fields.Integer(load_default=100, validate=validate.Range(1, 1000))
+    cursor = fields.String(validate=validate.Length(1, 400), metadata={"description": "next_cursor of the last page"})
+    format = fields.String(load_default="json", validate=validate.OneOf(["json", "csv"]))
+
+
+class EventQuerySchema(Schema):
+    portfolio_id = fields.String(load_default="default", validate=validate.Regexp(
+        r"^(_system|[A-Za-z0-9_-]{1,64})$", error="a portfolio id, or _system for key administration"))
+    start = fields.AwareDateTime(data_key="from")
+    end = fields.AwareDateTime(data_key="to")
+    kind = fields.String(validate=validate.OneOf(["switch_event", "admin_action"]))
+    actor = fields.String(validate=validate.Length(1, 128))
+    limit = fields.Integer(load_default=100, validate=validate.Range(1, 1000))
+    after_seq = fields.Integer(validate=validate.Range(0, 2**62), metadata={"description": "next_after_seq"})
+
+
+def compliance() -> Compliance:
+    return current_app.extensions["rpm_compliance"]
+
+
+def allowed_portfolios(requested: str) -> tuple[str, ...] | None:
+    principal = current_principal()
+    limit = principal.portfolios if principal else None
+    if requested == "*":
+        return limit
+    return (requested,)
+
+
+@blp.route("/decisions")
+class Decisions(MethodView):
+    @roles("compliance")
+    @blp.arguments(DecisionQuerySchema, location="query")
+    @blp.response(200, AnyObjectSchema, description="a page of decisions (or, with format=csv, all of them as CSV)")
+    @blp.alt_response(422, description=ERROR_RESPONSES[422])
+    @blp.alt_response(503, description=ERROR_RESPONSES[503])
+    def get(self, query):
+        """Every decision, filtered; keyset pagination (`cursor`); `format=csv` streams the whole range"""
+        flt = DecisionFilter(
+            portfolios=allowed_portfolios(query["portfolio_id"]), start=query.get("start"), end=query.get("end"),
+            symbol=query.get("symbol"), status=query.get("status"), reason=query.get("reason"),
+            config_hash=query.get("config_hash"), intent_id=query.get("intent_id"), key_id=query.get("key_id"),
+            key_name=query.get("key_name"))
+        if query["format"] == "csv":
+            body = compliance().decisions_csv(flt)
+            return Response(stream_with_context(body), mimetype="text/csv",
+                            headers={"Content-Disposition": "attachment; filename=decisions.csv"})
+        return ok(compliance().decisions(flt, query["limit"], query.get("cursor")))
+
+
+@blp.route("/decisions/<string:decision_id>")
+class DecisionView(MethodView):
+    @roles("compliance")
+    @blp.response(200, AnyObjectSchema)
+    @blp.alt_response(404, description=ERROR_RESPONSES[404])
+    @blp.alt_response(503, description=ERROR_RESPONSES[503])
+    def get(self, decision_id):
+        """One decision: full breakdown, the state it saw, its configuration, fills, who submitted it"""
+        principal = current_principal()
+        return ok(compliance().decision(decision_id, principal.portfolios if principal else None))
+
+
+@blp.route("/audit/events")
+class AuditEvents(MethodView):
+    @roles("compliance")
+    @blp.arguments(EventQuerySchema, location="query")
+    @blp.response(200, AnyObjectSchema)
+    @blp.alt_response(422, description=ERROR_RESPONSES[422])
+    @blp.alt_response(503, description=ERROR_RESPONSES[503])
+    def get(self, query):
+        """Kill-switch events and admin actions (who, when, what, why) of a portfolio, in chain order"""
+        return ok(compliance().events(query["portfolio_id"], query.get("start"), query.get("end"),
+                                      query.get("kind"), query.get("actor"), query["limit"], query.get("after_seq")))
+
+
+@blp.route("/audit/verify")
+class AuditVerify(MethodView):
+    @roles("compliance")
+    @blp.response(200, AnyObjectSchema, description='{"ok": true|false, "chains": [...], "broken": {...}}')
+    @blp.alt_response(503, description=ERROR_RESPONSES[503])
+    def get(self):
+        """Verify every audit chain: complete (gap-free), untampered (hashes), in order (links)"""
+        return ok(compliance().verify())
+
+
+

@@ -1,0 +1,229 @@
+"""The compliance side: query and export decisions, audit events, verify the audit chains."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import io
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import select
+
+from .errors import Invalid, NotFound, Unavailable
+from .services import RPMService, decision_payload
+from .store import audit
+from .store import models as m
+from .store.database import DB_ERRORS
+
+CSV_COLUMNS = ("portfolio_id", "seq", "id", "decided_at", "intent_id", "symbol", "direction", "status",
+               "reason_code", "approved_units", "price", "reducing", "config_hash", "config_version", "key_id",
+               "key_name", "key_role", "message", "row_hash")
+
+
+@dataclass(frozen=True)
+class DecisionFilter:
+    portfolios: tuple[str, ...] | None  # None: every portfolio
+    start: datetime | None = None
+    end: datetime | None = None
+    symbol: str | None = None
+    status: str | None = None
+    reason: str | None = None
+    config_hash: str | None = None
+    intent_id: str | None = None
+    key_id: str | None = None
+    key_name: str | None = None
+
+    def where(self) -> list[Any]:
+        d = m.Decision
+        conds: list[Any] = []
+        if self.portfolios is not None:
+            conds.append(d.portfolio_id.in_(self.portfolios) if len(self.portfolios) > 1
+                         else d.portfolio_id == self.portfolios[0])
+        for column, value in ((d.symbol, self.symbol), (d.status, self.status), (d.reason_code, self.reason),
+                              (d.config_hash, self.config_hash), (d.intent_id, self.intent_id),
+                              (d.key_id, self.key_id), (d.key_name, self.key_name)):
+            if value is not None:
+                conds.append(column == value)
+        if self.start is not None:
+            conds.append(d.decided_at >= self.start)
+        if self.end is not None:
+            conds.append(d.decided_at < self.end)
+        return conds
+
+
+def encode_cursor(portfolio_id: str, seq: int) -> str:
+    return base64.urlsafe_b64encode(json.dumps([portfolio_id, seq]).encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[str, int]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        portfolio_id, seq = json.loads(raw)
+        if not isinstance(portfolio_id, str) or not isinstance(seq, int) or isinstance(seq, bool):
+            raise ValueError
+        return portfolio_id, seq
+    except (ValueError, TypeError, json.JSONDecodeError):
+        raise Invalid("invalid cursor", {"cursor": ["not a cursor this API returned"]}) from None
+
+
+def summary(row: m.Decision) -> dict[str, Any]:
+    """A decision as a listing shows it (the full breakdown is at GET /decisions/{id})."""
+    return {
+        "portfolio_id": row.portfolio_id, "seq": row.seq, "id": row.id, "decided_at": row.decided_at.isoformat(),
+        "intent_id": row.intent_id, "symbol": row.symbol, "direction": row.direction, "status": row.status,
+        "reason_code": row.reason_code, "approved_units": float(row.approved_units), "price": float(row.price),
+        "reducing": row.reducing, "config_hash": row.config_hash, "config_version": row.config_version,
+        "key_id": row.key_id, "key_name": row.key_name, "key_role": row.key_role, "message": row.message,
+        "row_hash": row.row_hash,
+    }
+
+
+class Compliance:
+    def __init__(self, service: RPMService):
+        self.service = service
+
+    def _query(self, flt: DecisionFilter, after: tuple[str, int] | None, *columns: Any):
+        d = m.Decision
+        query = select(*columns) if columns else select(d)
+        query = query.where(*flt.where())
+        if after is not None:
+            portfolio_id, seq = after
+            query = query.where((d.portfolio_id > portfolio_id) | ((d.portfolio_id == portfolio_id) & (d.seq > seq)))
+        return query.order_by(d.portfolio_id, d.seq)
+
+    def decisions(self, flt: DecisionFilter, limit: int, cursor: str | None) -> dict[str, Any]:
+        after = decode_cursor(cursor) if cursor else None
+
+        def run(session):
+            rows = session.scalars(self._query(flt, after).limit(limit + 1)).all()
+            page = rows[:limit]
+            more = len(rows) > limit
+            return {
+                "decisions": [summary(r) for r in page],
+                "count": len(page),
+                "next_cursor": encode_cursor(page[-1].portfolio_id, page[-1].seq) if more and page else None,
+            }
+
+        return self.service._read(run)
+
+    def decisions_csv(self, flt: DecisionFilter) -> Iterator[str]:
+        """Every matching decision as CSV, streamed from a server-side cursor (bounded memory).
+
+        The query is opened before the first byte is sent, so an unreachable database is still a 503.
+        """
+        columns = [getattr(m.Decision, c) for c in CSV_COLUMNS]
+        query = self._query(flt, None, *columns)
+        try:
+            conn = self.service.db.engine.connect()
+            result = conn.execution_options(stream_results=True, yield_per=2000).execute(query)
+        except DB_ERRORS as exc:
+            raise Unavailable(f"database unavailable ({type(exc).__name__})") from exc
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+
+        def rows() -> Iterator[str]:
+            try:
+                writer.writerow(CSV_COLUMNS)
+                for partition in result.partitions():
+                    for row in partition:
+                        writer.writerow([_csv_value(v) for v in row])
+                    yield buffer.getvalue()
+                    buffer.seek(0)
+                    buffer.truncate()
+                if buffer.tell():
+                    yield buffer.getvalue()
+            finally:
+                result.close()
+                conn.close()
+
+        return rows()
+
+    def decision(self, decision_id: str, allowed: tuple[str, ...] | None) -> dict[str, Any]:
+        def run(session):
+            row = session.get(m.Decision, decision_id)
+            if row is None or (allowed is not None and row.portfolio_id not in allowed):
+                raise NotFound(f"unknown decision {decision_id!r}")
+            version = session.execute(select(m.ConfigVersion).where(
+                m.ConfigVersion.portfolio_id == row.portfolio_id, m.ConfigVersion.version == row.config_version)
+            ).scalar_one()
+            fills = session.scalars(select(m.Fill).where(m.Fill.decision_id == row.id)).all()
+            events = session.scalars(select(m.SwitchEventRow).where(m.SwitchEventRow.decision_id == row.id)
+                                     .order_by(m.SwitchEventRow.audit_seq)).all()
+            return {
+                **decision_payload(row),
+                "context": row.context,
+                "state_before": row.state_before,
+                "booking": row.booking,
+                "submitted_by": {"key_id": row.key_id, "key_name": row.key_name, "key_role": row.key_role},
+                "config": {"version": version.version, "config_hash": version.config_hash, "body": version.body},
+                "fills": [{"filled_units": float(f.filled_units), "fill_price": float(f.fill_price),
+                           "realised_delta": float(f.realised_delta), "at": f.at.isoformat()} for f in fills],
+                "switch_events": [_event(e) for e in events],
+                "latency_ms": float(row.latency_ms) if row.latency_ms is not None else None,
+                "audit": {"seq": row.audit_seq, "prev_hash": row.prev_hash, "row_hash": row.row_hash},
+            }
+
+        return self.service._read(run)
+
+    def events(self, chain: str, start: datetime | None, end: datetime | None, kind: str | None,
+               actor: str | None, limit: int, after_seq: int | None) -> dict[str, Any]:
+        """Kill-switch events and admin actions of one chain (a portfolio, or `_system`), in order."""
+        def run(session):
+            out: list[dict[str, Any]] = []
+            for model, label in ((m.SwitchEventRow, "switch_event"), (m.AdminAction, "admin_action")):
+                if kind is not None and kind != label:
+                    continue
+                if actor is not None and model is m.SwitchEventRow:
+                    continue
+                owner = model.portfolio_id
+                conds = [owner.is_(None) if chain == audit.SYSTEM_CHAIN else owner == chain]
+                if start is not None:
+                    conds.append(model.at >= start)
+                if end is not None:
+                    conds.append(model.at < end)
+                if after_seq is not None:
+                    conds.append(model.audit_seq > after_seq)
+                if actor is not None:
+                    conds.append(model.actor == actor)
+                rows = session.scalars(select(model).where(*conds).order_by(model.audit_seq).limit(limit + 1))
+                out += [_event(r) if model is m.SwitchEventRow else _action(r) for r in rows]
+            out.sort(key=lambda e: e["audit_seq"])
+            page = out[:limit]
+            return {"chain": chain, "events": page, "count": len(page),
+                    "next_after_seq": page[-1]["audit_seq"] if len(out) > limit else None}
+
+        return self.service._read(run)
+
+    def verify(self, checkpoint: dict[str, Any] | None = None) -> dict[str, Any]:
+        return self.service._read(lambda session: audit.verify_all(session, checkpoint))
+
+    def checkpoint(self) -> dict[str, Any]:
+        return self.service._read(lambda session: audit.checkpoint(session, self.service.clock()))
+
+
+def _csv_value(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return float(value)
+    return value
+
+
+def _event(e: m.SwitchEventRow) -> dict[str, Any]:
+    return {"kind": "switch_event", "audit_seq": e.audit_seq, "portfolio_id": e.portfolio_id, "switch": e.switch,
+            "action": e.action, "symbol": e.symbol, "at": e.at.isoformat(),
+            "value": float(e.value) if e.value is not None else None,
+            "threshold": float(e.threshold) if e.threshold is not None else None,
+            "cooldown_until": e.cooldown_until.isoformat() if e.cooldown_until else None, "reason": e.reason,
+            "detail": e.detail, "decision_id": e.decision_id, "row_hash": e.row_hash}
+
+
+def _action(a: m.AdminAction) -> dict[str, Any]:
+    return {"kind": "admin_action", "audit_seq": a.audit_seq, "portfolio_id": a.portfolio_id, "action": a.action,
+            "actor": a.actor, "actor_role": a.actor_role, "actor_key_id": a.actor_key_id, "at": a.at.isoformat(),
+            "reason": a.reason, "before": a.before, "after": a.after, "row_hash": a.row_hash}

@@ -1,0 +1,229 @@
+"""The tamper-evident audit trail: one hash chain per portfolio over its decisions, kill-switch
+events and admin actions (and a `_system` chain for actions on no portfolio, such as keys).
+
+    row_hash = sha256(prev_hash || canonical_json(row))
+
+with canonical JSON = sorted keys, fixed separators, decimals as plain strings, times in UTC
+ISO 8601 with microseconds. Computed inside the transaction that holds the chain's lock, so
+sequence numbers are gap-free. Verification walks each chain in sequence order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import Table, select
+from sqlalchemy.orm import Session
+
+from . import models as m
+
+GENESIS = "0" * 64
+SYSTEM_CHAIN = "_system"
+AUDITED = (m.Decision, m.SwitchEventRow, m.AdminAction)
+# the columns a row's hash covers: all but its surrogate id (for tables whose id the database assigns)
+# and the hash itself
+_EXCLUDED = {"row_hash"}
+
+
+def _hashed_columns(model: type) -> list[str]:
+    table: Table = model.__table__
+    skip = set(_EXCLUDED)
+    if model is not m.Decision:
+        skip.add("id")
+    return [c.name for c in table.columns if c.name not in skip]
+
+
+COLUMNS = {model: _hashed_columns(model) for model in AUDITED}
+KIND = {m.Decision: "decision", m.SwitchEventRow: "switch_event", m.AdminAction: "admin_action"}
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        text = format(value.normalize(), "f")
+        return text if text not in ("-0",) else "0"
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).isoformat(timespec="microseconds")
+    if isinstance(value, float):
+        # NUMERIC columns come back as Decimal: hash numbers the same way whichever side they are on
+        return _plain(Decimal(repr(value)))
+    return value
+
+
+def canonical(kind: str, values: dict[str, Any]) -> str:
+    body = {"kind": kind, **{k: _plain(v) for k, v in values.items()}}
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False,
+                      default=str)
+
+
+def row_hash(prev_hash: str, kind: str, values: dict[str, Any]) -> str:
+    return hashlib.sha256((prev_hash + canonical(kind, values)).encode()).hexdigest()
+
+
+@dataclass
+class Chain:
+    """The head of one chain, held under the chain's lock for the length of a transaction."""
+
+    owner: Any  # the locked Portfolio row, or the AuditHead row of the system chain
+
+    def append(self, session: Session, model: type, **values: Any) -> Any:
+        owner = self.owner
+        values["audit_seq"] = owner.audit_seq + 1
+        values["prev_hash"] = owner.audit_head or GENESIS
+        hashed = {name: values.get(name) for name in COLUMNS[model]}
+        values["row_hash"] = row_hash(values["prev_hash"], KIND[model], hashed)
+        owner.audit_seq = values["audit_seq"]
+        owner.audit_head = values["row_hash"]
+        row = model(**values)
+        session.add(row)
+        return row
+
+
+def system_chain(session: Session) -> Chain:
+    head = session.execute(
+        select(m.AuditHead).where(m.AuditHead.chain == SYSTEM_CHAIN).with_for_update()
+    ).scalar_one_or_none()
+    if head is None:
+        head = m.AuditHead(chain=SYSTEM_CHAIN, audit_seq=0, audit_head=GENESIS)
+        session.add(head)
+        session.flush()
+    return Chain(head)
+
+
+# -- verification -------------------------------------------------------------------------
+
+@dataclass
+class ChainReport:
+    chain: str
+    ok: bool = True
+    count: int = 0
+    head_seq: int = 0
+    head_hash: str = GENESIS
+    first_broken_seq: int | None = None
+    problem: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def fail(self, seq: int, problem: str, **details: Any) -> None:
+        if self.ok:
+            self.ok = False
+            self.first_broken_seq = seq
+            self.problem = problem
+            self.details = details
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {"chain": self.chain, "ok": self.ok, "count": self.count, "head_seq": self.head_seq,
+               "head_hash": self.head_hash}
+        if not self.ok:
+            out.update(first_broken_seq=self.first_broken_seq, problem=self.problem, details=self.details)
+        return out
+
+
+def _rows(session: Session, model: type, chain: str) -> Iterator[tuple[int, str, type, dict[str, Any]]]:
+    owner = model.portfolio_id
+    cond = owner.is_(None) if chain == SYSTEM_CHAIN else owner == chain
+    columns = [getattr(model, c) for c in COLUMNS[model]] + [model.row_hash]
+    query = select(*columns).where(cond).order_by(model.audit_seq).execution_options(yield_per=2000)
+    for row in session.execute(query):
+        values = dict(zip(COLUMNS[model], row[:-1], strict=True))
+        yield values["audit_seq"], KIND[model], row[-1], values
+
+
+def verify_chain(session: Session, chain: str, expected_head: tuple[int, str] | None) -> ChainReport:
+    """Walk one chain in sequence order: every row's hash, link and sequence number.
+
+    ``expected_head`` is (seq, hash) from the chain's owner row, or from a checkpoint.
+    """
+    report = ChainReport(chain)
+    streams = [_rows(session, model, chain) for model in AUDITED]
+    prev_hash = GENESIS
+    expected_seq = 1
+    for seq, kind, stored_hash, values in heapq.merge(*streams, key=lambda r: r[0]):
+        report.count += 1
+        if seq != expected_seq:
+            if seq < expected_seq:
+                report.fail(seq, "duplicated", detail=f"sequence number {seq} appears twice", kind=kind)
+            else:
+                report.fail(expected_seq, "missing", detail=f"sequence numbers {expected_seq}..{seq - 1} are missing",
+                            next_present=seq)
+        recomputed = row_hash(values["prev_hash"], kind, values)
+        if recomputed != stored_hash:
+            report.fail(seq, "edited", detail=f"the {kind} at sequence {seq} does not match its hash", kind=kind)
+        elif values["prev_hash"] != prev_hash:
+            report.fail(seq, "reordered", detail=f"the {kind} at sequence {seq} does not link to its predecessor",
+                        kind=kind)
+        prev_hash = stored_hash
+        expected_seq = seq + 1
+        report.head_seq = seq
+        report.head_hash = stored_hash
+    if expected_head is not None and report.ok:
+        head_seq, head_hash = expected_head
+        if head_seq > report.head_seq:
+            report.fail(report.head_seq + 1, "missing",
+                        detail=f"the chain ends at {report.head_seq} but its head says {head_seq}")
+        elif head_seq < report.head_seq or (head_seq and head_hash != report.head_hash):
+            report.fail(head_seq, "edited", detail="the chain does not end at the recorded head hash",
+                        recorded_head_hash=head_hash)
+    return report
+
+
+def chain_heads(session: Session) -> dict[str, tuple[int, str]]:
+    heads = {row.id: (row.audit_seq, row.audit_head or GENESIS) for row in session.scalars(select(m.Portfolio))}
+    system = session.get(m.AuditHead, SYSTEM_CHAIN)
+    if system is not None:
+        heads[SYSTEM_CHAIN] = (system.audit_seq, system.audit_head)
+    return heads
+
+
+def verify_all(session: Session, checkpoint: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Verify every chain against its recorded head, and against a checkpoint's heads when given."""
+    heads = chain_heads(session)
+    reports = []
+    for chain, head in sorted(heads.items()):
+        report = verify_chain(session, chain, head)
+        if checkpoint is not None and report.ok and chain in checkpoint.get("heads", {}):
+            anchored = checkpoint["heads"][chain]
+            seq, digest = anchored["seq"], anchored["hash"]
+            if seq > report.head_seq:
+                report.fail(report.head_seq + 1, "missing", detail="the chain is shorter than at the checkpoint")
+            else:
+                # the row at the checkpoint's sequence number must still carry the anchored hash
+                at = _hash_at(session, chain, seq)
+                if at != digest:
+                    report.fail(seq, "rewritten", detail="the chain differs from the checkpoint anchored outside "
+                                "the database", checkpoint_hash=digest, database_hash=at)
+        reports.append(report.to_dict())
+    missing = sorted(set((checkpoint or {}).get("heads", {})) - set(heads))
+    ok = all(r["ok"] for r in reports) and not missing
+    out: dict[str, Any] = {"ok": ok, "chains": reports,
+                           "count": sum(r["count"] for r in reports)}
+    if missing:
+        out["missing_chains"] = missing
+    broken = {r["chain"]: {"first_broken_seq": r["first_broken_seq"], "problem": r["problem"],
+                           "detail": r["details"].get("detail")} for r in reports if not r["ok"]}
+    if broken:
+        out["broken"] = broken
+    return out
+
+
+def _hash_at(session: Session, chain: str, seq: int) -> str | None:
+    if seq == 0:
+        return GENESIS
+    for model in AUDITED:
+        owner = model.portfolio_id
+        cond = owner.is_(None) if chain == SYSTEM_CHAIN else owner == chain
+        found = session.execute(select(model.row_hash).where(cond, model.audit_seq == seq)).scalar_one_or_none()
+        if found is not None:
+            return found
+    return None
+
+
+def checkpoint(session: Session, now: datetime) -> dict[str, Any]:
+    return {"taken_at": now.isoformat(),
+            "heads": {chain: {"seq": seq, "hash": digest} for chain, (seq, digest) in sorted(
+                chain_heads(session).items())}}
