@@ -29,9 +29,18 @@ def _safe_url(url: str) -> str:
 
 
 def _app():
+    """The app for one command; its database connections are closed when the command ends."""
     from .factory import create_app
 
-    return create_app(_settings())
+    ctx = click.get_current_context(silent=True)
+    root = ctx.find_root() if ctx else None
+    app = root.meta.get("rpm_app") if root else None
+    if app is None:
+        app = create_app(_settings())
+        if root is not None:
+            root.meta["rpm_app"] = app
+            root.call_on_close(app.extensions["rpm"].db.dispose)
+    return app
 
 
 def _service():

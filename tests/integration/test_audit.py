@@ -1,0 +1,306 @@
+"""The audit trail: append-only in the database itself, hash-chained, verifiable, queryable."""
+
+import csv
+import io
+import json
+
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import create_engine, select, text
+from sqlalchemy.exc import DBAPIError
+
+from app.cli import main
+from app.store import audit
+
+from ..conftest import SEED_INTENT
+
+AUDIT_TABLES = ["decisions", "switch_events", "admin_actions", "ledger_entries", "fills", "config_versions"]
+
+
+@pytest.fixture
+def history(client, clock):
+    """A small history: approvals, rejections, a fill, marks that trip switches, a halt and a resume."""
+    ids = []
+    for i in range(6):
+        clock.advance(seconds=1)
+        d = client.post("/process_trade", json={**SEED_INTENT, "symbol": ["EURUSD", "GBPUSD"][i % 2],
+                                                "current_price": [1.1, 1.25][i % 2], "atr": 0.05,
+                                                "confidence_score": [0.75, 0.4][i % 3 == 2]}).json["decision"]
+        ids.append(d["id"])
+    client.post("/fills", json={"decision_id": ids[0], "filled_units": 1000, "fill_price": 1.1})
+    client.post("/halt", json={"reason": "audit test"})
+    client.post("/resume", json={})
+    client.post("/marks", json={"prices": {"GBPUSD": 1.0}})
+    return ids
+
+
+@pytest.fixture
+def superuser(database_url):
+    engine = create_engine(database_url, isolation_level="AUTOCOMMIT")
+    yield engine
+    engine.dispose()
+
+
+def verify(client):
+    r = client.get("/audit/verify")
+    assert r.status_code == 200
+    return r.json
+
+
+def test_a_clean_history_verifies_with_count_and_head(client, history, sql):
+    report = verify(client)
+    assert report["ok"] is True
+    default = next(c for c in report["chains"] if c["chain"] == "default")
+    rows = sql("SELECT count(*) FROM decisions")[0][0] + sql("SELECT count(*) FROM switch_events")[0][0] + \
+        sql("SELECT count(*) FROM admin_actions WHERE portfolio_id = 'default'")[0][0]
+    assert default["count"] == rows == default["head_seq"]
+    assert default["head_hash"] == sql("SELECT audit_head FROM portfolios WHERE id = 'default'")[0][0]
+    system = next(c for c in report["chains"] if c["chain"] == "_system")
+    assert system["ok"] and system["count"] == 4  # the four keys of the test
+
+
+@pytest.mark.parametrize("table", AUDIT_TABLES)
+def test_update_delete_and_truncate_are_refused_by_the_triggers_even_for_a_superuser(history, superuser, table):
+    with superuser.connect() as conn:
+        for statement in (f"UPDATE {table} SET portfolio_id = portfolio_id",
+                          f"DELETE FROM {table}",
+                          f"TRUNCATE {table} CASCADE"):
+            with pytest.raises(DBAPIError, match="append-only"):
+                conn.execute(text(statement))
+        # session_replication_role = replica skips ordinary triggers, not ENABLE ALWAYS ones
+        conn.execute(text("SET session_replication_role = replica"))
+        with pytest.raises(DBAPIError, match="append-only"):
+            conn.execute(text(f"DELETE FROM {table}"))
+        conn.execute(text("SET session_replication_role = DEFAULT"))
+        assert conn.execute(text(f"SELECT count(*) FROM {table}")).scalar() > 0
+
+
+@pytest.mark.parametrize("table", AUDIT_TABLES)
+def test_the_application_role_may_only_insert_and_select(history, superuser, table):
+    with superuser.connect() as conn:
+        conn.execute(text("BEGIN"))
+        conn.execute(text("SET LOCAL ROLE rpm_app"))
+        assert conn.execute(text(f"SELECT count(*) FROM {table}")).scalar() > 0
+        conn.execute(text("SAVEPOINT s"))
+        for statement in (f"UPDATE {table} SET portfolio_id = portfolio_id", f"DELETE FROM {table}",
+                          f"TRUNCATE {table}"):
+            with pytest.raises(DBAPIError, match="permission denied"):
+                conn.execute(text(statement))
+            conn.execute(text("ROLLBACK TO SAVEPOINT s"))
+        conn.execute(text("ROLLBACK"))
+
+
+def test_the_service_runs_as_the_application_role(superuser, database_url, tmp_path, clock, keys):
+    """`rpm serve` can run as rpm_app: every request works with INSERT/SELECT on the audit tables."""
+    from app import create_app
+    from app.settings import Settings
+
+    login = "rpm_app_login_test"
+    with superuser.connect() as conn:
+        conn.execute(text(f"DROP ROLE IF EXISTS {login}"))
+        conn.execute(text(f"CREATE ROLE {login} LOGIN IN ROLE rpm_app"))
+    try:
+        url = database_url.replace("postgres@", f"{login}@")
+        app = create_app(Settings(database_url=url, instance_path=str(tmp_path)), clock=clock)
+        client = app.test_client()
+        auth = lambda role: {"Authorization": f"Bearer {keys[role]}"}  # noqa: E731
+        r = client.post("/process_trade", json={**SEED_INTENT, "symbol": "AUDUSD", "current_price": 0.65},
+                        headers=auth("trader"))
+        assert r.status_code == 200 and r.json["decision"]["status"] == "APPROVED"
+        assert client.post("/halt", json={"reason": "as rpm_app"}, headers=auth("admin")).status_code == 200
+        assert client.post("/resume", json={}, headers=auth("admin")).status_code == 200
+        assert client.post("/positions/AUDUSD/close", json={"price": 0.651}, headers=auth("trader")).status_code == 200
+        assert client.get("/audit/verify", headers=auth("compliance")).json["ok"] is True
+        app.extensions["rpm"].db.dispose()
+    finally:
+        with superuser.connect() as conn:
+            conn.execute(text(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{login}'"))
+            conn.execute(text(f"DROP OWNED BY {login}"))
+            conn.execute(text(f"DROP ROLE {login}"))
+
+
+def tamper(superuser, table, statement, **params):
+    with superuser.begin() as conn:
+        conn.execute(text(f"ALTER TABLE {table} DISABLE TRIGGER {table}_append_only"))
+        conn.execute(text(statement), params)
+        conn.execute(text(f"ALTER TABLE {table} ENABLE ALWAYS TRIGGER {table}_append_only"))
+
+
+def test_an_edited_decision_is_named_by_its_sequence_number(client, history, superuser, sql):
+    seq = sql("SELECT audit_seq FROM decisions WHERE id = :id", id=history[2])[0][0]
+    tamper(superuser, "decisions", "UPDATE decisions SET approved_units = approved_units + 1000 WHERE id = :id",
+           id=history[2])
+    report = verify(client)
+    assert report["ok"] is False
+    assert report["broken"]["default"]["first_broken_seq"] == seq
+    assert report["broken"]["default"]["problem"] == "edited"
+
+
+def test_a_deleted_row_is_named_as_a_gap(client, history, superuser, sql):
+    seq = sql("SELECT audit_seq FROM decisions WHERE id = :id", id=history[1])[0][0]
+    tamper(superuser, "decisions", "DELETE FROM decisions WHERE id = :id", id=history[1])
+    report = verify(client)
+    assert report["broken"]["default"] == {"first_broken_seq": seq, "problem": "missing",
+                                           "detail": f"sequence numbers {seq}..{seq} are missing"}
+
+
+def test_two_rows_swapped_and_rehashed_are_reported_as_reordered(client, history, superuser, sql, database_url):
+    (a_id, a_seq), (b_id, b_seq) = sql("SELECT id, audit_seq FROM decisions ORDER BY audit_seq LIMIT 2")
+    # a careful forger swaps their places and recomputes each row's own hash
+    with superuser.begin() as conn:
+        conn.execute(text("ALTER TABLE decisions DISABLE TRIGGER decisions_append_only"))
+        conn.execute(text("UPDATE decisions SET audit_seq = -1 WHERE id = :id"), {"id": a_id})
+        conn.execute(text("UPDATE decisions SET audit_seq = :s WHERE id = :id"), {"s": a_seq, "id": b_id})
+        conn.execute(text("UPDATE decisions SET audit_seq = :s WHERE id = :id"), {"s": b_seq, "id": a_id})
+        conn.execute(text("ALTER TABLE decisions ENABLE ALWAYS TRIGGER decisions_append_only"))
+    rehash_rows(superuser, database_url, [a_id, b_id])
+    report = verify(client)
+    assert report["broken"]["default"]["problem"] == "reordered"
+    assert report["broken"]["default"]["first_broken_seq"] == min(a_seq, b_seq)
+
+
+def rehash_rows(superuser, database_url, ids):
+    from sqlalchemy.orm import Session
+
+    from app.store import models as m
+
+    engine = create_engine(database_url)
+    with Session(engine) as session:
+        rows = {i: {c: getattr(session.get(m.Decision, i), c) for c in audit.COLUMNS[m.Decision]} for i in ids}
+    engine.dispose()
+    with superuser.begin() as conn:
+        conn.execute(text("ALTER TABLE decisions DISABLE TRIGGER decisions_append_only"))
+        for i, values in rows.items():
+            conn.execute(text("UPDATE decisions SET row_hash = :h WHERE id = :id"),
+                         {"h": audit.row_hash(values["prev_hash"], "decision", values), "id": i})
+        conn.execute(text("ALTER TABLE decisions ENABLE ALWAYS TRIGGER decisions_append_only"))
+
+
+def test_a_checkpoint_catches_a_rewrite_of_the_whole_chain(client, history, superuser, database_url, tmp_path, sql,
+                                                          monkeypatch):
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    checkpoint = tmp_path / "heads.json"
+    runner = CliRunner()
+    assert runner.invoke(main, ["audit", "checkpoint", "--out", str(checkpoint)]).exit_code == 0
+    # a superuser edits a decision and recomputes every later hash and the head: the chain is consistent again
+    first = sql("SELECT id FROM decisions ORDER BY audit_seq LIMIT 1")[0][0]
+    tamper(superuser, "decisions", "UPDATE decisions SET message = 'nothing to see' WHERE id = :id", id=first)
+    rewrite_chain(superuser, database_url)
+    assert verify(client)["ok"] is True  # the database alone cannot tell
+    result = runner.invoke(main, ["audit", "verify", "--checkpoint", str(checkpoint)])
+    assert result.exit_code == 1
+    assert "BROKEN  default" in result.output and "rewritten" in result.output
+    again = runner.invoke(main, ["audit", "verify"])
+    assert again.exit_code == 0 and "OK: " in again.output
+
+
+def rewrite_chain(superuser, database_url):
+    from sqlalchemy.orm import Session
+
+
+    engine = create_engine(database_url)
+    with Session(engine) as session:
+        records = []
+        for model in audit.AUDITED:
+            for row in session.scalars(select(model).where(model.portfolio_id == "default")):
+                records.append((row.audit_seq, model, row.id, {c: getattr(row, c) for c in audit.COLUMNS[model]}))
+    engine.dispose()
+    records.sort(key=lambda r: r[0])
+    prev = audit.GENESIS
+    with superuser.begin() as conn:
+        for table in ("decisions", "switch_events", "admin_actions"):
+            conn.execute(text(f"ALTER TABLE {table} DISABLE TRIGGER {table}_append_only"))
+        for _seq, model, row_id, values in records:
+            values["prev_hash"] = prev
+            prev = audit.row_hash(prev, audit.KIND[model], values)
+            conn.execute(text(f"UPDATE {model.__tablename__} SET prev_hash = :p, row_hash = :h WHERE id = :id"),
+                         {"p": values["prev_hash"], "h": prev, "id": row_id})
+        conn.execute(text("UPDATE portfolios SET audit_head = :h WHERE id = 'default'"), {"h": prev})
+        for table in ("decisions", "switch_events", "admin_actions"):
+            conn.execute(text(f"ALTER TABLE {table} ENABLE ALWAYS TRIGGER {table}_append_only"))
+
+
+def test_pagination_returns_every_decision_once_while_new_ones_arrive(client, history, clock):
+    seen = []
+    cursor = None
+    arrivals = 0
+    while True:
+        params = {"limit": 2, **({"cursor": cursor} if cursor else {})}
+        page = client.get("/decisions", query_string=params).json
+        seen += [d["id"] for d in page["decisions"]]
+        if arrivals < 3:  # a decision arrives between every page request
+            clock.advance(seconds=1)
+            client.post("/process_trade", json={**SEED_INTENT, "confidence_score": 0.1})
+            arrivals += 1
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    everything = client.get("/decisions", query_string={"limit": 1000}).json["decisions"]
+    assert len(seen) == len(set(seen))
+    assert set(history) <= set(seen)
+    assert sorted(seen) == sorted(d["id"] for d in everything)
+
+
+def test_csv_and_json_agree(client, history):
+    page = client.get("/decisions", query_string={"limit": 1000}).json["decisions"]
+    with client.get("/decisions", query_string={"format": "csv"}) as r:
+        assert r.status_code == 200 and r.mimetype == "text/csv"
+        rows = list(csv.DictReader(io.StringIO(r.get_data(as_text=True))))
+    assert [row["id"] for row in rows] == [d["id"] for d in page]
+    for row, d in zip(rows, page, strict=True):
+        for column in ("seq", "symbol", "status", "reason_code", "approved_units", "config_hash", "key_name",
+                       "row_hash", "decided_at"):
+            assert row[column] == ("" if d[column] is None else str(d[column])), column
+
+
+def test_decisions_filter_by_symbol_status_reason_time_and_key(client, history, clock):
+    every = client.get("/decisions").json["decisions"]
+    assert len(every) == 6
+    gbp = client.get("/decisions", query_string={"symbol": "GBPUSD"}).json["decisions"]
+    assert {d["symbol"] for d in gbp} == {"GBPUSD"} and len(gbp) == 3
+    rejected = client.get("/decisions", query_string={"status": "REJECTED"}).json["decisions"]
+    assert all(d["status"] == "REJECTED" for d in rejected) and rejected
+    low = client.get("/decisions", query_string={"reason": "CONFIDENCE_TOO_LOW"}).json["decisions"]
+    assert {d["reason_code"] for d in low} == {"CONFIDENCE_TOO_LOW"}
+    window = client.get("/decisions", query_string={"from": every[1]["decided_at"],
+                                                    "to": every[3]["decided_at"]}).json["decisions"]
+    assert [d["seq"] for d in window] == [2, 3]
+    by_key = client.get("/decisions", query_string={"key_name": "test-trader"}).json["decisions"]
+    assert len(by_key) == 6
+    assert client.get("/decisions", query_string={"intent_id": "none"}).json["decisions"] == []
+    assert client.get("/decisions", query_string={"status": "MAYBE"}).status_code == 422
+    assert client.get("/decisions", query_string={"cursor": "garbage"}).status_code == 422
+
+
+def test_one_decision_with_its_breakdown_state_config_and_fills(client, history):
+    d = client.get(f"/decisions/{history[0]}").json
+    assert d["status"] == "APPROVED" and d["breakdown"]["sizing"]["units"] == 20000.0
+    assert d["state_before"]["portfolio_id"] == "default"
+    assert d["config"]["version"] == 1 and d["config"]["config_hash"] == d["config_hash"]
+    assert d["fills"][0]["filled_units"] == 1000
+    assert d["submitted_by"]["key_name"] == "test-trader"
+    assert len(d["audit"]["row_hash"]) == 64
+    assert client.get("/decisions/unknown").status_code == 404
+
+
+def test_audit_events_show_switches_and_admin_actions_in_chain_order(client, history):
+    events = client.get("/audit/events").json["events"]
+    kinds = [(e["kind"], e.get("action")) for e in events]
+    assert ("admin_action", "halt") in kinds and ("admin_action", "resume") in kinds
+    assert ("switch_event", "TRIPPED") in kinds
+    seqs = [e["audit_seq"] for e in events]
+    assert seqs == sorted(seqs)
+    halts = client.get("/audit/events", query_string={"kind": "admin_action", "actor": "test-admin"}).json["events"]
+    assert [e["action"] for e in halts] == ["halt", "resume"] and halts[0]["reason"] == "audit test"
+    keys = client.get("/audit/events", query_string={"portfolio_id": "_system"}).json["events"]
+    assert [e["action"] for e in keys] == ["key_create"] * 4
+
+
+def test_rpm_audit_verify_and_checkpoint_on_the_command_line(history, database_url, monkeypatch, tmp_path):
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    result = CliRunner().invoke(main, ["audit", "verify"])
+    assert result.exit_code == 0 and "OK      default:" in result.output
+    out = tmp_path / "c.json"
+    assert CliRunner().invoke(main, ["audit", "checkpoint", "--out", str(out)]).exit_code == 0
+    heads = json.loads(out.read_text())["heads"]
+    assert set(heads) == {"default", "_system"}
