@@ -174,7 +174,7 @@ class RPMService:
                 intent=intent.to_dict(),
                 breakdown=dict(d.breakdown),
                 context=dict(d.context),
-                state_before=loaded.state.to_dict(),
+                state_before=repository.audit_state(loaded, engine.decision_inputs(loaded.state, intent, now)),
                 booking=outcome.booking.to_dict() if outcome.booking else None,
                 latency_ms=Decimal(f"{(time.perf_counter() - started) * 1000:.3f}"),
                 key_id=actor.key_id,

@@ -302,6 +302,22 @@ def decide(state: PortfolioState, intent: TradeIntent, config: RPMConfig, now: d
     return _Decider(state, intent, config, now, decision_id).run()
 
 
+def decision_inputs(state: PortfolioState, intent: TradeIntent, now: datetime) -> PortfolioState:
+    """The part of a state a decision on ``intent`` at ``now`` reads: what an audit record must keep.
+
+    ``decide`` on it gives the same decision as on the whole state (a property test says so):
+    mark histories of the symbols the correlation check can read, the intent symbol's ATR
+    history, and the intent times of the last second.
+    """
+    read = {intent.symbol, *state.positions}
+    reduced = state.clone()
+    reduced.mark_history = {s: h for s, h in state.mark_history.items() if s in read}
+    reduced.atr_history = {s: h for s, h in state.atr_history.items() if s == intent.symbol}
+    horizon = now.timestamp() - 1.0
+    reduced.recent_intent_times = tuple(t for t in state.recent_intent_times if t > horizon)
+    return reduced
+
+
 def mark(state: PortfolioState, prices: Mapping[str, Any], config: RPMConfig, now: datetime) -> Outcome:
     """New prices: revalue, move peaks, evaluate every switch."""
     s, _eq, events = _begin(state, now, config)

@@ -126,6 +126,8 @@ class Mark(Base):
     symbol: Mapped[str] = mapped_column(String(32), primary_key=True)
     price: Mapped[Decimal] = mapped_column(Money)
     history: Mapped[list] = mapped_column(Json, default=list)
+    # the content address of `history` in mark_snapshots, which decisions refer to
+    history_hash: Mapped[str | None] = mapped_column(String(64))
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
@@ -303,3 +305,17 @@ class AuditHead(Base):
     chain: Mapped[str] = mapped_column(String(64), primary_key=True)
     audit_seq: Mapped[int] = mapped_column(BigInteger)
     audit_head: Mapped[str] = mapped_column(String(64))
+
+
+class MarkSnapshot(Base):
+    """A mark history as a decision read it, stored once and named by its sha256. Append-only.
+
+    Decisions refer to these instead of copying up to 100 prices per symbol each time.
+    """
+
+    __tablename__ = "mark_snapshots"
+
+    hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    symbol: Mapped[str] = mapped_column(String(32))
+    prices: Mapped[list] = mapped_column(Json)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)

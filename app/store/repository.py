@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from app.risk import PortfolioState, RPMConfig
+from app.risk.config import canonical_json
 from app.risk.model import Position as EnginePosition
 from app.risk.model import SwitchEvent, SwitchState
 
@@ -154,7 +158,41 @@ def save(session: Session, loaded: Loaded, new: PortfolioState, now: datetime) -
             session.add(existing)
         existing.price = price
         existing.history = list(history)
+        existing.history_hash = store_mark_snapshot(session, symbol, history, now)
         existing.updated_at = now
+
+
+def mark_history_hash(symbol: str, prices: tuple[float, ...] | list[float]) -> str:
+    return hashlib.sha256(canonical_json({"symbol": symbol, "prices": list(prices)}).encode()).hexdigest()
+
+
+def store_mark_snapshot(session: Session, symbol: str, prices: tuple[float, ...], now: datetime) -> str:
+    digest = mark_history_hash(symbol, prices)
+    dialect = session.get_bind().dialect.name
+    insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
+    session.execute(insert(m.MarkSnapshot).values(hash=digest, symbol=symbol, prices=list(prices), created_at=now)
+                    .on_conflict_do_nothing(index_elements=["hash"]))
+    return digest
+
+
+def audit_state(loaded: Loaded, reduced: PortfolioState) -> dict[str, Any]:
+    """What a decision record keeps of the state it saw: mark histories by reference."""
+    data = reduced.to_dict()
+    histories = data.pop("mark_history")
+    data["mark_history_refs"] = {s: loaded.marks[s].history_hash or mark_history_hash(s, h)
+                                 for s, h in histories.items()}
+    return data
+
+
+def resolve_state(session: Session, data: dict[str, Any]) -> PortfolioState:
+    """The engine state of a decision record, its mark histories fetched back by reference."""
+    data = dict(data)
+    refs = data.pop("mark_history_refs", None)
+    if refs is not None:
+        found = {row.hash: row.prices for row in session.scalars(
+            select(m.MarkSnapshot).where(m.MarkSnapshot.hash.in_(list(refs.values()))))}
+        data["mark_history"] = {s: found[h] for s, h in refs.items()}
+    return PortfolioState.from_dict(data)
 
 
 def add_events(session: Session, chain: Chain, portfolio_id: str, events: list[SwitchEvent],

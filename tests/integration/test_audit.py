@@ -14,7 +14,12 @@ from app.store import audit
 
 from ..conftest import SEED_INTENT
 
-AUDIT_TABLES = ["decisions", "switch_events", "admin_actions", "ledger_entries", "fills", "config_versions"]
+# an UPDATE that changes nothing: still refused
+SAME = {"mark_snapshots": "symbol = symbol"}
+SAME.update({t: "portfolio_id = portfolio_id" for t in ("decisions", "switch_events", "admin_actions",
+                                                        "ledger_entries", "fills", "config_versions")})
+AUDIT_TABLES = ["decisions", "switch_events", "admin_actions", "ledger_entries", "fills", "config_versions",
+                "mark_snapshots"]
 
 
 @pytest.fixture
@@ -62,7 +67,7 @@ def test_a_clean_history_verifies_with_count_and_head(client, history, sql):
 @pytest.mark.parametrize("table", AUDIT_TABLES)
 def test_update_delete_and_truncate_are_refused_by_the_triggers_even_for_a_superuser(history, superuser, table):
     with superuser.connect() as conn:
-        for statement in (f"UPDATE {table} SET portfolio_id = portfolio_id",
+        for statement in (f"UPDATE {table} SET {SAME[table]}",
                           f"DELETE FROM {table}",
                           f"TRUNCATE {table} CASCADE"):
             with pytest.raises(DBAPIError, match="append-only"):
@@ -82,7 +87,7 @@ def test_the_application_role_may_only_insert_and_select(history, superuser, tab
         conn.execute(text("SET LOCAL ROLE rpm_app"))
         assert conn.execute(text(f"SELECT count(*) FROM {table}")).scalar() > 0
         conn.execute(text("SAVEPOINT s"))
-        for statement in (f"UPDATE {table} SET portfolio_id = portfolio_id", f"DELETE FROM {table}",
+        for statement in (f"UPDATE {table} SET {SAME[table]}", f"DELETE FROM {table}",
                           f"TRUNCATE {table}"):
             with pytest.raises(DBAPIError, match="permission denied"):
                 conn.execute(text(statement))

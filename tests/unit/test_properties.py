@@ -127,3 +127,24 @@ def test_identical_inputs_give_identical_decisions(history, raw):
     b = decide(PortfolioState.from_dict(state.to_dict()), build(raw), CONFIG, now, "same")
     assert a.decision == b.decision
     assert a.state.to_dict() == b.state.to_dict()
+
+
+# short windows, so that ATR baselines and correlations come into play within a few intents and marks
+SHORT = CONFIG.replace(volatility_baseline_min_samples=2, correlation_min_samples=2, max_intents_per_second=3)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(intents, max_size=20), intents, st.integers(0, 3000),
+       st.lists(st.floats(-0.004, 0.004), min_size=3, max_size=6))
+def test_a_decision_on_its_recorded_inputs_equals_the_decision_on_the_whole_state(history, raw, later_ms, moves):
+    state = PortfolioState.new(SHORT)
+    for k, move in enumerate(moves):
+        prices = {s: p * (1 + move * ((i % 3) - 1)) for i, (s, p) in enumerate(MARKS.items())}
+        state = engine.mark(state, prices, SHORT, T0 - timedelta(seconds=10 - k)).state
+    for i, h in enumerate(history):
+        state = decide(state, build(h, SHORT), SHORT, T0 + timedelta(milliseconds=300 * i), f"d{i}").state
+    now = T0 + timedelta(milliseconds=300 * len(history) + later_ms)
+    intent = build(raw, SHORT)
+    whole = decide(state, intent, SHORT, now, "x").decision
+    recorded = PortfolioState.from_dict(engine.decision_inputs(state, intent, now).to_dict())
+    assert decide(recorded, intent, SHORT, now, "x").decision == whole
