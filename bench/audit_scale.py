@@ -1,0 +1,190 @@
+"""The audit trail at scale: 1,000,000 decisions, then a compliance query, a CSV export and a verify.
+
+    python -m bench.audit_scale [--rows 1000000] [--admin-url postgresql+psycopg://postgres@127.0.0.1/postgres]
+
+Creates a throw-away database (rpm_bench_audit), loads decisions with a valid hash chain
+(generated from real engine decisions, COPY'd in), and prints:
+- a one-day range for one symbol through GET /decisions (median of runs);
+- the CSV export of every decision through GET /decisions?format=csv, in a separate process,
+  with its peak resident memory;
+- `verify` of the whole chain, and its time.
+A benchmark: it prints figures, it asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import psycopg
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from app import create_app
+from app.risk import PortfolioState, RPMConfig, TradeIntent, decide, engine
+from app.services import Actor
+from app.settings import Settings
+from app.store import audit
+from app.store import models as m
+from app.store.migrate import upgrade
+
+SYMBOLS = {"EURUSD": 1.10, "GBPUSD": 1.25, "USDJPY": 150.0, "AUDUSD": 0.65, "USDCHF": 0.90, "NZDUSD": 0.60,
+           "USDCAD": 1.35, "EURGBP": 0.88}
+T0 = datetime(2025, 1, 1, tzinfo=UTC)
+STEP = timedelta(seconds=30)  # 1,000,000 decisions over about a year
+COLUMNS = [c.name for c in m.Decision.__table__.columns]
+
+
+def templates(config: RPMConfig) -> list[tuple]:
+    """Real engine decisions (approved, adjusted, rejected) to vary."""
+    state = engine.mark(PortfolioState.new(config), SYMBOLS, config, T0).state
+    out = []
+    for i, (symbol, price) in enumerate(SYMBOLS.items()):
+        for confidence in (0.75, 0.9, 0.4):
+            intent = TradeIntent.create(config, symbol=symbol, direction=1 if i % 2 else -1,
+                                        confidence_score=confidence, regime="TRENDING", atr=price * 0.004,
+                                        vol_percentile=0.5, current_price=price)
+            outcome = decide(state, intent, config, T0, "template")
+            inputs = engine.decision_inputs(state, intent, T0).to_dict()
+            inputs.pop("mark_history")
+            inputs["mark_history_refs"] = {}
+            out.append((intent, outcome.decision, inputs))
+    return out
+
+
+def load(url: str, rows: int) -> None:
+    config = RPMConfig()
+    app = create_app(Settings(database_url=url))
+    app.extensions["rpm"].ensure_default_portfolio()
+    app.extensions["rpm"].db.dispose()
+    kinds = templates(config)
+    engine_ = create_engine(url)
+    with engine_.begin() as conn:
+        seq, head = conn.execute(text("SELECT audit_seq, coalesce(audit_head, :g) FROM portfolios "
+                                      "WHERE id = 'default'"), {"g": audit.GENESIS}).one()
+        last_seq = conn.execute(text("SELECT last_seq FROM portfolios WHERE id = 'default'")).scalar()
+    engine_.dispose()
+    raw = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+    started = time.perf_counter()
+    with psycopg.connect(raw) as conn, conn.cursor() as cur:
+        with cur.copy(f"COPY decisions ({', '.join(COLUMNS)}) FROM STDIN") as copy:
+            for n in range(rows):
+                intent, d, inputs = kinds[n % len(kinds)]
+                seq += 1
+                last_seq += 1
+                decided_at = T0 + STEP * n
+                values = {
+                    "id": str(uuid.UUID(int=n + 1)), "portfolio_id": "default", "seq": last_seq,
+                    "intent_id": f"sig-{n}", "request_hash": "0" * 64, "symbol": intent.symbol,
+                    "direction": intent.direction, "status": d.status.value, "reason_code": d.reason,
+                    "message": d.message, "approved_units": d.units, "price": intent.current_price,
+                    "reducing": False, "decided_at": decided_at, "config_hash": config.config_hash,
+                    "config_version": 1, "intent": {**intent.to_dict(), "intent_id": f"sig-{n}"},
+                    "breakdown": dict(d.breakdown), "context": dict(d.context), "state_before": inputs,
+                    "booking": None, "latency_ms": Decimal("1.234"), "key_id": None, "key_name": "bench",
+                    "key_role": "trader", "audit_seq": seq, "prev_hash": head,
+                }
+                values["row_hash"] = head = audit.row_hash(head, "decision", {c: values[c] for c in
+                                                                               audit.COLUMNS[m.Decision]})
+                copy.write_row([json.dumps(values[c]) if isinstance(values[c], dict) else values[c]
+                                for c in COLUMNS])
+                if n and n % 200_000 == 0:
+                    print(f"  loaded {n:,} rows ({time.perf_counter() - started:.0f}s)", flush=True)
+        cur.execute("UPDATE portfolios SET audit_seq = %s, audit_head = %s, last_seq = %s WHERE id = 'default'",
+                    (seq, head, last_seq))
+        conn.commit()
+        cur.execute("ANALYZE decisions")
+    print(f"loaded {rows:,} decisions in {time.perf_counter() - started:.1f}s")
+
+
+def query_day(url: str) -> None:
+    app = create_app(Settings(database_url=url))
+    key, _ = app.extensions["rpm_keys"].create("compliance", "bench", None, Actor("bench", "admin"))
+    client = app.test_client()
+    auth = {"Authorization": f"Bearer {key}"}
+    day = T0 + timedelta(days=200)
+    params = {"symbol": "GBPUSD", "from": day.isoformat(), "to": (day + timedelta(days=1)).isoformat(),
+              "limit": 1000}
+    timings = []
+    count = 0
+    for _ in range(7):
+        started = time.perf_counter()
+        r = client.get("/decisions", query_string=params, headers=auth)
+        timings.append((time.perf_counter() - started) * 1000)
+        count = r.json["count"]
+    print(f"GET /decisions one day, one symbol: {count} decisions; median {statistics.median(timings):.1f} ms, "
+          f"min {min(timings):.1f} ms (7 runs, through Flask and SQLAlchemy)")
+    app.extensions["rpm"].db.dispose()
+    return key
+
+
+EXPORT = """
+import resource, sys, time
+from app import create_app
+from app.settings import Settings
+app = create_app(Settings(database_url=sys.argv[1]))
+client = app.test_client()
+started = time.perf_counter()
+size = lines = 0
+with client.get("/decisions", query_string={"format": "csv", "portfolio_id": "*"},
+                headers={"Authorization": "Bearer " + sys.argv[2]}, buffered=False) as r:
+    for chunk in r.response:
+        size += len(chunk)
+        lines += chunk.count(b"\\n")
+elapsed = time.perf_counter() - started
+print(f"CSV export of every decision: {lines - 1:,} rows, {size / 1e6:,.0f} MB in {elapsed:.1f}s; "
+      f"peak resident memory of the exporting process {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
+"""
+
+
+def export_csv(url: str, key: str) -> None:
+    subprocess.run([sys.executable, "-c", EXPORT, url, key], check=True)
+
+
+def verify(url: str) -> None:
+    app = create_app(Settings(database_url=url))
+    started = time.perf_counter()
+    report = app.extensions["rpm_compliance"].verify()
+    elapsed = time.perf_counter() - started
+    print(f"verify: ok={report['ok']}, {report['count']:,} records in {elapsed:.1f}s "
+          f"({report['count'] / elapsed:,.0f} records/s)")
+    app.extensions["rpm"].db.dispose()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--admin-url", default="postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+    parser.add_argument("--keep", action="store_true", help="keep the database afterwards")
+    args = parser.parse_args()
+    name = "rpm_bench_audit"
+    admin = create_engine(args.admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = make_url(args.admin_url).set(database=name).render_as_string(hide_password=False)
+    try:
+        upgrade(url)
+        load(url, args.rows)
+        key = query_day(url)
+        export_csv(url, key)
+        verify(url)
+        with admin.connect() as conn:
+            size = conn.execute(text(f"SELECT pg_size_pretty(pg_database_size('{name}'))")).scalar()
+        print(f"database size: {size}")
+    finally:
+        if not args.keep:
+            with admin.connect() as conn:
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+if __name__ == "__main__":
+    main()
