@@ -18,7 +18,7 @@ from .errors import Invalid, NotFound, Unavailable
 from .services import RPMService, decision_payload
 from .store import audit
 from .store import models as m
-from .store.database import DB_ERRORS
+from .store.database import DB_ERRORS, DatabaseUnavailable
 
 CSV_COLUMNS = ("portfolio_id", "seq", "id", "decided_at", "intent_id", "symbol", "direction", "status",
                "reason_code", "approved_units", "price", "reducing", "config_hash", "config_version", "key_id",
@@ -227,3 +227,79 @@ def _action(a: m.AdminAction) -> dict[str, Any]:
     return {"kind": "admin_action", "audit_seq": a.audit_seq, "portfolio_id": a.portfolio_id, "action": a.action,
             "actor": a.actor, "actor_role": a.actor_role, "actor_key_id": a.actor_key_id, "at": a.at.isoformat(),
             "reason": a.reason, "before": a.before, "after": a.after, "row_hash": a.row_hash}
+
+
+# -- shadow mode: replay of the audit trail under another configuration ---------------------
+
+def _notional(state, symbol: str, units: Decimal, price: Decimal, config) -> float:
+    from .risk.instruments import instrument, notional_per_unit
+
+    per_unit = notional_per_unit(instrument(symbol, config), price, state.marks, config.account_currency)
+    return float(units * (per_unit if per_unit is not None else price))
+
+
+class _Tally:
+    def __init__(self) -> None:
+        self.total = 0
+        self.approved = 0
+        self.exposure = 0.0
+        self.by_reason: dict[str, int] = {}
+
+    def add(self, approved: bool, reason: str | None, exposure: float) -> None:
+        self.total += 1
+        if approved:
+            self.approved += 1
+            self.exposure += exposure
+        else:
+            self.by_reason[reason] = self.by_reason.get(reason, 0) + 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"decisions": self.total, "approved": self.approved, "rejected": self.total - self.approved,
+                "approval_rate": self.approved / self.total if self.total else 0.0,
+                "total_approved_exposure": round(self.exposure, 2),
+                "rejections_by_reason": dict(sorted(self.by_reason.items()))}
+
+
+def replay(service: RPMService, portfolio_id: str, start: datetime | None, end: datetime | None,
+           candidate: Any | None) -> Iterator[dict[str, Any]]:
+    """Re-decide every stored decision in a range, each against the state it saw, under ``candidate``
+    (None: the configuration each was made with). Yields each decision that would differ, then a summary.
+    """
+    from .risk import TradeIntent
+    from .risk import engine as risk_engine
+    from .store import repository
+
+    before, after = _Tally(), _Tally()
+    differing = 0
+    d = m.Decision
+    query = select(d).where(d.portfolio_id == portfolio_id)
+    if start is not None:
+        query = query.where(d.decided_at >= start)
+    if end is not None:
+        query = query.where(d.decided_at < end)
+    query = query.order_by(d.seq).execution_options(yield_per=500)
+    try:
+        with service.db.reader() as session:
+            for row in session.scalars(query):
+                original = repository.config_for(session, row.portfolio_id, row.config_version)
+                config = candidate or original
+                state = repository.resolve_state(session, row.state_before)
+                intent = TradeIntent.create(original, **row.intent)
+                outcome = risk_engine.decide(state, intent, config, row.decided_at, row.id).decision
+                exposure_was = _notional(state, row.symbol, row.approved_units, row.price, original)
+                exposure_now = _notional(state, row.symbol, outcome.units, row.price, config)
+                before.add(row.status == "APPROVED", row.reason_code, exposure_was)
+                after.add(outcome.approved, outcome.reason, exposure_now)
+                units_was, units_now = float(row.approved_units), float(outcome.units)
+                if (row.status, units_was, row.reason_code) != (outcome.status.value, units_now, outcome.reason):
+                    differing += 1
+                    yield {"type": "difference", "id": row.id, "seq": row.seq, "decided_at": row.decided_at.isoformat(),
+                           "symbol": row.symbol, "direction": row.direction, "intent_id": row.intent_id,
+                           "original": {"status": row.status, "units": units_was, "reason": row.reason_code},
+                           "counterfactual": {"status": outcome.status.value, "units": units_now,
+                                              "reason": outcome.reason, "message": outcome.message}}
+    except DatabaseUnavailable as exc:
+        raise Unavailable(str(exc)) from exc
+    yield {"type": "summary", "portfolio_id": portfolio_id, "differing": differing,
+           "config_hash": candidate.config_hash if candidate else "as recorded",
+           "before": before.to_dict(), "after": after.to_dict()}

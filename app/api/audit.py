@@ -115,3 +115,63 @@ class AuditVerify(MethodView):
 
 
 
+
+
+class ReplaySchema(Schema):
+    portfolio_id = fields.String(load_default="default", validate=validate.Regexp(
+        r"^[A-Za-z0-9_-]{1,64}$", error="must match [A-Za-z0-9_-]{{1,64}}"))
+    start = fields.AwareDateTime(data_key="from")
+    end = fields.AwareDateTime(data_key="to")
+    preset = fields.String(validate=validate.OneOf(["conservative", "balanced", "aggressive"]))
+    config = fields.Dict(metadata={"description": "a candidate configuration (absent parameters: the defaults)"})
+    format = fields.String(load_default="json", validate=validate.OneOf(["json", "ndjson"]),
+                           metadata={"description": "ndjson streams one line per difference, then the summary"})
+
+
+def candidate_config(body: dict):
+    from app.errors import Invalid
+    from app.presets import load_preset
+    from app.risk import ConfigError, RPMConfig
+
+    if "preset" in body and "config" in body:
+        raise Invalid("give a preset or a config, not both", {"config": ["give a preset or a config, not both"]})
+    try:
+        if "config" in body:
+            return RPMConfig.from_dict(body["config"])
+        if "preset" in body:
+            return load_preset(body["preset"])
+    except ConfigError as exc:
+        raise Invalid("invalid configuration", {"config": {exc.field: [exc.message]}}) from None
+    return None
+
+
+@blp.route("/replay")
+class Replay(MethodView):
+    @roles("compliance")
+    @blp.arguments(ReplaySchema)
+    @blp.response(200, AnyObjectSchema, description="every decision that would differ, and a before/after summary")
+    @blp.alt_response(422, description=ERROR_RESPONSES[422])
+    @blp.alt_response(503, description=ERROR_RESPONSES[503])
+    def post(self, body):
+        """Re-decide a stored range under a candidate configuration, each decision against the state it saw"""
+        import json
+
+        from app.compliance import replay
+
+        candidate = candidate_config(body)
+        principal = current_principal()
+        if principal is not None and not principal.may_use(body["portfolio_id"]):
+            from app.errors import Forbidden
+
+            raise Forbidden(f"this key may not use portfolio {body['portfolio_id']!r}")
+        lines = replay(current_app.extensions["rpm"], body["portfolio_id"], body.get("start"), body.get("end"),
+                       candidate)
+        if body["format"] == "ndjson":
+            first = next(lines)  # fail before streaming if the database is down
+            def stream():
+                yield json.dumps(first) + "\n"
+                for line in lines:
+                    yield json.dumps(line) + "\n"
+            return Response(stream_with_context(stream()), mimetype="application/x-ndjson")
+        items = list(lines)
+        return ok({"differences": [i for i in items if i["type"] == "difference"], "summary": items[-1]})

@@ -33,6 +33,7 @@ MATRIX = [
     ("GET", "/decisions/nope", None, {COMPLIANCE}),
     ("GET", "/audit/events", None, {COMPLIANCE}),
     ("GET", "/audit/verify", None, {COMPLIANCE}),
+    ("POST", "/replay", {"preset": "conservative"}, {COMPLIANCE}),
 ]
 PUBLIC = [("GET", "/health/live"), ("GET", "/health/ready"), ("GET", "/openapi.json"), ("GET", "/docs"),
           ("GET", "/docs/assets/swagger-ui.css")]
