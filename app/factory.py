@@ -37,6 +37,9 @@ def register_service(app: Flask, settings: Settings, clock: Callable[[], datetim
     from .keys import KeyStore
 
     service = RPMService(db, clock or system_clock, default_config=config)
+    if settings.unsafe_disable_portfolio_lock:
+        app.logger.warning("RPM_TEST_UNSAFE_DISABLE_PORTFOLIO_LOCK: decisions are NOT serialized (tests only)")
+        service.unsafe_disable_portfolio_lock = True
     app.extensions["rpm"] = service
     app.extensions["rpm_keys"] = KeyStore(service)
     from .compliance import Compliance

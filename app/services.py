@@ -77,6 +77,10 @@ class RPMService:
         self.default_capital = default_capital
 
     # -- plumbing --------------------------------------------------------------------
+    # TEST ONLY (RPM_TEST_UNSAFE_DISABLE_PORTFOLIO_LOCK): read the state without the lock, as a naive
+    # implementation would, so that the race tests can show the breach the lock prevents
+    unsafe_disable_portfolio_lock = False
+
     def _load(self, session, portfolio_id: str, *, lock: bool = True) -> Loaded:
         if not isinstance(portfolio_id, str) or not PORTFOLIO_ID_RE.match(portfolio_id):
             raise Invalid("invalid portfolio_id", {"portfolio_id": ["must match [A-Za-z0-9_-]{1,64}"]})
@@ -124,7 +128,8 @@ class RPMService:
         portfolio_id = fields.get("portfolio_id") or "default"
 
         def run(session):
-            loaded = self._load(session, portfolio_id)
+            unsafe = self.unsafe_disable_portfolio_lock
+            loaded = self._load(session, portfolio_id, lock=not unsafe)
             try:
                 intent = TradeIntent.create(loaded.config, **{**fields, "portfolio_id": portfolio_id})
             except IntentError as exc:
@@ -147,6 +152,8 @@ class RPMService:
             outcome = engine.decide(loaded.state, intent, loaded.config, now, str(uuid.uuid4()))
             d = outcome.decision
             row = loaded.row
+            if unsafe:  # the naive way: decided on what was read, written with fresh counters
+                session.refresh(row, with_for_update=True)
             row.last_seq += 1
             metrics = RiskMetrics.from_counters(row.counters)
             metrics.record(d)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 from functools import lru_cache
@@ -106,7 +107,8 @@ def weekly_pnl(state: PortfolioState, equity: Decimal) -> Decimal:
 
 def mean_confidence(state: PortfolioState) -> float | None:
     window = state.recent_confidences
-    return sum(window) / len(window) if window else None
+    # fsum: twenty intents at exactly the threshold (0.6) must not average to 0.5999999999999999
+    return math.fsum(window) / len(window) if window else None
 
 
 def measurements(state: PortfolioState, equity: Decimal, config: RPMConfig) -> dict[str, tuple[float | None, float, bool]]:

@@ -226,3 +226,12 @@ def test_clock_going_backwards_never_rolls_a_day_back():
     clock.now = datetime(2026, 3, 2, 23, 0, tzinfo=UTC)
     rpm.get_health_status()
     assert rpm.state.day_key == "2026-03-03"
+
+
+def test_a_full_window_at_exactly_the_threshold_does_not_collapse(make_rpm, clock):
+    # twenty floats of 0.6 summed naively average to 0.5999999999999999
+    rpm = make_rpm(max_intents_per_second=1000, max_units_per_symbol=1e9, max_symbol_exposure_pct=100.0,
+                   max_currency_exposure_pct=100.0, max_gross_exposure_pct=100.0, max_net_exposure_pct=100.0)
+    for _ in range(25):
+        assert decide(rpm, confidence_score=0.6, atr=0.05).approved
+    assert "confidence_collapse" not in rpm.state.switches
