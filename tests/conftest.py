@@ -175,6 +175,7 @@ class TcpProxy:
             for s in (source, sink):
                 with contextlib.suppress(OSError):
                     s.shutdown(socket.SHUT_RDWR)
+                s.close()
 
     def cut(self) -> None:
         """The database is unreachable: every open connection dies, new ones are refused."""

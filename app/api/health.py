@@ -77,5 +77,6 @@ class Ready(MethodView):
 
         status = migration_status(current_app.extensions["rpm"].db)
         if not status["ready"]:
-            return error_response(503, status["message"], **status)
+            details = {k: v for k, v in status.items() if k != "message"}
+            return error_response(503, status["message"], **details)
         return ok(status)

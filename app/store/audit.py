@@ -45,14 +45,23 @@ KIND = {m.Decision: "decision", m.SwitchEventRow: "switch_event", m.AdminAction:
 
 
 def _plain(value: Any) -> Any:
-    if isinstance(value, Decimal):
-        text = format(value.normalize(), "f")
-        return text if text not in ("-0",) else "0"
+    """One representation per value, whichever way it went through the database.
+
+    Every number becomes its normalized decimal string: NUMERIC columns come back as Decimal with
+    trailing zeros, and JSONB keeps numbers as numeric, so -0.0 comes back as 0 and 1e16 as an int.
+    """
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, (int, float, Decimal)):
+        number = value if isinstance(value, Decimal) else Decimal(repr(value))
+        text = format(number.normalize(), "f")
+        return "0" if text == "-0" else text
     if isinstance(value, datetime):
         return value.astimezone(UTC).isoformat(timespec="microseconds")
-    if isinstance(value, float):
-        # NUMERIC columns come back as Decimal: hash numbers the same way whichever side they are on
-        return _plain(Decimal(repr(value)))
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
     return value
 
 

@@ -137,3 +137,14 @@ def test_only_the_facade_reads_the_clock():
         if path.name == "facade.py":
             continue
         assert ".now(" not in source and "utcnow" not in source and "time.time" not in source, path.name
+
+
+def test_audit_hashing_gives_one_form_to_numbers_whatever_the_database_did_to_them():
+    from decimal import Decimal
+
+    from app.store.audit import canonical
+
+    # JSONB has no negative zero and prints 1e16 as an integer; NUMERIC pads with zeros
+    written = {"pnl": -0.0, "big": 1e16, "units": Decimal("27272.72"), "nested": [{"x": 1.50}]}
+    read_back = {"pnl": 0.0, "big": 10000000000000000, "units": Decimal("27272.7200000000"), "nested": [{"x": 1.5}]}
+    assert canonical("decision", written) == canonical("decision", read_back)
