@@ -25,7 +25,26 @@ class Api(SmorestApi):
         payload, code, headers = super().handle_http_exception(error)
         payload.setdefault("message", MESSAGES.get(code) or error.description or error.name)
         payload["errors"] = flatten_errors(payload.get("errors") or {})
+        valid = getattr(error, "valid_methods", None)
+        if valid:  # RFC 9110: a 405 lists the methods the resource supports
+            headers = {**(headers or {}), "Allow": ", ".join(sorted(valid))}
         return payload, code, headers
+
+
+def refuse_ambiguous_input() -> None:
+    """Refuse at the door, as a 422: NUL characters (PostgreSQL stores none), repeated query parameters."""
+    from flask import request
+
+    from app.errors import Invalid
+
+    if any("\x00" in k or "\x00" in v for k, v in request.args.items(multi=True)):
+        raise Invalid("NUL characters are not allowed", {"_query": ["NUL characters are not allowed"]})
+    repeated = sorted(k for k, values in request.args.lists() if len(values) > 1)
+    if repeated:  # every parameter takes one value: a repeated one is ambiguous
+        raise Invalid("repeated query parameters", {k: ["given more than once"] for k in repeated})
+    body = request.get_data(cache=True)
+    if b"\x00" in body or b"\\u0000" in body:
+        raise Invalid("NUL characters are not allowed", {"_body": ["NUL characters are not allowed"]})
 
 
 def flatten_errors(errors: Any) -> dict[str, Any]:
@@ -54,6 +73,7 @@ def register_api(app: Flask) -> Api:
         api.register_blueprint(module.blp)
     _register_docs_assets(app)
     _register_error_handlers(app)
+    app.before_request(refuse_ambiguous_input)
     app.before_request(authorize)
     document_security(api, app)
     return api

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from flask.views import MethodView
 from flask_smorest import Blueprint
+from marshmallow import RAISE
 
 from .auth import ANY, roles
 from .common import ERROR_RESPONSES, actor, ok, portfolio_id, service
@@ -21,7 +22,7 @@ def _errors(view):
 @blp.route("/halt")
 class Halt(MethodView):
     @roles("admin")
-    @blp.arguments(PortfolioQuerySchema, location="query", as_kwargs=True)
+    @blp.arguments(PortfolioQuerySchema, location="query", as_kwargs=True, unknown=RAISE)
     @blp.arguments(HaltSchema)
     @blp.response(200, AnyObjectSchema)
     @_errors
@@ -33,7 +34,7 @@ class Halt(MethodView):
 @blp.route("/resume")
 class Resume(MethodView):
     @roles("admin")
-    @blp.arguments(PortfolioQuerySchema, location="query", as_kwargs=True)
+    @blp.arguments(PortfolioQuerySchema, location="query", as_kwargs=True, unknown=RAISE)
     @blp.arguments(ResumeSchema)
     @blp.response(200, AnyObjectSchema)
     @_errors
@@ -45,7 +46,7 @@ class Resume(MethodView):
 @blp.route("/config")
 class Config(MethodView):
     @roles(*ANY)
-    @blp.arguments(PortfolioQuerySchema, location="query", as_kwargs=True)
+    @blp.arguments(PortfolioQuerySchema, location="query", as_kwargs=True, unknown=RAISE)
     @blp.response(200, AnyObjectSchema)
     @_errors
     def get(self, **_query):
@@ -53,7 +54,7 @@ class Config(MethodView):
         return ok(service().get_config(portfolio_id()))
 
     @roles("admin")
-    @blp.arguments(PortfolioQuerySchema, location="query", as_kwargs=True)
+    @blp.arguments(PortfolioQuerySchema, location="query", as_kwargs=True, unknown=RAISE)
     @blp.arguments(ConfigPutSchema)
     @blp.response(200, AnyObjectSchema)
     @_errors

@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Response, current_app, stream_with_context
 from flask.views import MethodView
 from flask_smorest import Blueprint
-from marshmallow import Schema, fields, validate
+from marshmallow import RAISE, Schema, fields, validate
 
 from app.compliance import Compliance, DecisionFilter
 from app.risk.model import ReasonCode
@@ -61,8 +61,11 @@ def allowed_portfolios(requested: str) -> tuple[str, ...] | None:
 @blp.route("/decisions")
 class Decisions(MethodView):
     @roles("compliance")
-    @blp.arguments(DecisionQuerySchema, location="query")
-    @blp.response(200, AnyObjectSchema, description="a page of decisions (or, with format=csv, all of them as CSV)")
+    @blp.arguments(DecisionQuerySchema, location="query", unknown=RAISE)
+    @blp.doc(responses={"200": {
+        "description": "a page of decisions (or, with format=csv, all of them as CSV)",
+        "content": {"application/json": {"schema": {"type": "object"}},
+                    "text/csv": {"schema": {"type": "string"}}}}})
     @blp.alt_response(422, description=ERROR_RESPONSES[422])
     @blp.alt_response(503, description=ERROR_RESPONSES[503])
     def get(self, query):
@@ -94,7 +97,7 @@ class DecisionView(MethodView):
 @blp.route("/audit/events")
 class AuditEvents(MethodView):
     @roles("compliance")
-    @blp.arguments(EventQuerySchema, location="query")
+    @blp.arguments(EventQuerySchema, location="query", unknown=RAISE)
     @blp.response(200, AnyObjectSchema)
     @blp.alt_response(422, description=ERROR_RESPONSES[422])
     @blp.alt_response(503, description=ERROR_RESPONSES[503])
@@ -148,8 +151,11 @@ def candidate_config(body: dict):
 @blp.route("/replay")
 class Replay(MethodView):
     @roles("compliance")
-    @blp.arguments(ReplaySchema)
-    @blp.response(200, AnyObjectSchema, description="every decision that would differ, and a before/after summary")
+    @blp.arguments(ReplaySchema, required=False)
+    @blp.doc(responses={"200": {
+        "description": "every decision that would differ, and a before/after summary",
+        "content": {"application/json": {"schema": {"type": "object"}},
+                    "application/x-ndjson": {"schema": {"type": "string"}}}}})
     @blp.alt_response(422, description=ERROR_RESPONSES[422])
     @blp.alt_response(503, description=ERROR_RESPONSES[503])
     def post(self, body):

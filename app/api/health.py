@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import current_app
 from flask.views import MethodView
 from flask_smorest import Blueprint
+from marshmallow import RAISE
 
 from app.errors import Unavailable
 
@@ -24,7 +25,7 @@ def _errors(view):
 @blp.route("/portfolio")
 class PortfolioView(MethodView):
     @roles(*ANY)
-    @blp.arguments(PortfolioQuerySchema, location="query", as_kwargs=True)
+    @blp.arguments(PortfolioQuerySchema, location="query", as_kwargs=True, unknown=RAISE)
     @blp.response(200, AnyObjectSchema)
     @_errors
     def get(self, **_query):
@@ -35,7 +36,7 @@ class PortfolioView(MethodView):
 @blp.route("/health")
 class HealthView(MethodView):
     @roles(*ANY)
-    @blp.arguments(PortfolioQuerySchema, location="query", as_kwargs=True)
+    @blp.arguments(PortfolioQuerySchema, location="query", as_kwargs=True, unknown=RAISE)
     @blp.response(200, AnyObjectSchema)
     @_errors
     def get(self, **_query):
@@ -49,7 +50,7 @@ class HealthView(MethodView):
 @blp.route("/metrics")
 class MetricsView(MethodView):
     @roles(*ANY)
-    @blp.arguments(PortfolioQuerySchema, location="query", as_kwargs=True)
+    @blp.arguments(PortfolioQuerySchema, location="query", as_kwargs=True, unknown=RAISE)
     @blp.response(200, AnyObjectSchema)
     @_errors
     def get(self, **_query):

@@ -35,7 +35,8 @@ class StrictInteger(fields.Integer):
 
 
 def positive(**kwargs: Any) -> StrictFloat:
-    return StrictFloat(validate=validate.Range(min=0, min_inclusive=False, max=1e15), **kwargs)
+    metadata = {"exclusiveMinimum": True, **kwargs.pop("metadata", {})}  # tell the document 0 is excluded
+    return StrictFloat(validate=validate.Range(min=0, min_inclusive=False, max=1e15), metadata=metadata, **kwargs)
 
 
 def unit_interval(**kwargs: Any) -> StrictFloat:

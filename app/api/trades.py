@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from flask.views import MethodView
 from flask_smorest import Blueprint
+from marshmallow import RAISE
 
 from .auth import roles
 from .common import ERROR_RESPONSES, actor, ok, portfolio_id, service
@@ -30,7 +31,7 @@ def _errors(view):
 @blp.route("/process_trade")
 class ProcessTrade(MethodView):
     @roles("trader")
-    @blp.arguments(PortfolioQuerySchema, location="query", as_kwargs=True)
+    @blp.arguments(PortfolioQuerySchema, location="query", as_kwargs=True, unknown=RAISE)
     @blp.arguments(TradeIntentSchema)
     @blp.response(200, ProcessTradeResponseSchema)
     @_errors
@@ -47,7 +48,7 @@ class ProcessTrade(MethodView):
 @blp.route("/what_if")
 class WhatIf(MethodView):
     @roles("trader", "admin")
-    @blp.arguments(PortfolioQuerySchema, location="query", as_kwargs=True)
+    @blp.arguments(PortfolioQuerySchema, location="query", as_kwargs=True, unknown=RAISE)
     @blp.arguments(TradeIntentSchema)
     @blp.response(200, WhatIfResponseSchema)
     @_errors
@@ -60,7 +61,7 @@ class WhatIf(MethodView):
 @blp.route("/marks")
 class Marks(MethodView):
     @roles("trader")
-    @blp.arguments(PortfolioQuerySchema, location="query", as_kwargs=True)
+    @blp.arguments(PortfolioQuerySchema, location="query", as_kwargs=True, unknown=RAISE)
     @blp.arguments(MarksSchema)
     @blp.response(200, AnyObjectSchema)
     @_errors
@@ -72,7 +73,7 @@ class Marks(MethodView):
 @blp.route("/fills")
 class Fills(MethodView):
     @roles("trader")
-    @blp.arguments(PortfolioQuerySchema, location="query", as_kwargs=True)
+    @blp.arguments(PortfolioQuerySchema, location="query", as_kwargs=True, unknown=RAISE)
     @blp.arguments(FillSchema)
     @blp.response(200, AnyObjectSchema)
     @_errors
@@ -85,7 +86,7 @@ class Fills(MethodView):
 @blp.route("/positions/<string:symbol>/close")
 class ClosePosition(MethodView):
     @roles("trader")
-    @blp.arguments(PortfolioQuerySchema, location="query", as_kwargs=True)
+    @blp.arguments(PortfolioQuerySchema, location="query", as_kwargs=True, unknown=RAISE)
     @blp.arguments(CloseSchema)
     @blp.response(200, AnyObjectSchema)
     @_errors

@@ -106,3 +106,13 @@ def test_portfolio_id_in_query_and_body_must_agree(client, sql):
     r = client.post("/process_trade?portfolio_id=other", json={**SEED_INTENT, "portfolio_id": "default"})
     assert r.status_code == 422
     assert sql("SELECT count(*) FROM decisions")[0][0] == 0
+
+
+def test_nul_characters_are_a_422_not_a_database_error(client, sql):
+    r = client.get("/decisions", query_string={"symbol": "EUR\x00USD"})
+    assert r.status_code == 422
+    r = client.post("/halt", data='{"reason": "bad\\u0000reason"}', content_type=JSON)
+    assert r.status_code == 422
+    r = client.post("/process_trade", json={**json.loads(with_()), "intent_id": "a\x00b"})
+    assert r.status_code == 422
+    assert sql("SELECT count(*) FROM decisions")[0][0] == 0
