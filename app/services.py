@@ -128,88 +128,126 @@ class RPMService:
         portfolio_id = fields.get("portfolio_id") or "default"
 
         def run(session):
-            unsafe = self.unsafe_disable_portfolio_lock
-            loaded = self._load(session, portfolio_id, lock=not unsafe)
-            try:
-                intent = TradeIntent.create(loaded.config, **{**fields, "portfolio_id": portfolio_id})
-            except IntentError as exc:
-                raise Invalid("invalid trade intent", {k: [v] for k, v in exc.errors.items()}) from None
-            request_hash = hashlib.sha256(canonical_json(intent.to_dict()).encode()).hexdigest()
-            if intent.intent_id is not None:
+            loaded = self._load(session, portfolio_id, lock=not self.unsafe_disable_portfolio_lock)
+            row, replay = self._decide_one(session, loaded, fields, actor, started)
+            return self._trade_response(loaded, row, replay=replay)
+
+        return self._write(run)
+
+    def process_trades(self, items: list[dict[str, Any]], actor: Actor) -> dict[str, Any]:
+        """A list of intents decided in order, one transaction per portfolio, each its own decision.
+
+        Portfolios are locked in sorted order (no deadlock between two batches); an invalid intent
+        refuses the whole batch and nothing is written.
+        """
+        started = time.perf_counter()
+        by_portfolio: dict[str, list[int]] = {}
+        for index, fields in enumerate(items):
+            by_portfolio.setdefault(fields.get("portfolio_id") or "default", []).append(index)
+
+        def run(session):
+            answers: list[dict[str, Any] | None] = [None] * len(items)
+            states = {}
+            for portfolio_id in sorted(by_portfolio):
+                loaded = self._load(session, portfolio_id)
+                for index in by_portfolio[portfolio_id]:
+                    try:
+                        row, replay = self._decide_one(session, loaded, items[index], actor, started)
+                    except Invalid as exc:
+                        raise Invalid(f"intent {index}: {exc.message}", {str(index): exc.errors}) from None
+                    answers[index] = decision_payload(row, replay=replay)
+                states[portfolio_id] = engine.portfolio_summary(loaded.state, loaded.config)
+            return {"decisions": answers, "portfolio_states": states}
+
+        return self._write(run)
+
+    def _decide_one(self, session, loaded: Loaded, fields: dict[str, Any], actor: Actor,
+                    started: float) -> tuple[m.Decision, bool]:
+        """Decide one intent of a locked portfolio and write the decision and every change it causes."""
+        portfolio_id = loaded.row.id
+        unsafe = self.unsafe_disable_portfolio_lock
+        try:
+            intent = TradeIntent.create(loaded.config, **{**fields, "portfolio_id": portfolio_id})
+        except IntentError as exc:
+            raise Invalid("invalid trade intent", {k: [v] for k, v in exc.errors.items()}) from None
+        request_hash = hashlib.sha256(canonical_json(intent.to_dict()).encode()).hexdigest()
+        if intent.intent_id is not None:
+            stored = session.info.get("rpm_intents", {}).get((portfolio_id, intent.intent_id))
+            if stored is None:
                 stored = session.execute(
                     select(m.Decision).where(
                         m.Decision.portfolio_id == portfolio_id, m.Decision.intent_id == intent.intent_id
                     )
                 ).scalar_one_or_none()
-                if stored is not None:
-                    if stored.request_hash != request_hash:
-                        raise Conflict(
-                            f"intent_id {intent.intent_id!r} was already used with a different payload",
-                            decision_id=stored.id,
-                        )
-                    return self._trade_response(loaded, stored, replay=True)
-            now = self.clock()
-            outcome = engine.decide(loaded.state, intent, loaded.config, now, str(uuid.uuid4()))
-            d = outcome.decision
-            row = loaded.row
-            if unsafe:  # the naive way: decided on what was read, written with fresh counters
-                session.refresh(row, with_for_update=True)
-            row.last_seq += 1
-            metrics = RiskMetrics.from_counters(row.counters)
-            metrics.record(d)
-            row.counters = metrics.counters()
-            chain = Chain(row)
-            decision_row = chain.append(
+            if stored is not None:
+                if stored.request_hash != request_hash:
+                    raise Conflict(
+                        f"intent_id {intent.intent_id!r} was already used with a different payload",
+                        decision_id=stored.id,
+                    )
+                return stored, True
+        now = self.clock()
+        outcome = engine.decide(loaded.state, intent, loaded.config, now, str(uuid.uuid4()))
+        d = outcome.decision
+        row = loaded.row
+        if unsafe:  # the naive way: decided on what was read, written with fresh counters
+            session.refresh(row, with_for_update=True)
+        row.last_seq += 1
+        metrics = RiskMetrics.from_counters(row.counters)
+        metrics.record(d)
+        row.counters = metrics.counters()
+        chain = Chain(row)
+        decision_row = chain.append(
+            session,
+            m.Decision,
+            id=d.id,
+            portfolio_id=portfolio_id,
+            seq=row.last_seq,
+            intent_id=intent.intent_id,
+            request_hash=request_hash,
+            symbol=intent.symbol,
+            direction=intent.direction,
+            status=d.status.value,
+            reason_code=d.reason,
+            message=d.message,
+            approved_units=d.units,
+            price=intent.current_price,
+            reducing=d.reducing,
+            decided_at=now,
+            config_hash=d.config_hash,
+            config_version=row.config_version,
+            intent=intent.to_dict(),
+            breakdown=dict(d.breakdown),
+            context=dict(d.context),
+            state_before=repository.audit_state(loaded, engine.decision_inputs(loaded.state, intent, now)),
+            booking=outcome.booking.to_dict() if outcome.booking else None,
+            latency_ms=Decimal(f"{(time.perf_counter() - started) * 1000:.3f}"),
+            key_id=actor.key_id,
+            key_name=actor.name,
+            key_role=actor.role,
+        )
+        if outcome.booking is not None:
+            b = outcome.booking
+            repository.add_ledger(
                 session,
-                m.Decision,
-                id=d.id,
-                portfolio_id=portfolio_id,
-                seq=row.last_seq,
-                intent_id=intent.intent_id,
-                request_hash=request_hash,
-                symbol=intent.symbol,
-                direction=intent.direction,
-                status=d.status.value,
-                reason_code=d.reason,
-                message=d.message,
-                approved_units=d.units,
-                price=intent.current_price,
-                reducing=d.reducing,
-                decided_at=now,
-                config_hash=d.config_hash,
-                config_version=row.config_version,
-                intent=intent.to_dict(),
-                breakdown=dict(d.breakdown),
-                context=dict(d.context),
-                state_before=repository.audit_state(loaded, engine.decision_inputs(loaded.state, intent, now)),
-                booking=outcome.booking.to_dict() if outcome.booking else None,
-                latency_ms=Decimal(f"{(time.perf_counter() - started) * 1000:.3f}"),
-                key_id=actor.key_id,
-                key_name=actor.name,
-                key_role=actor.role,
+                row,
+                kind=b.kind,
+                symbol=b.symbol,
+                units=b.units * b.direction,
+                price=b.price,
+                realised=outcome.realised_pnl,
+                state=outcome.state,
+                at=now,
+                actor=actor.name,
+                decision_id=d.id,
             )
-            if outcome.booking is not None:
-                b = outcome.booking
-                repository.add_ledger(
-                    session,
-                    row,
-                    kind=b.kind,
-                    symbol=b.symbol,
-                    units=b.units * b.direction,
-                    price=b.price,
-                    realised=outcome.realised_pnl,
-                    state=outcome.state,
-                    at=now,
-                    actor=actor.name,
-                    decision_id=d.id,
-                )
-            repository.save(session, loaded, outcome.state, now)
-            repository.add_events(session, chain, portfolio_id, outcome.events, d.id)
-            session.flush()
-            loaded.state = outcome.state
-            return self._trade_response(loaded, decision_row, replay=False)
+        repository.save(session, loaded, outcome.state, now)
+        repository.add_events(session, chain, portfolio_id, outcome.events, d.id)
+        if intent.intent_id is not None:  # a retry later in the same batch finds it without a flush
+            session.info.setdefault("rpm_intents", {})[(portfolio_id, intent.intent_id)] = decision_row
+        loaded.state = outcome.state
+        return decision_row, False
 
-        return self._write(run)
 
     def _trade_response(self, loaded: Loaded, row: m.Decision, replay: bool) -> dict[str, Any]:
         return {

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from flask.views import MethodView
 from flask_smorest import Blueprint
-from marshmallow import RAISE
+from marshmallow import RAISE, Schema, fields, validate
 
-from .auth import roles
+from app.errors import Forbidden
+
+from .auth import current_principal, roles
 from .common import ERROR_RESPONSES, actor, ok, portfolio_id, service
 from .schemas import (
     AnyObjectSchema,
@@ -43,6 +45,28 @@ class ProcessTrade(MethodView):
         """
         body["portfolio_id"] = portfolio_id(body)
         return ok(service().process_trade(body, actor()))
+
+
+class TradeBatchSchema(Schema):
+    intents = fields.List(fields.Nested(TradeIntentSchema), required=True, validate=validate.Length(1, 1000))
+
+
+@blp.route("/process_trades")
+class ProcessTrades(MethodView):
+    @roles("trader")
+    @blp.arguments(TradeBatchSchema)
+    @blp.response(200, AnyObjectSchema)
+    @_errors
+    def post(self, body):
+        """Decide a list of intents in order, atomically per portfolio; each its own decision
+
+        Portfolios are taken in sorted order; an invalid intent refuses the whole batch.
+        """
+        principal = current_principal()
+        for intent in body["intents"]:
+            if principal is not None and not principal.may_use(intent.get("portfolio_id") or "default"):
+                raise Forbidden(f"this key may not use portfolio {intent.get('portfolio_id') or 'default'!r}")
+        return ok(service().process_trades(body["intents"], actor()))
 
 
 @blp.route("/what_if")

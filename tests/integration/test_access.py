@@ -16,6 +16,7 @@ ANY = {TRADER, COMPLIANCE, ADMIN}
 # (method, path, body, roles admitted)
 MATRIX = [
     ("POST", "/process_trade", SEED_INTENT, {TRADER}),
+    ("POST", "/process_trades", {"intents": [SEED_INTENT]}, {TRADER}),
     ("POST", "/what_if", SEED_INTENT, {TRADER, ADMIN}),
     ("POST", "/marks", {"prices": {"EURUSD": 1.1}}, {TRADER}),
     ("POST", "/fills", {"decision_id": "nope", "filled_units": 1, "fill_price": 1.1}, {TRADER}),

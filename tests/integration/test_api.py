@@ -209,3 +209,29 @@ def test_openapi_document_lists_every_endpoint_and_docs_are_local(client):
     for asset in ("swagger-ui-bundle.js", "swagger-ui.css", "swagger-ui-standalone-preset.js"):
         with client.get(f"/docs/assets/{asset}") as response:
             assert response.status_code == 200 and len(response.get_data()) > 1000
+
+
+def test_process_trades_decides_a_list_in_order_each_its_own_decision(client, sql):
+    client.post("/portfolios", json={"portfolio_id": "p2"})
+    intents = [{**SEED_INTENT, "atr": 0.05, "intent_id": "b1"},
+               {**SEED_INTENT, "atr": 0.05, "intent_id": "b2"},
+               {**SEED_INTENT, "confidence_score": 0.1},
+               {**SEED_INTENT, "portfolio_id": "p2"},
+               {**SEED_INTENT, "atr": 0.05, "intent_id": "b1"}]  # a retry within the batch
+    r = client.post("/process_trades", json={"intents": intents})
+    assert r.status_code == 200
+    d = r.json["decisions"]
+    assert [x["status"] for x in d] == ["APPROVED", "APPROVED", "REJECTED", "APPROVED", "APPROVED"]
+    assert [x["approved_trade"]["position_units"] for x in d[:2]] == [20000.0, 7272.72]  # the second sees the first
+    assert d[4]["replay"] is True and d[4]["id"] == d[0]["id"]
+    assert [x["seq"] for x in d] == [1, 2, 3, 1, 1]
+    assert set(r.json["portfolio_states"]) == {"default", "p2"}
+    assert sql("SELECT portfolio_id, count(*) FROM decisions GROUP BY portfolio_id ORDER BY 1") == [
+        ("default", 3), ("p2", 1)]
+    assert client.get("/audit/verify").json["ok"] is True
+
+
+def test_an_invalid_intent_refuses_the_whole_batch(client, sql):
+    r = client.post("/process_trades", json={"intents": [SEED_INTENT, {**SEED_INTENT, "symbol": "XAUXAU"}]})
+    assert r.status_code == 422 and "1" in r.json["errors"]
+    assert sql("SELECT count(*) FROM decisions")[0][0] == 0
