@@ -1,0 +1,211 @@
+"""Durable decisions under load, side by side with the database's own floor.
+
+    python -m bench.service [--seconds 20] [--clients 8] [--workers 4] [--threads 4] [--runs 3] [--rss]
+
+On a throw-away PostgreSQL database: starts `rpm serve` (gunicorn, production settings), drives
+POST /process_trade with wrk over loopback (a mix of opening, adding and closing intents on eight
+symbols, each its own intent_id, every decision committed), then POST /process_trades with 100
+intents per call; in the same run, pgbench runs the naive equivalent transaction (lock the
+portfolio row, read its positions, insert a decision with a ~1 KB JSON breakdown, upsert a position,
+update the portfolio) with the same number of clients. Prints decisions/s, p50/p99, approval mix,
+CPU and RSS per worker, and RPM's throughput as a ratio of pgbench's. Medians of --runs.
+A benchmark: it prints figures and asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+ROOT = Path(__file__).resolve().parents[1]
+PGBENCH_SQL = """\\set sym random(1, 8)
+BEGIN;
+SELECT id, last_seq FROM bench_portfolio WHERE id = 1 FOR UPDATE;
+SELECT symbol, units FROM bench_positions WHERE portfolio_id = 1;
+INSERT INTO bench_decisions (portfolio_id, symbol, breakdown, decided_at) VALUES (1, :sym, '{breakdown}', now());
+INSERT INTO bench_positions (portfolio_id, symbol, units) VALUES (1, :sym, 1000)
+    ON CONFLICT (portfolio_id, symbol) DO UPDATE SET units = bench_positions.units + 1;
+UPDATE bench_portfolio SET last_seq = last_seq + 1 WHERE id = 1;
+COMMIT;
+"""
+BREAKDOWN = json.dumps({"sizing": {f"factor_{i}": i * 1.2345 for i in range(20)},
+                        "constraints": [{"name": f"c{i}", "before": 1000.0, "after": 900.0, "result": "PASS"}
+                                        for i in range(8)]})
+
+
+def pg_bin(name: str) -> str:
+    found = shutil.which(name)
+    if found:
+        return found
+    for folder in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True):
+        if (folder / name).exists():
+            return str(folder / name)
+    raise SystemExit(f"{name} not found")
+
+
+def http(method: str, url: str, key: str, body=None):
+    request = urllib.request.Request(url, method=method, data=None if body is None else json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json", "Authorization": f"Bearer {key}"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
+def worker_pids(master: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(master)], capture_output=True, text=True).stdout.split()
+    return [int(p) for p in out]
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def wrk(url: str, key: str, tag: str, seconds: float, clients: int, batch: int = 0) -> dict:
+    out = subprocess.run(["wrk", "-t", str(min(clients, 2)), "-c", str(clients), "-d", f"{max(1, int(seconds))}s",
+                          "--timeout", "10s", "-s", str(ROOT / "bench" / "wrk_intents.lua"), url, "--",
+                          key, tag, str(batch)], capture_output=True, text=True, check=True).stdout
+    line = next(line for line in out.splitlines() if line.startswith("RESULT "))
+    return json.loads(line[len("RESULT "):])
+
+
+def pgbench(url: str, seconds: float, clients: int) -> float:
+    u = make_url(url)
+    with tempfile.NamedTemporaryFile("w", suffix=".sql", delete=False) as f:
+        f.write(PGBENCH_SQL.replace("{breakdown}", BREAKDOWN))
+        script = f.name
+    out = subprocess.run([pg_bin("pgbench"), "-n", "-c", str(clients), "-j", "2", "-T", str(int(seconds)),
+                          "-f", script, "-h", u.host or "127.0.0.1", "-p", str(u.port or 5432),
+                          "-U", u.username or "postgres", u.database], capture_output=True, text=True, check=True)
+    os.unlink(script)
+    tps = next(line for line in out.stdout.splitlines() if line.startswith("tps"))
+    return float(tps.split("=")[1].split()[0])
+
+
+def prepare_pgbench(url: str) -> None:
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE bench_portfolio (id int PRIMARY KEY, last_seq bigint NOT NULL)"))
+        conn.execute(text("INSERT INTO bench_portfolio VALUES (1, 0)"))
+        conn.execute(text("CREATE TABLE bench_positions (portfolio_id int, symbol text, units numeric, "
+                          "PRIMARY KEY (portfolio_id, symbol))"))
+        conn.execute(text("CREATE TABLE bench_decisions (id bigserial PRIMARY KEY, portfolio_id int, symbol text, "
+                          "breakdown jsonb, decided_at timestamptz)"))
+    engine.dispose()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=float, default=20)
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--workers", type=int, default=int(os.environ.get("RPM_WORKERS", 4)))
+    parser.add_argument("--threads", type=int, default=int(os.environ.get("RPM_THREADS", 4)))
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--rss", action="store_true", help="also: RSS per worker over 100,000 decisions")
+    parser.add_argument("--admin-url", default="postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+    args = parser.parse_args()
+    if not shutil.which("wrk"):
+        raise SystemExit("wrk not found: apt-get install -y wrk")
+
+    name = "rpm_bench_service"
+    admin = create_engine(args.admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = make_url(args.admin_url).set(database=name).render_as_string(hide_password=False)
+    admin_key = "rpm_benchadm_" + "b" * 40
+    port = 8095
+    env = {**os.environ, "DATABASE_URL": url, "RPM_PORT": str(port), "RPM_HOST": "127.0.0.1",
+           "RPM_WORKERS": str(args.workers), "RPM_THREADS": str(args.threads), "RPM_BOOTSTRAP_ADMIN_KEY": admin_key,
+           "RPM_LOG_LEVEL": "warning"}
+    server = subprocess.Popen([sys.executable, "-m", "app.cli", "serve"], cwd=ROOT, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(300):
+            try:
+                urllib.request.urlopen(base + "/health/ready", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.1)
+        trader = subprocess.run([sys.executable, "-m", "app.cli", "keys", "create", "--role", "trader", "--name",
+                                 "bench"], cwd=ROOT, env=env, capture_output=True, text=True,
+                                check=True).stdout.strip()
+        config = http("GET", base + "/config", admin_key)["config"]
+        config.update(max_intents_per_second=1_000_000, max_drawdown=1.0, max_daily_drawdown=1.0,
+                      daily_loss_limit=1.0, weekly_loss_limit=1.0, confidence_collapse_threshold=0.0,
+                      max_symbol_exposure_pct=0.5, max_currency_exposure_pct=1.0, max_gross_exposure_pct=5.0,
+                      max_net_exposure_pct=3.0)
+        http("PUT", base + "/config", admin_key, {"config": config, "reason": "benchmark"})
+        http("POST", base + "/marks", trader, {"prices": {"EURUSD": 1.1, "GBPUSD": 1.25, "AUDUSD": 0.65,
+                                                          "NZDUSD": 0.6, "USDJPY": 150.0, "USDCHF": 0.9,
+                                                          "USDCAD": 1.35, "EURGBP": 0.88}})
+        prepare_pgbench(url)
+        wrk(base + "/process_trade", trader, "warm", 3, args.clients)
+        workers = worker_pids(server.pid)
+        singles, batches, floors = [], [], []
+        cpu_before = {p: cpu_seconds(p) for p in workers}
+        for run in range(args.runs):
+            floors.append(pgbench(url, args.seconds, args.clients))
+            singles.append(wrk(base + "/process_trade", trader, f"s{run}", args.seconds, args.clients))
+            batches.append(wrk(base + "/process_trades", trader, f"b{run}", args.seconds / 2, 2, batch=100))
+        cpu_after = {p: cpu_seconds(p) for p in workers}
+        rates = [r["requests"] / r["seconds"] for r in singles]
+        ratios = [rate / floor for rate, floor in zip(rates, floors, strict=True)]
+        batch_rates = [100 * r["requests"] / r["seconds"] for r in batches]
+        approved = sum(r["approved"] for r in singles)
+        rejected = sum(r["rejected"] for r in singles)
+        print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+              f"gunicorn gthread {args.workers} workers x {args.threads} threads, {args.clients} clients (wrk)")
+        for run, (r, floor, batch) in enumerate(zip(singles, floors, batches, strict=True)):
+            print(f"  run {run + 1}: pgbench naive txn {floor:,.0f} tps | RPM /process_trade "
+                  f"{r['requests'] / r['seconds']:,.0f} decisions/s, p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms, "
+                  f"errors {r['errors'] + r['socket_errors']} | /process_trades x100 "
+                  f"{100 * batch['requests'] / batch['seconds']:,.0f} decisions/s")
+        print(f"median: pgbench {statistics.median(floors):,.0f} tps; RPM {statistics.median(rates):,.0f} decisions/s "
+              f"= {statistics.median(ratios):.2f} x pgbench; p50 {statistics.median(r['p50_ms'] for r in singles):.1f} ms, "
+              f"p99 {statistics.median(r['p99_ms'] for r in singles):.1f} ms; "
+              f"/process_trades x100: {statistics.median(batch_rates):,.0f} decisions/s")
+        print(f"approval mix (single intents): {approved:,} approved, {rejected:,} rejected "
+              f"({approved / max(1, approved + rejected):.0%} approved)")
+        elapsed = args.runs * args.seconds * 1.5
+        for p in workers:
+            print(f"  worker {p}: CPU {(cpu_after[p] - cpu_before[p]) / elapsed:.0%} of a core over the runs, "
+                  f"RSS {rss_mb(p):.0f} MB")
+        if args.rss:
+            print("RSS per worker over 100,000 decisions (POST /process_trades x100):")
+            done = 0
+            while done < 100_000:
+                r = wrk(base + "/process_trades", trader, f"rss{done}", 5, 2, batch=100)
+                done += 100 * r["requests"]
+                print(f"  after {done:,} decisions: " + ", ".join(f"{rss_mb(p):.0f} MB" for p in workers))
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(20)
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+if __name__ == "__main__":
+    main()
