@@ -6,6 +6,7 @@ import hashlib
 import hmac
 import logging
 import secrets
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -76,8 +77,12 @@ def _key_payload(row: m.ApiKey, now: datetime) -> dict[str, Any]:
 
 
 class KeyStore:
-    def __init__(self, service: RPMService):
+    def __init__(self, service: RPMService, cache_seconds: float = 2.0):
         self.service = service
+        # authenticated keys are remembered briefly (a lookup per request costs a transaction);
+        # a revocation takes effect at once in this process and within cache_seconds in the others
+        self.cache_seconds = cache_seconds
+        self._cache: dict[str, tuple[float, _KeyRecord]] = {}
 
     def create(self, role: str, name: str | None, portfolios: list[str] | None, actor: Actor,
                expires_in: timedelta | None = None, key: str | None = None) -> tuple[str, dict[str, Any]]:
@@ -137,6 +142,7 @@ class KeyStore:
             before = _key_payload(row, now)
             if row.revoked_at is None:
                 row.revoked_at = now
+            self._cache.pop(row.prefix, None)
             repository.add_admin_action(session, system_chain(session), portfolio_id=None, action="key_revoke", actor=actor.name,
                                         actor_role=actor.role, actor_key_id=actor.key_id, at=now, reason=reason,
                                         before=before, after=_key_payload(row, now))
@@ -146,6 +152,11 @@ class KeyStore:
     def authenticate(self, key: str) -> Principal:
         """The principal of a presented key; Unauthorized for a missing, unknown, revoked or expired one."""
         prefix = key_prefix(key)
+        cached = self._cache.get(prefix)
+        if cached is not None and time.monotonic() - cached[0] < self.cache_seconds:
+            row = cached[1]
+        else:
+            row = None
 
         def run(session):
             row = session.execute(select(m.ApiKey).where(m.ApiKey.prefix == prefix)).scalar_one_or_none()
@@ -154,7 +165,10 @@ class KeyStore:
             return _KeyRecord(row.id, row.key_hash, row.name, row.role, row.portfolios, row.expires_at,
                               row.revoked_at)
 
-        row = self.service._read(run)
+        if row is None:
+            row = self.service._read(run)
+            if row is not None:
+                self._cache[prefix] = (time.monotonic(), row)
         digest = hash_key(key)
         # compare even when the prefix is unknown, so that timing does not tell which prefixes exist
         stored = row.key_hash if row is not None else "0" * 64

@@ -30,6 +30,7 @@ class Settings:
     default_capital: float = 100_000.0
     instance_path: str | None = None
     log_level: str = "INFO"
+    auth_cache_seconds: float = 2.0
     # TEST ONLY: decide without the portfolio lock, to show that the race tests can fail
     unsafe_disable_portfolio_lock: bool = False
     extra: dict = field(default_factory=dict)
@@ -51,6 +52,7 @@ class Settings:
             default_capital=float(os.environ.get("RPM_DEFAULT_CAPITAL", "100000")),
             instance_path=os.environ.get("RPM_INSTANCE_PATH") or None,
             log_level=os.environ.get("RPM_LOG_LEVEL", "INFO"),
+            auth_cache_seconds=float(os.environ.get("RPM_AUTH_CACHE_SECONDS", "2")),
             unsafe_disable_portfolio_lock=os.environ.get("RPM_TEST_UNSAFE_DISABLE_PORTFOLIO_LOCK") == "1",
         )
 

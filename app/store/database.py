@@ -41,9 +41,11 @@ def make_engine(url: str, *, lock_timeout_ms: int = 2000, statement_timeout_ms: 
 
         return engine
     options = f"-c lock_timeout={lock_timeout_ms} -c statement_timeout={statement_timeout_ms}"
+    # no pool_pre_ping (a round trip per transaction): a connection found dead fails its request with
+    # a 503, and SQLAlchemy then invalidates the whole pool, so the next request gets a fresh one
     return create_engine(
         url,
-        pool_pre_ping=True,
+        pool_pre_ping=False,
         pool_size=pool_size,
         max_overflow=pool_size,
         pool_timeout=max(1, lock_timeout_ms // 1000 + 1),

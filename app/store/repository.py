@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import String, cast, func, literal, select, text
+from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, make_transient_to_detached
 
 from app.risk import PortfolioState, RPMConfig
 from app.risk.config import canonical_json
@@ -52,6 +53,8 @@ def lock_portfolio(session: Session, portfolio_id: str) -> m.Portfolio:
 
 
 def load(session: Session, portfolio_id: str, *, lock: bool = True) -> Loaded:
+    if session.get_bind().dialect.name == "postgresql":
+        return _load_in_two_round_trips(session, portfolio_id, lock)
     if lock:
         row = lock_portfolio(session, portfolio_id)
     else:
@@ -62,6 +65,68 @@ def load(session: Session, portfolio_id: str, *, lock: bool = True) -> Loaded:
     marks = {k.symbol: k for k in session.scalars(select(m.Mark).where(m.Mark.portfolio_id == row.id))}
     config = config_for(session, row.id, row.config_version)
     return Loaded(row, positions, marks, to_state(row, positions, marks), config)
+
+
+def _rows_json(model: type, columns: list[str], portfolio_id: str):
+    """A subquery: the portfolio's rows of ``model`` as one JSON array (text for exact decimals)."""
+    table = model.__table__
+    pairs = []
+    for name in columns:
+        column = table.c[name]
+        pairs += [literal(name), cast(column, String) if name not in ("history",) else column]
+    return (select(func.coalesce(func.json_agg(func.json_build_object(*pairs)), text("'[]'::json")))
+            .where(table.c.portfolio_id == portfolio_id).scalar_subquery())
+
+
+_POSITION_COLUMNS = ["symbol", "units", "avg_price", "opened_at", "updated_at"]
+_MARK_COLUMNS = ["symbol", "price", "history", "history_hash", "updated_at"]
+
+
+def _load_in_two_round_trips(session: Session, portfolio_id: str, lock: bool) -> Loaded:
+    """PostgreSQL: lock the portfolio row, then read its positions and marks in one statement.
+
+    Two statements, not one: under READ COMMITTED a statement reads with the snapshot it started
+    with, so positions read in the statement that waited for the lock could predate the commit
+    of the transaction that held it (the race test catches exactly that). The positions and marks
+    become persistent ORM objects without another query, so the unit of work writes only what changed.
+    """
+    if lock:
+        row = lock_portfolio(session, portfolio_id)
+    else:
+        row = session.get(m.Portfolio, portfolio_id)
+        if row is None:
+            raise PortfolioNotFound(portfolio_id)
+    position_rows, mark_rows = session.execute(select(
+        _rows_json(m.Position, _POSITION_COLUMNS, portfolio_id), _rows_json(m.Mark, _MARK_COLUMNS, portfolio_id))
+    ).one()
+    positions = {}
+    for data in position_rows:
+        position = m.Position(portfolio_id=row.id, symbol=data["symbol"], units=Decimal(data["units"]),
+                              avg_price=Decimal(data["avg_price"]), opened_at=_ts(data["opened_at"]),
+                              updated_at=_ts(data["updated_at"]))
+        positions[position.symbol] = _attach(session, position)
+    marks = {}
+    for data in mark_rows:
+        mark = m.Mark(portfolio_id=row.id, symbol=data["symbol"], price=Decimal(data["price"]),
+                      history=data["history"], history_hash=data["history_hash"], updated_at=_ts(data["updated_at"]))
+        marks[mark.symbol] = _attach(session, mark)
+    config = config_for(session, row.id, row.config_version)
+    return Loaded(row, positions, marks, to_state(row, positions, marks), config)
+
+
+def _ts(value: str | None) -> datetime | None:
+    # timestamptz cast to text: "2026-03-02 12:00:00+00"
+    return None if value is None else datetime.fromisoformat(value).astimezone(UTC)
+
+
+def _attach(session: Session, obj: Any) -> Any:
+    """Make a row built from data already read a persistent object of the session, without a query."""
+    existing = session.identity_map.get(sa_inspect(obj).mapper.identity_key_from_instance(obj))
+    if existing is not None:
+        return existing
+    make_transient_to_detached(obj)
+    session.add(obj)
+    return obj
 
 
 def config_for(session: Session, portfolio_id: str, version: int) -> RPMConfig:
