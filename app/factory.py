@@ -17,8 +17,16 @@ def create_app(settings: Settings | None = None, *, clock: Callable[[], datetime
     app.config["RPM_SETTINGS"] = settings
     app.json.sort_keys = False
     register_service(app, settings, clock)
+    register_observability(app, settings)
     register_api(app)
     return app
+
+
+def register_observability(app: Flask, settings: Settings) -> None:
+    from .observability import configure_logging, register_request_ids
+
+    configure_logging(settings.log_level)
+    register_request_ids(app)
 
 
 def register_service(app: Flask, settings: Settings, clock: Callable[[], datetime] | None) -> None:

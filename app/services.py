@@ -47,6 +47,7 @@ class Actor:
     name: str
     role: str
     key_id: str | None = None
+    request_id: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"key_id": self.key_id, "name": self.name, "role": self.role}
@@ -225,6 +226,7 @@ class RPMService:
             key_id=actor.key_id,
             key_name=actor.name,
             key_role=actor.role,
+            request_id=actor.request_id,
         )
         if outcome.booking is not None:
             b = outcome.booking

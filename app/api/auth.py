@@ -61,8 +61,8 @@ def current_principal() -> Principal | None:
 def current_actor() -> Actor:
     principal = current_principal()
     if principal is None:  # only public routes have none, and they record nothing
-        return Actor("anonymous", "none")
-    return principal.actor
+        return Actor("anonymous", "none", request_id=g.get("request_id"))
+    return Actor(principal.name, principal.role, principal.key_id, request_id=g.get("request_id"))
 
 
 def requested_portfolio() -> str:

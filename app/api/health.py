@@ -11,7 +11,7 @@ from app.errors import Unavailable
 
 from .auth import ANY, public, roles
 from .common import ERROR_RESPONSES, error_response, ok, portfolio_id, service
-from .schemas import AnyObjectSchema, PortfolioQuerySchema
+from .schemas import AnyObjectSchema, MetricsQuerySchema, PortfolioQuerySchema
 
 blp = Blueprint("monitoring", __name__, description="Portfolio, health and metrics")
 
@@ -50,11 +50,21 @@ class HealthView(MethodView):
 @blp.route("/metrics")
 class MetricsView(MethodView):
     @roles(*ANY)
-    @blp.arguments(PortfolioQuerySchema, location="query", as_kwargs=True, unknown=RAISE)
+    @blp.arguments(MetricsQuerySchema, location="query", as_kwargs=True, unknown=RAISE)
     @blp.response(200, AnyObjectSchema)
     @_errors
     def get(self, **_query):
-        """Decision counts, approval rate, rejections by reason and category, sizing and latency"""
+        """Decision counts, approval rate, rejections by reason and category, sizing and latency
+
+        Prometheus text format with `Accept: text/plain` (or `?format=prometheus`).
+        """
+        from flask import Response
+
+        from app.observability import prometheus_text, wants_prometheus
+
+        if wants_prometheus():
+            body, content_type = prometheus_text(service())
+            return Response(body, content_type=content_type)
         return ok(service().metrics(portfolio_id()))
 
 

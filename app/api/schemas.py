@@ -53,6 +53,12 @@ class PortfolioQuerySchema(Schema):
     portfolio_id = portfolio_field()
 
 
+class MetricsQuerySchema(Schema):
+    portfolio_id = portfolio_field()
+    format = fields.String(validate=validate.OneOf(["json", "prometheus"]),
+                           metadata={"description": "prometheus: the text exposition format"})
+
+
 class TradeIntentSchema(Schema):
     symbol = fields.String(required=True, validate=validate.Regexp(SYMBOL_RE, error="not a valid symbol"),
                            metadata={"example": "EURUSD"})

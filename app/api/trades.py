@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from flask.views import MethodView
 from flask_smorest import Blueprint
 from marshmallow import RAISE, Schema, fields, validate
@@ -24,6 +26,17 @@ from .schemas import (
 blp = Blueprint("trading", __name__, description="Trade intents, marks, fills and closes")
 
 
+def observed(*decisions) -> None:
+    """After the commit: Prometheus counters, and the decision in the request's log line."""
+    from flask import g
+
+    from app.observability import record_decisions
+
+    record_decisions(list(decisions), time.perf_counter() - g.get("started", time.perf_counter()))
+    if len(decisions) == 1:
+        g.decision_id, g.decision_status = decisions[0]["id"], decisions[0]["status"]
+
+
 def _errors(view):
     for status, text in ERROR_RESPONSES.items():
         view = blp.alt_response(status, description=text)(view)
@@ -44,7 +57,9 @@ class ProcessTrade(MethodView):
         The answer is sent only after the decision is committed.
         """
         body["portfolio_id"] = portfolio_id(body)
-        return ok(service().process_trade(body, actor()))
+        answer = service().process_trade(body, actor())
+        observed(answer["decision"])
+        return ok(answer)
 
 
 class TradeBatchSchema(Schema):
@@ -66,7 +81,9 @@ class ProcessTrades(MethodView):
         for intent in body["intents"]:
             if principal is not None and not principal.may_use(intent.get("portfolio_id") or "default"):
                 raise Forbidden(f"this key may not use portfolio {intent.get('portfolio_id') or 'default'!r}")
-        return ok(service().process_trades(body["intents"], actor()))
+        answer = service().process_trades(body["intents"], actor())
+        observed(*answer["decisions"])
+        return ok(answer)
 
 
 @blp.route("/what_if")

@@ -187,6 +187,8 @@ class Decision(Base):
     key_id: Mapped[str | None] = mapped_column(String(36))
     key_name: Mapped[str | None] = mapped_column(String(128))
     key_role: Mapped[str | None] = mapped_column(String(16))
+    # the request that carried it (X-Request-ID, also in the logs)
+    request_id: Mapped[str | None] = mapped_column(String(64))
     # the portfolio's audit chain (see app/store/audit.py)
     audit_seq: Mapped[int] = mapped_column(BigInteger)
     prev_hash: Mapped[str] = mapped_column(String(64))

@@ -1,0 +1,147 @@
+"""Operations: Prometheus metrics (correct under several gunicorn workers), JSON logs, request ids.
+
+Counters and the latency histogram live in prometheus-client's multiprocess mode when
+PROMETHEUS_MULTIPROC_DIR is set (`rpm serve` sets it); trading state, equity and drawdown are
+read from the database at scrape time, so every worker answers the same.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import time
+import uuid
+from typing import Any
+
+from flask import Flask, g, request
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+
+DECISIONS = Counter("rpm_decisions_total", "Decisions made, by portfolio, status and reason code",
+                    ["portfolio", "status", "reason"])
+LATENCY = Histogram("rpm_decision_latency_seconds", "Time to decide and commit one intent",
+                    ["portfolio"], buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5))
+REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+def record_decisions(decisions: list[dict[str, Any]], seconds: float) -> None:
+    """After the commit: count what was decided (replays are not new decisions)."""
+    for d in decisions:
+        if d.get("replay"):
+            continue
+        DECISIONS.labels(d["portfolio_id"], d["status"], d["reason"] or "").inc()
+        LATENCY.labels(d["portfolio_id"]).observe(seconds)
+
+
+class PortfolioCollector:
+    """Gauges read from the database at scrape time: the same answer from every worker."""
+
+    def __init__(self, service: Any):
+        self.service = service
+
+    def collect(self):
+        state = GaugeMetricFamily("rpm_trading_halted", "1 when the portfolio is halted (reduce-only)",
+                                  labels=["portfolio"])
+        equity = GaugeMetricFamily("rpm_equity", "Equity in the account currency", labels=["portfolio"])
+        drawdown = GaugeMetricFamily("rpm_drawdown_ratio", "1 - equity / peak equity", labels=["portfolio"])
+        for p in self.service.list_portfolios(None):
+            summary = self.service.portfolio(p["portfolio_id"])
+            state.add_metric([p["portfolio_id"]], 1.0 if summary["trading_state"] == "HALTED" else 0.0)
+            equity.add_metric([p["portfolio_id"]], summary["equity"])
+            drawdown.add_metric([p["portfolio_id"]], summary["drawdown"])
+        yield from (state, equity, drawdown)
+
+
+def prometheus_text(service: Any) -> tuple[bytes, str]:
+    registry = CollectorRegistry()
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.MultiProcessCollector(registry)
+    else:
+        registry.register(DECISIONS)
+        registry.register(LATENCY)
+    registry.register(PortfolioCollector(service))
+    return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+def wants_prometheus() -> bool:
+    if request.args.get("format") == "prometheus":
+        return True
+    accept = request.headers.get("Accept", "")
+    return "text/plain" in accept or "application/openmetrics-text" in accept
+
+
+# -- structured logs and request ids ------------------------------------------------------------
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line; the key's name and prefix when known, never the key."""
+
+    converter = time.gmtime  # UTC timestamps
+    FIELDS = ("request_id", "method", "path", "status", "duration_ms", "portfolio", "key_name", "key_prefix",
+              "decision_id", "decision_status")
+
+    def format(self, record: logging.LogRecord) -> str:
+        event: dict[str, Any] = {
+            "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "event": record.getMessage(),
+        }
+        for name in self.FIELDS:
+            value = getattr(record, name, None)
+            if value is not None:
+                event[name] = value
+        if record.exc_info:
+            event["exception"] = self.formatException(record.exc_info)
+        return json.dumps(event, default=str)
+
+
+def configure_logging(level: str) -> None:
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonFormatter())
+    for name in ("rpm", "rpm.auth", "rpm.access", "app"):
+        logger = logging.getLogger(name)
+        logger.handlers = [handler]
+        logger.setLevel(level.upper())
+        logger.propagate = False
+
+
+def register_request_ids(app: Flask) -> None:
+    access = logging.getLogger("rpm.access")
+
+    @app.before_request
+    def assign_request_id() -> None:
+        given = request.headers.get("X-Request-ID", "")
+        g.request_id = given if REQUEST_ID_RE.match(given) else uuid.uuid4().hex
+        g.started = time.perf_counter()
+
+    @app.after_request
+    def log_request(response):
+        request_id = g.get("request_id") or uuid.uuid4().hex
+        response.headers["X-Request-ID"] = request_id
+        principal = g.get("rpm_principal")
+        access.info("request", extra={
+            "request_id": request_id, "method": request.method, "path": request.path,
+            "status": response.status_code,
+            "duration_ms": round((time.perf_counter() - g.get("started", time.perf_counter())) * 1000, 3),
+            "portfolio": request.args.get("portfolio_id") or _body_portfolio(),
+            "key_name": principal.name if principal else None,
+            "decision_id": g.get("decision_id"), "decision_status": g.get("decision_status"),
+        })
+        return response
+
+
+def _body_portfolio() -> str | None:
+    body = request.get_json(silent=True) if request.is_json else None
+    value = body.get("portfolio_id") if isinstance(body, dict) else None
+    return value if isinstance(value, str) else None
+
+
+def current_request_id() -> str | None:
+    try:
+        return g.get("request_id")
+    except RuntimeError:  # outside a request (CLI, tests of the service layer)
+        return None
