@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: install run test lint unit soak bench-engine demo pg clean
+.PHONY: install run test lint unit soak bench bench-engine bench-audit demo pg clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,7 +38,8 @@ unit: install
 
 ## longer runs of the randomized and crash tests
 soak: install pg
-	RPM_BOOKS_OPS=10000 $(BIN)/pytest tests/integration/test_books.py -s
+	RPM_BOOKS_OPS=10000 RPM_SOAK_KILLS=10 RPM_SOAK_SECONDS=5 \
+		$(BIN)/pytest tests/integration/test_books.py tests/integration/test_guarantees.py -k "books or kill" -s
 
 ## the nine scenarios of the original design, on a throw-away embedded database
 demo: install
@@ -46,6 +47,15 @@ demo: install
 
 bench-engine: install
 	$(BIN)/python -m bench.engine
+
+## the benchmarks (throw-away databases; wrk from Debian's packages is installed if missing)
+bench: install pg
+	@command -v wrk >/dev/null || apt-get install -y -q wrk
+	$(BIN)/python -m bench.engine
+	$(BIN)/python -m bench.service
+
+bench-audit: install pg
+	$(BIN)/python -m bench.audit_scale
 
 clean:
 	rm -rf $(VENV) instance .pytest_cache .ruff_cache .hypothesis

@@ -1,5 +1,6 @@
 """SPEC §6 proven through real servers: idempotent, fail-closed, crash-safe, race-free."""
 
+import os
 import random
 import threading
 import time
@@ -191,7 +192,9 @@ def test_kill_minus_nine_under_load_loses_and_duplicates_nothing(servers, databa
 
     A client retries an unanswered intent with the same intent_id, as a real one would.
     """
-    kills, clients, duration = 3, 6, 2.0
+    # `make soak` runs more kills for longer (RPM_SOAK_KILLS, RPM_SOAK_SECONDS)
+    kills = int(os.environ.get("RPM_SOAK_KILLS", "3"))
+    clients, duration = 6, float(os.environ.get("RPM_SOAK_SECONDS", "2"))
     port_env = {"DATABASE_URL": database_url}
     server = servers(port_env, workers=3, threads=4)
     port = server.port
