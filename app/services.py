@@ -273,6 +273,28 @@ class RPMService:
 
         return self._read(run)
 
+    @staticmethod
+    def _equity_point(session, portfolio_id: str, outcome: engine.Outcome, now: datetime) -> None:
+        from .risk.kill_switches import drawdown
+
+        session.add(m.EquityPoint(portfolio_id=portfolio_id, at=now, equity=outcome.equity,
+                                  drawdown=Decimal(repr(drawdown(outcome.state, outcome.equity)))))
+
+    def equity_curve(self, portfolio_id: str, since: datetime | None, limit: int = 500) -> dict[str, Any]:
+        """Equity and drawdown over time (after each mark, fill and close), at most ``limit`` points."""
+        def run(session):
+            self._load(session, portfolio_id, lock=False)
+            query = select(m.EquityPoint.at, m.EquityPoint.equity, m.EquityPoint.drawdown).where(
+                m.EquityPoint.portfolio_id == portfolio_id)
+            if since is not None:
+                query = query.where(m.EquityPoint.at >= since)
+            rows = session.execute(query.order_by(m.EquityPoint.at)).all()
+            step = max(1, -(-len(rows) // limit))
+            picked = rows[::step] + ([rows[-1]] if rows and (len(rows) - 1) % step else [])
+            return {"portfolio_id": portfolio_id, "points": [
+                {"at": at.isoformat(), "equity": float(eq), "drawdown": float(dd)} for at, eq, dd in picked]}
+        return self._read(run)
+
     def apply_marks(self, portfolio_id: str, prices: dict[str, Any], actor: Actor) -> dict[str, Any]:
         def run(session):
             loaded = self._load(session, portfolio_id)
@@ -282,6 +304,7 @@ class RPMService:
             now = self.clock()
             outcome = engine.mark(loaded.state, prices, loaded.config, now)
             repository.save(session, loaded, outcome.state, now)
+            self._equity_point(session, portfolio_id, outcome, now)
             repository.add_events(session, Chain(loaded.row), portfolio_id, outcome.events)
             return {
                 "portfolio_state": engine.portfolio_summary(outcome.state, loaded.config),
@@ -338,6 +361,7 @@ class RPMService:
                 decision_id=decision_id,
             )
             repository.save(session, loaded, outcome.state, now)
+            self._equity_point(session, portfolio_id, outcome, now)
             repository.add_events(session, Chain(loaded.row), portfolio_id, outcome.events, decision_id)
             return {
                 "decision_id": decision_id,
@@ -372,6 +396,7 @@ class RPMService:
                 actor=actor.name,
             )
             repository.save(session, loaded, outcome.state, now)
+            self._equity_point(session, portfolio_id, outcome, now)
             repository.add_events(session, Chain(loaded.row), portfolio_id, outcome.events)
             return {
                 "closed": outcome.extra["closed"],

@@ -51,7 +51,10 @@ class HealthView(MethodView):
 class MetricsView(MethodView):
     @roles(*ANY)
     @blp.arguments(MetricsQuerySchema, location="query", as_kwargs=True, unknown=RAISE)
-    @blp.response(200, AnyObjectSchema)
+    @blp.doc(responses={"200": {
+        "description": "decision statistics (JSON), or the Prometheus text format",
+        "content": {"application/json": {"schema": {"type": "object"}},
+                    "text/plain": {"schema": {"type": "string"}}}}})
     @_errors
     def get(self, **_query):
         """Decision counts, approval rate, rejections by reason and category, sizing and latency

@@ -321,3 +321,16 @@ class MarkSnapshot(Base):
     symbol: Mapped[str] = mapped_column(String(32))
     prices: Mapped[list] = mapped_column(Json)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class EquityPoint(Base):
+    """Equity and drawdown after each change of the books (marks, fills, closes): the equity curve."""
+
+    __tablename__ = "equity_points"
+    __table_args__ = (Index("ix_equity_points_portfolio_at", "portfolio_id", "at"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    portfolio_id: Mapped[str] = mapped_column(ForeignKey("portfolios.id"))
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    equity: Mapped[Decimal] = mapped_column(Money)
+    drawdown: Mapped[float] = mapped_column(Numeric(12, 8).with_variant(DecimalText(), "sqlite"))

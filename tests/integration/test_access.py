@@ -178,8 +178,15 @@ def test_no_key_is_stored_in_clear_anywhere_in_the_database(client, keys, databa
 
 
 def test_failed_authentication_logs_the_prefix_only(raw_client, keys, caplog):
+    import logging
+
     bad = "rpm_feedface_" + "S" * 43
-    raw_client.get("/health", headers={"Authorization": f"Bearer {bad}"})
+    auth_log = logging.getLogger("rpm.auth")  # the rpm loggers write JSON lines and do not propagate
+    auth_log.addHandler(caplog.handler)
+    try:
+        raw_client.get("/health", headers={"Authorization": f"Bearer {bad}"})
+    finally:
+        auth_log.removeHandler(caplog.handler)
     assert any(getattr(r, "key_prefix", None) == "rpm_feedface" for r in caplog.records)
     assert all(bad not in r.getMessage() and "S" * 43 not in str(r.__dict__) for r in caplog.records)
 
