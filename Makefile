@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: install run test lint unit soak bench bench-engine bench-audit demo pg clean
+.PHONY: install run test browser lint unit soak bench bench-engine bench-audit demo pg clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,11 +26,20 @@ pg:
 		for i in $$(seq 1 30); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 1; done; \
 	fi
 
+## Debian's chromium + chromedriver for the console's browser test (installed when missing and root)
+browser:
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+		if [ "$$(id -u)" = 0 ]; then \
+			(apt-get update -q && apt-get install -y -q chromium chromium-driver) >/dev/null \
+			|| echo "WARNING: chromium could not be installed: the console browser test will be skipped"; \
+		else echo "NOTE: install chromium and chromium-driver to run the console browser test"; fi; \
+	fi
+
 lint: install
 	$(BIN)/ruff check .
 
 ## the whole suite against real PostgreSQL (each test gets its own fresh database)
-test: install pg lint
+test: install pg browser lint
 	$(BIN)/pytest
 
 unit: install

@@ -72,6 +72,7 @@ def register_api(app: Flask) -> Api:
     for module in (trades, health, admin, portfolios, audit):
         api.register_blueprint(module.blp)
     _register_docs_assets(app)
+    _register_console(app)
     _register_error_handlers(app)
     app.before_request(refuse_ambiguous_input)
     app.before_request(authorize)
@@ -88,6 +89,23 @@ def _register_docs_assets(app: Flask) -> None:
     @public
     def docs_assets(filename: str):
         return send_from_directory(folder, filename)
+
+
+def _register_console(app: Flask) -> None:
+    """The risk console: one page; it signs in with an API key kept in the browser tab."""
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parent.parent / "console"
+
+    @app.get("/console")
+    @public
+    def console():
+        response = send_from_directory(folder, "index.html")
+        response.headers["Content-Security-Policy"] = (
+            "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+            "connect-src 'self'; img-src 'self' data:; frame-ancestors 'none'")
+        response.headers["Cache-Control"] = "no-store"
+        return response
 
 
 def _register_error_handlers(app: Flask) -> None:

@@ -60,7 +60,7 @@ def allowed_portfolios(requested: str) -> tuple[str, ...] | None:
 
 @blp.route("/decisions")
 class Decisions(MethodView):
-    @roles("compliance")
+    @roles("compliance", "admin")
     @blp.arguments(DecisionQuerySchema, location="query", unknown=RAISE)
     @blp.doc(responses={"200": {
         "description": "a page of decisions (or, with format=csv, all of them as CSV)",
@@ -84,7 +84,7 @@ class Decisions(MethodView):
 
 @blp.route("/decisions/<string:decision_id>")
 class DecisionView(MethodView):
-    @roles("compliance")
+    @roles("compliance", "admin")
     @blp.response(200, AnyObjectSchema)
     @blp.alt_response(404, description=ERROR_RESPONSES[404])
     @blp.alt_response(503, description=ERROR_RESPONSES[503])
@@ -96,7 +96,7 @@ class DecisionView(MethodView):
 
 @blp.route("/audit/events")
 class AuditEvents(MethodView):
-    @roles("compliance")
+    @roles("compliance", "admin")
     @blp.arguments(EventQuerySchema, location="query", unknown=RAISE)
     @blp.response(200, AnyObjectSchema)
     @blp.alt_response(422, description=ERROR_RESPONSES[422])

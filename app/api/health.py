@@ -5,13 +5,13 @@ from __future__ import annotations
 from flask import current_app
 from flask.views import MethodView
 from flask_smorest import Blueprint
-from marshmallow import RAISE
+from marshmallow import RAISE, Schema, fields
 
 from app.errors import Unavailable
 
-from .auth import ANY, public, roles
+from .auth import ANY, current_principal, public, roles
 from .common import ERROR_RESPONSES, error_response, ok, portfolio_id, service
-from .schemas import AnyObjectSchema, MetricsQuerySchema, PortfolioQuerySchema
+from .schemas import AnyObjectSchema, MetricsQuerySchema, PortfolioQuerySchema, portfolio_field
 
 blp = Blueprint("monitoring", __name__, description="Portfolio, health and metrics")
 
@@ -94,3 +94,30 @@ class Ready(MethodView):
             details = {k: v for k, v in status.items() if k != "message"}
             return error_response(503, status["message"], **details)
         return ok(status)
+
+
+class EquityQuerySchema(Schema):
+    portfolio_id = portfolio_field()
+    since = fields.AwareDateTime(metadata={"description": "points at or after (ISO 8601)"})
+
+
+@blp.route("/portfolio/equity")
+class EquityCurve(MethodView):
+    @roles(*ANY)
+    @blp.arguments(EquityQuerySchema, location="query", unknown=RAISE)
+    @blp.response(200, AnyObjectSchema)
+    @_errors
+    def get(self, query):
+        """Equity and drawdown over time (after each mark, fill and close), at most 500 points"""
+        return ok(service().equity_curve(portfolio_id(), query.get("since")))
+
+
+@blp.route("/whoami")
+class WhoAmI(MethodView):
+    @roles(*ANY)
+    @blp.response(200, AnyObjectSchema)
+    def get(self):
+        """The calling key: name, role and portfolios (what a console may offer)"""
+        principal = current_principal()
+        return ok({"name": principal.name, "role": principal.role, "key_id": principal.key_id,
+                   "portfolios": list(principal.portfolios) if principal.portfolios is not None else None})

@@ -30,14 +30,16 @@ MATRIX = [
     ("PUT", "/config", {"config": {}, "reason": "matrix"}, {ADMIN}),
     ("GET", "/portfolios", None, ANY),
     ("POST", "/portfolios", {"portfolio_id": "made-by-matrix"}, {ADMIN}),
-    ("GET", "/decisions", None, {COMPLIANCE}),
-    ("GET", "/decisions/nope", None, {COMPLIANCE}),
-    ("GET", "/audit/events", None, {COMPLIANCE}),
+    ("GET", "/decisions", None, {COMPLIANCE, ADMIN}),
+    ("GET", "/decisions/nope", None, {COMPLIANCE, ADMIN}),
+    ("GET", "/audit/events", None, {COMPLIANCE, ADMIN}),
+    ("GET", "/portfolio/equity", None, ANY),
+    ("GET", "/whoami", None, ANY),
     ("GET", "/audit/verify", None, {COMPLIANCE}),
     ("POST", "/replay", {"preset": "conservative"}, {COMPLIANCE}),
 ]
 PUBLIC = [("GET", "/health/live"), ("GET", "/health/ready"), ("GET", "/openapi.json"), ("GET", "/docs"),
-          ("GET", "/docs/assets/swagger-ui.css")]
+          ("GET", "/docs/assets/swagger-ui.css"), ("GET", "/console")]
 
 
 def routes(app):

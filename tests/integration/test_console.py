@@ -1,0 +1,129 @@
+"""The risk console in a real headless Chromium, against a real `rpm serve` on PostgreSQL.
+
+Screenshots go to RPM_SCREENSHOT_DIR (default: test-artifacts/).
+"""
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from ..conftest import ROOT, SEED_INTENT, http
+
+pytestmark = pytest.mark.slow
+CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+SHOTS = Path(os.environ.get("RPM_SCREENSHOT_DIR", ROOT / "test-artifacts"))
+
+
+@pytest.fixture
+def browser(tmp_path):
+    if not (CHROMIUM and CHROMEDRIVER):
+        pytest.skip("Debian's chromium and chromium-driver are not installed (.ci/run installs them)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'chromium'}", "--window-size=1400,1300"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.implicitly_wait(0)
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    yield driver
+    driver.quit()
+
+
+def wait_for(predicate, timeout=15.0):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            if predicate():
+                return
+        except Exception as exc:  # the page is re-rendered every 2 s: elements come and go
+            last = exc
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting ({last})")
+
+
+def sign_in(driver, url, key):
+    from selenium.webdriver.common.by import By
+
+    driver.get(url + "/console")
+    wait_for(lambda: driver.find_element(By.ID, "key").is_displayed())
+    driver.find_element(By.ID, "key").send_keys(key)
+    driver.find_element(By.ID, "signin-button").click()
+    wait_for(lambda: "trading" in driver.find_element(By.ID, "banner").text.lower()
+             or "halted" in driver.find_element(By.ID, "banner").text.lower())
+
+
+def text_of(driver, element_id):
+    from selenium.webdriver.common.by import By
+
+    return driver.find_element(By.ID, element_id).text
+
+
+def test_console_drawdown_halt_audit_resume_and_what_a_compliance_key_sees(browser, servers, database_url, keys):
+    from selenium.webdriver.common.by import By
+
+    server = servers({"DATABASE_URL": database_url}, workers=2, threads=4)
+    trader = keys["trader"]
+    http("POST", server.url + "/marks", {"prices": {"EURUSD": 1.1, "GBPUSD": 1.25}}, key=trader)
+    http("POST", server.url + "/process_trade", SEED_INTENT, key=trader)
+    http("POST", server.url + "/process_trade", {**SEED_INTENT, "symbol": "GBPUSD", "current_price": 1.25,
+                                                 "confidence_score": 0.3}, key=trader)
+    http("POST", server.url + "/process_trade", {**SEED_INTENT, "symbol": "GBPUSD", "current_price": 1.25,
+                                                 "atr": 0.004}, key=trader)
+    for price in (1.102, 1.105, 1.101, 1.104):
+        http("POST", server.url + "/marks", {"prices": {"EURUSD": price}}, key=trader)
+
+    # sign in as the risk officer (admin): the portfolio is trading
+    sign_in(browser, server.url, keys["admin"])
+    wait_for(lambda: "ACTIVE" in text_of(browser, "banner") and "EURUSD" in text_of(browser, "positions"))
+    wait_for(lambda: "APPROVED" in text_of(browser, "decisions"))
+    browser.save_screenshot(str(SHOTS / "console-normal.png"))
+
+    # marks take equity 11% down: the drawdown switch trips and the console shows it
+    http("POST", server.url + "/marks", {"prices": {"EURUSD": 0.6966}}, key=trader)
+    wait_for(lambda: "HALTED" in text_of(browser, "banner"))
+    row = browser.find_element(By.CSS_SELECTOR, 'tr[data-switch="drawdown"]')
+    cells = row.find_elements(By.TAG_NAME, "td")
+    assert cells[1].text == "TRIPPED" and float(cells[2].text.rstrip("%")) > 10 and cells[3].text == "10.00%"
+
+    # halt with a reason (confirmed), and see it among the audit events
+    browser.find_element(By.ID, "halt-reason").send_keys("desk review after the drawdown")
+    browser.find_element(By.ID, "halt").click()
+    wait_for(lambda: browser.switch_to.alert is not None)
+    assert "Halt trading on default" in browser.switch_to.alert.text
+    browser.switch_to.alert.accept()
+    wait_for(lambda: "desk review after the drawdown" in text_of(browser, "events"))
+    wait_for(lambda: "manual_halt" in text_of(browser, "banner"))
+    browser.save_screenshot(str(SHOTS / "console-halted.png"))
+
+    # one decision's breakdown
+    browser.find_element(By.CSS_SELECTOR, "#decisions a[data-id]").click()
+    wait_for(lambda: "breakdown" in text_of(browser, "detail"))
+    browser.save_screenshot(str(SHOTS / "console-decision.png"))
+
+    # resume: refused during the drawdown cooldown, then forced with a reason
+    browser.find_element(By.ID, "resume-reason").send_keys("CRO accepts the loss")
+    browser.find_element(By.ID, "resume").click()
+    wait_for(lambda: browser.switch_to.alert is not None)
+    browser.switch_to.alert.accept()  # "Resume trading on default?"
+    wait_for(lambda: "Force the resume" in browser.switch_to.alert.text)
+    browser.switch_to.alert.accept()
+    wait_for(lambda: "ACTIVE" in text_of(browser, "banner"))
+    status, events = http("GET", server.url + "/audit/events?kind=admin_action", key=keys["compliance"])
+    assert [e["action"] for e in events["events"]] == ["halt", "resume"]
+    assert events["events"][1]["after"]["forced"] is True and events["events"][1]["reason"] == "CRO accepts the loss"
+
+    # a compliance key is not offered halt or resume
+    browser.find_element(By.ID, "signout").click()
+    sign_in(browser, server.url, keys["compliance"])
+    wait_for(lambda: "ACTIVE" in text_of(browser, "banner"))
+    assert browser.find_elements(By.ID, "halt") == [] and browser.find_elements(By.ID, "resume") == []
+    assert "(compliance)" in text_of(browser, "who")
