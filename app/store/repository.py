@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -79,7 +80,26 @@ def _rows_json(model: type, columns: list[str], portfolio_id: str):
 
 
 _POSITION_COLUMNS = ["symbol", "units", "avg_price", "opened_at", "updated_at"]
-_MARK_COLUMNS = ["symbol", "price", "history", "history_hash", "updated_at"]
+_MARK_COLUMNS = ["symbol", "price", "history_hash", "updated_at"]
+# mark histories by content address: immutable, so any process may keep them (bounded)
+_HISTORIES: OrderedDict[str, tuple[float, ...]] = OrderedDict()
+_HISTORIES_MAX = 20_000
+
+
+def _remember_history(digest: str, prices: tuple[float, ...]) -> None:
+    _HISTORIES[digest] = prices
+    _HISTORIES.move_to_end(digest)
+    while len(_HISTORIES) > _HISTORIES_MAX:
+        _HISTORIES.popitem(last=False)
+
+
+def _histories(session: Session, digests: set[str]) -> dict[str, tuple[float, ...]]:
+    missing = [d for d in digests if d not in _HISTORIES]
+    if missing:
+        for row in session.execute(select(m.MarkSnapshot.hash, m.MarkSnapshot.prices)
+                                   .where(m.MarkSnapshot.hash.in_(missing))):
+            _remember_history(row.hash, tuple(row.prices))
+    return {d: _HISTORIES[d] for d in digests}
 
 
 def _load_in_two_round_trips(session: Session, portfolio_id: str, lock: bool) -> Loaded:
@@ -105,13 +125,20 @@ def _load_in_two_round_trips(session: Session, portfolio_id: str, lock: bool) ->
                               avg_price=Decimal(data["avg_price"]), opened_at=_ts(data["opened_at"]),
                               updated_at=_ts(data["updated_at"]))
         positions[position.symbol] = _attach(session, position)
+    if any(data["history_hash"] is None for data in mark_rows):  # written before mark snapshots existed
+        marks = {k.symbol: k for k in session.scalars(select(m.Mark).where(m.Mark.portfolio_id == row.id))}
+        config = config_for(session, row.id, row.config_version)
+        return Loaded(row, positions, marks, to_state(row, positions, marks), config)
     marks = {}
     for data in mark_rows:
+        # `history` is not read: it comes from the snapshot its hash names (cached in process)
         mark = m.Mark(portfolio_id=row.id, symbol=data["symbol"], price=Decimal(data["price"]),
-                      history=data["history"], history_hash=data["history_hash"], updated_at=_ts(data["updated_at"]))
+                      history_hash=data["history_hash"], updated_at=_ts(data["updated_at"]))
         marks[mark.symbol] = _attach(session, mark)
+    found = _histories(session, {k.history_hash for k in marks.values()})
+    histories = {s: found[k.history_hash] for s, k in marks.items()}
     config = config_for(session, row.id, row.config_version)
-    return Loaded(row, positions, marks, to_state(row, positions, marks), config)
+    return Loaded(row, positions, marks, to_state(row, positions, marks, histories), config)
 
 
 def _ts(value: str | None) -> datetime | None:
@@ -141,7 +168,8 @@ def config_for(session: Session, portfolio_id: str, version: int) -> RPMConfig:
     return config
 
 
-def to_state(row: m.Portfolio, positions: dict[str, m.Position], marks: dict[str, m.Mark]) -> PortfolioState:
+def to_state(row: m.Portfolio, positions: dict[str, m.Position], marks: dict[str, m.Mark],
+             histories: dict[str, tuple[float, ...]] | None = None) -> PortfolioState:
     memory = row.memory or {}
     switches = row.switches or {}
     return PortfolioState(
@@ -158,7 +186,7 @@ def to_state(row: m.Portfolio, positions: dict[str, m.Position], marks: dict[str
             s: EnginePosition(s, _norm(p.units), _norm(p.avg_price), p.opened_at) for s, p in positions.items()
         },
         marks={s: _norm(k.price) for s, k in marks.items()},
-        mark_history={s: tuple(k.history or ()) for s, k in marks.items()},
+        mark_history=histories if histories is not None else {s: tuple(k.history or ()) for s, k in marks.items()},
         atr_history={s: tuple(v) for s, v in memory.get("atr_history", {}).items()},
         recent_confidences=tuple(memory.get("recent_confidences", ())),
         recent_intent_times=tuple(memory.get("recent_intent_times", ())),
@@ -237,6 +265,7 @@ def store_mark_snapshot(session: Session, symbol: str, prices: tuple[float, ...]
     insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
     session.execute(insert(m.MarkSnapshot).values(hash=digest, symbol=symbol, prices=list(prices), created_at=now)
                     .on_conflict_do_nothing(index_elements=["hash"]))
+    # (not remembered here: the transaction may still roll back; the next load fetches it)
     return digest
 
 
