@@ -104,9 +104,8 @@ class KeyStore:
                            created_by=actor.name, expires_at=now + expires_in if expires_in else None)
             session.add(row)
             session.flush()
-            repository.add_admin_action(session, system_chain(session), portfolio_id=None, action="key_create", actor=actor.name,
-                                        actor_role=actor.role, actor_key_id=actor.key_id, at=now, reason=None,
-                                        before=None, after=_key_payload(row, now))
+            repository.add_admin_action(session, system_chain(session), actor, portfolio_id=None, action="key_create",
+                                        at=now, reason=None, before=None, after=_key_payload(row, now))
             return _key_payload(row, now)
 
         return key, self.service._write(run)
@@ -143,9 +142,8 @@ class KeyStore:
             if row.revoked_at is None:
                 row.revoked_at = now
             self._cache.pop(row.prefix, None)
-            repository.add_admin_action(session, system_chain(session), portfolio_id=None, action="key_revoke", actor=actor.name,
-                                        actor_role=actor.role, actor_key_id=actor.key_id, at=now, reason=reason,
-                                        before=before, after=_key_payload(row, now))
+            repository.add_admin_action(session, system_chain(session), actor, portfolio_id=None, action="key_revoke",
+                                        at=now, reason=reason, before=before, after=_key_payload(row, now))
             return _key_payload(row, now)
         return self.service._write(run)
 

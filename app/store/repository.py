@@ -318,11 +318,11 @@ def _num(value: float | None) -> Decimal | None:
     return None if value is None else Decimal(repr(float(value)))
 
 
-def add_admin_action(session: Session, chain: Chain, *, portfolio_id: str | None, action: str, actor: str,
-                     actor_role: str | None, at: datetime, reason: str | None, before: Any = None, after: Any = None,
-                     actor_key_id: str | None = None) -> m.AdminAction:
-    return chain.append(session, m.AdminAction, portfolio_id=portfolio_id, action=action, actor=actor,
-                        actor_role=actor_role, actor_key_id=actor_key_id, at=at, reason=reason, before=before,
+def add_admin_action(session: Session, chain: Chain, actor: Any, *, portfolio_id: str | None, action: str,
+                     at: datetime, reason: str | None, before: Any = None, after: Any = None) -> m.AdminAction:
+    """Who (``actor``: name, role, key id) did what, when, why, with before and after: on the chain."""
+    return chain.append(session, m.AdminAction, portfolio_id=portfolio_id, action=action, actor=actor.name,
+                        actor_role=actor.role, actor_key_id=actor.key_id, at=at, reason=reason, before=before,
                         after=after)
 
 
