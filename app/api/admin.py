@@ -7,16 +7,13 @@ from flask_smorest import Blueprint
 from marshmallow import RAISE
 
 from .auth import ANY, roles
-from .common import ERROR_RESPONSES, actor, ok, portfolio_id, service
+from .common import actor, documented_errors, ok, portfolio_id, service
 from .schemas import AnyObjectSchema, ConfigPutSchema, HaltSchema, PortfolioQuerySchema, ResumeSchema
 
 blp = Blueprint("admin", __name__, description="Halt, resume and configuration")
 
 
-def _errors(view):
-    for status, text in ERROR_RESPONSES.items():
-        view = blp.alt_response(status, description=text)(view)
-    return view
+_errors = documented_errors(blp)
 
 
 @blp.route("/halt")

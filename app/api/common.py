@@ -19,6 +19,15 @@ ERROR_RESPONSES = {
 }
 
 
+def documented_errors(blp: Any, statuses: tuple[int, ...] = tuple(ERROR_RESPONSES)):
+    """Declare a view's error answers in the OpenAPI document (one JSON shape for all)."""
+    def declare(view):
+        for status in statuses:
+            view = blp.alt_response(status, description=ERROR_RESPONSES[status])(view)
+        return view
+    return declare
+
+
 def error_response(status: int, message: str, errors: Any = None, **extra: Any):
     body = {"code": status, "status": HTTPStatus(status).phrase, "message": message, "errors": errors or {}}
     body.update(extra)

@@ -10,16 +10,13 @@ from marshmallow import RAISE, Schema, fields
 from app.errors import Unavailable
 
 from .auth import ANY, current_principal, public, roles
-from .common import ERROR_RESPONSES, error_response, ok, portfolio_id, service
+from .common import documented_errors, error_response, ok, portfolio_id, service
 from .schemas import AnyObjectSchema, MetricsQuerySchema, PortfolioQuerySchema, portfolio_field
 
 blp = Blueprint("monitoring", __name__, description="Portfolio, health and metrics")
 
 
-def _errors(view):
-    for status in (404, 422, 503):
-        view = blp.alt_response(status, description=ERROR_RESPONSES[status])(view)
-    return view
+_errors = documented_errors(blp, (404, 422, 503))
 
 
 @blp.route("/portfolio")

@@ -11,7 +11,7 @@ from marshmallow import RAISE, Schema, fields, validate
 from app.errors import Forbidden
 
 from .auth import current_principal, roles
-from .common import ERROR_RESPONSES, actor, ok, portfolio_id, service
+from .common import actor, documented_errors, ok, portfolio_id, service
 from .schemas import (
     AnyObjectSchema,
     CloseSchema,
@@ -37,10 +37,7 @@ def observed(*decisions) -> None:
         g.decision_id, g.decision_status = decisions[0]["id"], decisions[0]["status"]
 
 
-def _errors(view):
-    for status, text in ERROR_RESPONSES.items():
-        view = blp.alt_response(status, description=text)(view)
-    return view
+_errors = documented_errors(blp)
 
 
 @blp.route("/process_trade")
