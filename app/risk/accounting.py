@@ -59,7 +59,7 @@ def exposures(state: PortfolioState, config: RPMConfig) -> Exposures:
         by_symbol[symbol] = signed
         gross += abs(signed)
         net += signed
-        for currency, sign in info.legs():
+        for currency, sign in info.legs:
             if currency != account:
                 by_currency[currency] = by_currency.get(currency, ZERO) + sign * signed
     return Exposures(unrealised, by_symbol, by_currency, gross, net)

@@ -92,7 +92,7 @@ def apply_constraints(
 
     info = instrument(symbol, config)
     currency_limit = equity * config.dec("max_currency_exposure_pct")
-    for currency, sign in info.legs():
+    for currency, sign in info.legs:
         if currency == config.account_currency:
             continue
         current = exp.by_currency.get(currency, ZERO)
@@ -148,8 +148,8 @@ def find_correlated(
 def _shared_leg(a: InstrumentInfo, dir_a: int, b: InstrumentInfo, dir_b: int) -> str | None:
     if not (a.is_fx and b.is_fx):
         return None
-    legs_b = {currency: sign * dir_b for currency, sign in b.legs()}
-    for currency, sign in a.legs():
+    legs_b = {currency: sign * dir_b for currency, sign in b.legs}
+    for currency, sign in a.legs:
         if legs_b.get(currency) == sign * dir_a:
             return currency
     return None

@@ -18,16 +18,12 @@ class InstrumentInfo:
     base: str | None  # FX pairs only
     currency: str  # the quote (price) currency
     multiplier: Decimal
+    # currency legs of one long unit, as (currency, sign of its account-value exposure)
+    legs: tuple[tuple[str, int], ...] = ()
 
     @property
     def is_fx(self) -> bool:
         return self.base is not None
-
-    def legs(self) -> tuple[tuple[str, int], ...]:
-        """Currency legs of one long unit, as (currency, sign of its account-value exposure)."""
-        if self.base is not None:
-            return ((self.base, 1), (self.currency, -1))
-        return ((self.currency, 1),)
 
 
 @lru_cache(maxsize=4096)
@@ -35,8 +31,14 @@ def instrument(symbol: str, config: RPMConfig) -> InstrumentInfo:
     spec = config.instruments.get(symbol)
     if spec is not None:
         base = symbol[:3] if spec.asset_class == "fx" and FX_PAIR_RE.match(symbol) else None
-        return InstrumentInfo(symbol, spec.asset_class, base, spec.currency, Decimal(repr(spec.multiplier)))
-    return InstrumentInfo(symbol, "fx", symbol[:3], symbol[3:], ONE)
+        legs = ((base, 1), (spec.currency, -1)) if base else ((spec.currency, 1),)
+        return InstrumentInfo(symbol, spec.asset_class, base, spec.currency, Decimal(repr(spec.multiplier)), legs)
+    return InstrumentInfo(symbol, "fx", symbol[:3], symbol[3:], ONE, ((symbol[:3], 1), (symbol[3:], -1)))
+
+
+@lru_cache(maxsize=65536)
+def _inverse(price: Decimal) -> Decimal:
+    return ONE / price
 
 
 def quote_to_account_rate(
@@ -50,13 +52,13 @@ def quote_to_account_rate(
     if quote == account:
         return ONE
     if info.base == account:
-        return ONE / price
+        return _inverse(price)
     direct = marks.get(quote + account)
     if direct:
         return direct
     inverse = marks.get(account + quote)
     if inverse:
-        return ONE / inverse
+        return _inverse(inverse)
     return None
 
 

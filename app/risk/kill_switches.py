@@ -53,9 +53,25 @@ def trading_week(day: date, config: RPMConfig) -> date:
     return day - timedelta(days=(day.weekday() - config.trading_week_start) % 7)
 
 
+@lru_cache(maxsize=4096)
+def _day_bounds(day_key: str, zone: str, rollover: str) -> tuple[float, float]:
+    """POSIX seconds at which a trading day starts and ends (the next one starts)."""
+    hours, minutes = (int(x) for x in rollover.split(":"))
+    day = date.fromisoformat(day_key)
+    tz = _zone(zone)
+    start = datetime(day.year, day.month, day.day, hours, minutes, tzinfo=tz)
+    following = day + timedelta(days=1)
+    end = datetime(following.year, following.month, following.day, hours, minutes, tzinfo=tz)
+    return start.timestamp(), end.timestamp()
+
+
 def roll_calendar(state: PortfolioState, equity: Decimal, now: datetime, config: RPMConfig) -> list[SwitchEvent]:
     """Start a new trading day / week when ``now`` has passed the rollover (mutates ``state``)."""
     events: list[SwitchEvent] = []
+    if state.day_key is not None:
+        start, end = _day_bounds(state.day_key, config.trading_timezone, config.trading_day_rollover)
+        if start <= now.timestamp() < end:
+            return events  # still the same trading day: the common case, without time-zone arithmetic
     day = trading_day(now, config)
     day_key = day.isoformat()
     if state.day_key != day_key:

@@ -1,4 +1,4 @@
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -235,3 +235,26 @@ def test_a_full_window_at_exactly_the_threshold_does_not_collapse(make_rpm, cloc
     for _ in range(25):
         assert decide(rpm, confidence_score=0.6, atr=0.05).approved
     assert "confidence_collapse" not in rpm.state.switches
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.datetimes(min_value=datetime(2026, 1, 1), max_value=datetime(2026, 12, 31)),
+       st.integers(0, 5 * 86400), st.sampled_from(["UTC", "America/New_York", "Europe/London", "Asia/Tokyo"]),
+       st.sampled_from(["00:00", "17:00", "02:30", "23:59"]))
+def test_the_same_day_shortcut_agrees_with_the_calendar_across_time_zones_and_dst(first, later, zone, rollover):
+    from decimal import Decimal
+
+    from app.risk import PortfolioState
+    from app.risk.kill_switches import roll_calendar
+
+    config = RPMConfig(trading_timezone=zone, trading_day_rollover=rollover)
+    state = PortfolioState.new(config)
+    t1 = first.replace(tzinfo=UTC)
+    t2 = t1 + timedelta(seconds=later)
+    roll_calendar(state, Decimal(100_000), t1, config)
+    roll_calendar(state, Decimal(100_000), t2, config)
+    assert state.day_key == trading_day(t2, config).isoformat()
