@@ -51,20 +51,25 @@ def main() -> None:
                 atr=price * 0.002 * (1 + k % 3), vol_percentile=0.5 + 0.05 * k, current_price=price))
     n = 0
     approved = 0
+    best_cpu = float("inf")  # CPU time of the fastest pass: what the code costs when the machine lets it run
     start = time.perf_counter()
     deadline = start + args.seconds
     now = T0 + timedelta(seconds=1000)
     while time.perf_counter() < deadline:
+        cpu = time.process_time()
         for intent in intents:
             now += timedelta(milliseconds=1)
             out = decide(state, intent, config, now, "bench")
             approved += out.decision.approved
             n += 1
+        best_cpu = min(best_cpu, (time.process_time() - cpu) / len(intents))
     elapsed = time.perf_counter() - start
     print(f"machine: {platform.processor() or platform.machine()}, Python {platform.python_version()}")
     print(f"pure engine: {n} decisions in {elapsed:.2f}s = {n / elapsed:,.0f} decisions/s "
           f"({elapsed / n * 1e6:.1f} us each; 8 open positions, {config.mark_history_size} marks per symbol; "
           f"{approved / n:.0%} approved)")
+    print(f"fastest pass, CPU time: {best_cpu * 1e6:.1f} us per decision = {1 / best_cpu:,.0f} decisions/s "
+          f"(wall time above includes the time a shared machine gives to others)")
 
 
 if __name__ == "__main__":
