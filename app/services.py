@@ -53,9 +53,6 @@ class Actor:
         return {"key_id": self.key_id, "name": self.name, "role": self.role}
 
 
-SYSTEM = Actor("system", "admin")
-
-
 def system_clock() -> datetime:
     return datetime.now(UTC)
 

@@ -123,6 +123,3 @@ def _register_error_handlers(app: Flask) -> None:
         app.logger.exception("unexpected error")
         return error_response(500, "internal error")
 
-
-def to_json(payload: Any) -> str:
-    return json.dumps(payload)
