@@ -75,7 +75,8 @@ def unrealised_pnl(state: PortfolioState, config: RPMConfig) -> Decimal:
             continue
         info = instrument(symbol, config)
         rate = quote_to_account_rate(info, price, marks, config.account_currency)
-        total += (price - pos.avg_price) * pos.units * info.multiplier * (ONE if rate is None else rate)
+        # the same expression as in exposures(): both give the same equity to the last digit
+        total += (price - pos.avg_price) * pos.units * (info.multiplier * (ONE if rate is None else rate))
     return total
 
 

@@ -45,20 +45,12 @@ class Outcome:
 
 
 def _begin(state: PortfolioState, now: datetime, config: RPMConfig) -> tuple[PortfolioState, Decimal, list[SwitchEvent]]:
-    s, eq, _exp, events = _begin_valued(state, now, config)
-    return s, eq, events
-
-
-def _begin_valued(
-    state: PortfolioState, now: datetime, config: RPMConfig
-) -> tuple[PortfolioState, Decimal, accounting.Exposures, list[SwitchEvent]]:
-    """A private copy of the state, valued, with the calendar rolled to ``now``."""
+    """A private copy of the state, its equity, and the calendar rolled to ``now``."""
     s = state.clone()
-    exp = accounting.exposures(s, config)
-    eq = s.starting_capital + s.realised_pnl + exp.unrealised
+    eq = accounting.equity(s, config)
     events = kill_switches.roll_calendar(s, eq, now, config)
     kill_switches.update_peaks(s, eq)
-    return s, eq, exp, events
+    return s, eq, events
 
 
 def _settle(s: PortfolioState, now: datetime, config: RPMConfig, events: list[SwitchEvent]) -> Decimal:
@@ -77,8 +69,8 @@ class _Decider:
         self.config = config
         self.now = now
         self.decision_id = decision_id
-        # positions and marks do not change before the booking, so one valuation serves the pipeline
-        self.s, self.equity, self.exposures, self.events = _begin_valued(state, now, config)
+        # equity alone to begin with: many intents are rejected before the constraints need exposures
+        self.s, self.equity, self.events = _begin(state, now, config)
         self.breakdown: dict[str, Any] = {"equity": float(self.equity)}
         self.risk_capital = ZERO
 
@@ -165,7 +157,8 @@ class _Decider:
 
         # 5. portfolio constraints
         per_unit = notional_per_unit(info, intent.current_price, s.marks, config.account_currency)
-        units, steps, rejection = apply_constraints(intent, units, per_unit, self.exposures, self.equity, s, config)
+        exposures = accounting.exposures(s, config)  # positions and marks are as they were at the start
+        units, steps, rejection = apply_constraints(intent, units, per_unit, exposures, self.equity, s, config)
         self.breakdown["constraints"] = steps
         if rejection is not None:
             return self.reject(rejection.code, rejection.message, rejection.context)
