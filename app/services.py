@@ -295,7 +295,8 @@ class RPMService:
     def apply_marks(self, portfolio_id: str, prices: dict[str, Any], actor: Actor) -> dict[str, Any]:
         def run(session):
             loaded = self._load(session, portfolio_id)
-            errors = {s: [symbol_error(s, loaded.config)] for s in prices if symbol_error(s, loaded.config)}
+            problems = {s: symbol_error(s, loaded.config) for s in prices}
+            errors = {s: [problem] for s, problem in problems.items() if problem}
             if errors:
                 raise Invalid("invalid symbols", {"prices": errors})
             now = self.clock()

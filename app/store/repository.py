@@ -53,15 +53,19 @@ def lock_portfolio(session: Session, portfolio_id: str) -> m.Portfolio:
     return row
 
 
+def _portfolio_row(session: Session, portfolio_id: str, lock: bool) -> m.Portfolio:
+    if lock:
+        return lock_portfolio(session, portfolio_id)
+    row = session.get(m.Portfolio, portfolio_id)
+    if row is None:
+        raise PortfolioNotFound(portfolio_id)
+    return row
+
+
 def load(session: Session, portfolio_id: str, *, lock: bool = True) -> Loaded:
     if session.get_bind().dialect.name == "postgresql":
         return _load_in_two_round_trips(session, portfolio_id, lock)
-    if lock:
-        row = lock_portfolio(session, portfolio_id)
-    else:
-        row = session.get(m.Portfolio, portfolio_id)
-        if row is None:
-            raise PortfolioNotFound(portfolio_id)
+    row = _portfolio_row(session, portfolio_id, lock)
     positions = {p.symbol: p for p in session.scalars(select(m.Position).where(m.Position.portfolio_id == row.id))}
     marks = {k.symbol: k for k in session.scalars(select(m.Mark).where(m.Mark.portfolio_id == row.id))}
     config = config_for(session, row.id, row.config_version)
@@ -74,7 +78,7 @@ def _rows_json(model: type, columns: list[str], portfolio_id: str):
     pairs = []
     for name in columns:
         column = table.c[name]
-        pairs += [literal(name), cast(column, String) if name not in ("history",) else column]
+        pairs += [literal(name), cast(column, String)]
     return (select(func.coalesce(func.json_agg(func.json_build_object(*pairs)), text("'[]'::json")))
             .where(table.c.portfolio_id == portfolio_id).scalar_subquery())
 
@@ -110,12 +114,7 @@ def _load_in_two_round_trips(session: Session, portfolio_id: str, lock: bool) ->
     of the transaction that held it (the race test catches exactly that). The positions and marks
     become persistent ORM objects without another query, so the unit of work writes only what changed.
     """
-    if lock:
-        row = lock_portfolio(session, portfolio_id)
-    else:
-        row = session.get(m.Portfolio, portfolio_id)
-        if row is None:
-            raise PortfolioNotFound(portfolio_id)
+    row = _portfolio_row(session, portfolio_id, lock)
     position_rows, mark_rows = session.execute(select(
         _rows_json(m.Position, _POSITION_COLUMNS, portfolio_id), _rows_json(m.Mark, _MARK_COLUMNS, portfolio_id))
     ).one()
@@ -283,9 +282,8 @@ def resolve_state(session: Session, data: dict[str, Any]) -> PortfolioState:
     data = dict(data)
     refs = data.pop("mark_history_refs", None)
     if refs is not None:
-        found = {row.hash: row.prices for row in session.scalars(
-            select(m.MarkSnapshot).where(m.MarkSnapshot.hash.in_(list(refs.values()))))}
-        data["mark_history"] = {s: found[h] for s, h in refs.items()}
+        found = _histories(session, set(refs.values()))
+        data["mark_history"] = {s: list(found[h]) for s, h in refs.items()}
     return PortfolioState.from_dict(data)
 
 
