@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from flask.views import MethodView
 from flask_smorest import Blueprint
-from marshmallow import RAISE
 
 from .auth import ANY, roles
-from .common import actor, documented_errors, ok, portfolio_id, service
-from .schemas import AnyObjectSchema, ConfigPutSchema, HaltSchema, PortfolioQuerySchema, ResumeSchema
+from .common import actor, documented_errors, ok, portfolio_id, portfolio_query, service
+from .schemas import AnyObjectSchema, ConfigPutSchema, HaltSchema, ResumeSchema
 
 blp = Blueprint("admin", __name__, description="Halt, resume and configuration")
 
@@ -19,7 +18,7 @@ _errors = documented_errors(blp)
 @blp.route("/halt")
 class Halt(MethodView):
     @roles("admin")
-    @blp.arguments(PortfolioQuerySchema, location="query", as_kwargs=True, unknown=RAISE)
+    @portfolio_query(blp)
     @blp.arguments(HaltSchema)
     @blp.response(200, AnyObjectSchema)
     @_errors
@@ -31,7 +30,7 @@ class Halt(MethodView):
 @blp.route("/resume")
 class Resume(MethodView):
     @roles("admin")
-    @blp.arguments(PortfolioQuerySchema, location="query", as_kwargs=True, unknown=RAISE)
+    @portfolio_query(blp)
     @blp.arguments(ResumeSchema)
     @blp.response(200, AnyObjectSchema)
     @_errors
@@ -43,7 +42,7 @@ class Resume(MethodView):
 @blp.route("/config")
 class Config(MethodView):
     @roles(*ANY)
-    @blp.arguments(PortfolioQuerySchema, location="query", as_kwargs=True, unknown=RAISE)
+    @portfolio_query(blp)
     @blp.response(200, AnyObjectSchema)
     @_errors
     def get(self, **_query):
@@ -51,7 +50,7 @@ class Config(MethodView):
         return ok(service().get_config(portfolio_id()))
 
     @roles("admin")
-    @blp.arguments(PortfolioQuerySchema, location="query", as_kwargs=True, unknown=RAISE)
+    @portfolio_query(blp)
     @blp.arguments(ConfigPutSchema)
     @blp.response(200, AnyObjectSchema)
     @_errors

@@ -19,6 +19,15 @@ ERROR_RESPONSES = {
 }
 
 
+def portfolio_query(blp: Any):
+    """The `portfolio_id` query parameter every portfolio route takes (unknown parameters refused)."""
+    from marshmallow import RAISE
+
+    from .schemas import PortfolioQuerySchema
+
+    return blp.arguments(PortfolioQuerySchema, location="query", as_kwargs=True, unknown=RAISE)
+
+
 def documented_errors(blp: Any, statuses: tuple[int, ...] = tuple(ERROR_RESPONSES)):
     """Declare a view's error answers in the OpenAPI document (one JSON shape for all)."""
     def declare(view):

@@ -10,8 +10,8 @@ from marshmallow import RAISE, Schema, fields
 from app.errors import Unavailable
 
 from .auth import ANY, current_principal, public, roles
-from .common import documented_errors, error_response, ok, portfolio_id, service
-from .schemas import AnyObjectSchema, MetricsQuerySchema, PortfolioQuerySchema, portfolio_field
+from .common import documented_errors, error_response, ok, portfolio_id, portfolio_query, service
+from .schemas import AnyObjectSchema, MetricsQuerySchema, portfolio_field
 
 blp = Blueprint("monitoring", __name__, description="Portfolio, health and metrics")
 
@@ -22,7 +22,7 @@ _errors = documented_errors(blp, (404, 422, 503))
 @blp.route("/portfolio")
 class PortfolioView(MethodView):
     @roles(*ANY)
-    @blp.arguments(PortfolioQuerySchema, location="query", as_kwargs=True, unknown=RAISE)
+    @portfolio_query(blp)
     @blp.response(200, AnyObjectSchema)
     @_errors
     def get(self, **_query):
@@ -33,7 +33,7 @@ class PortfolioView(MethodView):
 @blp.route("/health")
 class HealthView(MethodView):
     @roles(*ANY)
-    @blp.arguments(PortfolioQuerySchema, location="query", as_kwargs=True, unknown=RAISE)
+    @portfolio_query(blp)
     @blp.response(200, AnyObjectSchema)
     @_errors
     def get(self, **_query):

@@ -6,18 +6,17 @@ import time
 
 from flask.views import MethodView
 from flask_smorest import Blueprint
-from marshmallow import RAISE, Schema, fields, validate
+from marshmallow import Schema, fields, validate
 
 from app.errors import Forbidden
 
 from .auth import current_principal, roles
-from .common import actor, documented_errors, ok, portfolio_id, service
+from .common import actor, documented_errors, ok, portfolio_id, portfolio_query, service
 from .schemas import (
     AnyObjectSchema,
     CloseSchema,
     FillSchema,
     MarksSchema,
-    PortfolioQuerySchema,
     ProcessTradeResponseSchema,
     TradeIntentSchema,
     WhatIfResponseSchema,
@@ -43,7 +42,7 @@ _errors = documented_errors(blp)
 @blp.route("/process_trade")
 class ProcessTrade(MethodView):
     @roles("trader")
-    @blp.arguments(PortfolioQuerySchema, location="query", as_kwargs=True, unknown=RAISE)
+    @portfolio_query(blp)
     @blp.arguments(TradeIntentSchema)
     @blp.response(200, ProcessTradeResponseSchema)
     @_errors
@@ -86,7 +85,7 @@ class ProcessTrades(MethodView):
 @blp.route("/what_if")
 class WhatIf(MethodView):
     @roles("trader", "admin")
-    @blp.arguments(PortfolioQuerySchema, location="query", as_kwargs=True, unknown=RAISE)
+    @portfolio_query(blp)
     @blp.arguments(TradeIntentSchema)
     @blp.response(200, WhatIfResponseSchema)
     @_errors
@@ -99,7 +98,7 @@ class WhatIf(MethodView):
 @blp.route("/marks")
 class Marks(MethodView):
     @roles("trader")
-    @blp.arguments(PortfolioQuerySchema, location="query", as_kwargs=True, unknown=RAISE)
+    @portfolio_query(blp)
     @blp.arguments(MarksSchema)
     @blp.response(200, AnyObjectSchema)
     @_errors
@@ -111,7 +110,7 @@ class Marks(MethodView):
 @blp.route("/fills")
 class Fills(MethodView):
     @roles("trader")
-    @blp.arguments(PortfolioQuerySchema, location="query", as_kwargs=True, unknown=RAISE)
+    @portfolio_query(blp)
     @blp.arguments(FillSchema)
     @blp.response(200, AnyObjectSchema)
     @_errors
@@ -124,7 +123,7 @@ class Fills(MethodView):
 @blp.route("/positions/<string:symbol>/close")
 class ClosePosition(MethodView):
     @roles("trader")
-    @blp.arguments(PortfolioQuerySchema, location="query", as_kwargs=True, unknown=RAISE)
+    @portfolio_query(blp)
     @blp.arguments(CloseSchema)
     @blp.response(200, AnyObjectSchema)
     @_errors
