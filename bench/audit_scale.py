@@ -89,7 +89,7 @@ def load(url: str, rows: int) -> None:
                     "config_version": 1, "intent": {**intent.to_dict(), "intent_id": f"sig-{n}"},
                     "breakdown": dict(d.breakdown), "context": dict(d.context), "state_before": inputs,
                     "booking": None, "latency_ms": Decimal("1.234"), "key_id": None, "key_name": "bench",
-                    "key_role": "trader", "audit_seq": seq, "prev_hash": head,
+                    "key_role": "trader", "request_id": None, "audit_seq": seq, "prev_hash": head,
                 }
                 values["row_hash"] = head = audit.row_hash(head, "decision", {c: values[c] for c in
                                                                                audit.COLUMNS[m.Decision]})

@@ -74,6 +74,14 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 
+class ChainedRecord:
+    """A record on its portfolio's audit chain (see app/store/audit.py)."""
+
+    audit_seq: Mapped[int] = mapped_column(BigInteger)
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    row_hash: Mapped[str] = mapped_column(String(64))
+
+
 class Portfolio(Base):
     """One portfolio: its capital, equity bookkeeping, trading state, config version and audit head."""
 
@@ -145,7 +153,7 @@ class ConfigVersion(Base):
     reason: Mapped[str | None] = mapped_column(Text)
 
 
-class Decision(Base):
+class Decision(ChainedRecord, Base):
     """Every decision ever made. Append-only."""
 
     __tablename__ = "decisions"
@@ -189,10 +197,6 @@ class Decision(Base):
     key_role: Mapped[str | None] = mapped_column(String(16))
     # the request that carried it (X-Request-ID, also in the logs)
     request_id: Mapped[str | None] = mapped_column(String(64))
-    # the portfolio's audit chain (see app/store/audit.py)
-    audit_seq: Mapped[int] = mapped_column(BigInteger)
-    prev_hash: Mapped[str] = mapped_column(String(64))
-    row_hash: Mapped[str] = mapped_column(String(64))
 
 
 class Fill(Base):
@@ -209,7 +213,7 @@ class Fill(Base):
     at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
-class SwitchEventRow(Base):
+class SwitchEventRow(ChainedRecord, Base):
     """Kill-switch transitions: tripped, cleared, references re-based. Append-only."""
 
     __tablename__ = "switch_events"
@@ -228,13 +232,9 @@ class SwitchEventRow(Base):
     reason: Mapped[str] = mapped_column(Text, default="")
     detail: Mapped[dict] = mapped_column(Json, default=dict)
     decision_id: Mapped[str | None] = mapped_column(String(36))
-    # the portfolio's audit chain (see app/store/audit.py)
-    audit_seq: Mapped[int] = mapped_column(BigInteger)
-    prev_hash: Mapped[str] = mapped_column(String(64))
-    row_hash: Mapped[str] = mapped_column(String(64))
 
 
-class AdminAction(Base):
+class AdminAction(ChainedRecord, Base):
     """Who did what, when, why, with before and after. Append-only."""
 
     __tablename__ = "admin_actions"
@@ -251,10 +251,6 @@ class AdminAction(Base):
     reason: Mapped[str | None] = mapped_column(Text)
     before: Mapped[dict | None] = mapped_column(Json)
     after: Mapped[dict | None] = mapped_column(Json)
-    # the portfolio's audit chain (see app/store/audit.py)
-    audit_seq: Mapped[int] = mapped_column(BigInteger)
-    prev_hash: Mapped[str] = mapped_column(String(64))
-    row_hash: Mapped[str] = mapped_column(String(64))
 
 
 class ApiKey(Base):
