@@ -1,5 +1,6 @@
 """SPEC §6 proven through real servers: idempotent, fail-closed, crash-safe, race-free."""
 
+import http.client as http_client
 import os
 import random
 import threading
@@ -234,7 +235,8 @@ def test_kill_minus_nine_under_load_loses_and_duplicates_nothing(servers, databa
             while True:  # an intent is retried with its intent_id until it gets an answer
                 try:
                     status, answer = http("POST", base + path, body, key=trader, timeout=5)
-                except OSError:
+                except (OSError, http_client.HTTPException, ValueError):
+                    # the server died mid-answer (reset, truncated body): no answer, retry the same id
                     status, answer = None, None
                 if status in (200, 409, 404) or path != "/process_trade" or stop.is_set():
                     break
