@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
+from types import SimpleNamespace
 from typing import Any
 
 from sqlalchemy import select
@@ -51,6 +52,15 @@ class Actor:
 
     def to_dict(self) -> dict[str, Any]:
         return {"key_id": self.key_id, "name": self.name, "role": self.role}
+
+
+@dataclass
+class Record:
+    """The rows one decision writes, sealed on the chain."""
+
+    decision: dict[str, Any]
+    ledger: dict[str, Any] | None
+    events: list[dict[str, Any]]
 
 
 def system_clock() -> datetime:
@@ -124,6 +134,11 @@ class RPMService:
     def process_trade(self, fields: dict[str, Any], actor: Actor) -> dict[str, Any]:
         started = time.perf_counter()
         portfolio_id = fields.get("portfolio_id") or "default"
+        if self.db.pipelined:
+            answers, locked = self._decide_pipelined([fields], actor, started)
+            if answers is not None:
+                row, replay = answers[0]
+                return self._trade_response(locked[portfolio_id].loaded, row, replay=replay)
 
         def run(session):
             loaded = self._load(session, portfolio_id, lock=not self.unsafe_disable_portfolio_lock)
@@ -139,6 +154,12 @@ class RPMService:
         refuses the whole batch and nothing is written.
         """
         started = time.perf_counter()
+        if self.db.pipelined:
+            answers, locked = self._decide_pipelined(items, actor, started)
+            if answers is not None:
+                return {"decisions": [decision_payload(row, replay=replay) for row, replay in answers],
+                        "portfolio_states": {pid: engine.portfolio_summary(lk.loaded.state, lk.loaded.config)
+                                             for pid, lk in sorted(locked.items())}}
         by_portfolio: dict[str, list[int]] = {}
         for index, fields in enumerate(items):
             by_portfolio.setdefault(fields.get("portfolio_id") or "default", []).append(index)
@@ -159,45 +180,99 @@ class RPMService:
 
         return self._write(run)
 
-    def _decide_one(self, session, loaded: Loaded, fields: dict[str, Any], actor: Actor,
-                    started: float) -> tuple[m.Decision, bool]:
-        """Decide one intent of a locked portfolio and write the decision and every change it causes."""
-        portfolio_id = loaded.row.id
+    def _decide_pipelined(self, items: list[dict[str, Any]], actor: Actor, started: float):
+        """PostgreSQL: decide ``items`` in two round trips (app/store/pipeline.py).
+
+        Gives (None, None) when a portfolio does not exist yet: the caller then takes the ORM path,
+        which creates `default` or answers 404.
+        """
+        from .store.pipeline import DecisionTransaction, Wanted
+
+        requests: dict[str, Wanted] = {}
+        for fields in items:
+            portfolio_id = fields.get("portfolio_id") or "default"
+            if not isinstance(portfolio_id, str) or not PORTFOLIO_ID_RE.match(portfolio_id):
+                raise Invalid("invalid portfolio_id", {"portfolio_id": ["must match [A-Za-z0-9_-]{1,64}"]})
+            wanted = requests.setdefault(portfolio_id, Wanted())
+            if isinstance(fields.get("intent_id"), str):
+                wanted.intent_ids.append(fields["intent_id"])
+            if isinstance(fields.get("symbol"), str):
+                wanted.symbols.add(fields["symbol"])
         unsafe = self.unsafe_disable_portfolio_lock
         try:
-            intent = TradeIntent.create(loaded.config, **{**fields, "portfolio_id": portfolio_id})
+            with self.db.connection() as conn:
+                tx = DecisionTransaction(conn, self.db.cache_key)
+                locked = tx.lock(requests, lock=not unsafe)
+                if any(lk is None for lk in locked.values()):
+                    return None, None
+                answers = []
+                seen: dict[tuple[str, str], Any] = {}
+                for index, fields in enumerate(items):
+                    lk = locked[fields.get("portfolio_id") or "default"]
+                    try:
+                        intent, request_hash = self._intent(lk.loaded, fields)
+                    except Invalid as exc:
+                        if len(items) == 1:
+                            raise
+                        raise Invalid(f"intent {index}: {exc.message}", {str(index): exc.errors}) from None
+                    key = (intent.portfolio_id, intent.intent_id)
+                    stored = None if intent.intent_id is None else seen.get(key) or lk.decided.get(intent.intent_id)
+                    if stored is not None:
+                        answers.append((self._replayed(stored, request_hash, intent), True))
+                        continue
+                    now = self.clock()
+                    outcome = engine.decide(lk.loaded.state, intent, lk.loaded.config, now, str(uuid.uuid4()))
+                    if unsafe:
+                        tx.refresh_head(lk.loaded.row)
+                    record = self._record(lk.loaded, intent, request_hash, outcome, now, actor, started)
+                    tx.insert(m.Decision, record.decision)
+                    if record.ledger is not None:
+                        tx.insert(m.LedgerEntry, record.ledger)
+                    for event in record.events:
+                        tx.insert(m.SwitchEventRow, event)
+                    lk.loaded.state = outcome.state
+                    row = SimpleNamespace(**record.decision)
+                    if intent.intent_id is not None:
+                        seen[key] = row
+                    answers.append((row, False))
+                now = self.clock()
+                for lk in locked.values():
+                    tx.save(lk, now)
+                tx.commit()
+                return answers, locked
+        except DatabaseUnavailable as exc:
+            raise Unavailable(str(exc)) from exc
+
+    def _intent(self, loaded: Loaded, fields: dict[str, Any]) -> tuple[TradeIntent, str]:
+        """The validated intent and the hash of its request (what a retry must repeat exactly)."""
+        try:
+            intent = TradeIntent.create(loaded.config, **{**fields, "portfolio_id": loaded.row.id})
         except IntentError as exc:
             raise Invalid("invalid trade intent", {k: [v] for k, v in exc.errors.items()}) from None
-        request_hash = hashlib.sha256(canonical_json(intent.to_dict()).encode()).hexdigest()
-        if intent.intent_id is not None:
-            stored = session.info.get("rpm_intents", {}).get((portfolio_id, intent.intent_id))
-            if stored is None:
-                stored = session.execute(
-                    select(m.Decision).where(
-                        m.Decision.portfolio_id == portfolio_id, m.Decision.intent_id == intent.intent_id
-                    )
-                ).scalar_one_or_none()
-            if stored is not None:
-                if stored.request_hash != request_hash:
-                    raise Conflict(
-                        f"intent_id {intent.intent_id!r} was already used with a different payload",
-                        decision_id=stored.id,
-                    )
-                return stored, True
-        now = self.clock()
-        outcome = engine.decide(loaded.state, intent, loaded.config, now, str(uuid.uuid4()))
+        return intent, hashlib.sha256(canonical_json(intent.to_dict()).encode()).hexdigest()
+
+    @staticmethod
+    def _replayed(stored: Any, request_hash: str, intent: TradeIntent) -> Any:
+        if stored.request_hash != request_hash:
+            raise Conflict(f"intent_id {intent.intent_id!r} was already used with a different payload",
+                           decision_id=stored.id)
+        return stored
+
+    def _record(self, loaded: Loaded, intent: TradeIntent, request_hash: str, outcome: engine.Outcome,
+                now: datetime, actor: Actor, started: float) -> Record:
+        """The rows a decision writes, on the portfolio's chain: the decision, its ledger entry, its events.
+
+        Advances the locked row's counters, sequence numbers and chain head.
+        """
         d = outcome.decision
         row = loaded.row
-        if unsafe:  # the naive way: decided on what was read, written with fresh counters
-            session.refresh(row, with_for_update=True)
+        portfolio_id = row.id
         row.last_seq += 1
         metrics = RiskMetrics.from_counters(row.counters)
         metrics.record(d)
         row.counters = metrics.counters()
         chain = Chain(row)
-        decision_row = chain.append(
-            session,
-            m.Decision,
+        decision = chain.seal(m.Decision, dict(
             id=d.id,
             portfolio_id=portfolio_id,
             seq=row.last_seq,
@@ -224,29 +299,48 @@ class RPMService:
             key_name=actor.name,
             key_role=actor.role,
             request_id=actor.request_id,
-        )
+        ))
+        ledger = None
         if outcome.booking is not None:
             b = outcome.booking
-            repository.add_ledger(
-                session,
-                row,
-                kind=b.kind,
-                symbol=b.symbol,
-                units=b.units * b.direction,
-                price=b.price,
-                realised=outcome.realised_pnl,
-                state=outcome.state,
-                at=now,
-                actor=actor.name,
-                decision_id=d.id,
-            )
+            ledger = repository.ledger_values(row, kind=b.kind, symbol=b.symbol, units=b.units * b.direction,
+                                              price=b.price, realised=outcome.realised_pnl, state=outcome.state,
+                                              at=now, actor=actor.name, decision_id=d.id)
+        events = [chain.seal(m.SwitchEventRow, repository.event_values(portfolio_id, e, d.id))
+                  for e in outcome.events]
+        return Record(decision, ledger, events)
+
+    def _decide_one(self, session, loaded: Loaded, fields: dict[str, Any], actor: Actor,
+                    started: float) -> tuple[m.Decision, bool]:
+        """Decide one intent of a locked portfolio and write the decision and every change it causes."""
+        portfolio_id = loaded.row.id
+        intent, request_hash = self._intent(loaded, fields)
+        if intent.intent_id is not None:
+            stored = session.info.get("rpm_intents", {}).get((portfolio_id, intent.intent_id))
+            if stored is None:
+                stored = session.execute(
+                    select(m.Decision).where(
+                        m.Decision.portfolio_id == portfolio_id, m.Decision.intent_id == intent.intent_id
+                    )
+                ).scalar_one_or_none()
+            if stored is not None:
+                return self._replayed(stored, request_hash, intent), True
+        now = self.clock()
+        outcome = engine.decide(loaded.state, intent, loaded.config, now, str(uuid.uuid4()))
+        if self.unsafe_disable_portfolio_lock:  # the naive way: decided on what was read, written with fresh counters
+            session.refresh(loaded.row, with_for_update=True)
+        record = self._record(loaded, intent, request_hash, outcome, now, actor, started)
+        decision_row = m.Decision(**record.decision)
+        session.add(decision_row)
+        if record.ledger is not None:
+            session.add(m.LedgerEntry(**record.ledger))
         repository.save(session, loaded, outcome.state, now)
-        repository.add_events(session, chain, portfolio_id, outcome.events, d.id)
+        for event in record.events:
+            session.add(m.SwitchEventRow(**event))
         if intent.intent_id is not None:  # a retry later in the same batch finds it without a flush
             session.info.setdefault("rpm_intents", {})[(portfolio_id, intent.intent_id)] = decision_row
         loaded.state = outcome.state
         return decision_row, False
-
 
     def _trade_response(self, loaded: Loaded, row: m.Decision, replay: bool) -> dict[str, Any]:
         return {

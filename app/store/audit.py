@@ -50,12 +50,19 @@ def _plain(value: Any) -> Any:
     Every number becomes its normalized decimal string: NUMERIC columns come back as Decimal with
     trailing zeros, and JSONB keeps numbers as numeric, so -0.0 comes back as 0 and 1e16 as an int.
     """
-    if isinstance(value, bool) or value is None or isinstance(value, str):
+    if value is None or value is True or value is False or isinstance(value, str):
         return value
+    kind = type(value)
+    if kind is float:
+        return _float_text(value)
+    if kind is dict:
+        return {str(k): _plain(v) for k, v in value.items()}
+    if kind is list or kind is tuple:
+        return [_plain(v) for v in value]
+    if kind is int and -_EXACT < value < _EXACT:  # within the decimal context's 28 digits
+        return str(value)
     if isinstance(value, (int, float, Decimal)):
-        number = value if isinstance(value, Decimal) else Decimal(repr(value))
-        text = format(number.normalize(), "f")
-        return "0" if text == "-0" else text
+        return _decimal_text(value if isinstance(value, Decimal) else Decimal(repr(value)))
     if isinstance(value, datetime):
         return value.astimezone(UTC).isoformat(timespec="microseconds")
     if isinstance(value, dict):
@@ -63,6 +70,28 @@ def _plain(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     return value
+
+
+_EXACT = 10**27
+
+
+def _decimal_text(number: Decimal) -> str:
+    text = format(number.normalize(), "f")
+    return "0" if text == "-0" else text
+
+
+def _float_text(value: float) -> str:
+    """``_decimal_text(Decimal(repr(value)))`` without the Decimal for the common case.
+
+    repr gives the shortest round-tripping digits: without an exponent its only non-normal
+    form is a trailing ".0" (the property tests compare both ways over all floats).
+    """
+    text = repr(value)
+    if "e" in text or "n" in text:  # exponent, nan, inf
+        return _decimal_text(Decimal(text))
+    if text.endswith(".0"):
+        text = text[:-2]
+    return "0" if text == "-0" else text
 
 
 def canonical(kind: str, values: dict[str, Any]) -> str:
@@ -81,7 +110,8 @@ class Chain:
 
     owner: Any  # the locked Portfolio row, or the AuditHead row of the system chain
 
-    def append(self, session: Session, model: type, **values: Any) -> Any:
+    def seal(self, model: type, values: dict[str, Any]) -> dict[str, Any]:
+        """Give ``values`` (a row of ``model``) the next place on the chain: seq, previous hash, hash."""
         owner = self.owner
         values["audit_seq"] = owner.audit_seq + 1
         values["prev_hash"] = owner.audit_head or GENESIS
@@ -89,7 +119,10 @@ class Chain:
         values["row_hash"] = row_hash(values["prev_hash"], KIND[model], hashed)
         owner.audit_seq = values["audit_seq"]
         owner.audit_head = values["row_hash"]
-        row = model(**values)
+        return values
+
+    def append(self, session: Session, model: type, **values: Any) -> Any:
+        row = model(**self.seal(model, values))
         session.add(row)
         return row
 

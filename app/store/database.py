@@ -60,6 +60,9 @@ class Database:
         self.engine = make_engine(url, **engine_options)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False, autoflush=False)
         self.is_sqlite = url.startswith("sqlite")
+        # decisions go through psycopg's pipeline mode on PostgreSQL (app/store/pipeline.py)
+        self.pipelined = self.engine.dialect.name == "postgresql" and self.engine.dialect.driver == "psycopg"
+        self.cache_key = self.engine.url.render_as_string(hide_password=True)
         # SQLite serializes writers on the file; one process-wide lock avoids busy waits
         self._local_lock = threading.Lock() if self.is_sqlite else None
 
@@ -96,6 +99,36 @@ class Database:
             session.rollback()
             session.close()
 
+    @contextmanager
+    def connection(self) -> Iterator[Any]:
+        """PostgreSQL: the psycopg connection itself, from the pool, for a transaction run by hand.
+
+        Rolled back unless the caller committed; a connection the server dropped is discarded.
+        Any database error becomes DatabaseUnavailable.
+        """
+        import psycopg
+
+        try:
+            pooled = self.engine.raw_connection()
+        except (*DB_ERRORS, psycopg.Error) as exc:  # the pool's raw connect raises the driver's own
+            raise DatabaseUnavailable(_describe(exc)) from exc
+        conn = pooled.driver_connection
+        try:
+            try:
+                yield conn
+            except psycopg.Error as exc:
+                raise DatabaseUnavailable(_describe(exc)) from exc
+            finally:
+                if conn.broken or conn.closed:
+                    pooled.invalidate()
+                else:
+                    try:
+                        conn.rollback()
+                    except psycopg.Error:
+                        pooled.invalidate()
+        finally:
+            pooled.close()
+
     def ping(self) -> None:
         try:
             with self.engine.connect() as conn:
@@ -108,7 +141,7 @@ class Database:
 
 
 def _describe(exc: Exception) -> str:
-    orig = getattr(exc, "orig", None)
+    orig = getattr(exc, "orig", None) or exc.__cause__
     name = type(orig or exc).__name__
     if "lock timeout" in str(exc) or "LockNotAvailable" in name:
         return "timed out waiting for the portfolio lock"

@@ -100,7 +100,7 @@ class Portfolio(Base):
     trading_state: Mapped[str] = mapped_column(String(16), default="ACTIVE")
     # the tripped switches (portfolio-wide and per symbol), as the engine's SwitchState dicts
     switches: Mapped[dict] = mapped_column(Json, default=dict)
-    # bounded histories the engine reads: recent confidences, intent times, ATRs per symbol
+    # bounded histories the engine reads: recent confidences, intent times (ATRs: atr_histories)
     memory: Mapped[dict] = mapped_column(Json, default=dict)
     # running decision counters for risk_metrics (updated in the decision's transaction)
     counters: Mapped[dict] = mapped_column(Json, default=dict)
@@ -303,6 +303,20 @@ class AuditHead(Base):
     chain: Mapped[str] = mapped_column(String(64), primary_key=True)
     audit_seq: Mapped[int] = mapped_column(BigInteger)
     audit_head: Mapped[str] = mapped_column(String(64))
+
+
+class AtrHistory(Base):
+    """The ATRs RPM has seen for one symbol of a portfolio (its volatility baseline), newest last.
+
+    One row per symbol, not a key of the portfolio row: a decision rewrites only its symbol's.
+    """
+
+    __tablename__ = "atr_histories"
+
+    portfolio_id: Mapped[str] = mapped_column(ForeignKey("portfolios.id"), primary_key=True)
+    symbol: Mapped[str] = mapped_column(String(32), primary_key=True)
+    history: Mapped[list] = mapped_column(Json)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
 class MarkSnapshot(Base):

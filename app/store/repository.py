@@ -69,7 +69,12 @@ def load(session: Session, portfolio_id: str, *, lock: bool = True) -> Loaded:
     positions = {p.symbol: p for p in session.scalars(select(m.Position).where(m.Position.portfolio_id == row.id))}
     marks = {k.symbol: k for k in session.scalars(select(m.Mark).where(m.Mark.portfolio_id == row.id))}
     config = config_for(session, row.id, row.config_version)
-    return Loaded(row, positions, marks, to_state(row, positions, marks), config)
+    return Loaded(row, positions, marks, to_state(row, positions, marks, atr=_atr(session, row.id)), config)
+
+
+def _atr(session: Session, portfolio_id: str) -> dict[str, tuple[float, ...]]:
+    return {symbol: tuple(history) for symbol, history in session.execute(
+        select(m.AtrHistory.symbol, m.AtrHistory.history).where(m.AtrHistory.portfolio_id == portfolio_id))}
 
 
 def _rows_json(model: type, columns: list[str], portfolio_id: str):
@@ -98,11 +103,19 @@ def _remember_history(digest: str, prices: tuple[float, ...]) -> None:
 
 
 def _histories(session: Session, digests: set[str]) -> dict[str, tuple[float, ...]]:
+    def fetch(missing: list[str]):
+        return session.execute(select(m.MarkSnapshot.hash, m.MarkSnapshot.prices)
+                               .where(m.MarkSnapshot.hash.in_(missing))).all()
+
+    return cached_histories(digests, fetch)
+
+
+def cached_histories(digests: set[str], fetch: Any) -> dict[str, tuple[float, ...]]:
+    """Mark histories by hash, from the process cache, ``fetch`` giving (hash, prices) of those missing."""
     missing = [d for d in digests if d not in _HISTORIES]
     if missing:
-        for row in session.execute(select(m.MarkSnapshot.hash, m.MarkSnapshot.prices)
-                                   .where(m.MarkSnapshot.hash.in_(missing))):
-            _remember_history(row.hash, tuple(row.prices))
+        for digest, prices in fetch(missing):
+            _remember_history(digest, tuple(prices))
     return {d: _HISTORIES[d] for d in digests}
 
 
@@ -127,7 +140,7 @@ def _load_in_two_round_trips(session: Session, portfolio_id: str, lock: bool) ->
     if any(data["history_hash"] is None for data in mark_rows):  # written before mark snapshots existed
         marks = {k.symbol: k for k in session.scalars(select(m.Mark).where(m.Mark.portfolio_id == row.id))}
         config = config_for(session, row.id, row.config_version)
-        return Loaded(row, positions, marks, to_state(row, positions, marks), config)
+        return Loaded(row, positions, marks, to_state(row, positions, marks, atr=_atr(session, row.id)), config)
     marks = {}
     for data in mark_rows:
         # `history` is not read: it comes from the snapshot its hash names (cached in process)
@@ -137,7 +150,7 @@ def _load_in_two_round_trips(session: Session, portfolio_id: str, lock: bool) ->
     found = _histories(session, {k.history_hash for k in marks.values()})
     histories = {s: found[k.history_hash] for s, k in marks.items()}
     config = config_for(session, row.id, row.config_version)
-    return Loaded(row, positions, marks, to_state(row, positions, marks, histories), config)
+    return Loaded(row, positions, marks, to_state(row, positions, marks, histories, _atr(session, row.id)), config)
 
 
 def _ts(value: str | None) -> datetime | None:
@@ -156,19 +169,29 @@ def _attach(session: Session, obj: Any) -> Any:
 
 
 def config_for(session: Session, portfolio_id: str, version: int) -> RPMConfig:
-    key = (session.get_bind().url.render_as_string(hide_password=True), portfolio_id, version)
-    config = _CONFIG_CACHE.get(key)
-    if config is None:
-        body = session.execute(
+    def fetch() -> dict[str, Any]:
+        return session.execute(
             select(m.ConfigVersion.body).where(m.ConfigVersion.portfolio_id == portfolio_id,
                                                m.ConfigVersion.version == version)
         ).scalar_one()
-        config = _CONFIG_CACHE[key] = RPMConfig.from_dict(body)
+
+    return cached_config(session.get_bind().url.render_as_string(hide_password=True), portfolio_id, version, fetch)
+
+
+def cached_config(database: str, portfolio_id: str, version: int, fetch: Any) -> RPMConfig:
+    """Configuration versions are immutable: each is read once per process (``fetch`` gives its body)."""
+    key = (database, portfolio_id, version)
+    config = _CONFIG_CACHE.get(key)
+    if config is None:
+        config = _CONFIG_CACHE[key] = RPMConfig.from_dict(fetch())
     return config
 
 
 def to_state(row: m.Portfolio, positions: dict[str, m.Position], marks: dict[str, m.Mark],
-             histories: dict[str, tuple[float, ...]] | None = None) -> PortfolioState:
+             histories: dict[str, tuple[float, ...]] | None = None,
+             atr: dict[str, tuple[float, ...]] | None = None) -> PortfolioState:
+    """The engine's state from the rows. ``atr``: the ATR histories read (the decision path reads
+    only those of the symbols it decides on: the engine reads no other)."""
     memory = row.memory or {}
     switches = row.switches or {}
     return PortfolioState(
@@ -186,7 +209,7 @@ def to_state(row: m.Portfolio, positions: dict[str, m.Position], marks: dict[str
         },
         marks={s: _norm(k.price) for s, k in marks.items()},
         mark_history=histories if histories is not None else {s: tuple(k.history or ()) for s, k in marks.items()},
-        atr_history={s: tuple(v) for s, v in memory.get("atr_history", {}).items()},
+        atr_history=dict(atr or {}),
         recent_confidences=tuple(memory.get("recent_confidences", ())),
         recent_intent_times=tuple(memory.get("recent_intent_times", ())),
         switches={k: SwitchState.from_dict(v) for k, v in switches.get("portfolio", {}).items()},
@@ -202,35 +225,70 @@ def _norm(value: Decimal | None) -> Decimal | None:
     return value.quantize(Decimal(1)) if value.as_tuple().exponent > 0 else value
 
 
+@dataclass
+class Changes:
+    """What a new engine state changes in the stored one: portfolio columns, positions, marks."""
+
+    portfolio: dict[str, Any]
+    positions: dict[str, EnginePosition]  # new or changed
+    closed: list[str]
+    atr: dict[str, tuple[float, ...]]  # symbol -> ATR history, new or changed
+    marks: dict[str, tuple[Decimal, tuple[float, ...]]]  # symbol -> (price, history), new or changed
+
+
+def state_changes(old: PortfolioState, new: PortfolioState) -> Changes:
+    portfolio = {
+        "realised_pnl": new.realised_pnl, "peak_equity": new.peak_equity, "day_key": new.day_key,
+        "day_start_equity": new.day_start_equity, "day_peak_equity": new.day_peak_equity,
+        "week_key": new.week_key, "week_start_equity": new.week_start_equity,
+        "trading_state": "HALTED" if new.switches else "ACTIVE",
+    }
+    if new.switches != old.switches or new.symbol_halts != old.symbol_halts:
+        portfolio["switches"] = switches_json(new)
+    if new.recent_confidences != old.recent_confidences or new.recent_intent_times != old.recent_intent_times:
+        portfolio["memory"] = memory_json(new)
+    marks = {}
+    for symbol, price in new.marks.items():
+        history = new.mark_history.get(symbol, ())
+        if old.marks.get(symbol) != price or old.mark_history.get(symbol, ()) != history:
+            marks[symbol] = (price, history)
+    return Changes(
+        portfolio,
+        {s: p for s, p in new.positions.items() if old.positions.get(s) != p},
+        sorted(old.positions.keys() - new.positions.keys()),
+        {s: h for s, h in new.atr_history.items() if old.atr_history.get(s) != h},
+        marks,
+    )
+
+
+def switches_json(state: PortfolioState) -> dict[str, Any]:
+    return {
+        "portfolio": {k: v.to_dict() for k, v in sorted(state.switches.items())},
+        "symbols": {k: v.to_dict() for k, v in sorted(state.symbol_halts.items())},
+    }
+
+
+def memory_json(state: PortfolioState) -> dict[str, Any]:
+    return {
+        "recent_confidences": list(state.recent_confidences),
+        "recent_intent_times": list(state.recent_intent_times),
+    }
+
+
 def save(session: Session, loaded: Loaded, new: PortfolioState, now: datetime) -> None:
     """Write every change the engine made to the state (within the caller's transaction)."""
-    row, old = loaded.row, loaded.state
-    row.realised_pnl = new.realised_pnl
-    row.peak_equity = new.peak_equity
-    row.day_key = new.day_key
-    row.day_start_equity = new.day_start_equity
-    row.day_peak_equity = new.day_peak_equity
-    row.week_key = new.week_key
-    row.week_start_equity = new.week_start_equity
-    row.trading_state = "HALTED" if new.switches else "ACTIVE"
-    if new.switches != old.switches or new.symbol_halts != old.symbol_halts:
-        row.switches = {
-            "portfolio": {k: v.to_dict() for k, v in sorted(new.switches.items())},
-            "symbols": {k: v.to_dict() for k, v in sorted(new.symbol_halts.items())},
-        }
-    if (new.atr_history != old.atr_history or new.recent_confidences != old.recent_confidences
-            or new.recent_intent_times != old.recent_intent_times):
-        row.memory = {
-            "atr_history": {k: list(v) for k, v in sorted(new.atr_history.items())},
-            "recent_confidences": list(new.recent_confidences),
-            "recent_intent_times": list(new.recent_intent_times),
-        }
+    row = loaded.row
+    changes = state_changes(loaded.state, new)
+    for column, value in changes.portfolio.items():
+        setattr(row, column, value)
     row.updated_at = now
-    for symbol in old.positions.keys() - new.positions.keys():
-        session.delete(loaded.positions.pop(symbol))
-    for symbol, pos in new.positions.items():
-        if old.positions.get(symbol) == pos:
-            continue
+    for symbol in changes.closed:
+        position = loaded.positions.pop(symbol)
+        if sa_inspect(position).persistent:
+            session.delete(position)
+        else:  # opened earlier in this transaction (a batch) and closed again: never written
+            session.expunge(position)
+    for symbol, pos in changes.positions.items():
         existing = loaded.positions.get(symbol)
         if existing is None:
             loaded.positions[symbol] = existing = m.Position(portfolio_id=row.id, symbol=symbol,
@@ -240,10 +298,10 @@ def save(session: Session, loaded: Loaded, new: PortfolioState, now: datetime) -
         existing.avg_price = pos.avg_price
         existing.opened_at = pos.opened_at
         existing.updated_at = now
-    for symbol, price in new.marks.items():
-        history = new.mark_history.get(symbol, ())
-        if old.marks.get(symbol) == price and old.mark_history.get(symbol, ()) == history:
-            continue
+    for symbol, history in changes.atr.items():
+        _upsert(session, m.AtrHistory, ["portfolio_id", "symbol"],
+                dict(portfolio_id=row.id, symbol=symbol, history=list(history), updated_at=now))
+    for symbol, (price, history) in changes.marks.items():
         existing = loaded.marks.get(symbol)
         if existing is None:
             loaded.marks[symbol] = existing = m.Mark(portfolio_id=row.id, symbol=symbol)
@@ -252,6 +310,13 @@ def save(session: Session, loaded: Loaded, new: PortfolioState, now: datetime) -
         existing.history = list(history)
         existing.history_hash = store_mark_snapshot(session, symbol, history, now)
         existing.updated_at = now
+
+
+def _upsert(session: Session, model: type, keys: list[str], values: dict[str, Any]) -> None:
+    insert = postgresql_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+    statement = insert(model).values(**values)
+    session.execute(statement.on_conflict_do_update(
+        index_elements=keys, set_={k: statement.excluded[k] for k in values if k not in keys}))
 
 
 def mark_history_hash(symbol: str, prices: tuple[float, ...] | list[float]) -> str:
@@ -287,29 +352,32 @@ def resolve_state(session: Session, data: dict[str, Any]) -> PortfolioState:
     return PortfolioState.from_dict(data)
 
 
+def event_values(portfolio_id: str, e: SwitchEvent, decision_id: str | None = None) -> dict[str, Any]:
+    return dict(portfolio_id=portfolio_id, switch=e.switch, action=e.action, symbol=e.symbol, at=e.at,
+                value=_num(e.value), threshold=_num(e.threshold), cooldown_until=e.cooldown_until,
+                reason=e.reason, detail=dict(e.detail), decision_id=decision_id)
+
+
 def add_events(session: Session, chain: Chain, portfolio_id: str, events: list[SwitchEvent],
                decision_id: str | None = None) -> None:
     for e in events:
-        chain.append(
-            session, m.SwitchEventRow,
-            portfolio_id=portfolio_id, switch=e.switch, action=e.action, symbol=e.symbol, at=e.at,
-            value=_num(e.value), threshold=_num(e.threshold), cooldown_until=e.cooldown_until, reason=e.reason,
-            detail=dict(e.detail), decision_id=decision_id,
-        )
+        chain.append(session, m.SwitchEventRow, **event_values(portfolio_id, e, decision_id))
 
 
-def add_ledger(session: Session, row: m.Portfolio, *, kind: str, symbol: str, units: Decimal, price: Decimal,
-               realised: Decimal, state: PortfolioState, at: datetime, actor: str | None,
-               decision_id: str | None = None) -> None:
+def ledger_values(row: Any, *, kind: str, symbol: str, units: Decimal, price: Decimal, realised: Decimal,
+                  state: PortfolioState, at: datetime, actor: str | None,
+                  decision_id: str | None = None) -> dict[str, Any]:
     """One change of the books, numbered in the portfolio's ledger (the caller holds its lock)."""
     row.last_ledger_seq += 1
     position = state.positions.get(symbol)
-    session.add(m.LedgerEntry(
-        portfolio_id=row.id, seq=row.last_ledger_seq, kind=kind, symbol=symbol, decision_id=decision_id,
-        units=units, price=price, realised_pnl=realised,
-        position_units=position.units if position else Decimal(0),
-        position_avg_price=position.avg_price if position else None, at=at, actor=actor,
-    ))
+    return dict(portfolio_id=row.id, seq=row.last_ledger_seq, kind=kind, symbol=symbol, decision_id=decision_id,
+                units=units, price=price, realised_pnl=realised,
+                position_units=position.units if position else Decimal(0),
+                position_avg_price=position.avg_price if position else None, at=at, actor=actor)
+
+
+def add_ledger(session: Session, row: m.Portfolio, **values: Any) -> None:
+    session.add(m.LedgerEntry(**ledger_values(row, **values)))
 
 
 def _num(value: float | None) -> Decimal | None:

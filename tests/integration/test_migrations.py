@@ -26,3 +26,33 @@ def test_empty_database_to_head_to_base_to_head_without_drift(empty_database_url
     upgrade(empty_database_url)
     assert tables(empty_database_url) >= TABLES
     command.check(alembic_config(empty_database_url))
+
+
+def test_atr_histories_move_out_of_the_portfolio_row_and_back(empty_database_url):
+    """0008 moves each portfolio's ATR histories from `memory` to one row per symbol; its downgrade undoes it."""
+    import json
+
+    from sqlalchemy import text
+
+    upgrade(empty_database_url, "0007")
+    engine = create_engine(empty_database_url)
+    memory = {"atr_history": {"EURUSD": [0.001, 0.002], "USDJPY": [0.5]}, "recent_confidences": [0.7],
+              "recent_intent_times": [1.5]}
+    try:
+        with engine.begin() as conn:
+            conn.execute(text(
+                "INSERT INTO portfolios (id, account_currency, starting_capital, realised_pnl, trading_state, "
+                "switches, memory, counters, config_version, last_seq, created_at, updated_at) VALUES "
+                "('p', 'USD', 1000, 0, 'ACTIVE', '{}', CAST(:m AS jsonb), '{}', 1, 0, now(), now())"),
+                {"m": json.dumps(memory)})
+        upgrade(empty_database_url)
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT symbol, history FROM atr_histories ORDER BY symbol")).all() == [
+                ("EURUSD", [0.001, 0.002]), ("USDJPY", [0.5])]
+            assert conn.execute(text("SELECT memory FROM portfolios")).scalar_one() == {
+                "recent_confidences": [0.7], "recent_intent_times": [1.5]}
+        downgrade(empty_database_url, "0007")
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT memory FROM portfolios")).scalar_one() == memory
+    finally:
+        engine.dispose()

@@ -1,0 +1,220 @@
+"""PostgreSQL: a decision transaction in two round trips, with psycopg's pipeline mode.
+
+    round trip 1: BEGIN; lock each portfolio row; read its positions and marks; look up the
+                  intent ids already decided                       (one pipeline, one wait)
+    -- the engine decides, in memory --
+    round trip 2: insert the decisions, ledger entries and switch events; upsert what changed
+                  of positions and marks; update the portfolio row; COMMIT  (one pipeline)
+
+The reads are sent after the lock statement in the same pipeline: PostgreSQL runs them in
+order, each with a snapshot taken when it starts, so they see everything committed by the
+transaction that held the lock before us. The rows are the same the ORM would write
+(`repository.state_changes`, `Chain.seal`, `ledger_values`, `event_values`); only the way
+they are sent differs. The ORM path remains for SQLite and for every other operation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from types import SimpleNamespace
+from typing import Any
+
+from psycopg import Connection
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+from sqlalchemy import JSON, Table
+
+from app.risk import PortfolioState
+
+from . import models as m
+from .repository import (
+    Loaded,
+    cached_config,
+    cached_histories,
+    mark_history_hash,
+    state_changes,
+    to_state,
+)
+
+_PORTFOLIO_COLUMNS = [c.name for c in m.Portfolio.__table__.columns]
+_SELECT_PORTFOLIO = f"SELECT {', '.join(_PORTFOLIO_COLUMNS)} FROM portfolios WHERE id = %s"
+_SELECT_POSITIONS = "SELECT symbol, units, avg_price, opened_at FROM positions WHERE portfolio_id = %s"
+_SELECT_MARKS = "SELECT symbol, price, history_hash FROM marks WHERE portfolio_id = %s"
+_SELECT_ATR = "SELECT symbol, history FROM atr_histories WHERE portfolio_id = %s AND symbol = ANY(%s)"
+_SELECT_DECIDED = "SELECT * FROM decisions WHERE portfolio_id = %s AND intent_id = ANY(%s)"
+_SELECT_HEAD = ("SELECT last_seq, last_ledger_seq, audit_seq, audit_head, counters FROM portfolios "
+                "WHERE id = %s FOR UPDATE")
+_MUTABLE = ["realised_pnl", "peak_equity", "day_key", "day_start_equity", "day_peak_equity", "week_key",
+            "week_start_equity", "trading_state", "switches", "memory", "counters", "last_seq",
+            "last_ledger_seq", "audit_seq", "audit_head", "updated_at"]
+_UPDATE_PORTFOLIO = f"UPDATE portfolios SET {', '.join(f'{c} = %s' for c in _MUTABLE)} WHERE id = %s"
+_UPSERT_POSITION = (
+    "INSERT INTO positions (portfolio_id, symbol, units, avg_price, opened_at, updated_at) "
+    "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (portfolio_id, symbol) DO UPDATE SET "
+    "units = excluded.units, avg_price = excluded.avg_price, opened_at = excluded.opened_at, "
+    "updated_at = excluded.updated_at")
+_UPSERT_ATR = (
+    "INSERT INTO atr_histories (portfolio_id, symbol, history, updated_at) VALUES (%s, %s, %s, %s) "
+    "ON CONFLICT (portfolio_id, symbol) DO UPDATE SET history = excluded.history, updated_at = excluded.updated_at")
+_DELETE_POSITION = "DELETE FROM positions WHERE portfolio_id = %s AND symbol = %s"
+_UPSERT_MARK = (
+    "INSERT INTO marks (portfolio_id, symbol, price, history, history_hash, updated_at) "
+    "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (portfolio_id, symbol) DO UPDATE SET "
+    "price = excluded.price, history = excluded.history, history_hash = excluded.history_hash, "
+    "updated_at = excluded.updated_at")
+_INSERT_SNAPSHOT = ("INSERT INTO mark_snapshots (hash, symbol, prices, created_at) VALUES (%s, %s, %s, %s) "
+                    "ON CONFLICT (hash) DO NOTHING")
+_JSON_COLUMNS = {"switches", "memory", "counters"}
+
+
+@dataclass(frozen=True)
+class _Insert:
+    sql: str
+    columns: list[str]
+    json: frozenset[str]
+
+
+def _insert(model: type) -> _Insert:
+    table: Table = model.__table__
+    columns = [c.name for c in table.columns if not (c.primary_key and c.autoincrement is True)]
+    json = frozenset(c.name for c in table.columns if isinstance(c.type, JSON))
+    placeholders = ", ".join(["%s"] * len(columns))
+    return _Insert(f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({placeholders})", columns, json)
+
+
+_INSERTS = {model: _insert(model) for model in (m.Decision, m.LedgerEntry, m.SwitchEventRow)}
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    return None if value is None else value.astimezone(UTC)
+
+
+@dataclass
+class Wanted:
+    """What the decisions of one portfolio need read: its intents' ids (retries?) and symbols (ATRs)."""
+
+    intent_ids: list[str] = field(default_factory=list)
+    symbols: set[str] = field(default_factory=set)
+
+
+@dataclass
+class Locked:
+    """One portfolio as read under its lock: the engine's view, and the intents it already decided."""
+
+    loaded: Loaded
+    initial: PortfolioState
+    decided: dict[str, SimpleNamespace]
+
+
+@dataclass
+class DecisionTransaction:
+    """Decisions of one or more portfolios: lock and read in one round trip, write and commit in one."""
+
+    conn: Connection
+    database: str  # the URL without password: the key of the configuration cache
+    writes: list[tuple[str, list[tuple[Any, ...]]]] = field(default_factory=list)
+
+    def lock(self, requests: dict[str, Wanted], *, lock: bool = True) -> dict[str, Locked | None]:
+        """Lock the portfolios (in sorted order: no deadlock) and read them; None for one that does not exist."""
+        conn = self.conn
+        cursors = {}
+        suffix = " FOR UPDATE" if lock else ""
+        with conn.pipeline():
+            for portfolio_id in sorted(requests):
+                wanted = requests[portfolio_id]
+                cursors[portfolio_id] = (
+                    conn.execute(_SELECT_PORTFOLIO + suffix, (portfolio_id,)),
+                    conn.execute(_SELECT_POSITIONS, (portfolio_id,)),
+                    conn.execute(_SELECT_MARKS, (portfolio_id,)),
+                    conn.execute(_SELECT_ATR, (portfolio_id, sorted(wanted.symbols))),
+                    conn.cursor(row_factory=dict_row).execute(_SELECT_DECIDED, (portfolio_id, wanted.intent_ids))
+                    if wanted.intent_ids else None,
+                )
+        return {pid: self._locked(*found) for pid, found in cursors.items()}
+
+    def _locked(self, portfolio, positions, marks, atr, decided) -> Locked | None:
+        values = portfolio.fetchone()
+        if values is None:
+            return None
+        row = SimpleNamespace(**dict(zip(_PORTFOLIO_COLUMNS, values, strict=True)))
+        row.created_at, row.updated_at = _utc(row.created_at), _utc(row.updated_at)
+        position_rows = {
+            symbol: SimpleNamespace(symbol=symbol, units=units, avg_price=avg, opened_at=_utc(opened))
+            for symbol, units, avg, opened in positions.fetchall()
+        }
+        mark_rows = {symbol: SimpleNamespace(symbol=symbol, price=price, history_hash=digest)
+                     for symbol, price, digest in marks.fetchall()}
+        if any(k.history_hash is None for k in mark_rows.values()):  # written before mark snapshots existed
+            for symbol, history in self.conn.execute(
+                    "SELECT symbol, history FROM marks WHERE portfolio_id = %s", (row.id,)):
+                mark_rows[symbol].history_hash = mark_history_hash(symbol, history or [])
+                mark_rows[symbol].history = tuple(history or ())
+            histories = {s: k.history for s, k in mark_rows.items()}
+        else:
+            found = cached_histories({k.history_hash for k in mark_rows.values()}, self._snapshots)
+            histories = {s: found[k.history_hash] for s, k in mark_rows.items()}
+        config = cached_config(self.database, row.id, row.config_version, lambda: self.conn.execute(
+            "SELECT body FROM config_versions WHERE portfolio_id = %s AND version = %s",
+            (row.id, row.config_version)).fetchone()[0])
+        state = to_state(row, position_rows, mark_rows, histories, {s: tuple(h) for s, h in atr.fetchall()})
+        loaded = Loaded(row, position_rows, mark_rows, state, config)
+        earlier = {}
+        for data in decided.fetchall() if decided is not None else ():
+            data["decided_at"] = _utc(data["decided_at"])
+            earlier[data["intent_id"]] = SimpleNamespace(**data)
+        return Locked(loaded, state, earlier)
+
+    def _snapshots(self, missing: list[str]) -> list[tuple[str, list[float]]]:
+        return self.conn.execute("SELECT hash, prices FROM mark_snapshots WHERE hash = ANY(%s)", (missing,)).fetchall()
+
+    def refresh_head(self, row: SimpleNamespace) -> None:
+        """TEST ONLY (the unsafe mode): lock the row now and take its fresh counters and chain head."""
+        (row.last_seq, row.last_ledger_seq, row.audit_seq, row.audit_head,
+         row.counters) = self.conn.execute(_SELECT_HEAD, (row.id,)).fetchone()
+
+    # -- writes (queued, sent by commit) ---------------------------------------------
+    def _queue(self, sql: str, params: tuple[Any, ...]) -> None:
+        if self.writes and self.writes[-1][0] == sql:
+            self.writes[-1][1].append(params)
+        else:
+            self.writes.append((sql, [params]))
+
+    def insert(self, model: type, values: dict[str, Any]) -> None:
+        spec = _INSERTS[model]
+        # (a JSON column given None holds JSON null, as the ORM writes it)
+        self._queue(spec.sql, tuple(Jsonb(values.get(c)) if c in spec.json else values.get(c)
+                                    for c in spec.columns))
+
+    def save(self, locked: Locked, now: datetime) -> None:
+        """Write what the decisions changed: positions, marks, and the portfolio row with its counters."""
+        loaded = locked.loaded
+        row = loaded.row
+        changes = state_changes(locked.initial, loaded.state)
+        for symbol in changes.closed:
+            self._queue(_DELETE_POSITION, (row.id, symbol))
+        for symbol, pos in changes.positions.items():
+            self._queue(_UPSERT_POSITION, (row.id, symbol, pos.units, pos.avg_price, pos.opened_at, now))
+        for symbol, history in changes.atr.items():
+            self._queue(_UPSERT_ATR, (row.id, symbol, Jsonb(list(history)), now))
+        for symbol, (price, history) in changes.marks.items():
+            digest = mark_history_hash(symbol, history)
+            self._queue(_INSERT_SNAPSHOT, (digest, symbol, Jsonb(list(history)), now))
+            self._queue(_UPSERT_MARK, (row.id, symbol, price, Jsonb(list(history)), digest, now))
+        for column, value in changes.portfolio.items():
+            setattr(row, column, value)
+        row.updated_at = now
+        self._queue(_UPDATE_PORTFOLIO, tuple(Jsonb(getattr(row, c)) if c in _JSON_COLUMNS else getattr(row, c)
+                                             for c in _MUTABLE) + (row.id,))
+
+    def commit(self) -> None:
+        """Send every queued write and COMMIT: one round trip."""
+        conn = self.conn
+        with conn.pipeline(), conn.cursor() as cursor:
+            for sql, params in self.writes:
+                if len(params) == 1:
+                    cursor.execute(sql, params[0])
+                else:
+                    cursor.executemany(sql, params)
+            conn.commit()
+        self.writes.clear()
