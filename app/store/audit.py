@@ -56,9 +56,9 @@ def _plain(value: Any) -> Any:
     if kind is float:
         return _float_text(value)
     if kind is dict:
-        return {str(k): _plain(v) for k, v in value.items()}
-    if kind is list or kind is tuple:
-        return [_plain(v) for v in value]
+        return {k if type(k) is str else str(k): _plain(v) for k, v in value.items()}
+    if kind is list or kind is tuple:  # (lists of floats are common: histories)
+        return [_float_text(v) if type(v) is float else _plain(v) for v in value]
     if kind is int and -_EXACT < value < _EXACT:  # within the decimal context's 28 digits
         return str(value)
     if isinstance(value, (int, float, Decimal)):

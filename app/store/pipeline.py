@@ -17,12 +17,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from types import SimpleNamespace
 from typing import Any
 
+import orjson
 from psycopg import Connection
 from psycopg.rows import dict_row
-from psycopg.types.json import Jsonb
+from psycopg.types import json as pg_json
 from sqlalchemy import JSON, Table
 
 from app.risk import PortfolioState
@@ -66,6 +68,8 @@ _UPSERT_MARK = (
 _INSERT_SNAPSHOT = ("INSERT INTO mark_snapshots (hash, symbol, prices, created_at) VALUES (%s, %s, %s, %s) "
                     "ON CONFLICT (hash) DO NOTHING")
 _JSON_COLUMNS = {"switches", "memory", "counters"}
+# JSONB parameters encoded by orjson (PostgreSQL parses them: the stored values are the same)
+Jsonb = partial(pg_json.Jsonb, dumps=partial(orjson.dumps, option=orjson.OPT_NON_STR_KEYS))
 
 
 @dataclass(frozen=True)

@@ -39,3 +39,19 @@ def test_structures_and_times():
     assert _plain({"a": [1.5, (2, None)], 3: True, "t": at}) == {
         "a": ["1.5", ["2", None]], "3": True, "t": "2026-03-02T12:00:00.000000+00:00"}
     assert canonical("decision", {"b": 2.0, "a": "x"}) == '{"a":"x","b":"2","kind":"decision"}'
+
+
+@given(st.lists(st.floats(allow_nan=False, allow_infinity=False), max_size=300))
+def test_packed_intent_times_round_trip_exactly(times):
+    from app.store.repository import pack_times, unpack_times
+
+    packed = pack_times(tuple(times))
+    assert isinstance(packed, str) and packed.startswith("f64le:")
+    assert unpack_times(packed) == tuple(times)
+
+
+def test_intent_times_written_as_a_list_still_read():
+    from app.store.repository import unpack_times
+
+    assert unpack_times([1.5, 2.25]) == (1.5, 2.25)
+    assert unpack_times(None) == ()
