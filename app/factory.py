@@ -5,9 +5,29 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime
 
+import orjson
 from flask import Flask
+from flask.json.provider import DefaultJSONProvider
 
 from .settings import Settings, default_instance_path
+
+
+class FastJSONProvider(DefaultJSONProvider):
+    """Flask's JSON, encoded by orjson: the same values (types orjson does not know, and datetimes,
+    go through Flask's own conversion), keys in insertion order, several times faster."""
+
+    sort_keys = False
+    _options = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_NON_STR_KEYS
+
+    def dumps(self, obj, **kwargs) -> str:  # type: ignore[override]
+        if kwargs:  # options orjson has no equivalent for (indent, ...): Flask's own encoder
+            return super().dumps(obj, **kwargs)
+        return orjson.dumps(obj, default=self.default, option=self._options).decode()
+
+    def response(self, *args, **kwargs):  # type: ignore[override]
+        obj = self._prepare_response_obj(args, kwargs)
+        return self._app.response_class(orjson.dumps(obj, default=self.default, option=self._options),
+                                        mimetype=self.mimetype)
 
 
 def create_app(settings: Settings | None = None, *, clock: Callable[[], datetime] | None = None) -> Flask:
@@ -15,7 +35,7 @@ def create_app(settings: Settings | None = None, *, clock: Callable[[], datetime
     instance_path = settings.instance_path or default_instance_path()
     app = Flask("app", instance_path=instance_path, instance_relative_config=True, static_folder=None)
     app.config["RPM_SETTINGS"] = settings
-    app.json.sort_keys = False
+    app.json = FastJSONProvider(app)
     register_service(app, settings, clock)
     register_observability(app, settings)
     register_api(app)

@@ -19,7 +19,7 @@ _errors = documented_errors(blp)
 class Halt(MethodView):
     @roles("admin")
     @portfolio_query(blp)
-    @blp.arguments(HaltSchema)
+    @blp.arguments(HaltSchema())
     @blp.response(200, AnyObjectSchema)
     @_errors
     def post(self, body, **_query):
@@ -31,7 +31,7 @@ class Halt(MethodView):
 class Resume(MethodView):
     @roles("admin")
     @portfolio_query(blp)
-    @blp.arguments(ResumeSchema)
+    @blp.arguments(ResumeSchema())
     @blp.response(200, AnyObjectSchema)
     @_errors
     def post(self, body, **_query):
@@ -51,7 +51,7 @@ class Config(MethodView):
 
     @roles("admin")
     @portfolio_query(blp)
-    @blp.arguments(ConfigPutSchema)
+    @blp.arguments(ConfigPutSchema())
     @blp.response(200, AnyObjectSchema)
     @_errors
     def put(self, body, **_query):

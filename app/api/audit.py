@@ -61,7 +61,7 @@ def allowed_portfolios(requested: str) -> tuple[str, ...] | None:
 @blp.route("/decisions")
 class Decisions(MethodView):
     @roles("compliance", "admin")
-    @blp.arguments(DecisionQuerySchema, location="query", unknown=RAISE)
+    @blp.arguments(DecisionQuerySchema(), location="query", unknown=RAISE)
     @blp.doc(responses={"200": {
         "description": "a page of decisions (or, with format=csv, all of them as CSV)",
         "content": {"application/json": {"schema": {"type": "object"}},
@@ -97,7 +97,7 @@ class DecisionView(MethodView):
 @blp.route("/audit/events")
 class AuditEvents(MethodView):
     @roles("compliance", "admin")
-    @blp.arguments(EventQuerySchema, location="query", unknown=RAISE)
+    @blp.arguments(EventQuerySchema(), location="query", unknown=RAISE)
     @blp.response(200, AnyObjectSchema)
     @blp.alt_response(422, description=ERROR_RESPONSES[422])
     @blp.alt_response(503, description=ERROR_RESPONSES[503])
@@ -151,7 +151,7 @@ def candidate_config(body: dict):
 @blp.route("/replay")
 class Replay(MethodView):
     @roles("compliance")
-    @blp.arguments(ReplaySchema, required=False)
+    @blp.arguments(ReplaySchema(), required=False)
     @blp.doc(responses={"200": {
         "description": "every decision that would differ, and a before/after summary",
         "content": {"application/json": {"schema": {"type": "object"}},

@@ -25,7 +25,7 @@ def portfolio_query(blp: Any):
 
     from .schemas import PortfolioQuerySchema
 
-    return blp.arguments(PortfolioQuerySchema, location="query", as_kwargs=True, unknown=RAISE)
+    return blp.arguments(PortfolioQuerySchema(), location="query", as_kwargs=True, unknown=RAISE)
 
 
 def documented_errors(blp: Any, statuses: tuple[int, ...] = tuple(ERROR_RESPONSES)):

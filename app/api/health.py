@@ -47,7 +47,7 @@ class HealthView(MethodView):
 @blp.route("/metrics")
 class MetricsView(MethodView):
     @roles(*ANY)
-    @blp.arguments(MetricsQuerySchema, location="query", as_kwargs=True, unknown=RAISE)
+    @blp.arguments(MetricsQuerySchema(), location="query", as_kwargs=True, unknown=RAISE)
     @blp.doc(responses={"200": {
         "description": "decision statistics (JSON), or the Prometheus text format",
         "content": {"application/json": {"schema": {"type": "object"}},
@@ -101,7 +101,7 @@ class EquityQuerySchema(Schema):
 @blp.route("/portfolio/equity")
 class EquityCurve(MethodView):
     @roles(*ANY)
-    @blp.arguments(EquityQuerySchema, location="query", unknown=RAISE)
+    @blp.arguments(EquityQuerySchema(), location="query", unknown=RAISE)
     @blp.response(200, AnyObjectSchema)
     @_errors
     def get(self, query):

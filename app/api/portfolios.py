@@ -34,7 +34,7 @@ class Portfolios(MethodView):
         return ok({"portfolios": service().list_portfolios(principal.portfolios if principal else None)})
 
     @roles("admin")
-    @blp.arguments(PortfolioCreateSchema)
+    @blp.arguments(PortfolioCreateSchema())
     @blp.response(201, AnyObjectSchema)
     @blp.alt_response(409, description="The portfolio already exists")
     @blp.alt_response(422, description=ERROR_RESPONSES[422])

@@ -43,7 +43,7 @@ _errors = documented_errors(blp)
 class ProcessTrade(MethodView):
     @roles("trader")
     @portfolio_query(blp)
-    @blp.arguments(TradeIntentSchema)
+    @blp.arguments(TradeIntentSchema())
     @blp.response(200, ProcessTradeResponseSchema)
     @_errors
     def post(self, body, **_query):
@@ -65,7 +65,7 @@ class TradeBatchSchema(Schema):
 @blp.route("/process_trades")
 class ProcessTrades(MethodView):
     @roles("trader")
-    @blp.arguments(TradeBatchSchema)
+    @blp.arguments(TradeBatchSchema())
     @blp.response(200, AnyObjectSchema)
     @_errors
     def post(self, body):
@@ -86,7 +86,7 @@ class ProcessTrades(MethodView):
 class WhatIf(MethodView):
     @roles("trader", "admin")
     @portfolio_query(blp)
-    @blp.arguments(TradeIntentSchema)
+    @blp.arguments(TradeIntentSchema())
     @blp.response(200, WhatIfResponseSchema)
     @_errors
     def post(self, body, **_query):
@@ -99,7 +99,7 @@ class WhatIf(MethodView):
 class Marks(MethodView):
     @roles("trader")
     @portfolio_query(blp)
-    @blp.arguments(MarksSchema)
+    @blp.arguments(MarksSchema())
     @blp.response(200, AnyObjectSchema)
     @_errors
     def post(self, body, **_query):
@@ -111,7 +111,7 @@ class Marks(MethodView):
 class Fills(MethodView):
     @roles("trader")
     @portfolio_query(blp)
-    @blp.arguments(FillSchema)
+    @blp.arguments(FillSchema())
     @blp.response(200, AnyObjectSchema)
     @_errors
     def post(self, body, **_query):
@@ -124,7 +124,7 @@ class Fills(MethodView):
 class ClosePosition(MethodView):
     @roles("trader")
     @portfolio_query(blp)
-    @blp.arguments(CloseSchema)
+    @blp.arguments(CloseSchema())
     @blp.response(200, AnyObjectSchema)
     @_errors
     def post(self, body, symbol, **_query):
