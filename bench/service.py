@@ -74,6 +74,23 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def machine_ticks() -> tuple[int, int]:
+    """(busy, total) jiffies of all cores since boot."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = fields[3] + fields[4]
+    return sum(fields) - idle, sum(fields)
+
+
+def busy_while(fn, *args, **kwargs):
+    """fn's result, with the share of the machine's CPU that was busy meanwhile."""
+    b0, t0 = machine_ticks()
+    result = fn(*args, **kwargs)
+    b1, t1 = machine_ticks()
+    result = dict(result) if isinstance(result, dict) else {"value": result}
+    result["busy"] = (b1 - b0) / max(1, t1 - t0)
+    return result
+
+
 def rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -163,12 +180,15 @@ def main() -> None:
         prepare_pgbench(url)
         wrk(base + "/process_trade", trader, "warm", 3, args.clients)
         workers = worker_pids(server.pid)
-        singles, batches, floors = [], [], []
+        singles, batches, floors, floor_busy = [], [], [], []
         cpu_before = {p: cpu_seconds(p) for p in workers}
         for run in range(args.runs):
-            floors.append(pgbench(url, args.seconds, args.clients))
-            singles.append(wrk(base + "/process_trade", trader, f"s{run}", args.seconds, args.clients))
-            batches.append(wrk(base + "/process_trades", trader, f"b{run}", args.seconds / 2, 2, batch=100))
+            floor = busy_while(pgbench, url, args.seconds, args.clients)
+            floors.append(floor["value"])
+            floor_busy.append(floor["busy"])
+            singles.append(busy_while(wrk, base + "/process_trade", trader, f"s{run}", args.seconds, args.clients))
+            batches.append(busy_while(wrk, base + "/process_trades", trader, f"b{run}", args.seconds / 2, 2,
+                                      batch=100))
         cpu_after = {p: cpu_seconds(p) for p in workers}
         rates = [(r["requests"] - r["errors"] - r["socket_errors"]) / r["seconds"] for r in singles]
         ratios = [rate / floor for rate, floor in zip(rates, floors, strict=True)]
@@ -179,11 +199,12 @@ def main() -> None:
         print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
               f"gunicorn gthread {args.workers} workers x {args.threads} threads, {args.clients} clients (wrk)")
         for run, (r, floor, batch) in enumerate(zip(singles, floors, batches, strict=True)):
-            print(f"  run {run + 1}: pgbench naive txn {floor:,.0f} tps | RPM /process_trade "
+            print(f"  run {run + 1}: pgbench naive txn {floor:,.0f} tps (CPU {floor_busy[run]:.0%} busy) | "
+                  f"RPM /process_trade (CPU {r['busy']:.0%} busy) "
                   f"{rates[run]:,.0f} decisions/s, p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms, "
                   f"errors {r['errors'] + r['socket_errors']} | /process_trades x100 "
                   f"{batch_rates[run]:,.0f} decisions/s, p50 {batch['p50_ms']:.1f} ms, "
-                  f"errors {batch['errors'] + batch['socket_errors']}")
+                  f"errors {batch['errors'] + batch['socket_errors']} (CPU {batch['busy']:.0%} busy)")
         print(f"median: pgbench {statistics.median(floors):,.0f} tps; RPM {statistics.median(rates):,.0f} decisions/s "
               f"= {statistics.median(ratios):.2f} x pgbench; p50 {statistics.median(r['p50_ms'] for r in singles):.1f} ms, "
               f"p99 {statistics.median(r['p99_ms'] for r in singles):.1f} ms; "

@@ -26,6 +26,7 @@ from .model import (
     SwitchEvent,
     TradeApprovalStatus,
     TradeIntent,
+    throttle_bucket,
     to_decimal,
 )
 from .sizing import size_position
@@ -209,16 +210,24 @@ class _Decider:
             return self.reject(ReasonCode.RESTRICTED_SYMBOL, f"{intent.symbol} is on the restricted list",
                                {"symbol": intent.symbol})
 
+        # intents counted in 10 ms buckets: the window is the last second plus what remains of the
+        # bucket it starts in (up to 10 ms more: never fewer intents than the exact second holds)
         ts = now.timestamp()
-        recent = tuple(t for t in s.recent_intent_times if t > ts - 1.0)
+        start = throttle_bucket(ts - 1.0)
+        window = tuple(p for p in s.recent_intents if p[0] >= start)
+        count = sum(n for _, n in window)
+        here = throttle_bucket(ts)
+        if window and window[-1][0] == here:
+            s.recent_intents = window[:-1] + ((here, window[-1][1] + 1),)
+        else:
+            s.recent_intents = window + ((here, 1),)
         limit = config.max_intents_per_second
-        s.recent_intent_times = (recent + (ts,))[-limit - 1:]
-        throttled = len(recent) >= limit
-        checks.append({"name": "throttle", "count": len(recent), "limit": limit,
+        throttled = count >= limit
+        checks.append({"name": "throttle", "count": count, "limit": limit,
                        "result": "REJECTED" if throttled else "PASS"})
         if throttled:
             return self.reject(ReasonCode.THROTTLED, f"more than {limit} intents in the last second",
-                               {"count": len(recent), "limit": limit})
+                               {"count": count, "limit": limit})
 
         mark = s.marks.get(intent.symbol)
         if mark is not None:
@@ -306,8 +315,10 @@ def decision_inputs(state: PortfolioState, intent: TradeIntent, now: datetime) -
     reduced = state.clone()
     reduced.mark_history = {s: h for s, h in state.mark_history.items() if s in read}
     reduced.atr_history = {s: h for s, h in state.atr_history.items() if s == intent.symbol}
-    horizon = now.timestamp() - 1.0
-    reduced.recent_intent_times = tuple(t for t in state.recent_intent_times if t > horizon)
+    # the throttle reads only how many intents its window holds: one pair says it
+    start = throttle_bucket(now.timestamp() - 1.0)
+    count = sum(n for b, n in state.recent_intents if b >= start)
+    reduced.recent_intents = ((start, count),) if count else ()
     return reduced
 
 

@@ -372,6 +372,26 @@ class Booking:
         )
 
 
+THROTTLE_BUCKETS_PER_SECOND = 100  # the throttle counts intents in 10 ms buckets
+
+
+def throttle_bucket(ts: float) -> int:
+    """The 10 ms bucket of a POSIX time."""
+    return math.floor(ts * THROTTLE_BUCKETS_PER_SECOND)
+
+
+def intents_by_bucket(times: Any) -> tuple[tuple[int, int], ...]:
+    """Intent times (POSIX seconds, as states kept them before the buckets) as (bucket, intents) pairs."""
+    pairs: list[list[int]] = []
+    for ts in times:
+        b = throttle_bucket(ts)
+        if pairs and pairs[-1][0] == b:
+            pairs[-1][1] += 1
+        else:
+            pairs.append([b, 1])
+    return tuple((b, n) for b, n in pairs)
+
+
 @dataclass(slots=True)
 class PortfolioState:
     """Everything the engine reads to decide. Copied, never shared, between decisions."""
@@ -390,7 +410,8 @@ class PortfolioState:
     mark_history: dict[str, tuple[float, ...]] = field(default_factory=dict)
     atr_history: dict[str, tuple[float, ...]] = field(default_factory=dict)
     recent_confidences: tuple[float, ...] = ()
-    recent_intent_times: tuple[float, ...] = ()  # POSIX seconds, newest last
+    # the throttle's window: (10 ms bucket, intents) pairs of the last second, oldest first
+    recent_intents: tuple[tuple[int, int], ...] = ()
     switches: dict[str, SwitchState] = field(default_factory=dict)
     symbol_halts: dict[str, SwitchState] = field(default_factory=dict)
 
@@ -415,7 +436,7 @@ class PortfolioState:
             mark_history=dict(self.mark_history),
             atr_history=dict(self.atr_history),
             recent_confidences=self.recent_confidences,
-            recent_intent_times=self.recent_intent_times,
+            recent_intents=self.recent_intents,
             switches=dict(self.switches),
             symbol_halts=dict(self.symbol_halts),
         )
@@ -443,7 +464,7 @@ class PortfolioState:
             "mark_history": {k: list(v) for k, v in sorted(self.mark_history.items())},
             "atr_history": {k: list(v) for k, v in sorted(self.atr_history.items())},
             "recent_confidences": list(self.recent_confidences),
-            "recent_intent_times": list(self.recent_intent_times),
+            "recent_intents": [list(p) for p in self.recent_intents],
             "switches": {k: s.to_dict() for k, s in sorted(self.switches.items())},
             "symbol_halts": {k: s.to_dict() for k, s in sorted(self.symbol_halts.items())},
         }
@@ -468,7 +489,8 @@ class PortfolioState:
             mark_history={k: tuple(v) for k, v in data.get("mark_history", {}).items()},
             atr_history={k: tuple(v) for k, v in data.get("atr_history", {}).items()},
             recent_confidences=tuple(data.get("recent_confidences", ())),
-            recent_intent_times=tuple(data.get("recent_intent_times", ())),
+            recent_intents=tuple(tuple(p) for p in data["recent_intents"]) if "recent_intents" in data
+            else intents_by_bucket(data.get("recent_intent_times", ())),  # (records before the buckets)
             switches={k: SwitchState.from_dict(v) for k, v in data.get("switches", {}).items()},
             symbol_halts={k: SwitchState.from_dict(v) for k, v in data.get("symbol_halts", {}).items()},
         )

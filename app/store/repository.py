@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session, make_transient_to_detached
 from app.risk import PortfolioState, RPMConfig
 from app.risk.config import canonical_json
 from app.risk.model import Position as EnginePosition
-from app.risk.model import SwitchEvent, SwitchState
+from app.risk.model import SwitchEvent, SwitchState, intents_by_bucket
 
 from . import models as m
 from .audit import Chain
@@ -213,7 +213,8 @@ def to_state(row: m.Portfolio, positions: dict[str, m.Position], marks: dict[str
         mark_history=histories if histories is not None else {s: tuple(k.history or ()) for s, k in marks.items()},
         atr_history=dict(atr or {}),
         recent_confidences=tuple(memory.get("recent_confidences", ())),
-        recent_intent_times=unpack_times(memory.get("recent_intent_times")),
+        recent_intents=tuple(tuple(p) for p in memory["recent_intents"]) if "recent_intents" in memory
+        else intents_by_bucket(unpack_times(memory.get("recent_intent_times"))),
         switches={k: SwitchState.from_dict(v) for k, v in switches.get("portfolio", {}).items()},
         symbol_halts={k: SwitchState.from_dict(v) for k, v in switches.get("symbols", {}).items()},
     )
@@ -247,7 +248,7 @@ def state_changes(old: PortfolioState, new: PortfolioState) -> Changes:
     }
     if new.switches != old.switches or new.symbol_halts != old.symbol_halts:
         portfolio["switches"] = switches_json(new)
-    if new.recent_confidences != old.recent_confidences or new.recent_intent_times != old.recent_intent_times:
+    if new.recent_confidences != old.recent_confidences or new.recent_intents != old.recent_intents:
         portfolio["memory"] = memory_json(new)
     marks = {}
     for symbol, price in new.marks.items():
@@ -273,7 +274,7 @@ def switches_json(state: PortfolioState) -> dict[str, Any]:
 def memory_json(state: PortfolioState) -> dict[str, Any]:
     return {
         "recent_confidences": list(state.recent_confidences),
-        "recent_intent_times": pack_times(state.recent_intent_times),
+        "recent_intents": [list(p) for p in state.recent_intents],
     }
 
 
@@ -339,7 +340,7 @@ _PACKED = "f64le:"
 
 
 def pack_times(times: tuple[float, ...]) -> str:
-    """A series of floats (the throttle's intent times, an ATR history) as one string:
+    """A series of floats (an ATR history) as one string:
     ``f64le:`` + base64 of little-endian doubles.
 
     Exact, and one value instead of one JSON number per element: at hundreds of decisions a
@@ -358,7 +359,6 @@ def unpack_times(value: str | list[float] | None) -> tuple[float, ...]:
 def audit_state(loaded: Loaded, reduced: PortfolioState) -> dict[str, Any]:
     """What a decision record keeps of the state it saw: mark histories by reference."""
     data = reduced.to_dict()
-    data["recent_intent_times"] = pack_times(reduced.recent_intent_times)
     data["atr_history"] = {s: pack_times(h) for s, h in reduced.atr_history.items()}
     histories = data.pop("mark_history")
     data["mark_history_refs"] = {s: loaded.marks[s].history_hash or mark_history_hash(s, h)
@@ -369,7 +369,8 @@ def audit_state(loaded: Loaded, reduced: PortfolioState) -> dict[str, Any]:
 def resolve_state(session: Session, data: dict[str, Any]) -> PortfolioState:
     """The engine state of a decision record, its mark histories fetched back by reference."""
     data = dict(data)
-    data["recent_intent_times"] = unpack_times(data.get("recent_intent_times"))
+    if "recent_intent_times" in data:  # (records before the buckets: packed or a list)
+        data["recent_intent_times"] = unpack_times(data["recent_intent_times"])
     data["atr_history"] = {s: unpack_times(h) for s, h in (data.get("atr_history") or {}).items()}
     refs = data.pop("mark_history_refs", None)
     if refs is not None:

@@ -1,6 +1,8 @@
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from app.risk import CooldownActive, ResumeError, RPMConfig
 from app.risk.kill_switches import trading_day, trading_week
@@ -186,8 +188,35 @@ def test_throttle_limits_intents_per_second(make_rpm, clock):
     # low confidence: rejected after the throttle check, so nothing else fills up
     results = [decide(rpm, confidence_score=0.3).reason for _ in range(4)]
     assert results == ["CONFIDENCE_TOO_LOW"] * 3 + ["THROTTLED"]
-    clock.advance(seconds=1.001)
+    # counted in 10 ms buckets: the intents of T0 leave the window with T0's bucket
+    clock.advance(seconds=1.005)
+    assert decide(rpm).reason == "THROTTLED"
+    clock.advance(seconds=0.005)
     assert decide(rpm).approved
+
+
+@given(st.lists(st.floats(min_value=0, max_value=0.05), min_size=1, max_size=400))
+def test_throttle_window_never_counts_fewer_than_the_last_second_and_at_most_10ms_more(gaps):
+    """Between the exact count of intents in (t-1, t] and the count in (t-1.01, t]; bounded in size."""
+    from datetime import UTC, datetime
+
+    from app.risk import RPMConfig, engine
+    from app.risk.model import PortfolioState, TradeIntent
+
+    config = RPMConfig(max_intents_per_second=1_000_000, min_confidence_threshold=0.9,
+                       confidence_collapse_threshold=0.0)
+    state = PortfolioState.new(config)
+    intent = TradeIntent.create(config, symbol="EURUSD", direction=1, confidence_score=0.5, regime="TRENDING",
+                                atr=0.001, vol_percentile=0.5, current_price=1.1)
+    t, seen = 1_772_452_800.0, []
+    for gap in gaps:
+        t += gap
+        outcome = engine.decide(state, intent, config, datetime.fromtimestamp(t, UTC), "d")
+        counted = outcome.decision.breakdown["intent_checks"][1]["count"]
+        assert sum(1 for s in seen if s > t - 1.0) <= counted <= sum(1 for s in seen if s > t - 1.01)
+        assert len(outcome.state.recent_intents) <= 101
+        seen.append(t)
+        state = outcome.state
 
 
 def test_price_collar_rejects_prices_far_from_the_mark(make_rpm):
@@ -258,3 +287,12 @@ def test_the_same_day_shortcut_agrees_with_the_calendar_across_time_zones_and_ds
     roll_calendar(state, Decimal(100_000), t1, config)
     roll_calendar(state, Decimal(100_000), t2, config)
     assert state.day_key == trading_day(t2, config).isoformat()
+
+
+def test_states_recorded_with_intent_times_read_as_buckets():
+    from app.risk.model import PortfolioState
+
+    old = PortfolioState.new(RPMConfig()).to_dict()
+    del old["recent_intents"]
+    old["recent_intent_times"] = [100.001, 100.004, 100.012, 100.5]
+    assert PortfolioState.from_dict(old).recent_intents == ((10000, 2), (10001, 1), (10050, 1))
