@@ -64,7 +64,7 @@ def register_service(app: Flask, settings: Settings, clock: Callable[[], datetim
     config = load_preset(settings.default_preset, total_capital=settings.default_capital)
     from .keys import KeyStore
 
-    service = RPMService(db, clock or system_clock, default_config=config)
+    service = RPMService(db, clock or system_clock, default_config=config, group_commit=settings.group_commit)
     if settings.unsafe_disable_portfolio_lock:
         app.logger.warning("RPM_TEST_UNSAFE_DISABLE_PORTFOLIO_LOCK: decisions are NOT serialized (tests only)")
         service.unsafe_disable_portfolio_lock = True

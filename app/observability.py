@@ -23,6 +23,9 @@ DECISIONS = Counter("rpm_decisions_total", "Decisions made, by portfolio, status
                     ["portfolio", "status", "reason"])
 LATENCY = Histogram("rpm_decision_latency_seconds", "Time to decide and commit one intent",
                     ["portfolio"], buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5))
+PER_TRANSACTION = Histogram("rpm_decisions_per_transaction",
+                            "Decisions committed together (group commit of concurrent intents, or a batch)",
+                            buckets=(1, 2, 3, 4, 6, 8, 16, 32, 64, 128, 256, 1000))
 REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
@@ -63,6 +66,7 @@ def prometheus_text(service: Any) -> tuple[bytes, str]:
     else:
         registry.register(DECISIONS)
         registry.register(LATENCY)
+        registry.register(PER_TRANSACTION)
     registry.register(PortfolioCollector(service))
     return generate_latest(registry), CONTENT_TYPE_LATEST
 

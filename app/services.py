@@ -34,6 +34,7 @@ from app.risk.metrics import RiskMetrics
 from app.risk.model import PORTFOLIO_ID_RE, Booking, symbol_error
 
 from .errors import Conflict, Invalid, NotFound, Unavailable
+from .group_commit import GroupCommit
 from .store import models as m
 from .store import repository
 from .store.audit import Chain
@@ -78,11 +79,15 @@ class RPMService:
         clock: Callable[[], datetime] = system_clock,
         default_config: RPMConfig | None = None,
         default_capital: float | None = None,
+        group_commit: bool = True,
     ):
         self.db = db
         self.clock = clock
         self.default_config = default_config or RPMConfig()
         self.default_capital = default_capital
+        # concurrent single intents of this process share a transaction (PostgreSQL; RPM_GROUP_COMMIT=0: off)
+        self.group_commit = group_commit
+        self._group = GroupCommit(self._decide_group)
 
     # -- plumbing --------------------------------------------------------------------
     # TEST ONLY (RPM_TEST_UNSAFE_DISABLE_PORTFOLIO_LOCK): read the state without the lock, as a naive
@@ -134,8 +139,14 @@ class RPMService:
     def process_trade(self, fields: dict[str, Any], actor: Actor) -> dict[str, Any]:
         started = time.perf_counter()
         portfolio_id = fields.get("portfolio_id") or "default"
-        if self.db.pipelined:
-            answers, locked = self._decide_pipelined([fields], actor, started)
+        if not isinstance(portfolio_id, str) or not PORTFOLIO_ID_RE.match(portfolio_id):
+            raise Invalid("invalid portfolio_id", {"portfolio_id": ["must match [A-Za-z0-9_-]{1,64}"]})
+        if self.db.pipelined and self.group_commit and not self.unsafe_disable_portfolio_lock:
+            answer = self._group.submit((fields, actor, started))
+            if answer is not None:
+                return answer
+        elif self.db.pipelined:
+            answers, locked = self._decide_pipelined([(fields, actor, started)])
             if answers is not None:
                 row, replay = answers[0]
                 return self._trade_response(locked[portfolio_id].loaded, row, replay=replay)
@@ -154,8 +165,12 @@ class RPMService:
         refuses the whole batch and nothing is written.
         """
         started = time.perf_counter()
+        for fields in items:
+            portfolio_id = fields.get("portfolio_id") or "default"
+            if not isinstance(portfolio_id, str) or not PORTFOLIO_ID_RE.match(portfolio_id):
+                raise Invalid("invalid portfolio_id", {"portfolio_id": ["must match [A-Za-z0-9_-]{1,64}"]})
         if self.db.pipelined:
-            answers, locked = self._decide_pipelined(items, actor, started)
+            answers, locked = self._decide_pipelined([(fields, actor, started) for fields in items])
             if answers is not None:
                 return {"decisions": [decision_payload(row, replay=replay) for row, replay in answers],
                         "portfolio_states": {pid: engine.portfolio_summary(lk.loaded.state, lk.loaded.config)
@@ -180,19 +195,20 @@ class RPMService:
 
         return self._write(run)
 
-    def _decide_pipelined(self, items: list[dict[str, Any]], actor: Actor, started: float):
-        """PostgreSQL: decide ``items`` in two round trips (app/store/pipeline.py).
+    def _decide_pipelined(self, items: list[tuple[dict[str, Any], Actor, float]], *, one_by_one: bool = False):
+        """PostgreSQL: decide ``items`` (fields, actor, start time) in two round trips (app/store/pipeline.py).
 
-        Gives (None, None) when a portfolio does not exist yet: the caller then takes the ORM path,
-        which creates `default` or answers 404.
+        ``one_by_one`` (intents of separate requests decided together): an intent refused (422,
+        409) is that request's answer and changes nothing, the others go on; each answer carries
+        the portfolio state and metrics right after its decision. Otherwise (one request) a
+        refused intent refuses them all. Gives (None, None) when a portfolio does not exist yet:
+        the caller then takes the ORM path, which creates `default` or answers 404.
         """
         from .store.pipeline import DecisionTransaction, Wanted
 
         requests: dict[str, Wanted] = {}
-        for fields in items:
+        for fields, _actor, _started in items:
             portfolio_id = fields.get("portfolio_id") or "default"
-            if not isinstance(portfolio_id, str) or not PORTFOLIO_ID_RE.match(portfolio_id):
-                raise Invalid("invalid portfolio_id", {"portfolio_id": ["must match [A-Za-z0-9_-]{1,64}"]})
             wanted = requests.setdefault(portfolio_id, Wanted())
             if isinstance(fields.get("intent_id"), str):
                 wanted.intent_ids.append(fields["intent_id"])
@@ -205,43 +221,72 @@ class RPMService:
                 locked = tx.lock(requests, lock=not unsafe)
                 if any(lk is None for lk in locked.values()):
                     return None, None
-                answers = []
+                answers: list[Any] = []
                 seen: dict[tuple[str, str], Any] = {}
-                for index, fields in enumerate(items):
+                for index, (fields, actor, started) in enumerate(items):
                     lk = locked[fields.get("portfolio_id") or "default"]
                     try:
-                        intent, request_hash = self._intent(lk.loaded, fields)
-                    except Invalid as exc:
-                        if len(items) == 1:
+                        answer = self._decide_item(tx, lk, fields, actor, started, seen, unsafe)
+                    except (Invalid, Conflict) as exc:
+                        if one_by_one:
+                            answers.append(exc)
+                            continue
+                        if len(items) == 1 or not isinstance(exc, Invalid):
                             raise
                         raise Invalid(f"intent {index}: {exc.message}", {str(index): exc.errors}) from None
-                    key = (intent.portfolio_id, intent.intent_id)
-                    stored = None if intent.intent_id is None else seen.get(key) or lk.decided.get(intent.intent_id)
-                    if stored is not None:
-                        answers.append((self._replayed(stored, request_hash, intent), True))
-                        continue
-                    now = self.clock()
-                    outcome = engine.decide(lk.loaded.state, intent, lk.loaded.config, now, str(uuid.uuid4()))
-                    if unsafe:
-                        tx.refresh_head(lk.loaded.row)
-                    record = self._record(lk.loaded, intent, request_hash, outcome, now, actor, started)
-                    tx.insert(m.Decision, record.decision)
-                    if record.ledger is not None:
-                        tx.insert(m.LedgerEntry, record.ledger)
-                    for event in record.events:
-                        tx.insert(m.SwitchEventRow, event)
-                    lk.loaded.state = outcome.state
-                    row = SimpleNamespace(**record.decision)
-                    if intent.intent_id is not None:
-                        seen[key] = row
-                    answers.append((row, False))
+                    if one_by_one:
+                        answer += (engine.portfolio_summary(lk.loaded.state, lk.loaded.config),
+                                   RiskMetrics.from_counters(lk.loaded.row.counters).to_dict())
+                    answers.append(answer)
                 now = self.clock()
                 for lk in locked.values():
                     tx.save(lk, now)
                 tx.commit()
+                decided = sum(1 for a in answers if not isinstance(a, Exception) and not a[1])
+                if decided:
+                    from .observability import PER_TRANSACTION
+
+                    PER_TRANSACTION.observe(decided)
                 return answers, locked
         except DatabaseUnavailable as exc:
             raise Unavailable(str(exc)) from exc
+
+    def _decide_item(self, tx: Any, lk: Any, fields: dict[str, Any], actor: Actor, started: float,
+                     seen: dict[tuple[str, str], Any], unsafe: bool) -> tuple[Any, bool]:
+        """One intent of a pipelined transaction: (its decision row, whether it is a replay)."""
+        intent, request_hash = self._intent(lk.loaded, fields)
+        key = (intent.portfolio_id, intent.intent_id)
+        stored = None if intent.intent_id is None else seen.get(key) or lk.decided.get(intent.intent_id)
+        if stored is not None:
+            return self._replayed(stored, request_hash, intent), True
+        now = self.clock()
+        outcome = engine.decide(lk.loaded.state, intent, lk.loaded.config, now, str(uuid.uuid4()))
+        if unsafe:
+            tx.refresh_head(lk.loaded.row)
+        record = self._record(lk.loaded, intent, request_hash, outcome, now, actor, started)
+        tx.insert(m.Decision, record.decision)
+        if record.ledger is not None:
+            tx.insert(m.LedgerEntry, record.ledger)
+        for event in record.events:
+            tx.insert(m.SwitchEventRow, event)
+        lk.loaded.state = outcome.state
+        row = SimpleNamespace(**record.decision)
+        if intent.intent_id is not None:
+            seen[key] = row
+        return row, False
+
+    def _decide_group(self, items: list[tuple[dict[str, Any], Actor, float]]) -> list[Any]:
+        """Single intents of concurrent requests, decided together (see app/group_commit.py).
+
+        Each item's answer (or the exception that is its answer); None for all when a portfolio
+        does not exist yet (each request then takes the ORM path on its own).
+        """
+        answers, _locked = self._decide_pipelined(items, one_by_one=True)
+        if answers is None:
+            return [None] * len(items)
+        return [a if isinstance(a, Exception) else {
+            "decision": decision_payload(a[0], replay=a[1]), "portfolio_state": a[2], "risk_metrics": a[3]}
+            for a in answers]
 
     def _intent(self, loaded: Loaded, fields: dict[str, Any]) -> tuple[TradeIntent, str]:
         """The validated intent and the hash of its request (what a retry must repeat exactly)."""

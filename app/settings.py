@@ -18,7 +18,8 @@ class Settings:
     database_url: str | None = None
     port: int = 8005
     host: str = "0.0.0.0"
-    workers: int = 5
+    # gunicorn gthread processes: one per core (each groups its concurrent intents: app/group_commit.py)
+    workers: int = max(2, os.cpu_count() or 2)
     threads: int = 4
     # a decision waiting longer than this for its portfolio's lock answers 503
     lock_timeout_ms: int = 2000
@@ -31,6 +32,8 @@ class Settings:
     instance_path: str | None = None
     log_level: str = "INFO"
     auth_cache_seconds: float = 2.0
+    # concurrent single intents of one process decided in one transaction (PostgreSQL)
+    group_commit: bool = True
     # TEST ONLY: decide without the portfolio lock, to show that the race tests can fail
     unsafe_disable_portfolio_lock: bool = False
 
@@ -40,7 +43,7 @@ class Settings:
             database_url=os.environ.get("DATABASE_URL") or None,
             port=_int("RPM_PORT", 8005),
             host=os.environ.get("RPM_HOST", "0.0.0.0"),
-            workers=_int("RPM_WORKERS", 5),
+            workers=_int("RPM_WORKERS", max(2, os.cpu_count() or 2)),
             threads=_int("RPM_THREADS", 4),
             lock_timeout_ms=_int("RPM_LOCK_TIMEOUT_MS", 2000),
             statement_timeout_ms=_int("RPM_STATEMENT_TIMEOUT_MS", 5000),
@@ -52,6 +55,7 @@ class Settings:
             instance_path=os.environ.get("RPM_INSTANCE_PATH") or None,
             log_level=os.environ.get("RPM_LOG_LEVEL", "INFO"),
             auth_cache_seconds=float(os.environ.get("RPM_AUTH_CACHE_SECONDS", "2")),
+            group_commit=os.environ.get("RPM_GROUP_COMMIT", "1") != "0",
             unsafe_disable_portfolio_lock=os.environ.get("RPM_TEST_UNSAFE_DISABLE_PORTFOLIO_LOCK") == "1",
         )
 

@@ -135,8 +135,10 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--clients", type=int, default=8)
-    parser.add_argument("--workers", type=int, default=int(os.environ.get("RPM_WORKERS", 4)))
-    parser.add_argument("--threads", type=int, default=int(os.environ.get("RPM_THREADS", 4)))
+    # default: what `rpm serve` would start (the production configuration)
+    parser.add_argument("--workers", type=int, default=None)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--group-commit", choices=["on", "off"], default="on")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--rss", action="store_true", help="also: RSS per worker over 100,000 decisions")
     parser.add_argument("--admin-url", default="postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
@@ -153,8 +155,15 @@ def main() -> None:
     admin_key = "rpm_benchadm_" + "b" * 40
     port = 8095
     env = {**os.environ, "DATABASE_URL": url, "RPM_PORT": str(port), "RPM_HOST": "127.0.0.1",
-           "RPM_WORKERS": str(args.workers), "RPM_THREADS": str(args.threads), "RPM_BOOTSTRAP_ADMIN_KEY": admin_key,
-           "RPM_LOG_LEVEL": "warning"}
+           "RPM_BOOTSTRAP_ADMIN_KEY": admin_key,
+           "RPM_GROUP_COMMIT": "1" if args.group_commit == "on" else "0"}
+    for name, value in (("RPM_WORKERS", args.workers), ("RPM_THREADS", args.threads)):
+        if value is not None:
+            env[name] = str(value)
+    from app.settings import Settings
+
+    defaults = Settings.from_env()
+    n_workers, n_threads = args.workers or defaults.workers, args.threads or defaults.threads
     server = subprocess.Popen([sys.executable, "-m", "app.cli", "serve"], cwd=ROOT, env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
@@ -197,7 +206,8 @@ def main() -> None:
         approved = sum(r["approved"] for r in singles)
         rejected = sum(r["rejected"] for r in singles)
         print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-              f"gunicorn gthread {args.workers} workers x {args.threads} threads, {args.clients} clients (wrk)")
+              f"gunicorn gthread {n_workers} workers x {n_threads} threads, group commit {args.group_commit}, "
+              f"{args.clients} clients (wrk)")
         for run, (r, floor, batch) in enumerate(zip(singles, floors, batches, strict=True)):
             print(f"  run {run + 1}: pgbench naive txn {floor:,.0f} tps (CPU {floor_busy[run]:.0%} busy) | "
                   f"RPM /process_trade (CPU {r['busy']:.0%} busy) "
