@@ -55,3 +55,28 @@ def test_intent_times_written_as_a_list_still_read():
 
     assert unpack_times([1.5, 2.25]) == (1.5, 2.25)
     assert unpack_times(None) == ()
+
+
+_plain_leaves = st.none() | st.booleans() | st.text()
+_plain_values = st.recursive(_plain_leaves, lambda inner: st.lists(inner, max_size=4)
+                             | st.dictionaries(st.text(max_size=8), inner, max_size=4), max_leaves=30)
+
+
+@given(st.dictionaries(st.text(max_size=10), _plain_values, max_size=6))
+def test_canonical_json_is_json_dumps_sorted_compact_ascii(body):
+    import json
+
+    from app.store.audit import _dumps
+
+    expected = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False,
+                          default=str)
+    assert _dumps(body) == expected
+
+
+def test_canonical_json_of_every_ascii_character_and_beyond():
+    import json
+
+    from app.store.audit import _dumps
+
+    body = {chr(c): chr(c) * 2 for c in range(0, 200)} | {"\u2603": ["\U0001f600", None, True]}
+    assert _dumps(body) == json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
