@@ -221,27 +221,12 @@ class RPMService:
                 locked = tx.lock(requests, lock=not unsafe)
                 if any(lk is None for lk in locked.values()):
                     return None, None
-                answers: list[Any] = []
-                seen: dict[tuple[str, str], Any] = {}
-                for index, (fields, actor, started) in enumerate(items):
-                    lk = locked[fields.get("portfolio_id") or "default"]
-                    try:
-                        answer = self._decide_item(tx, lk, fields, actor, started, seen, unsafe)
-                    except (Invalid, Conflict) as exc:
-                        if one_by_one:
-                            answers.append(exc)
-                            continue
-                        if len(items) == 1 or not isinstance(exc, Invalid):
-                            raise
-                        raise Invalid(f"intent {index}: {exc.message}", {str(index): exc.errors}) from None
-                    if one_by_one:
-                        answer += (engine.portfolio_summary(lk.loaded.state, lk.loaded.config),
-                                   RiskMetrics.from_counters(lk.loaded.row.counters).to_dict())
-                    answers.append(answer)
-                now = self.clock()
-                for lk in locked.values():
-                    tx.save(lk, now)
-                tx.commit()
+                with tx.writing():
+                    answers = self._decide_items(tx, locked, items, one_by_one, unsafe)
+                    now = self.clock()
+                    for lk in locked.values():
+                        tx.save(lk, now)
+                    tx.commit()
                 decided = sum(1 for a in answers if not isinstance(a, Exception) and not a[1])
                 if decided:
                     from .observability import PER_TRANSACTION
@@ -250,6 +235,28 @@ class RPMService:
                 return answers, locked
         except DatabaseUnavailable as exc:
             raise Unavailable(str(exc)) from exc
+
+    def _decide_items(self, tx: Any, locked: dict[str, Any], items: list[tuple[dict[str, Any], Actor, float]],
+                      one_by_one: bool, unsafe: bool) -> list[Any]:
+        """Decide ``items`` in order on their locked portfolios; each answer, or its refusal."""
+        answers: list[Any] = []
+        seen: dict[tuple[str, str], Any] = {}
+        for index, (fields, actor, started) in enumerate(items):
+            lk = locked[fields.get("portfolio_id") or "default"]
+            try:
+                answer = self._decide_item(tx, lk, fields, actor, started, seen, unsafe)
+            except (Invalid, Conflict) as exc:
+                if one_by_one:
+                    answers.append(exc)
+                    continue
+                if len(items) == 1 or not isinstance(exc, Invalid):
+                    raise
+                raise Invalid(f"intent {index}: {exc.message}", {str(index): exc.errors}) from None
+            if one_by_one:
+                answer += (engine.portfolio_summary(lk.loaded.state, lk.loaded.config),
+                           RiskMetrics.from_counters(lk.loaded.row.counters).to_dict())
+            answers.append(answer)
+        return answers
 
     def _decide_item(self, tx: Any, lk: Any, fields: dict[str, Any], actor: Actor, started: float,
                      seen: dict[tuple[str, str], Any], unsafe: bool) -> tuple[Any, bool]:

@@ -1,10 +1,12 @@
 """PostgreSQL: a decision transaction in two round trips, with psycopg's pipeline mode.
 
-    round trip 1: BEGIN; lock each portfolio row; read its positions and marks; look up the
-                  intent ids already decided                       (one pipeline, one wait)
-    -- the engine decides, in memory --
-    round trip 2: insert the decisions, ledger entries and switch events; upsert what changed
-                  of positions and marks; update the portfolio row; COMMIT  (one pipeline)
+    round trip 1: BEGIN; lock each portfolio row; read its positions, marks and the ATR
+                  histories of the symbols decided on; look up the intent ids already
+                  decided                                             (one pipeline, one wait)
+    round trip 2: the engine decides each intent in memory; its decision, ledger entry and
+                  switch events are sent at once, so the server writes one while the next is
+                  decided; then what changed of positions, ATR histories and marks, the
+                  portfolio row, and COMMIT                          (one pipeline, one wait)
 
 The reads are sent after the lock statement in the same pipeline: PostgreSQL runs them in
 order, each with a snapshot taken when it starts, so they see everything committed by the
@@ -15,6 +17,8 @@ they are sent differs. The ORM path remains for SQLite and for every other opera
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
@@ -117,7 +121,7 @@ class DecisionTransaction:
 
     conn: Connection
     database: str  # the URL without password: the key of the configuration cache
-    writes: list[tuple[str, list[tuple[Any, ...]]]] = field(default_factory=list)
+    _cursor: Any = None
 
     def lock(self, requests: dict[str, Wanted], *, lock: bool = True) -> dict[str, Locked | None]:
         """Lock the portfolios (in sorted order: no deadlock) and read them; None for one that does not exist."""
@@ -177,18 +181,25 @@ class DecisionTransaction:
         (row.last_seq, row.last_ledger_seq, row.audit_seq, row.audit_head,
          row.counters) = self.conn.execute(_SELECT_HEAD, (row.id,)).fetchone()
 
-    # -- writes (queued, sent by commit) ---------------------------------------------
-    def _queue(self, sql: str, params: tuple[Any, ...]) -> None:
-        if self.writes and self.writes[-1][0] == sql:
-            self.writes[-1][1].append(params)
-        else:
-            self.writes.append((sql, [params]))
+    # -- writes (sent as they come, in one pipeline that COMMIT ends) -------------------
+    @contextmanager
+    def writing(self) -> Iterator[None]:
+        """Open the pipeline the writes go into: the server inserts a decision while the next is decided."""
+        with self.conn.pipeline(), self.conn.cursor() as cursor:
+            self._cursor = cursor
+            try:
+                yield
+            finally:
+                self._cursor = None
+
+    def _send(self, sql: str, params: tuple[Any, ...]) -> None:
+        self._cursor.execute(sql, params)
 
     def insert(self, model: type, values: dict[str, Any]) -> None:
         spec = _INSERTS[model]
         # (a JSON column given None holds JSON null, as the ORM writes it)
-        self._queue(spec.sql, tuple(Jsonb(values.get(c)) if c in spec.json else values.get(c)
-                                    for c in spec.columns))
+        self._send(spec.sql, tuple(Jsonb(values.get(c)) if c in spec.json else values.get(c)
+                                   for c in spec.columns))
 
     def save(self, locked: Locked, now: datetime) -> None:
         """Write what the decisions changed: positions, marks, and the portfolio row with its counters."""
@@ -196,29 +207,21 @@ class DecisionTransaction:
         row = loaded.row
         changes = state_changes(locked.initial, loaded.state)
         for symbol in changes.closed:
-            self._queue(_DELETE_POSITION, (row.id, symbol))
+            self._send(_DELETE_POSITION, (row.id, symbol))
         for symbol, pos in changes.positions.items():
-            self._queue(_UPSERT_POSITION, (row.id, symbol, pos.units, pos.avg_price, pos.opened_at, now))
+            self._send(_UPSERT_POSITION, (row.id, symbol, pos.units, pos.avg_price, pos.opened_at, now))
         for symbol, history in changes.atr.items():
-            self._queue(_UPSERT_ATR, (row.id, symbol, Jsonb(list(history)), now))
+            self._send(_UPSERT_ATR, (row.id, symbol, Jsonb(list(history)), now))
         for symbol, (price, history) in changes.marks.items():
             digest = mark_history_hash(symbol, history)
-            self._queue(_INSERT_SNAPSHOT, (digest, symbol, Jsonb(list(history)), now))
-            self._queue(_UPSERT_MARK, (row.id, symbol, price, Jsonb(list(history)), digest, now))
+            self._send(_INSERT_SNAPSHOT, (digest, symbol, Jsonb(list(history)), now))
+            self._send(_UPSERT_MARK, (row.id, symbol, price, Jsonb(list(history)), digest, now))
         for column, value in changes.portfolio.items():
             setattr(row, column, value)
         row.updated_at = now
-        self._queue(_UPDATE_PORTFOLIO, tuple(Jsonb(getattr(row, c)) if c in _JSON_COLUMNS else getattr(row, c)
+        self._send(_UPDATE_PORTFOLIO, tuple(Jsonb(getattr(row, c)) if c in _JSON_COLUMNS else getattr(row, c)
                                              for c in _MUTABLE) + (row.id,))
 
     def commit(self) -> None:
-        """Send every queued write and COMMIT: one round trip."""
-        conn = self.conn
-        with conn.pipeline(), conn.cursor() as cursor:
-            for sql, params in self.writes:
-                if len(params) == 1:
-                    cursor.execute(sql, params[0])
-                else:
-                    cursor.executemany(sql, params)
-            conn.commit()
-        self.writes.clear()
+        """COMMIT: the pipeline's last statement; its answer is the one round trip waited for."""
+        self.conn.commit()
