@@ -200,7 +200,7 @@ class RPMService:
 
         ``one_by_one`` (intents of separate requests decided together): an intent refused (422,
         409) is that request's answer and changes nothing, the others go on; each answer carries
-        the portfolio state and metrics right after its decision. Otherwise (one request) a
+        the portfolio state, configuration and counters right after its decision. Otherwise (one request) a
         refused intent refuses them all. Gives (None, None) when a portfolio does not exist yet:
         the caller then takes the ORM path, which creates `default` or answers 404.
         """
@@ -252,9 +252,8 @@ class RPMService:
                 if len(items) == 1 or not isinstance(exc, Invalid):
                     raise
                 raise Invalid(f"intent {index}: {exc.message}", {str(index): exc.errors}) from None
-            if one_by_one:
-                answer += (engine.portfolio_summary(lk.loaded.state, lk.loaded.config),
-                           RiskMetrics.from_counters(lk.loaded.row.counters).to_dict())
+            if one_by_one:  # what the answer reports after this decision, summarised once the lock is released
+                answer += (lk.loaded.state, lk.loaded.config, lk.loaded.row.counters)
             answers.append(answer)
         return answers
 
@@ -292,8 +291,8 @@ class RPMService:
         if answers is None:
             return [None] * len(items)
         return [a if isinstance(a, Exception) else {
-            "decision": decision_payload(a[0], replay=a[1]), "portfolio_state": a[2], "risk_metrics": a[3]}
-            for a in answers]
+            "decision": decision_payload(a[0], replay=a[1]), "portfolio_state": engine.portfolio_summary(a[2], a[3]),
+            "risk_metrics": RiskMetrics.from_counters(a[4]).to_dict()} for a in answers]
 
     def _intent(self, loaded: Loaded, fields: dict[str, Any]) -> tuple[TradeIntent, str]:
         """The validated intent and the hash of its request (what a retry must repeat exactly)."""

@@ -88,6 +88,9 @@ def test_concurrent_single_intents_share_transactions_and_each_keeps_its_own_ans
     statuses = sorted(status for _, status, _ in results)
     assert statuses.count(422) == clients and statuses.count(409) == clients
     decided = [(body, answer["decision"]) for body, status, answer in results if status == 200]
+    # each answer reports the portfolio right after its own decision, not after its transaction
+    assert all(answer["risk_metrics"]["total_decisions"] == answer["decision"]["seq"]
+               for _, status, answer in results if status == 200)
     assert len(decided) == clients * (per_client - 2)
     rows = {r[0]: r[1:] for r in sql("SELECT id, seq, intent_id, status, approved_units FROM decisions")}
     assert len(rows) == len(decided)
