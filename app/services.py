@@ -64,6 +64,23 @@ class Record:
     events: list[dict[str, Any]]
 
 
+@dataclass(frozen=True)
+class Checked:
+    """An intent validated before the lock, and the configuration version it was validated under."""
+
+    config_version: int
+    intent: TradeIntent
+    request_hash: str
+
+
+# an intent to decide: its fields, who sent it, when its request started, and its early validation
+Item = tuple[dict[str, Any], "Actor", float, Checked | None]
+
+
+def request_hash(intent: TradeIntent) -> str:
+    return hashlib.sha256(canonical_json(intent.to_dict()).encode()).hexdigest()
+
+
 def system_clock() -> datetime:
     return datetime.now(UTC)
 
@@ -88,6 +105,8 @@ class RPMService:
         # concurrent single intents of this process share a transaction (PostgreSQL; RPM_GROUP_COMMIT=0: off)
         self.group_commit = group_commit
         self._group = GroupCommit(self._decide_group)
+        # the last configuration version seen per portfolio (to validate intents before the lock)
+        self._configs: dict[str, tuple[int, RPMConfig]] = {}
 
     # -- plumbing --------------------------------------------------------------------
     # TEST ONLY (RPM_TEST_UNSAFE_DISABLE_PORTFOLIO_LOCK): read the state without the lock, as a naive
@@ -142,11 +161,11 @@ class RPMService:
         if not isinstance(portfolio_id, str) or not PORTFOLIO_ID_RE.match(portfolio_id):
             raise Invalid("invalid portfolio_id", {"portfolio_id": ["must match [A-Za-z0-9_-]{1,64}"]})
         if self.db.pipelined and self.group_commit and not self.unsafe_disable_portfolio_lock:
-            answer = self._group.submit((fields, actor, started))
+            answer = self._group.submit((fields, actor, started, self._prevalidated(portfolio_id, fields)))
             if answer is not None:
                 return answer
         elif self.db.pipelined:
-            answers, locked = self._decide_pipelined([(fields, actor, started)])
+            answers, locked = self._decide_pipelined([(fields, actor, started, None)])
             if answers is not None:
                 row, replay = answers[0]
                 return self._trade_response(locked[portfolio_id].loaded, row, replay=replay)
@@ -170,7 +189,7 @@ class RPMService:
             if not isinstance(portfolio_id, str) or not PORTFOLIO_ID_RE.match(portfolio_id):
                 raise Invalid("invalid portfolio_id", {"portfolio_id": ["must match [A-Za-z0-9_-]{1,64}"]})
         if self.db.pipelined:
-            answers, locked = self._decide_pipelined([(fields, actor, started) for fields in items])
+            answers, locked = self._decide_pipelined([(fields, actor, started, None) for fields in items])
             if answers is not None:
                 return {"decisions": [decision_payload(row, replay=replay) for row, replay in answers],
                         "portfolio_states": {pid: engine.portfolio_summary(lk.loaded.state, lk.loaded.config)
@@ -195,8 +214,8 @@ class RPMService:
 
         return self._write(run)
 
-    def _decide_pipelined(self, items: list[tuple[dict[str, Any], Actor, float]], *, one_by_one: bool = False):
-        """PostgreSQL: decide ``items`` (fields, actor, start time) in two round trips (app/store/pipeline.py).
+    def _decide_pipelined(self, items: list[Item], *, one_by_one: bool = False):
+        """PostgreSQL: decide ``items`` in two round trips (app/store/pipeline.py).
 
         ``one_by_one`` (intents of separate requests decided together): an intent refused (422,
         409) is that request's answer and changes nothing, the others go on; each answer carries
@@ -207,7 +226,7 @@ class RPMService:
         from .store.pipeline import DecisionTransaction, Wanted
 
         requests: dict[str, Wanted] = {}
-        for fields, _actor, _started in items:
+        for fields, *_ in items:
             portfolio_id = fields.get("portfolio_id") or "default"
             wanted = requests.setdefault(portfolio_id, Wanted())
             if isinstance(fields.get("intent_id"), str):
@@ -221,6 +240,8 @@ class RPMService:
                 locked = tx.lock(requests, lock=not unsafe)
                 if any(lk is None for lk in locked.values()):
                     return None, None
+                for pid, lk in locked.items():
+                    self._configs[pid] = (lk.loaded.row.config_version, lk.loaded.config)
                 with tx.writing():
                     answers = self._decide_items(tx, locked, items, one_by_one, unsafe)
                     now = self.clock()
@@ -236,15 +257,15 @@ class RPMService:
         except DatabaseUnavailable as exc:
             raise Unavailable(str(exc)) from exc
 
-    def _decide_items(self, tx: Any, locked: dict[str, Any], items: list[tuple[dict[str, Any], Actor, float]],
-                      one_by_one: bool, unsafe: bool) -> list[Any]:
+    def _decide_items(self, tx: Any, locked: dict[str, Any], items: list[Item], one_by_one: bool,
+                      unsafe: bool) -> list[Any]:
         """Decide ``items`` in order on their locked portfolios; each answer, or its refusal."""
         answers: list[Any] = []
         seen: dict[tuple[str, str], Any] = {}
-        for index, (fields, actor, started) in enumerate(items):
+        for index, (fields, actor, started, checked) in enumerate(items):
             lk = locked[fields.get("portfolio_id") or "default"]
             try:
-                answer = self._decide_item(tx, lk, fields, actor, started, seen, unsafe)
+                answer = self._decide_item(tx, lk, fields, actor, started, checked, seen, unsafe)
             except (Invalid, Conflict) as exc:
                 if one_by_one:
                     answers.append(exc)
@@ -258,9 +279,12 @@ class RPMService:
         return answers
 
     def _decide_item(self, tx: Any, lk: Any, fields: dict[str, Any], actor: Actor, started: float,
-                     seen: dict[tuple[str, str], Any], unsafe: bool) -> tuple[Any, bool]:
+                     checked: Checked | None, seen: dict[tuple[str, str], Any], unsafe: bool) -> tuple[Any, bool]:
         """One intent of a pipelined transaction: (its decision row, whether it is a replay)."""
-        intent, request_hash = self._intent(lk.loaded, fields)
+        if checked is not None and checked.config_version == lk.loaded.row.config_version:
+            intent, request_hash = checked.intent, checked.request_hash
+        else:
+            intent, request_hash = self._intent(lk.loaded, fields)
         key = (intent.portfolio_id, intent.intent_id)
         stored = None if intent.intent_id is None else seen.get(key) or lk.decided.get(intent.intent_id)
         if stored is not None:
@@ -281,7 +305,20 @@ class RPMService:
             seen[key] = row
         return row, False
 
-    def _decide_group(self, items: list[tuple[dict[str, Any], Actor, float]]) -> list[Any]:
+    def _prevalidated(self, portfolio_id: str, fields: dict[str, Any]) -> Checked | None:
+        """The intent validated before the lock, under the last configuration this process saw of the
+        portfolio: used if that is still the portfolio's version once locked (else validated again)."""
+        seen = self._configs.get(portfolio_id)
+        if seen is None:
+            return None
+        version, config = seen
+        try:
+            intent = TradeIntent.create(config, **{**fields, "portfolio_id": portfolio_id})
+        except IntentError:
+            return None  # refused under the locked version, with its message
+        return Checked(version, intent, request_hash(intent))
+
+    def _decide_group(self, items: list[Item]) -> list[Any]:
         """Single intents of concurrent requests, decided together (see app/group_commit.py).
 
         Each item's answer (or the exception that is its answer); None for all when a portfolio
@@ -300,7 +337,7 @@ class RPMService:
             intent = TradeIntent.create(loaded.config, **{**fields, "portfolio_id": loaded.row.id})
         except IntentError as exc:
             raise Invalid("invalid trade intent", {k: [v] for k, v in exc.errors.items()}) from None
-        return intent, hashlib.sha256(canonical_json(intent.to_dict()).encode()).hexdigest()
+        return intent, request_hash(intent)
 
     @staticmethod
     def _replayed(stored: Any, request_hash: str, intent: TradeIntent) -> Any:

@@ -293,3 +293,18 @@ def test_both_write_paths_write_the_same_rows(app, client, sql):
              "last_ledger_seq, audit_seq FROM portfolios WHERE id = '{}'")
     assert sql(state.format("orm")) == sql(state.format("pipe"))
     assert client.get("/audit/verify").json["ok"] is True
+
+
+def test_an_intent_checked_before_the_lock_is_checked_again_under_a_newer_configuration(client):
+    """Group commit validates an intent early under the last configuration the process saw; a
+    configuration changed since is the one that counts."""
+    aapl = {**SEED_INTENT, "symbol": "AAPL", "current_price": 190.0, "atr": 2.0}
+    assert post(client, "/process_trade", SEED_INTENT).status_code == 200  # the process now knows version 1
+    config = client.get("/config").json["config"]
+    with_aapl = {**config, "instruments": {"AAPL": {"asset_class": "equity", "currency": "USD"}}}
+    assert client.put("/config", json={"config": with_aapl, "reason": "list AAPL"}).status_code == 200
+    r = post(client, "/process_trade", aapl)  # refused under version 1, accepted under version 2
+    assert r.status_code == 200 and r.json["decision"]["config_version"] == 2
+    assert client.put("/config", json={"config": config, "reason": "delist AAPL"}).status_code == 200
+    r = post(client, "/process_trade", aapl)  # accepted under version 2, refused under version 3
+    assert r.status_code == 422 and "symbol" in r.json["errors"]
