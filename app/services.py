@@ -314,8 +314,8 @@ class RPMService:
         version, config = seen
         try:
             intent = TradeIntent.create(config, **{**fields, "portfolio_id": portfolio_id})
-        except IntentError:
-            return None  # refused under the locked version, with its message
+        except Exception:  # an optimisation only: the locked version's validation gives the answer
+            return None
         return Checked(version, intent, request_hash(intent))
 
     def _decide_group(self, items: list[Item]) -> list[Any]:
