@@ -405,12 +405,9 @@ class RPMService:
         intent, request_hash = self._intent(loaded, fields)
         if intent.intent_id is not None:
             stored = session.info.get("rpm_intents", {}).get((portfolio_id, intent.intent_id))
-            if stored is None:
-                stored = session.execute(
-                    select(m.Decision).where(
-                        m.Decision.portfolio_id == portfolio_id, m.Decision.intent_id == intent.intent_id
-                    )
-                ).scalar_one_or_none()
+            if stored is None:  # (by intent_id alone: see _SELECT_DECIDED in app/store/pipeline.py)
+                stored = next((d for d in session.scalars(select(m.Decision).where(
+                    m.Decision.intent_id == intent.intent_id)) if d.portfolio_id == portfolio_id), None)
             if stored is not None:
                 return self._replayed(stored, request_hash, intent), True
         now = self.clock()

@@ -48,7 +48,10 @@ _SELECT_PORTFOLIO = f"SELECT {', '.join(_PORTFOLIO_COLUMNS)} FROM portfolios WHE
 _SELECT_POSITIONS = "SELECT symbol, units, avg_price, opened_at FROM positions WHERE portfolio_id = %s"
 _SELECT_MARKS = "SELECT symbol, price, history_hash FROM marks WHERE portfolio_id = %s"
 _SELECT_ATR = "SELECT symbol, history FROM atr_histories WHERE portfolio_id = %s AND symbol = ANY(%s)"
-_SELECT_DECIDED = "SELECT * FROM decisions WHERE portfolio_id = %s AND intent_id = ANY(%s)"
+# by intent_id alone, the portfolio checked on the rows: a condition on portfolio_id too lets the
+# planner, before the table has statistics (autovacuum off, a new database), walk one of the
+# (portfolio_id, ...) indexes through every decision of the portfolio on each request
+_SELECT_DECIDED = "SELECT * FROM decisions WHERE intent_id = ANY(%s)"
 _SELECT_HEAD = ("SELECT last_seq, last_ledger_seq, audit_seq, audit_head, counters FROM portfolios "
                 "WHERE id = %s FOR UPDATE")
 _MUTABLE = ["realised_pnl", "peak_equity", "day_key", "day_start_equity", "day_peak_equity", "week_key",
@@ -136,7 +139,7 @@ class DecisionTransaction:
                     conn.execute(_SELECT_POSITIONS, (portfolio_id,)),
                     conn.execute(_SELECT_MARKS, (portfolio_id,)),
                     conn.execute(_SELECT_ATR, (portfolio_id, sorted(wanted.symbols))),
-                    conn.cursor(row_factory=dict_row).execute(_SELECT_DECIDED, (portfolio_id, wanted.intent_ids))
+                    conn.cursor(row_factory=dict_row).execute(_SELECT_DECIDED, (wanted.intent_ids,))
                     if wanted.intent_ids else None,
                 )
         return {pid: self._locked(*found) for pid, found in cursors.items()}
@@ -169,6 +172,8 @@ class DecisionTransaction:
         loaded = Loaded(row, position_rows, mark_rows, state, config)
         earlier = {}
         for data in decided.fetchall() if decided is not None else ():
+            if data["portfolio_id"] != row.id:  # the same intent_id in another portfolio
+                continue
             data["decided_at"] = _utc(data["decided_at"])
             earlier[data["intent_id"]] = SimpleNamespace(**data)
         return Locked(loaded, state, earlier)
