@@ -308,3 +308,14 @@ def test_an_intent_checked_before_the_lock_is_checked_again_under_a_newer_config
     assert client.put("/config", json={"config": config, "reason": "delist AAPL"}).status_code == 200
     r = post(client, "/process_trade", aapl)  # accepted under version 2, refused under version 3
     assert r.status_code == 422 and "symbol" in r.json["errors"]
+
+
+def test_an_intent_id_is_unique_per_portfolio_not_across_portfolios(client, sql, write_path):
+    client.post("/portfolios", json={"portfolio_id": "p2"})
+    body = {**SEED_INTENT, "intent_id": "shared-id"}
+    first = post(client, "/process_trade", body).json["decision"]
+    other = post(client, "/process_trade", {**body, "portfolio_id": "p2", "confidence_score": 0.9}).json["decision"]
+    again = post(client, "/process_trade", body).json["decision"]
+    assert other["replay"] is False and other["portfolio_id"] == "p2" and other["id"] != first["id"]
+    assert again["replay"] is True and again["id"] == first["id"]
+    assert sql("SELECT portfolio_id FROM decisions WHERE intent_id = 'shared-id' ORDER BY 1") == [("default",), ("p2",)]
