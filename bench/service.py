@@ -119,6 +119,13 @@ def pgbench(url: str, seconds: float, clients: int) -> float:
     return float(tps.split("=")[1].split()[0])
 
 
+def vacuum(url: str) -> None:
+    engine = create_engine(url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(text("VACUUM ANALYZE"))
+    engine.dispose()
+
+
 def prepare_pgbench(url: str) -> None:
     engine = create_engine(url)
     with engine.begin() as conn:
@@ -141,6 +148,8 @@ def main() -> None:
     parser.add_argument("--group-commit", choices=["on", "off"], default="on")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--rss", action="store_true", help="also: RSS per worker over 100,000 decisions")
+    parser.add_argument("--vacuum", action="store_true",
+                        help="VACUUM ANALYZE before each run (what autovacuum would do; it is off on some machines)")
     parser.add_argument("--admin-url", default="postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
     args = parser.parse_args()
     if not shutil.which("wrk"):
@@ -192,6 +201,8 @@ def main() -> None:
         singles, batches, floors, floor_busy = [], [], [], []
         cpu_before = {p: cpu_seconds(p) for p in workers}
         for run in range(args.runs):
+            if args.vacuum:
+                vacuum(url)
             floor = busy_while(pgbench, url, args.seconds, args.clients)
             floors.append(floor["value"])
             floor_busy.append(floor["busy"])
