@@ -20,7 +20,8 @@ class Settings:
     host: str = "0.0.0.0"
     # gunicorn gthread processes: one per core (each groups its concurrent intents: app/group_commit.py)
     workers: int = max(2, os.cpu_count() or 2)
-    threads: int = 4
+    # threads per worker: the requests a process can hold at once, so the most group commit can share
+    threads: int = 8
     # a decision waiting longer than this for its portfolio's lock answers 503
     lock_timeout_ms: int = 2000
     statement_timeout_ms: int = 5000
@@ -44,7 +45,7 @@ class Settings:
             port=_int("RPM_PORT", 8005),
             host=os.environ.get("RPM_HOST", "0.0.0.0"),
             workers=_int("RPM_WORKERS", max(2, os.cpu_count() or 2)),
-            threads=_int("RPM_THREADS", 4),
+            threads=_int("RPM_THREADS", 8),
             lock_timeout_ms=_int("RPM_LOCK_TIMEOUT_MS", 2000),
             statement_timeout_ms=_int("RPM_STATEMENT_TIMEOUT_MS", 5000),
             connect_timeout_s=_int("RPM_CONNECT_TIMEOUT_S", 3),
