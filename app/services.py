@@ -77,6 +77,13 @@ class Checked:
 Item = tuple[dict[str, Any], "Actor", float, Checked | None]
 
 
+def check_portfolio_id(value: Any) -> str:
+    """A portfolio id as given, or Invalid (422)."""
+    if not isinstance(value, str) or not PORTFOLIO_ID_RE.match(value):
+        raise Invalid("invalid portfolio_id", {"portfolio_id": ["must match [A-Za-z0-9_-]{1,64}"]})
+    return value
+
+
 def request_hash(intent: TradeIntent) -> str:
     return hashlib.sha256(canonical_json(intent.to_dict()).encode()).hexdigest()
 
@@ -114,8 +121,7 @@ class RPMService:
     unsafe_disable_portfolio_lock = False
 
     def _load(self, session, portfolio_id: str, *, lock: bool = True) -> Loaded:
-        if not isinstance(portfolio_id, str) or not PORTFOLIO_ID_RE.match(portfolio_id):
-            raise Invalid("invalid portfolio_id", {"portfolio_id": ["must match [A-Za-z0-9_-]{1,64}"]})
+        check_portfolio_id(portfolio_id)
         try:
             return repository.load(session, portfolio_id, lock=lock)
         except PortfolioNotFound:
@@ -157,9 +163,7 @@ class RPMService:
     # -- trading ---------------------------------------------------------------------
     def process_trade(self, fields: dict[str, Any], actor: Actor) -> dict[str, Any]:
         started = time.perf_counter()
-        portfolio_id = fields.get("portfolio_id") or "default"
-        if not isinstance(portfolio_id, str) or not PORTFOLIO_ID_RE.match(portfolio_id):
-            raise Invalid("invalid portfolio_id", {"portfolio_id": ["must match [A-Za-z0-9_-]{1,64}"]})
+        portfolio_id = check_portfolio_id(fields.get("portfolio_id") or "default")
         if self.db.pipelined and self.group_commit and not self.unsafe_disable_portfolio_lock:
             answer = self._group.submit((fields, actor, started, self._prevalidated(portfolio_id, fields)))
             if answer is not None:
@@ -185,9 +189,7 @@ class RPMService:
         """
         started = time.perf_counter()
         for fields in items:
-            portfolio_id = fields.get("portfolio_id") or "default"
-            if not isinstance(portfolio_id, str) or not PORTFOLIO_ID_RE.match(portfolio_id):
-                raise Invalid("invalid portfolio_id", {"portfolio_id": ["must match [A-Za-z0-9_-]{1,64}"]})
+            check_portfolio_id(fields.get("portfolio_id") or "default")
         if self.db.pipelined:
             answers, locked = self._decide_pipelined([(fields, actor, started, None) for fields in items])
             if answers is not None:
@@ -662,8 +664,7 @@ class RPMService:
     ) -> dict[str, Any]:
         from .presets import load_preset
 
-        if not PORTFOLIO_ID_RE.match(portfolio_id):
-            raise Invalid("invalid portfolio_id", {"portfolio_id": ["must match [A-Za-z0-9_-]{1,64}"]})
+        check_portfolio_id(portfolio_id)
         try:
             if config is not None:
                 cfg = RPMConfig.from_dict(config)
