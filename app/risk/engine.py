@@ -27,6 +27,7 @@ from .model import (
     TradeApprovalStatus,
     TradeIntent,
     throttle_bucket,
+    throttle_window,
     to_decimal,
 )
 from .sizing import size_position
@@ -213,9 +214,7 @@ class _Decider:
         # intents counted in 10 ms buckets: the window is the last second plus what remains of the
         # bucket it starts in (up to 10 ms more: never fewer intents than the exact second holds)
         ts = now.timestamp()
-        start = throttle_bucket(ts - 1.0)
-        window = tuple(p for p in s.recent_intents if p[0] >= start)
-        count = sum(n for _, n in window)
+        window, count = throttle_window(s.recent_intents, ts)
         here = throttle_bucket(ts)
         if window and window[-1][0] == here:
             s.recent_intents = window[:-1] + ((here, window[-1][1] + 1),)
@@ -316,9 +315,9 @@ def decision_inputs(state: PortfolioState, intent: TradeIntent, now: datetime) -
     reduced.mark_history = {s: h for s, h in state.mark_history.items() if s in read}
     reduced.atr_history = {s: h for s, h in state.atr_history.items() if s == intent.symbol}
     # the throttle reads only how many intents its window holds: one pair says it
-    start = throttle_bucket(now.timestamp() - 1.0)
-    count = sum(n for b, n in state.recent_intents if b >= start)
-    reduced.recent_intents = ((start, count),) if count else ()
+    ts = now.timestamp()
+    _window, count = throttle_window(state.recent_intents, ts)
+    reduced.recent_intents = ((throttle_bucket(ts - 1.0), count),) if count else ()
     return reduced
 
 

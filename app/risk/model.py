@@ -392,6 +392,22 @@ def intents_by_bucket(times: Any) -> tuple[tuple[int, int], ...]:
     return tuple((b, n) for b, n in pairs)
 
 
+def throttle_window(recent: tuple[tuple[int, int], ...], ts: float) -> tuple[tuple[tuple[int, int], ...], int]:
+    """The (bucket, intents) pairs of the throttle's window at ``ts``, and how many intents they hold:
+    the last second plus what remains of the bucket it starts in."""
+    start = throttle_bucket(ts - 1.0)
+    window = tuple(p for p in recent if p[0] >= start)
+    return window, sum(n for _, n in window)
+
+
+def recent_intents_of(data: Mapping[str, Any], times: Any = tuple) -> tuple[tuple[int, int], ...]:
+    """The throttle's pairs as stored in ``data``; from ``recent_intent_times`` (read by ``times``)
+    when it was written before the buckets."""
+    if "recent_intents" in data:
+        return tuple(tuple(p) for p in data["recent_intents"])
+    return intents_by_bucket(times(data.get("recent_intent_times") or ()))
+
+
 @dataclass(slots=True)
 class PortfolioState:
     """Everything the engine reads to decide. Copied, never shared, between decisions."""
@@ -489,8 +505,7 @@ class PortfolioState:
             mark_history={k: tuple(v) for k, v in data.get("mark_history", {}).items()},
             atr_history={k: tuple(v) for k, v in data.get("atr_history", {}).items()},
             recent_confidences=tuple(data.get("recent_confidences", ())),
-            recent_intents=tuple(tuple(p) for p in data["recent_intents"]) if "recent_intents" in data
-            else intents_by_bucket(data.get("recent_intent_times", ())),  # (records before the buckets)
+            recent_intents=recent_intents_of(data),
             switches={k: SwitchState.from_dict(v) for k, v in data.get("switches", {}).items()},
             symbol_halts={k: SwitchState.from_dict(v) for k, v in data.get("symbol_halts", {}).items()},
         )

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session, make_transient_to_detached
 from app.risk import PortfolioState, RPMConfig
 from app.risk.config import canonical_json
 from app.risk.model import Position as EnginePosition
-from app.risk.model import SwitchEvent, SwitchState, intents_by_bucket
+from app.risk.model import SwitchEvent, SwitchState, recent_intents_of
 
 from . import models as m
 from .audit import Chain
@@ -213,8 +213,7 @@ def to_state(row: m.Portfolio, positions: dict[str, m.Position], marks: dict[str
         mark_history=histories if histories is not None else {s: tuple(k.history or ()) for s, k in marks.items()},
         atr_history=dict(atr or {}),
         recent_confidences=tuple(memory.get("recent_confidences", ())),
-        recent_intents=tuple(tuple(p) for p in memory["recent_intents"]) if "recent_intents" in memory
-        else intents_by_bucket(unpack_times(memory.get("recent_intent_times"))),
+        recent_intents=recent_intents_of(memory, unpack_times),
         switches={k: SwitchState.from_dict(v) for k, v in switches.get("portfolio", {}).items()},
         symbol_halts={k: SwitchState.from_dict(v) for k, v in switches.get("symbols", {}).items()},
     )
