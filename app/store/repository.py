@@ -314,9 +314,13 @@ def save(session: Session, loaded: Loaded, new: PortfolioState, now: datetime) -
         existing.updated_at = now
 
 
+def _insert(session: Session, model: type):
+    """An INSERT of ``model`` that can say ON CONFLICT (PostgreSQL's or SQLite's)."""
+    return (postgresql_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert)(model)
+
+
 def _upsert(session: Session, model: type, keys: list[str], values: dict[str, Any]) -> None:
-    insert = postgresql_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
-    statement = insert(model).values(**values)
+    statement = _insert(session, model).values(**values)
     session.execute(statement.on_conflict_do_update(
         index_elements=keys, set_={k: statement.excluded[k] for k in values if k not in keys}))
 
@@ -327,10 +331,8 @@ def mark_history_hash(symbol: str, prices: tuple[float, ...] | list[float]) -> s
 
 def store_mark_snapshot(session: Session, symbol: str, prices: tuple[float, ...], now: datetime) -> str:
     digest = mark_history_hash(symbol, prices)
-    dialect = session.get_bind().dialect.name
-    insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
-    session.execute(insert(m.MarkSnapshot).values(hash=digest, symbol=symbol, prices=list(prices), created_at=now)
-                    .on_conflict_do_nothing(index_elements=["hash"]))
+    session.execute(_insert(session, m.MarkSnapshot).values(hash=digest, symbol=symbol, prices=list(prices),
+                                                           created_at=now).on_conflict_do_nothing(index_elements=["hash"]))
     # (not remembered here: the transaction may still roll back; the next load fetches it)
     return digest
 
