@@ -84,6 +84,11 @@ def check_portfolio_id(value: Any) -> str:
     return value
 
 
+def in_batch(index: int, exc: Invalid) -> Invalid:
+    """A refused intent of a batch, named by its place in the list."""
+    return Invalid(f"intent {index}: {exc.message}", {str(index): exc.errors})
+
+
 def request_hash(intent: TradeIntent) -> str:
     return hashlib.sha256(canonical_json(intent.to_dict()).encode()).hexdigest()
 
@@ -209,7 +214,7 @@ class RPMService:
                     try:
                         row, replay = self._decide_one(session, loaded, items[index], actor, started)
                     except Invalid as exc:
-                        raise Invalid(f"intent {index}: {exc.message}", {str(index): exc.errors}) from None
+                        raise in_batch(index, exc) from None
                     answers[index] = decision_payload(row, replay=replay)
                 states[portfolio_id] = engine.portfolio_summary(loaded.state, loaded.config)
             return {"decisions": answers, "portfolio_states": states}
@@ -274,7 +279,7 @@ class RPMService:
                     continue
                 if len(items) == 1 or not isinstance(exc, Invalid):
                     raise
-                raise Invalid(f"intent {index}: {exc.message}", {str(index): exc.errors}) from None
+                raise in_batch(index, exc) from None
             if one_by_one:  # what the answer reports after this decision, summarised once the lock is released
                 answer += (lk.loaded.state, lk.loaded.config, lk.loaded.row.counters)
             answers.append(answer)
