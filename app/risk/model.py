@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import ROUND_FLOOR, Context, Decimal
 from enum import StrEnum
+from itertools import compress
+from operator import itemgetter
 from typing import Any
 
 from .config import REGIMES, SYMBOL_RE, RPMConfig
@@ -396,8 +398,11 @@ def throttle_window(recent: tuple[tuple[int, int], ...], ts: float) -> tuple[tup
     """The (bucket, intents) pairs of the throttle's window at ``ts``, and how many intents they hold:
     the last second plus what remains of the bucket it starts in."""
     start = throttle_bucket(ts - 1.0)
-    window = tuple(p for p in recent if p[0] >= start)
-    return window, sum(n for _, n in window)
+    window = tuple(compress(recent, map(start.__le__, map(_BUCKET, recent))))
+    return window, sum(map(_COUNT, window))
+
+
+_BUCKET, _COUNT = itemgetter(0), itemgetter(1)
 
 
 def recent_intents_of(data: Mapping[str, Any], times: Any = tuple) -> tuple[tuple[int, int], ...]:

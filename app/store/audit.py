@@ -56,10 +56,10 @@ def _plain(value: Any) -> Any:
     kind = type(value)
     if kind is float:
         return _float_text(value)
-    if kind is dict:
-        return {k if type(k) is str else str(k): _plain(v) for k, v in value.items()}
+    if kind is dict:  # (strings, the most common values, are taken as they are without a call)
+        return {k if type(k) is str else str(k): v if type(v) is str else _plain(v) for k, v in value.items()}
     if kind is list or kind is tuple:  # (lists of floats are common: histories)
-        return [_float_text(v) if type(v) is float else _plain(v) for v in value]
+        return [_float_text(v) if type(v) is float else v if type(v) is str else _plain(v) for v in value]
     if kind is int and -_EXACT < value < _EXACT:  # within the decimal context's 28 digits
         return str(value)
     if isinstance(value, (int, float, Decimal)):
