@@ -11,7 +11,10 @@ more intents have queued meanwhile, it hands the lead to the oldest waiting requ
 returns.
 
 Nothing waits for company: a request that finds no leader leads at once, so a lone request
-pays nothing, and the batches are as large as the load makes them.
+pays nothing, and the batches are as large as the load makes them. What queues while the leader
+waits for the lock joins its transaction: ``decide`` gets ``more(accept)``, which takes from the
+queue (in arrival order) the intents ``accept`` says the transaction can decide — those of the
+portfolios it has locked — once the lock is held.
 """
 
 from __future__ import annotations
@@ -39,9 +42,11 @@ class _Slot:
 
 
 class GroupCommit:
-    """Runs ``decide(items) -> answers`` (an answer may be an exception) over what queued."""
+    """Runs ``decide(items, more) -> answers`` (an answer may be an exception) over what queued; the
+    answers are those of ``items`` and then of what ``more`` gave, in that order."""
 
-    def __init__(self, decide: Callable[[list[Any]], list[Any]], max_batch: int = 64):
+    def __init__(self, decide: Callable[[list[Any], Callable[[Callable[[Any], bool]], list[Any]]], list[Any]],
+                 max_batch: int = 64):
         self._decide = decide
         self._max = max_batch
         self._mutex = threading.Lock()
@@ -75,11 +80,24 @@ class GroupCommit:
         return slot.outcome()
 
     def _run(self, batch: list[_Slot]) -> None:
+        taken = list(batch)
+
+        def more(accept: Callable[[Any], bool]) -> list[Any]:
+            """What queued since the batch was taken and ``accept`` takes, in arrival order (up to the maximum)."""
+            with self._mutex:
+                room = self._max - len(taken)
+                extra = [s for s in self._queue if accept(s.item)][:max(0, room)]
+                if extra:
+                    chosen = {id(s) for s in extra}
+                    self._queue = [s for s in self._queue if id(s) not in chosen]
+            taken.extend(extra)
+            return [s.item for s in extra]
+
         try:
-            answers = self._decide([s.item for s in batch])
+            answers = self._decide([s.item for s in batch], more)
         except BaseException as exc:  # the transaction failed (503, ...): the answer of every request in it
-            answers = [exc] * len(batch)
-        for s, answer in zip(batch, answers, strict=True):
+            answers = [exc] * len(taken)
+        for s, answer in zip(taken, answers, strict=True):
             if isinstance(answer, BaseException):
                 s.error = answer
             else:

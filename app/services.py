@@ -93,6 +93,24 @@ def request_hash(intent: TradeIntent) -> str:
     return hashlib.sha256(canonical_json(intent.to_dict()).encode()).hexdigest()
 
 
+def _portfolio_of(fields: dict[str, Any]) -> str:
+    return fields.get("portfolio_id") or "default"
+
+
+def _wanted(items: list[Item]) -> dict[str, Any]:
+    """What the decisions of ``items`` need read, by portfolio: their intent ids (retries?) and symbols (ATRs)."""
+    from .store.pipeline import Wanted
+
+    requests: dict[str, Wanted] = {}
+    for fields, *_ in items:
+        wanted = requests.setdefault(_portfolio_of(fields), Wanted())
+        if isinstance(fields.get("intent_id"), str):
+            wanted.intent_ids.append(fields["intent_id"])
+        if isinstance(fields.get("symbol"), str):
+            wanted.symbols.add(fields["symbol"])
+    return requests
+
+
 def system_clock() -> datetime:
     return datetime.now(UTC)
 
@@ -193,10 +211,10 @@ class RPMService:
         refuses the whole batch and nothing is written.
         """
         started = time.perf_counter()
-        for fields in items:
-            check_portfolio_id(fields.get("portfolio_id") or "default")
+        portfolio_ids = [check_portfolio_id(fields.get("portfolio_id") or "default") for fields in items]
         if self.db.pipelined:
-            answers, locked = self._decide_pipelined([(fields, actor, started, None) for fields in items])
+            answers, locked = self._decide_pipelined([(fields, actor, started, self._prevalidated(pid, fields))
+                                                      for fields, pid in zip(items, portfolio_ids, strict=True)])
             if answers is not None:
                 return {"decisions": [decision_payload(row, replay=replay) for row, replay in answers],
                         "portfolio_states": {pid: engine.portfolio_summary(lk.loaded.state, lk.loaded.config)
@@ -221,32 +239,31 @@ class RPMService:
 
         return self._write(run)
 
-    def _decide_pipelined(self, items: list[Item], *, one_by_one: bool = False):
+    def _decide_pipelined(self, items: list[Item], *, one_by_one: bool = False,
+                          more: Callable[[Callable[[Item], bool]], list[Item]] | None = None):
         """PostgreSQL: decide ``items`` in two round trips (app/store/pipeline.py).
 
         ``one_by_one`` (intents of separate requests decided together): an intent refused (422,
         409) is that request's answer and changes nothing, the others go on; each answer carries
         the portfolio state, configuration and counters right after its decision. Otherwise (one request) a
         refused intent refuses them all. Gives (None, None) when a portfolio does not exist yet:
-        the caller then takes the ORM path, which creates `default` or answers 404.
+        the caller then takes the ORM path, which creates `default` or answers 404. ``more`` (group
+        commit): gives the intents that queued meanwhile for the portfolios locked, decided after
+        ``items`` in the same transaction (their answers follow those of ``items``).
         """
-        from .store.pipeline import DecisionTransaction, Wanted
+        from .store.pipeline import DecisionTransaction
 
-        requests: dict[str, Wanted] = {}
-        for fields, *_ in items:
-            portfolio_id = fields.get("portfolio_id") or "default"
-            wanted = requests.setdefault(portfolio_id, Wanted())
-            if isinstance(fields.get("intent_id"), str):
-                wanted.intent_ids.append(fields["intent_id"])
-            if isinstance(fields.get("symbol"), str):
-                wanted.symbols.add(fields["symbol"])
         unsafe = self.unsafe_disable_portfolio_lock
         try:
             with self.db.connection() as conn:
                 tx = DecisionTransaction(conn, self.db.cache_key)
-                locked = tx.lock(requests, lock=not unsafe)
+                locked = tx.lock(_wanted(items), lock=not unsafe)
                 if any(lk is None for lk in locked.values()):
                     return None, None
+                extra = more(lambda item: _portfolio_of(item[0]) in locked) if more is not None else []
+                if extra:  # joined while the lock was awaited: one more round trip, and a larger transaction
+                    tx.read_more(locked, _wanted(extra))
+                    items = [*items, *extra]
                 for pid, lk in locked.items():
                     self._configs[pid] = (lk.loaded.row.config_version, lk.loaded.config)
                 with tx.writing():
@@ -325,13 +342,13 @@ class RPMService:
             return None
         return Checked(version, intent, request_hash(intent))
 
-    def _decide_group(self, items: list[Item]) -> list[Any]:
+    def _decide_group(self, items: list[Item], more: Callable[[Callable[[Item], bool]], list[Item]]) -> list[Any]:
         """Single intents of concurrent requests, decided together (see app/group_commit.py).
 
         Each item's answer (or the exception that is its answer); None for all when a portfolio
         does not exist yet (each request then takes the ORM path on its own).
         """
-        answers, _locked = self._decide_pipelined(items, one_by_one=True)
+        answers, _locked = self._decide_pipelined(items, one_by_one=True, more=more)
         if answers is None:
             return [None] * len(items)
         return [a if isinstance(a, Exception) else {

@@ -97,6 +97,17 @@ def _insert(model: type) -> _Insert:
 _INSERTS = {model: _insert(model) for model in (m.Decision, m.LedgerEntry, m.SwitchEventRow)}
 
 
+def _decided(portfolio_id: str, cursor: Any) -> dict[str, SimpleNamespace]:
+    """The stored decisions of a portfolio among those an intent-id lookup found, by intent id."""
+    earlier = {}
+    for data in cursor.fetchall() if cursor is not None else ():
+        if data["portfolio_id"] != portfolio_id:  # the same intent_id in another portfolio
+            continue
+        data["decided_at"] = _utc(data["decided_at"])
+        earlier[data["intent_id"]] = SimpleNamespace(**data)
+    return earlier
+
+
 def _utc(value: datetime | None) -> datetime | None:
     return None if value is None else value.astimezone(UTC)
 
@@ -170,13 +181,28 @@ class DecisionTransaction:
             (row.id, row.config_version)).fetchone()[0])
         state = to_state(row, position_rows, mark_rows, histories, {s: tuple(h) for s, h in atr.fetchall()})
         loaded = Loaded(row, position_rows, mark_rows, state, config)
-        earlier = {}
-        for data in decided.fetchall() if decided is not None else ():
-            if data["portfolio_id"] != row.id:  # the same intent_id in another portfolio
-                continue
-            data["decided_at"] = _utc(data["decided_at"])
-            earlier[data["intent_id"]] = SimpleNamespace(**data)
-        return Locked(loaded, state, earlier)
+        return Locked(loaded, state, _decided(row.id, decided))
+
+    def read_more(self, locked: dict[str, Locked], requests: dict[str, Wanted]) -> None:
+        """Intents that joined after the lock was taken: read what they need that ``lock`` did not
+        (the ATR histories of other symbols, whether their intent ids were decided), in one round trip."""
+        conn = self.conn
+        cursors = {}
+        with conn.pipeline():
+            for portfolio_id in sorted(requests):
+                wanted, state = requests[portfolio_id], locked[portfolio_id].initial
+                symbols = sorted(wanted.symbols - set(state.atr_history))
+                cursors[portfolio_id] = (
+                    conn.execute(_SELECT_ATR, (portfolio_id, symbols)) if symbols else None,
+                    conn.cursor(row_factory=dict_row).execute(_SELECT_DECIDED, (wanted.intent_ids,))
+                    if wanted.intent_ids else None,
+                )
+        for portfolio_id, (atr, decided) in cursors.items():
+            lk = locked[portfolio_id]
+            # (before any decision: the state read under the lock is also the one decisions start from)
+            for symbol, history in atr.fetchall() if atr is not None else ():
+                lk.initial.atr_history[symbol] = tuple(history)
+            lk.decided.update(_decided(portfolio_id, decided))
 
     def _snapshots(self, missing: list[str]) -> list[tuple[str, list[float]]]:
         return self.conn.execute("SELECT hash, prices FROM mark_snapshots WHERE hash = ANY(%s)", (missing,)).fetchall()

@@ -319,3 +319,43 @@ def test_an_intent_id_is_unique_per_portfolio_not_across_portfolios(client, sql,
     assert other["replay"] is False and other["portfolio_id"] == "p2" and other["id"] != first["id"]
     assert again["replay"] is True and again["id"] == first["id"]
     assert sql("SELECT portfolio_id FROM decisions WHERE intent_id = 'shared-id' ORDER BY 1") == [("default",), ("p2",)]
+
+
+def test_intents_that_join_a_transaction_after_its_lock_read_what_they_need(app, client, sql):
+    """Group commit: intents queued while the leader awaited the lock join its transaction; one more
+    round trip reads what the first read did not — another symbol's ATR history, whether an intent
+    id was decided — so a joiner decides on the whole state and a retry among them is a replay."""
+    from app.services import Actor
+
+    service = app.extensions["rpm"]
+    if not service.db.pipelined:
+        pytest.skip("the pipelined (PostgreSQL) path")
+    client.post("/portfolios", json={"portfolio_id": "p2"})
+    usdjpy = {**SEED_INTENT, "symbol": "USDJPY", "current_price": 150.0, "atr": 0.9}
+    for n in range(3):
+        assert post(client, "/process_trade", {**usdjpy, "atr": 0.9 + n / 10, "intent_id": f"jpy-{n}"}).status_code == 200
+    first = post(client, "/process_trade", {**SEED_INTENT, "intent_id": "dup"}).json["decision"]
+    [(jpy_before,)] = sql("SELECT history FROM atr_histories WHERE portfolio_id = 'default' AND symbol = 'USDJPY'")
+    assert len(jpy_before) == 3
+
+    actor = Actor("test", "trader")
+    item = lambda fields: (fields, actor, 0.0, None)  # noqa: E731
+    lead = item({**SEED_INTENT, "intent_id": "lead"})
+    joiners = [item({**usdjpy, "atr": 1.5, "intent_id": "late-jpy"}), item({**SEED_INTENT, "intent_id": "dup"}),
+               item({**SEED_INTENT, "portfolio_id": "p2", "intent_id": "other"})]
+    offered = []
+
+    def more(accept):
+        offered.extend(j for j in joiners if not accept(j))
+        return [j for j in joiners if accept(j)]
+
+    answers = service._decide_group([lead], more)
+    assert [j[0]["intent_id"] for j in offered] == ["other"]  # not this transaction's portfolio
+    assert [(a["decision"]["intent_id"], a["decision"]["replay"]) for a in answers] == [
+        ("lead", False), ("late-jpy", False), ("dup", True)]
+    assert answers[2]["decision"]["id"] == first["id"]
+    [(jpy_after,)] = sql("SELECT history FROM atr_histories WHERE portfolio_id = 'default' AND symbol = 'USDJPY'")
+    assert jpy_after[:3] == jpy_before and len(jpy_after) == 4  # the history read, then extended
+    assert sql("SELECT seq FROM decisions WHERE portfolio_id = 'default' ORDER BY seq") == [(n,) for n in range(1, 7)]
+    assert sql("SELECT count(*) FROM decisions WHERE portfolio_id = 'p2'") == [(0,)]
+    assert client.get("/audit/verify").json["ok"] is True
