@@ -16,11 +16,11 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from decimal import Decimal
+from decimal import ROUND_HALF_EVEN, Context, Decimal
 from typing import Any
 
 import orjson
-from sqlalchemy import Table, select
+from sqlalchemy import Numeric, Table, select
 from sqlalchemy.orm import Session
 
 from . import models as m
@@ -42,6 +42,28 @@ def _hashed_columns(model: type) -> list[str]:
 
 
 COLUMNS = {model: _hashed_columns(model) for model in AUDITED}
+
+
+def _scaled_columns(model: type) -> dict[str, Decimal]:
+    """The NUMERIC columns with a scale, and the unit of their last digit (NUMERIC(28, 10): 1E-10)."""
+    table: Table = model.__table__
+    return {c.name: Decimal(1).scaleb(-c.type.scale) for c in table.columns
+            if isinstance(c.type, Numeric) and c.type.scale is not None}
+
+
+SCALED = {model: _scaled_columns(model) for model in AUDITED}
+_WIDE = Context(prec=80)  # quantize within any NUMERIC(28, s): an overflow is the database's to refuse
+
+
+def to_scale(value: Any, unit: Decimal) -> Decimal:
+    """``value`` as its NUMERIC column will store it: rounded to the column's scale.
+
+    The hash must cover what is stored, or a price of 1.123456789012345 (kept as 1.1234567890)
+    would read back as an edited row.
+    """
+    number = value if isinstance(value, Decimal) else Decimal(value) if isinstance(value, int) else \
+        Decimal(repr(float(value)))
+    return number.quantize(unit, rounding=ROUND_HALF_EVEN, context=_WIDE)
 KIND = {m.Decision: "decision", m.SwitchEventRow: "switch_event", m.AdminAction: "admin_action"}
 
 
@@ -129,6 +151,9 @@ class Chain:
         owner = self.owner
         values["audit_seq"] = owner.audit_seq + 1
         values["prev_hash"] = owner.audit_head or GENESIS
+        for name, unit in SCALED[model].items():
+            if values.get(name) is not None:
+                values[name] = to_scale(values[name], unit)
         hashed = {name: values.get(name) for name in COLUMNS[model]}
         values["row_hash"] = row_hash(values["prev_hash"], KIND[model], hashed)
         owner.audit_seq = values["audit_seq"]

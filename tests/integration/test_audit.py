@@ -3,6 +3,7 @@
 import csv
 import io
 import json
+from decimal import Decimal
 
 import pytest
 from click.testing import CliRunner
@@ -62,6 +63,26 @@ def test_a_clean_history_verifies_with_count_and_head(client, history, sql):
     assert default["head_hash"] == sql("SELECT audit_head FROM portfolios WHERE id = 'default'")[0][0]
     system = next(c for c in report["chains"] if c["chain"] == "_system")
     assert system["ok"] and system["count"] == 4  # the four keys of the test
+
+
+def test_numbers_finer_than_their_columns_are_hashed_as_stored_and_verify(client, clock, sql):
+    """NUMERIC(28, 10) keeps ten decimals: a price of 1.123456789012345 (what arithmetic on floats gives a
+    signal engine) and a drawdown of many decimals must not read back as edited rows."""
+    long = {**SEED_INTENT, "current_price": 1.123456789012345, "atr": 0.004}
+    assert client.post("/process_trade", json=long).json["decision"]["status"] == "APPROVED"
+    clock.advance(seconds=1)
+    batch = [{**SEED_INTENT, "symbol": "GBPUSD", "current_price": 0.1 + 0.2 + 1, "atr": 0.004}]
+    assert client.post("/process_trades", json={"intents": batch}).status_code == 200
+    clock.advance(seconds=1)
+    events = client.post("/marks", json={"prices": {"EURUSD": 1.0123456789012345}}).json["events"]
+    finer = [Decimal(repr(e["value"])) for e in events if e["action"] == "TRIPPED"]
+    assert finer and all(v != v.quantize(Decimal("1E-10")) for v in finer)  # more than ten decimals
+    assert [p for (p,) in sql("SELECT price FROM decisions ORDER BY seq")] == [
+        Decimal("1.1234567890"), Decimal("1.3000000000")]
+    assert sorted(v for (v,) in sql("SELECT value FROM switch_events WHERE action = 'TRIPPED'")) == sorted(
+        v.quantize(Decimal("1E-10")) for v in finer)
+    report = verify(client)
+    assert report["ok"] is True, report
 
 
 @pytest.mark.parametrize("table", AUDIT_TABLES)
