@@ -4,9 +4,10 @@
                   histories of the symbols decided on; look up the intent ids already
                   decided                                             (one pipeline, one wait)
     round trip 2: the engine decides each intent in memory; its decision, ledger entry and
-                  switch events are sent at once, so the server writes one while the next is
-                  decided; then what changed of positions, ATR histories and marks, the
-                  portfolio row, and COMMIT                          (one pipeline, one wait)
+                  switch events are queued and sent every FLUSH_ROWS rows, each table's as
+                  one JSON array, so the server writes them while the next are decided;
+                  then what changed of positions, ATR histories and marks, the portfolio
+                  row, and COMMIT                                    (one pipeline, one wait)
 
 The reads are sent after the lock statement in the same pipeline: PostgreSQL runs them in
 order, each with a snapshot taken when it starts, so they see everything committed by the
@@ -21,6 +22,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from decimal import Decimal
 from functools import partial
 from types import SimpleNamespace
 from typing import Any
@@ -79,19 +81,26 @@ _JSON_COLUMNS = {"switches", "memory", "counters"}
 Jsonb = partial(pg_json.Jsonb, dumps=partial(orjson.dumps, option=orjson.OPT_NON_STR_KEYS))
 
 
-@dataclass(frozen=True)
-class _Insert:
-    sql: str
-    columns: list[str]
-    json: frozenset[str]
-
-
-def _insert(model: type) -> _Insert:
+def _insert(model: type) -> str:
+    """INSERT of rows given as one JSON array of objects (a parameter the server takes apart)."""
     table: Table = model.__table__
-    columns = [c.name for c in table.columns if not (c.primary_key and c.autoincrement is True)]
-    json = frozenset(c.name for c in table.columns if isinstance(c.type, JSON))
-    placeholders = ", ".join(["%s"] * len(columns))
-    return _Insert(f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({placeholders})", columns, json)
+    columns = [c for c in table.columns if not (c.primary_key and c.autoincrement is True)]
+    # (json_populate_recordset gives SQL NULL for a JSON null: a JSON column keeps JSON null, as the ORM writes it)
+    fields = ", ".join(f"coalesce(r.{c.name}, 'null'::jsonb)" if isinstance(c.type, JSON) else f"r.{c.name}"
+                       for c in columns)
+    return (f"INSERT INTO {table.name} ({', '.join(c.name for c in columns)}) SELECT {fields} "
+            f"FROM json_populate_recordset(NULL::{table.name}, %s) r")
+
+
+def _json_default(value: Any) -> str:
+    if isinstance(value, Decimal):  # as it is written: PostgreSQL parses NUMERIC exactly
+        return str(value)
+    raise TypeError
+
+
+_ROW_OPTIONS = orjson.OPT_NON_STR_KEYS
+# rows queued before they are sent: the server writes one batch while the next decisions are made
+FLUSH_ROWS = 16
 
 
 _INSERTS = {model: _insert(model) for model in (m.Decision, m.LedgerEntry, m.SwitchEventRow)}
@@ -136,6 +145,8 @@ class DecisionTransaction:
     conn: Connection
     database: str  # the URL without password: the key of the configuration cache
     _cursor: Any = None
+    _queued: dict[type, list[bytes]] = field(default_factory=dict)
+    _count: int = 0
 
     def lock(self, requests: dict[str, Wanted], *, lock: bool = True) -> dict[str, Locked | None]:
         """Lock the portfolios (in sorted order: no deadlock) and read them; None for one that does not exist."""
@@ -227,10 +238,21 @@ class DecisionTransaction:
         self._cursor.execute(sql, params)
 
     def insert(self, model: type, values: dict[str, Any]) -> None:
-        spec = _INSERTS[model]
-        # (a JSON column given None holds JSON null, as the ORM writes it)
-        self._send(spec.sql, tuple(Jsonb(values.get(c)) if c in spec.json else values.get(c)
-                                   for c in spec.columns))
+        """Queue one row; rows go out in batches, each table's as one JSON array that the server
+        takes apart (json_populate_recordset): orjson writes it at C speed where psycopg would
+        adapt each value in Python, and one statement carries several decisions."""
+        self._queued.setdefault(model, []).append(orjson.dumps(values, default=_json_default, option=_ROW_OPTIONS))
+        self._count += 1
+        if self._count >= FLUSH_ROWS:
+            self.flush()
+
+    def flush(self) -> None:
+        """Send the queued rows (decisions first: the rows of the other tables refer to them)."""
+        for model in _INSERTS:
+            rows = self._queued.pop(model, None)
+            if rows:
+                self._send(_INSERTS[model], ((b"[" + b",".join(rows) + b"]").decode(),))
+        self._count = 0
 
     def save(self, locked: Locked, now: datetime) -> None:
         """Write what the decisions changed: positions, marks, and the portfolio row with its counters."""
@@ -250,9 +272,11 @@ class DecisionTransaction:
         for column, value in changes.portfolio.items():
             setattr(row, column, value)
         row.updated_at = now
+        self.flush()
         self._send(_UPDATE_PORTFOLIO, tuple(Jsonb(getattr(row, c)) if c in _JSON_COLUMNS else getattr(row, c)
                                              for c in _MUTABLE) + (row.id,))
 
     def commit(self) -> None:
         """COMMIT: the pipeline's last statement; its answer is the one round trip waited for."""
+        self.flush()
         self.conn.commit()

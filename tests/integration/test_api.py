@@ -1,5 +1,6 @@
 """Every endpoint through the Flask test client, on real PostgreSQL."""
 
+from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
@@ -278,13 +279,17 @@ def test_both_write_paths_write_the_same_rows(app, client, sql):
         db.pipelined = pipelined
         for intent in intents:
             assert client.post("/process_trade", json={**intent, "portfolio_id": pid}).status_code == 200
-    columns = ("seq, intent_id, status, reason_code, message, approved_units, price, reducing, config_hash, "
-               "intent, breakdown, context, booking, audit_seq")
+    columns = ("seq, intent_id, symbol, direction, status, reason_code, message, approved_units, price, reducing, "
+               "decided_at, config_hash, config_version, intent, breakdown, context, state_before - 'portfolio_id', "
+               "booking, audit_seq, key_id, key_name, key_role")
     # (the portfolio id in the intent and the decision id in the booking differ, nothing else)
     columns = columns.replace("intent,", "intent - 'portfolio_id',").replace(
         "booking", "CASE WHEN jsonb_typeof(booking) = 'object' THEN booking - 'decision_id' END")
     orm, pipe = (sql(f"SELECT {columns} FROM decisions WHERE portfolio_id = '{p}' ORDER BY seq") for p in ("orm", "pipe"))
     assert len(orm) == 4 and orm == pipe
+    # a rejection's booking is JSON null on both paths, not SQL NULL
+    assert sql("SELECT portfolio_id, jsonb_typeof(booking) FROM decisions WHERE seq = 2 ORDER BY 1") == [
+        ("orm", "null"), ("pipe", "null")]
     books = "SELECT symbol, units, avg_price FROM positions WHERE portfolio_id = '{}' ORDER BY symbol"
     assert sql(books.format("orm")) == sql(books.format("pipe"))
     ledger = "SELECT seq, kind, symbol, units, price, position_units FROM ledger_entries WHERE portfolio_id = '{}'"
@@ -293,6 +298,30 @@ def test_both_write_paths_write_the_same_rows(app, client, sql):
              "last_ledger_seq, audit_seq FROM portfolios WHERE id = '{}'")
     assert sql(state.format("orm")) == sql(state.format("pipe"))
     assert client.get("/audit/verify").json["ok"] is True
+
+
+def test_queued_rows_are_written_in_order_with_their_values(app, client, sql):
+    """The pipeline queues rows and sends each table's as one JSON array (json_populate_recordset),
+    every FLUSH_ROWS rows and at the commit: all arrive, in order, their values as given."""
+    from app.store import models as m
+    from app.store.pipeline import FLUSH_ROWS, DecisionTransaction
+
+    db = app.extensions["rpm"].db
+    at = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
+    details = [{"n": i} for i in range(FLUSH_ROWS + 3)]
+    details[5] = {"n": 2**63 - 1, "x": [0.30000000000000004, None, "\u00e9"]}
+    with db.connection() as conn:
+        tx = DecisionTransaction(conn, db.cache_key)
+        with tx.writing():
+            for i, detail in enumerate(details):
+                tx.insert(m.SwitchEventRow, dict(
+                    portfolio_id="default", switch="test", action="TRIPPED", symbol=None, at=at,
+                    value=Decimal("0.1234567890"), threshold=None, cooldown_until=None, reason=f"r{i}",
+                    detail=detail, decision_id=None, audit_seq=1000 + i, prev_hash="0" * 64, row_hash="1" * 64))
+            tx.commit()
+    rows = sql("SELECT reason, detail, value, symbol, at FROM switch_events WHERE switch = 'test' ORDER BY id")
+    assert [(r, d) for r, d, *_ in rows] == [(f"r{i}", d) for i, d in enumerate(details)]
+    assert {(v, s, a) for *_, v, s, a in rows} == {(Decimal("0.1234567890"), None, at)}
 
 
 def test_an_intent_checked_before_the_lock_is_checked_again_under_a_newer_configuration(client):
