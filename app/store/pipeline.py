@@ -18,7 +18,7 @@ they are sent differs. The ORM path remains for SQLite and for every other opera
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -60,15 +60,18 @@ _MUTABLE = ["realised_pnl", "peak_equity", "day_key", "day_start_equity", "day_p
             "week_start_equity", "trading_state", "switches", "memory", "counters", "last_seq",
             "last_ledger_seq", "audit_seq", "audit_head", "updated_at"]
 _UPDATE_PORTFOLIO = f"UPDATE portfolios SET {', '.join(f'{c} = %s' for c in _MUTABLE)} WHERE id = %s"
-_UPSERT_POSITION = (
+# what the decisions changed, one statement per table, the rows as one JSON array (as the inserts)
+_UPSERT_POSITIONS = (
     "INSERT INTO positions (portfolio_id, symbol, units, avg_price, opened_at, updated_at) "
-    "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (portfolio_id, symbol) DO UPDATE SET "
+    "SELECT r.portfolio_id, r.symbol, r.units, r.avg_price, r.opened_at, r.updated_at "
+    "FROM json_populate_recordset(NULL::positions, %s) r ON CONFLICT (portfolio_id, symbol) DO UPDATE SET "
     "units = excluded.units, avg_price = excluded.avg_price, opened_at = excluded.opened_at, "
     "updated_at = excluded.updated_at")
-_UPSERT_ATR = (
-    "INSERT INTO atr_histories (portfolio_id, symbol, history, updated_at) VALUES (%s, %s, %s, %s) "
+_UPSERT_ATRS = (
+    "INSERT INTO atr_histories (portfolio_id, symbol, history, updated_at) "
+    "SELECT r.portfolio_id, r.symbol, r.history, r.updated_at FROM json_populate_recordset(NULL::atr_histories, %s) r "
     "ON CONFLICT (portfolio_id, symbol) DO UPDATE SET history = excluded.history, updated_at = excluded.updated_at")
-_DELETE_POSITION = "DELETE FROM positions WHERE portfolio_id = %s AND symbol = %s"
+_DELETE_POSITIONS = "DELETE FROM positions WHERE portfolio_id = %s AND symbol = ANY(%s)"
 _UPSERT_MARK = (
     "INSERT INTO marks (portfolio_id, symbol, price, history, history_hash, updated_at) "
     "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (portfolio_id, symbol) DO UPDATE SET "
@@ -99,6 +102,19 @@ def _json_default(value: Any) -> str:
 
 
 _ROW_OPTIONS = orjson.OPT_NON_STR_KEYS
+
+
+def _row(values: dict[str, Any]) -> bytes:
+    return orjson.dumps(values, default=_json_default, option=_ROW_OPTIONS)
+
+
+def _array(rows: list[bytes]) -> str:
+    return (b"[" + b",".join(rows) + b"]").decode()
+
+
+def _rows(rows: Iterable[dict[str, Any]]) -> str:
+    """Rows as the JSON array a json_populate_recordset parameter takes."""
+    return _array([_row(values) for values in rows])
 # rows queued before they are sent: the server writes one batch while the next decisions are made
 FLUSH_ROWS = 16
 
@@ -241,7 +257,7 @@ class DecisionTransaction:
         """Queue one row; rows go out in batches, each table's as one JSON array that the server
         takes apart (json_populate_recordset): orjson writes it at C speed where psycopg would
         adapt each value in Python, and one statement carries several decisions."""
-        self._queued.setdefault(model, []).append(orjson.dumps(values, default=_json_default, option=_ROW_OPTIONS))
+        self._queued.setdefault(model, []).append(_row(values))
         self._count += 1
         if self._count >= FLUSH_ROWS:
             self.flush()
@@ -251,7 +267,7 @@ class DecisionTransaction:
         for model in _INSERTS:
             rows = self._queued.pop(model, None)
             if rows:
-                self._send(_INSERTS[model], ((b"[" + b",".join(rows) + b"]").decode(),))
+                self._send(_INSERTS[model], (_array(rows),))
         self._count = 0
 
     def save(self, locked: Locked, now: datetime) -> None:
@@ -259,12 +275,16 @@ class DecisionTransaction:
         loaded = locked.loaded
         row = loaded.row
         changes = state_changes(locked.initial, loaded.state)
-        for symbol in changes.closed:
-            self._send(_DELETE_POSITION, (row.id, symbol))
-        for symbol, pos in changes.positions.items():
-            self._send(_UPSERT_POSITION, (row.id, symbol, pos.units, pos.avg_price, pos.opened_at, now))
-        for symbol, history in changes.atr.items():
-            self._send(_UPSERT_ATR, (row.id, symbol, Jsonb(list(history)), now))
+        if changes.closed:
+            self._send(_DELETE_POSITIONS, (row.id, sorted(changes.closed)))
+        if changes.positions:
+            self._send(_UPSERT_POSITIONS, (_rows(
+                dict(portfolio_id=row.id, symbol=symbol, units=pos.units, avg_price=pos.avg_price,
+                     opened_at=pos.opened_at, updated_at=now) for symbol, pos in changes.positions.items()),))
+        if changes.atr:
+            self._send(_UPSERT_ATRS, (_rows(
+                dict(portfolio_id=row.id, symbol=symbol, history=history, updated_at=now)
+                for symbol, history in changes.atr.items()),))
         for symbol, (price, history) in changes.marks.items():
             digest = mark_history_hash(symbol, history)
             self._send(_INSERT_SNAPSHOT, (digest, symbol, Jsonb(list(history)), now))
