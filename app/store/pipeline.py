@@ -64,12 +64,12 @@ _UPDATE_PORTFOLIO = f"UPDATE portfolios SET {', '.join(f'{c} = %s' for c in _MUT
 _UPSERT_POSITIONS = (
     "INSERT INTO positions (portfolio_id, symbol, units, avg_price, opened_at, updated_at) "
     "SELECT r.portfolio_id, r.symbol, r.units, r.avg_price, r.opened_at, r.updated_at "
-    "FROM json_populate_recordset(NULL::positions, %s) r ON CONFLICT (portfolio_id, symbol) DO UPDATE SET "
+    "FROM jsonb_populate_recordset(NULL::positions, %s) r ON CONFLICT (portfolio_id, symbol) DO UPDATE SET "
     "units = excluded.units, avg_price = excluded.avg_price, opened_at = excluded.opened_at, "
     "updated_at = excluded.updated_at")
 _UPSERT_ATRS = (
     "INSERT INTO atr_histories (portfolio_id, symbol, history, updated_at) "
-    "SELECT r.portfolio_id, r.symbol, r.history, r.updated_at FROM json_populate_recordset(NULL::atr_histories, %s) r "
+    "SELECT r.portfolio_id, r.symbol, r.history, r.updated_at FROM jsonb_populate_recordset(NULL::atr_histories, %s) r "
     "ON CONFLICT (portfolio_id, symbol) DO UPDATE SET history = excluded.history, updated_at = excluded.updated_at")
 _DELETE_POSITIONS = "DELETE FROM positions WHERE portfolio_id = %s AND symbol = ANY(%s)"
 _UPSERT_MARK = (
@@ -88,11 +88,11 @@ def _insert(model: type) -> str:
     """INSERT of rows given as one JSON array of objects (a parameter the server takes apart)."""
     table: Table = model.__table__
     columns = [c for c in table.columns if not (c.primary_key and c.autoincrement is True)]
-    # (json_populate_recordset gives SQL NULL for a JSON null: a JSON column keeps JSON null, as the ORM writes it)
+    # (jsonb_populate_recordset gives SQL NULL for a JSON null: a JSON column keeps JSON null, as the ORM writes it)
     fields = ", ".join(f"coalesce(r.{c.name}, 'null'::jsonb)" if isinstance(c.type, JSON) else f"r.{c.name}"
                        for c in columns)
     return (f"INSERT INTO {table.name} ({', '.join(c.name for c in columns)}) SELECT {fields} "
-            f"FROM json_populate_recordset(NULL::{table.name}, %s) r")
+            f"FROM jsonb_populate_recordset(NULL::{table.name}, %s) r")
 
 
 def _json_default(value: Any) -> str:
@@ -113,7 +113,7 @@ def _array(rows: list[bytes]) -> str:
 
 
 def _rows(rows: Iterable[dict[str, Any]]) -> str:
-    """Rows as the JSON array a json_populate_recordset parameter takes."""
+    """Rows as the JSON array a jsonb_populate_recordset parameter takes."""
     return _array([_row(values) for values in rows])
 # rows queued before they are sent: the server writes one batch while the next decisions are made
 FLUSH_ROWS = 16
@@ -255,7 +255,7 @@ class DecisionTransaction:
 
     def insert(self, model: type, values: dict[str, Any]) -> None:
         """Queue one row; rows go out in batches, each table's as one JSON array that the server
-        takes apart (json_populate_recordset): orjson writes it at C speed where psycopg would
+        takes apart (jsonb_populate_recordset): orjson writes it at C speed where psycopg would
         adapt each value in Python, and one statement carries several decisions."""
         self._queued.setdefault(model, []).append(_row(values))
         self._count += 1

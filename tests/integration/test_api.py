@@ -301,7 +301,7 @@ def test_both_write_paths_write_the_same_rows(app, client, sql):
 
 
 def test_queued_rows_are_written_in_order_with_their_values(app, client, sql):
-    """The pipeline queues rows and sends each table's as one JSON array (json_populate_recordset),
+    """The pipeline queues rows and sends each table's as one JSON array (jsonb_populate_recordset),
     every FLUSH_ROWS rows and at the commit: all arrive, in order, their values as given."""
     from app.store import models as m
     from app.store.pipeline import FLUSH_ROWS, DecisionTransaction
