@@ -114,12 +114,9 @@ def configure_logging(level: str) -> None:
 
 
 def register_request_ids(app: Flask) -> None:
-    access = logging.getLogger("rpm.access")
-
     @app.before_request
     def assign_request_id() -> None:
-        given = request.headers.get("X-Request-ID", "")
-        g.request_id = given if REQUEST_ID_RE.match(given) else uuid.uuid4().hex
+        g.request_id = request_id_of(request.headers.get("X-Request-ID", ""))
         g.started = time.perf_counter()
 
     @app.after_request
@@ -127,15 +124,32 @@ def register_request_ids(app: Flask) -> None:
         request_id = g.get("request_id") or uuid.uuid4().hex
         response.headers["X-Request-ID"] = request_id
         principal = g.get("rpm_principal")
-        access.info("request", extra={
-            "request_id": request_id, "method": request.method, "path": request.path,
-            "status": response.status_code,
-            "duration_ms": round((time.perf_counter() - g.get("started", time.perf_counter())) * 1000, 3),
-            "portfolio": request.args.get("portfolio_id") or _body_portfolio(),
-            "key_name": principal.name if principal else None,
-            "decision_id": g.get("decision_id"), "decision_status": g.get("decision_status"),
-        })
+        log_access(request_id, request.method, request.path, response.status_code, g.get("started"),
+                   request.args.get("portfolio_id") or _body_portfolio(), principal.name if principal else None,
+                   g.get("decision_id"), g.get("decision_status"))
         return response
+
+
+_ACCESS = logging.getLogger("rpm.access")
+
+
+def request_id_of(given: str) -> str:
+    """The client's X-Request-ID when it is a plain token, else a new one."""
+    return given if REQUEST_ID_RE.match(given) else uuid.uuid4().hex
+
+
+def log_access(request_id: str, method: str, path: str, status: int, started: float | None, portfolio: str | None,
+               key_name: str | None, decision_id: str | None = None, decision_status: str | None = None) -> None:
+    """The access log line of one request (also written by the fast path, app/api/fast.py)."""
+    if not _ACCESS.isEnabledFor(logging.INFO):
+        return
+    now = time.perf_counter()
+    _ACCESS.info("request", extra={
+        "request_id": request_id, "method": method, "path": path, "status": status,
+        "duration_ms": round((now - (started if started is not None else now)) * 1000, 3),
+        "portfolio": portfolio, "key_name": key_name, "decision_id": decision_id,
+        "decision_status": decision_status,
+    })
 
 
 def _body_portfolio() -> str | None:

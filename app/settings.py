@@ -35,6 +35,8 @@ class Settings:
     auth_cache_seconds: float = 2.0
     # concurrent single intents of one process decided in one transaction (PostgreSQL)
     group_commit: bool = True
+    # POST /process_trade answered without Flask's per-request machinery when plainly valid (app/api/fast.py)
+    fast_path: bool = True
     # TEST ONLY: decide without the portfolio lock, to show that the race tests can fail
     unsafe_disable_portfolio_lock: bool = False
 
@@ -57,6 +59,7 @@ class Settings:
             log_level=os.environ.get("RPM_LOG_LEVEL", "INFO"),
             auth_cache_seconds=float(os.environ.get("RPM_AUTH_CACHE_SECONDS", "2")),
             group_commit=os.environ.get("RPM_GROUP_COMMIT", "1") != "0",
+            fast_path=os.environ.get("RPM_FAST_PATH", "1") != "0",
             unsafe_disable_portfolio_lock=os.environ.get("RPM_TEST_UNSAFE_DISABLE_PORTFOLIO_LOCK") == "1",
         )
 

@@ -77,6 +77,10 @@ def register_api(app: Flask) -> Api:
     app.before_request(refuse_ambiguous_input)
     app.before_request(authorize)
     document_security(api, app)
+    if app.config["RPM_SETTINGS"].fast_path:
+        from .fast import install
+
+        install(app)
     return api
 
 

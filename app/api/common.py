@@ -37,10 +37,15 @@ def documented_errors(blp: Any, statuses: tuple[int, ...] = tuple(ERROR_RESPONSE
     return declare
 
 
-def error_response(status: int, message: str, errors: Any = None, **extra: Any):
+def error_body(status: int, message: str, errors: Any = None, **extra: Any) -> dict[str, Any]:
+    """The one JSON shape of every error answer."""
     body = {"code": status, "status": HTTPStatus(status).phrase, "message": message, "errors": errors or {}}
     body.update(extra)
-    response = jsonify(body)
+    return body
+
+
+def error_response(status: int, message: str, errors: Any = None, **extra: Any):
+    response = jsonify(error_body(status, message, errors, **extra))
     response.status_code = status
     return response
 
