@@ -59,7 +59,11 @@ _SELECT_HEAD = ("SELECT last_seq, last_ledger_seq, audit_seq, audit_head, counte
 _MUTABLE = ["realised_pnl", "peak_equity", "day_key", "day_start_equity", "day_peak_equity", "week_key",
             "week_start_equity", "trading_state", "switches", "memory", "counters", "last_seq",
             "last_ledger_seq", "audit_seq", "audit_head", "updated_at"]
-_UPDATE_PORTFOLIO = f"UPDATE portfolios SET {', '.join(f'{c} = %s' for c in _MUTABLE)} WHERE id = %s"
+_JSON_COLUMNS = {"switches", "memory", "counters"}
+# the new values as one JSON object, as the inserts (a JSON column keeps JSON null, as the ORM writes it)
+_SET = ", ".join(f"coalesce(r.{c}, 'null'::jsonb)" if c in _JSON_COLUMNS else f"r.{c}" for c in _MUTABLE)
+_UPDATE_PORTFOLIO = (f"UPDATE portfolios AS p SET ({', '.join(_MUTABLE)}) = ({_SET}) "
+                     "FROM jsonb_populate_record(NULL::portfolios, %s) AS r WHERE p.id = %s")
 # what the decisions changed, one statement per table, the rows as one JSON array (as the inserts)
 _UPSERT_POSITIONS = (
     "INSERT INTO positions (portfolio_id, symbol, units, avg_price, opened_at, updated_at) "
@@ -79,7 +83,6 @@ _UPSERT_MARK = (
     "updated_at = excluded.updated_at")
 _INSERT_SNAPSHOT = ("INSERT INTO mark_snapshots (hash, symbol, prices, created_at) VALUES (%s, %s, %s, %s) "
                     "ON CONFLICT (hash) DO NOTHING")
-_JSON_COLUMNS = {"switches", "memory", "counters"}
 # JSONB parameters encoded by orjson (PostgreSQL parses them: the stored values are the same)
 Jsonb = partial(pg_json.Jsonb, dumps=partial(orjson.dumps, option=orjson.OPT_NON_STR_KEYS))
 
@@ -293,8 +296,7 @@ class DecisionTransaction:
             setattr(row, column, value)
         row.updated_at = now
         self.flush()
-        self._send(_UPDATE_PORTFOLIO, tuple(Jsonb(getattr(row, c)) if c in _JSON_COLUMNS else getattr(row, c)
-                                             for c in _MUTABLE) + (row.id,))
+        self._send(_UPDATE_PORTFOLIO, (_row({c: getattr(row, c) for c in _MUTABLE}).decode(), row.id))
 
     def commit(self) -> None:
         """COMMIT: the pipeline's last statement; its answer is the one round trip waited for."""
