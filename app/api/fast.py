@@ -112,7 +112,8 @@ class FastProcessTrade:
         self.encode = app.json.encode
         endpoint, _ = app.url_map.bind("localhost").match(PATH, "POST")
         is_public, admitted = declaration(app, endpoint, "POST")
-        assert not is_public and admitted, "POST /process_trade must declare its roles"
+        if is_public or not admitted:
+            raise RuntimeError("POST /process_trade must declare the roles it admits")
         self.admitted = admitted
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
