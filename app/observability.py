@@ -153,7 +153,11 @@ def log_access(request_id: str, method: str, path: str, status: int, started: fl
 
 
 def _body_portfolio() -> str | None:
-    body = request.get_json(silent=True) if request.is_json else None
+    return body_portfolio(request.get_json(silent=True) if request.is_json else None)
+
+
+def body_portfolio(body: Any) -> str | None:
+    """The portfolio a JSON body names, for the access log (None when it names none)."""
     value = body.get("portfolio_id") if isinstance(body, dict) else None
     return value if isinstance(value, str) else None
 

@@ -12,7 +12,7 @@ from app.errors import ServiceError
 
 from . import admin, audit, health, portfolios, trades
 from .auth import authorize, document_security, public
-from .common import error_response
+from .common import error_headers, error_response
 
 MESSAGES = {
     400: "malformed request: the body is not valid JSON",
@@ -116,8 +116,7 @@ def _register_error_handlers(app: Flask) -> None:
     @app.errorhandler(ServiceError)
     def service_error(exc: ServiceError):
         response = error_response(exc.status, exc.message, exc.errors, **exc.extra)
-        if exc.status == 401:
-            response.headers["WWW-Authenticate"] = 'Bearer realm="rpm"'
+        response.headers.extend(error_headers(exc.status))
         return response
 
     @app.errorhandler(Exception)

@@ -44,6 +44,11 @@ def error_body(status: int, message: str, errors: Any = None, **extra: Any) -> d
     return body
 
 
+def error_headers(status: int) -> list[tuple[str, str]]:
+    """The headers an error answer carries besides the body: the challenge of a 401."""
+    return [("WWW-Authenticate", 'Bearer realm="rpm"')] if status == 401 else []
+
+
 def error_response(status: int, message: str, errors: Any = None, **extra: Any):
     response = jsonify(error_body(status, message, errors, **extra))
     response.status_code = status

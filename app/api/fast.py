@@ -26,19 +26,20 @@ import orjson
 from flask import Flask
 
 from app.errors import ServiceError
-from app.observability import log_access, record_decisions, request_id_of
+from app.observability import body_portfolio, log_access, record_decisions, request_id_of
 from app.risk.config import REGIMES, SYMBOL_RE
 from app.risk.model import PORTFOLIO_ID_RE
 from app.services import Actor
 
 from .auth import declaration
-from .common import error_body
+from .common import error_body, error_headers
+from .schemas import INTENT_ID_LENGTH, MAX_NUMBER
 
 PATH = "/process_trade"
 REQUIRED = ("symbol", "direction", "confidence_score", "regime", "atr", "vol_percentile", "current_price")
 FIELDS = frozenset(REQUIRED) | {"intent_id", "portfolio_id"}
 _UNIT = ("confidence_score", "vol_percentile")  # 0 <= x <= 1
-_POSITIVE = ("atr", "current_price")  # 0 < x <= 1e15
+_POSITIVE = ("atr", "current_price")  # 0 < x <= MAX_NUMBER
 log = logging.getLogger("app")
 
 
@@ -74,12 +75,12 @@ def intent_fields(body: Any) -> dict[str, Any] | None:
         loaded[name] = number
     for name in _POSITIVE:
         number = _number(body[name])
-        if number is None or not 0 < number <= 1e15:
+        if number is None or not 0 < number <= MAX_NUMBER:
             return None
         loaded[name] = number
     if "intent_id" in body:
         intent_id = body["intent_id"]
-        if type(intent_id) is not str or not 1 <= len(intent_id) <= 128:
+        if type(intent_id) is not str or not 1 <= len(intent_id) <= INTENT_ID_LENGTH:
             return None
     if "portfolio_id" in body:
         portfolio = body["portfolio_id"]
@@ -155,10 +156,9 @@ class FastProcessTrade:
         try:
             principal = self.keys.authenticate(key)
         except ServiceError as exc:  # 401 (logged once, by the key store: Flask would authenticate again), 503
-            headers = [("WWW-Authenticate", 'Bearer realm="rpm"')] if exc.status == 401 else []
             self._log(request_id, exc.status, started, body, None)
             return exc.status, self.encode(error_body(exc.status, exc.message, exc.errors, **exc.extra)), \
-                request_id, headers
+                request_id, error_headers(exc.status)
         if principal.role not in self.admitted or not principal.may_use(portfolio):
             return None  # a 403, and its warning in the log, are Flask's
         fields["portfolio_id"] = portfolio
@@ -179,9 +179,8 @@ class FastProcessTrade:
     @staticmethod
     def _log(request_id: str, status: int, started: float, body: dict[str, Any],
              key_name: str | None, decision: dict[str, Any] | None = None) -> None:
-        portfolio = body.get("portfolio_id")
-        log_access(request_id, "POST", PATH, status, started, portfolio if isinstance(portfolio, str) else None,
-                   key_name, decision["id"] if decision else None, decision["status"] if decision else None)
+        log_access(request_id, "POST", PATH, status, started, body_portfolio(body), key_name,
+                   decision["id"] if decision else None, decision["status"] if decision else None)
 
 
 def install(app: Flask) -> None:

@@ -34,9 +34,13 @@ class StrictInteger(fields.Integer):
         return super()._deserialize(value, attr, data, **kwargs)
 
 
+MAX_NUMBER = 1e15  # the largest price, ATR or quantity the API takes
+INTENT_ID_LENGTH = 128
+
+
 def positive(**kwargs: Any) -> StrictFloat:
     metadata = {"exclusiveMinimum": True, **kwargs.pop("metadata", {})}  # tell the document 0 is excluded
-    return StrictFloat(validate=validate.Range(min=0, min_inclusive=False, max=1e15), metadata=metadata, **kwargs)
+    return StrictFloat(validate=validate.Range(min=0, min_inclusive=False, max=MAX_NUMBER), metadata=metadata, **kwargs)
 
 
 def unit_interval(**kwargs: Any) -> StrictFloat:
@@ -68,7 +72,7 @@ class TradeIntentSchema(Schema):
     atr = positive(required=True, metadata={"example": 0.001})
     vol_percentile = unit_interval(required=True, metadata={"example": 0.5})
     current_price = positive(required=True, metadata={"example": 1.1})
-    intent_id = fields.String(validate=validate.Length(1, 128),
+    intent_id = fields.String(validate=validate.Length(1, INTENT_ID_LENGTH),
                               metadata={"description": "the client's id: a retry with it returns the stored decision"})
     portfolio_id = portfolio_field()
 
@@ -86,7 +90,7 @@ class MarksSchema(Schema):
 
 class FillSchema(Schema):
     decision_id = fields.String(required=True, validate=validate.Length(1, 36))
-    filled_units = StrictFloat(required=True, validate=validate.Range(min=0, max=1e15))
+    filled_units = StrictFloat(required=True, validate=validate.Range(min=0, max=MAX_NUMBER))
     fill_price = positive(required=True)
     portfolio_id = portfolio_field()
 

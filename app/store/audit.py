@@ -64,6 +64,8 @@ def to_scale(value: Any, unit: Decimal) -> Decimal:
     number = value if isinstance(value, Decimal) else Decimal(value) if isinstance(value, int) else \
         Decimal(repr(float(value)))
     return number.quantize(unit, rounding=ROUND_HALF_EVEN, context=_WIDE)
+
+
 KIND = {m.Decision: "decision", m.SwitchEventRow: "switch_event", m.AdminAction: "admin_action"}
 
 

@@ -59,9 +59,17 @@ _SELECT_HEAD = ("SELECT last_seq, last_ledger_seq, audit_seq, audit_head, counte
 _MUTABLE = ["realised_pnl", "peak_equity", "day_key", "day_start_equity", "day_peak_equity", "week_key",
             "week_start_equity", "trading_state", "switches", "memory", "counters", "last_seq",
             "last_ledger_seq", "audit_seq", "audit_head", "updated_at"]
-_JSON_COLUMNS = {"switches", "memory", "counters"}
-# the new values as one JSON object, as the inserts (a JSON column keeps JSON null, as the ORM writes it)
-_SET = ", ".join(f"coalesce(r.{c}, 'null'::jsonb)" if c in _JSON_COLUMNS else f"r.{c}" for c in _MUTABLE)
+_JSON_COLUMNS = {c.name for c in m.Portfolio.__table__.columns if isinstance(c.type, JSON)}
+
+
+def _field(name: str, json: bool) -> str:
+    """Column ``name`` of a record taken apart by jsonb_populate_record(set) (alias ``r``): it gives SQL
+    NULL for a JSON null, so a JSON column is given JSON null back, as the ORM writes it."""
+    return f"coalesce(r.{name}, 'null'::jsonb)" if json else f"r.{name}"
+
+
+# the new values as one JSON object, as the inserts
+_SET = ", ".join(_field(c, c in _JSON_COLUMNS) for c in _MUTABLE)
 _UPDATE_PORTFOLIO = (f"UPDATE portfolios AS p SET ({', '.join(_MUTABLE)}) = ({_SET}) "
                      "FROM jsonb_populate_record(NULL::portfolios, %s) AS r WHERE p.id = %s")
 # what the decisions changed, one statement per table, the rows as one JSON array (as the inserts)
@@ -91,9 +99,7 @@ def _insert(model: type) -> str:
     """INSERT of rows given as one JSON array of objects (a parameter the server takes apart)."""
     table: Table = model.__table__
     columns = [c for c in table.columns if not (c.primary_key and c.autoincrement is True)]
-    # (jsonb_populate_recordset gives SQL NULL for a JSON null: a JSON column keeps JSON null, as the ORM writes it)
-    fields = ", ".join(f"coalesce(r.{c.name}, 'null'::jsonb)" if isinstance(c.type, JSON) else f"r.{c.name}"
-                       for c in columns)
+    fields = ", ".join(_field(c.name, isinstance(c.type, JSON)) for c in columns)
     return (f"INSERT INTO {table.name} ({', '.join(c.name for c in columns)}) SELECT {fields} "
             f"FROM jsonb_populate_recordset(NULL::{table.name}, %s) r")
 
@@ -118,6 +124,8 @@ def _array(rows: list[bytes]) -> str:
 def _rows(rows: Iterable[dict[str, Any]]) -> str:
     """Rows as the JSON array a jsonb_populate_recordset parameter takes."""
     return _array([_row(values) for values in rows])
+
+
 # rows queued before they are sent: the server writes one batch while the next decisions are made
 FLUSH_ROWS = 16
 

@@ -45,11 +45,8 @@ def normal(response, portfolio):
     """The answer without what differs between two portfolios and two decisions."""
     text = response.get_data(as_text=True).replace(f'"{portfolio}"', '"P"')
     body = json.loads(text)
-    decision = body.get("decision") or {}
-    for name in ("id",):
-        decision.pop(name, None)
-    for name in ("decision_id",):
-        body.pop(name, None)
+    (body.get("decision") or {}).pop("id", None)
+    body.pop("decision_id", None)
     if isinstance(body.get("portfolio_state"), dict):
         for p in body["portfolio_state"].get("positions", []):
             p.pop("opened_at", None)
