@@ -56,3 +56,37 @@ def test_atr_histories_move_out_of_the_portfolio_row_and_back(empty_database_url
             assert conn.execute(text("SELECT memory FROM portfolios")).scalar_one() == memory
     finally:
         engine.dispose()
+
+
+def test_json_columns_are_compressed_with_lz4_and_back(empty_database_url):
+    """0009: every JSONB column compresses with lz4 (cheaper than pglz for a decision's ~5 KB); its
+    downgrade gives them back the server's default."""
+    import json
+
+    from sqlalchemy import text
+
+    upgrade(empty_database_url)
+    engine = create_engine(empty_database_url)
+    compression = text("SELECT c.relname || '.' || a.attname, a.attcompression FROM pg_attribute a "
+                       "JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
+                       "WHERE n.nspname = current_schema() AND c.relkind = 'r' AND a.atttypid = 'jsonb'::regtype "
+                       "AND NOT a.attisdropped")
+    try:
+        with engine.begin() as conn:
+            if "lz4" not in conn.execute(text("SELECT enumvals FROM pg_settings "
+                                              "WHERE name = 'default_toast_compression'")).scalar():
+                import pytest
+
+                pytest.skip("this PostgreSQL is built without lz4")
+            columns = dict(conn.execute(compression).all())
+            assert len(columns) >= 16 and set(columns.values()) == {"l"}, columns
+            # a value large enough to be compressed is stored with lz4
+            prices = [i / 7 for i in range(2000)]
+            conn.execute(text("INSERT INTO mark_snapshots (hash, symbol, prices, created_at) "
+                              "VALUES ('h', 'EURUSD', CAST(:p AS jsonb), now())"), {"p": json.dumps(prices)})
+            assert conn.execute(text("SELECT pg_column_compression(prices) FROM mark_snapshots")).scalar() == "lz4"
+        downgrade(empty_database_url, "0008")
+        with engine.connect() as conn:
+            assert set(dict(conn.execute(compression).all()).values()) == {""}
+    finally:
+        engine.dispose()
