@@ -166,9 +166,9 @@ def main() -> None:
     env = {**os.environ, "DATABASE_URL": url, "RPM_PORT": str(port), "RPM_HOST": "127.0.0.1",
            "RPM_BOOTSTRAP_ADMIN_KEY": admin_key,
            "RPM_GROUP_COMMIT": "1" if args.group_commit == "on" else "0"}
-    for name, value in (("RPM_WORKERS", args.workers), ("RPM_THREADS", args.threads)):
+    for variable, value in (("RPM_WORKERS", args.workers), ("RPM_THREADS", args.threads)):
         if value is not None:
-            env[name] = str(value)
+            env[variable] = str(value)
     from app.settings import Settings
 
     defaults = Settings.from_env()
