@@ -1,17 +1,19 @@
 """PostgreSQL: a decision transaction in two round trips, with psycopg's pipeline mode.
 
-    round trip 1: BEGIN; lock each portfolio row; read its positions, marks and the ATR
-                  histories of the symbols decided on; look up the intent ids already
-                  decided                                             (one pipeline, one wait)
+    round trip 1: BEGIN; lock each portfolio row; read, in one statement, its positions,
+                  marks, the ATR histories of the symbols decided on, and which intent ids
+                  were already decided            (one pipeline, one wait; the stored rows
+                  of those intents, for their replays, take one more round trip)
     round trip 2: the engine decides each intent in memory; its decision, ledger entry and
                   switch events are queued and sent every FLUSH_ROWS rows, each table's as
                   one JSON array, so the server writes them while the next are decided;
                   then what changed of positions, ATR histories and marks, the portfolio
                   row, and COMMIT                                    (one pipeline, one wait)
 
-The reads are sent after the lock statement in the same pipeline: PostgreSQL runs them in
-order, each with a snapshot taken when it starts, so they see everything committed by the
-transaction that held the lock before us. The rows are the same the ORM would write
+The read is sent after the lock statement in the same pipeline: PostgreSQL runs them in
+order, each with a snapshot taken when it starts, so the read sees everything committed by the
+transaction that held the lock before us (folded into the locking statement, it would not: that
+statement's snapshot is taken before it waits for the lock). The rows are the same the ORM would write
 (`repository.state_changes`, `Chain.seal`, `ledger_values`, `event_values`); only the way
 they are sent differs. The ORM path remains for SQLite and for every other operation.
 """
@@ -47,13 +49,26 @@ from .repository import (
 
 _PORTFOLIO_COLUMNS = [c.name for c in m.Portfolio.__table__.columns]
 _SELECT_PORTFOLIO = f"SELECT {', '.join(_PORTFOLIO_COLUMNS)} FROM portfolios WHERE id = %s"
-_SELECT_POSITIONS = "SELECT symbol, units, avg_price, opened_at FROM positions WHERE portfolio_id = %s"
-_SELECT_MARKS = "SELECT symbol, price, history_hash FROM marks WHERE portfolio_id = %s"
 _SELECT_ATR = "SELECT symbol, history FROM atr_histories WHERE portfolio_id = %s AND symbol = ANY(%s)"
 # by intent_id alone, the portfolio checked on the rows: a condition on portfolio_id too lets the
 # planner, before the table has statistics (autovacuum off, a new database), walk one of the
 # (portfolio_id, ...) indexes through every decision of the portfolio on each request
 _SELECT_DECIDED = "SELECT * FROM decisions WHERE intent_id = ANY(%s)"
+# what the engine reads besides the portfolio row, in one statement (one per table costs the server and
+# psycopg more than the statement's work): positions and marks as parallel arrays (aggregates over the
+# same rows keep their order), the ATR histories of the symbols decided on, and which of the intent
+# ids were already decided here (their rows are read only then, a retry being rare)
+_SELECT_STATE = (
+    "SELECT pos.symbols, pos.units, pos.avg_prices, pos.opened, mk.symbols, mk.prices, mk.hashes, atr.histories, "
+    "decided.ids FROM "
+    "(SELECT array_agg(symbol), array_agg(units), array_agg(avg_price), array_agg(opened_at) FROM positions "
+    "WHERE portfolio_id = %(p)s) AS pos(symbols, units, avg_prices, opened), "
+    "(SELECT array_agg(symbol), array_agg(price), array_agg(history_hash) FROM marks WHERE portfolio_id = %(p)s) "
+    "AS mk(symbols, prices, hashes), "
+    "(SELECT jsonb_object_agg(symbol, history) FROM atr_histories WHERE portfolio_id = %(p)s AND symbol = ANY(%(s)s)) "
+    "AS atr(histories), "
+    "(SELECT array_agg(intent_id) FILTER (WHERE portfolio_id = %(p)s) FROM decisions WHERE intent_id = ANY(%(i)s)) "
+    "AS decided(ids)")
 _SELECT_HEAD = ("SELECT last_seq, last_ledger_seq, audit_seq, audit_head, counters FROM portfolios "
                 "WHERE id = %s FOR UPDATE")
 _MUTABLE = ["realised_pnl", "peak_equity", "day_key", "day_start_equity", "day_peak_equity", "week_key",
@@ -185,26 +200,25 @@ class DecisionTransaction:
                 wanted = requests[portfolio_id]
                 cursors[portfolio_id] = (
                     conn.execute(_SELECT_PORTFOLIO + suffix, (portfolio_id,)),
-                    conn.execute(_SELECT_POSITIONS, (portfolio_id,)),
-                    conn.execute(_SELECT_MARKS, (portfolio_id,)),
-                    conn.execute(_SELECT_ATR, (portfolio_id, sorted(wanted.symbols))),
-                    conn.cursor(row_factory=dict_row).execute(_SELECT_DECIDED, (wanted.intent_ids,))
-                    if wanted.intent_ids else None,
+                    conn.execute(_SELECT_STATE, {"p": portfolio_id, "s": sorted(wanted.symbols),
+                                                 "i": wanted.intent_ids}),
                 )
         return {pid: self._locked(*found) for pid, found in cursors.items()}
 
-    def _locked(self, portfolio, positions, marks, atr, decided) -> Locked | None:
+    def _locked(self, portfolio, state) -> Locked | None:
         values = portfolio.fetchone()
         if values is None:
             return None
         row = SimpleNamespace(**dict(zip(_PORTFOLIO_COLUMNS, values, strict=True)))
         row.created_at, row.updated_at = _utc(row.created_at), _utc(row.updated_at)
+        (symbols, units, avg_prices, opened, mark_symbols, prices, hashes, atr,
+         decided_ids) = state.fetchone()
         position_rows = {
-            symbol: SimpleNamespace(symbol=symbol, units=units, avg_price=avg, opened_at=_utc(opened))
-            for symbol, units, avg, opened in positions.fetchall()
+            symbol: SimpleNamespace(symbol=symbol, units=u, avg_price=avg, opened_at=_utc(at))
+            for symbol, u, avg, at in zip(symbols or (), units or (), avg_prices or (), opened or (), strict=True)
         }
         mark_rows = {symbol: SimpleNamespace(symbol=symbol, price=price, history_hash=digest)
-                     for symbol, price, digest in marks.fetchall()}
+                     for symbol, price, digest in zip(mark_symbols or (), prices or (), hashes or (), strict=True)}
         if any(k.history_hash is None for k in mark_rows.values()):  # written before mark snapshots existed
             for symbol, history in self.conn.execute(
                     "SELECT symbol, history FROM marks WHERE portfolio_id = %s", (row.id,)):
@@ -217,8 +231,10 @@ class DecisionTransaction:
         config = cached_config(self.database, row.id, row.config_version, lambda: self.conn.execute(
             "SELECT body FROM config_versions WHERE portfolio_id = %s AND version = %s",
             (row.id, row.config_version)).fetchone()[0])
-        state = to_state(row, position_rows, mark_rows, histories, {s: tuple(h) for s, h in atr.fetchall()})
+        state = to_state(row, position_rows, mark_rows, histories, {s: tuple(h) for s, h in (atr or {}).items()})
         loaded = Loaded(row, position_rows, mark_rows, state, config)
+        decided = (self.conn.cursor(row_factory=dict_row).execute(_SELECT_DECIDED, (decided_ids,))
+                   if decided_ids else None)
         return Locked(loaded, state, _decided(row.id, decided))
 
     def read_more(self, locked: dict[str, Locked], requests: dict[str, Wanted]) -> None:
