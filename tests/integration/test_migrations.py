@@ -1,7 +1,10 @@
 """Migrations: empty database -> head -> base -> head, with no drift from the models."""
 
+import json
+
+import pytest
 from alembic import command
-from sqlalchemy import create_engine, inspect
+from sqlalchemy import create_engine, inspect, text
 
 from app.store.migrate import alembic_config, downgrade, upgrade
 
@@ -30,10 +33,6 @@ def test_empty_database_to_head_to_base_to_head_without_drift(empty_database_url
 
 def test_atr_histories_move_out_of_the_portfolio_row_and_back(empty_database_url):
     """0008 moves each portfolio's ATR histories from `memory` to one row per symbol; its downgrade undoes it."""
-    import json
-
-    from sqlalchemy import text
-
     upgrade(empty_database_url, "0007")
     engine = create_engine(empty_database_url)
     memory = {"atr_history": {"EURUSD": [0.001, 0.002], "USDJPY": [0.5]}, "recent_confidences": [0.7],
@@ -61,10 +60,6 @@ def test_atr_histories_move_out_of_the_portfolio_row_and_back(empty_database_url
 def test_json_columns_are_compressed_with_lz4_and_back(empty_database_url):
     """0009: every JSONB column compresses with lz4 (cheaper than pglz for a decision's ~5 KB); its
     downgrade gives them back the server's default."""
-    import json
-
-    from sqlalchemy import text
-
     upgrade(empty_database_url)
     engine = create_engine(empty_database_url)
     compression = text("SELECT c.relname || '.' || a.attname, a.attcompression FROM pg_attribute a "
@@ -75,8 +70,6 @@ def test_json_columns_are_compressed_with_lz4_and_back(empty_database_url):
         with engine.begin() as conn:
             if "lz4" not in conn.execute(text("SELECT enumvals FROM pg_settings "
                                               "WHERE name = 'default_toast_compression'")).scalar():
-                import pytest
-
                 pytest.skip("this PostgreSQL is built without lz4")
             columns = dict(conn.execute(compression).all())
             assert len(columns) >= 16 and set(columns.values()) == {"l"}, columns
