@@ -8,8 +8,10 @@ symbols, each its own intent_id, every decision committed), then POST /process_t
 intents per call; in the same run, pgbench runs the naive equivalent transaction (lock the
 portfolio row, read its positions, insert a decision with a ~1 KB JSON breakdown, upsert a position,
 update the portfolio) with the same number of clients. Prints decisions/s, p50/p99, approval mix,
-CPU and RSS per worker, and RPM's throughput as a ratio of pgbench's. Medians of --runs.
-A benchmark: it prints figures and asserts nothing.
+CPU and RSS per worker, and RPM's throughput as a ratio of pgbench's. Medians of --runs. For each
+run also the share of the CPU the hypervisor stole, and the CPU time per decision (per pgbench
+transaction) of RPM's workers, of the PostgreSQL cluster (all of it: run on a quiet cluster) and of
+the load generator. A benchmark: it prints figures and asserts nothing.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import shutil
 import signal
 import statistics
@@ -74,21 +77,63 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def machine_ticks() -> tuple[int, int]:
-    """(busy, total) jiffies of all cores since boot."""
-    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    idle = fields[3] + fields[4]
-    return sum(fields) - idle, sum(fields)
+def machine_ticks() -> tuple[int, int, int]:
+    """(busy, stolen, total) jiffies of all cores since boot. Stolen: time the hypervisor ran something
+    else while this VM had work (on a shared machine, what makes the same run vary)."""
+    user, nice, system, idle, iowait, irq, softirq, steal = (
+        int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:9])
+    # (guest time is already counted in user and nice)
+    return user + nice + system + irq + softirq, steal, user + nice + system + idle + iowait + irq + softirq + steal
 
 
-def busy_while(fn, *args, **kwargs):
-    """fn's result, with the share of the machine's CPU that was busy meanwhile."""
-    b0, t0 = machine_ticks()
+def postgres_cpu_seconds() -> float:
+    """CPU time of the PostgreSQL cluster: its live processes, and the backends that have exited
+    (the postmaster's reaped children: pgbench's connections end with it)."""
+    ticks = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:  # gone meanwhile
+            continue
+        if text[text.index("(") + 1:text.rindex(")")] != "postgres":
+            continue
+        fields = text.rsplit(")", 1)[1].split()
+        ticks += sum(int(x) for x in fields[11:15])  # utime stime cutime cstime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)  # the load generators, once they have ended
+    return usage.ru_utime + usage.ru_stime
+
+
+def busy_while(fn, *args, workers=(), **kwargs):
+    """fn's result, with the shares of the machine's CPU that were busy and stolen meanwhile, and the
+    CPU seconds spent by RPM's workers, by PostgreSQL and by the load generator."""
+    b0, s0, t0 = machine_ticks()
+    c0 = ({p: cpu_seconds(p) for p in workers}, postgres_cpu_seconds(), children_cpu_seconds())
     result = fn(*args, **kwargs)
-    b1, t1 = machine_ticks()
+    c1 = ({p: cpu_seconds(p) for p in workers}, postgres_cpu_seconds(), children_cpu_seconds())
+    b1, s1, t1 = machine_ticks()
     result = dict(result) if isinstance(result, dict) else {"value": result}
     result["busy"] = (b1 - b0) / max(1, t1 - t0)
+    result["stolen"] = (s1 - s0) / max(1, t1 - t0)
+    result["cpu_rpm"] = sum(c1[0][p] - c0[0][p] for p in workers)
+    result["cpu_pg"] = c1[1] - c0[1]
+    result["cpu_load"] = c1[2] - c0[2]
     return result
+
+
+def per_unit(measured: dict, units: float) -> str:
+    """CPU time per decision (or per pgbench transaction), by whom: steadier than throughput on a
+    machine whose CPU is shared (what is stolen is not counted)."""
+    parts = [("RPM", measured["cpu_rpm"]), ("PostgreSQL", measured["cpu_pg"]), ("load", measured["cpu_load"])]
+    return ", ".join(f"{name} {seconds / max(1, units) * 1e6:,.0f}" for name, seconds in parts if seconds or
+                     name != "RPM") + " us"
+
+
+def cpu(measured: dict) -> str:
+    return f"CPU {measured['busy']:.0%} busy, {measured['stolen']:.0%} stolen"
 
 
 def rss_mb(pid: int) -> float:
@@ -198,17 +243,18 @@ def main() -> None:
         prepare_pgbench(url)
         wrk(base + "/process_trade", trader, "warm", 3, args.clients)
         workers = worker_pids(server.pid)
-        singles, batches, floors, floor_busy = [], [], [], []
+        singles, batches, floors, floor_cpu = [], [], [], []
         cpu_before = {p: cpu_seconds(p) for p in workers}
         for run in range(args.runs):
             if args.vacuum:
                 vacuum(url)
             floor = busy_while(pgbench, url, args.seconds, args.clients)
             floors.append(floor["value"])
-            floor_busy.append(floor["busy"])
-            singles.append(busy_while(wrk, base + "/process_trade", trader, f"s{run}", args.seconds, args.clients))
+            floor_cpu.append(floor)
+            singles.append(busy_while(wrk, base + "/process_trade", trader, f"s{run}", args.seconds, args.clients,
+                                      workers=workers))
             batches.append(busy_while(wrk, base + "/process_trades", trader, f"b{run}", args.seconds / 2, 2,
-                                      batch=100))
+                                      batch=100, workers=workers))
         cpu_after = {p: cpu_seconds(p) for p in workers}
         rates = [(r["requests"] - r["errors"] - r["socket_errors"]) / r["seconds"] for r in singles]
         ratios = [rate / floor for rate, floor in zip(rates, floors, strict=True)]
@@ -220,12 +266,15 @@ def main() -> None:
               f"gunicorn gthread {n_workers} workers x {n_threads} threads, group commit {args.group_commit}, "
               f"{args.clients} clients (wrk)")
         for run, (r, floor, batch) in enumerate(zip(singles, floors, batches, strict=True)):
-            print(f"  run {run + 1}: pgbench naive txn {floor:,.0f} tps (CPU {floor_busy[run]:.0%} busy) | "
-                  f"RPM /process_trade (CPU {r['busy']:.0%} busy) "
+            print(f"  run {run + 1}: pgbench naive txn {floor:,.0f} tps ({cpu(floor_cpu[run])}) | "
+                  f"RPM /process_trade ({cpu(r)}) "
                   f"{rates[run]:,.0f} decisions/s, p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms, "
                   f"errors {r['errors'] + r['socket_errors']} | /process_trades x100 "
                   f"{batch_rates[run]:,.0f} decisions/s, p50 {batch['p50_ms']:.1f} ms, "
-                  f"errors {batch['errors'] + batch['socket_errors']} (CPU {batch['busy']:.0%} busy)")
+                  f"errors {batch['errors'] + batch['socket_errors']} ({cpu(batch)})")
+            print(f"    CPU per pgbench transaction: {per_unit(floor_cpu[run], floor * args.seconds)}; "
+                  f"per decision, /process_trade: {per_unit(r, rates[run] * r['seconds'])}; "
+                  f"/process_trades x100: {per_unit(batch, batch_rates[run] * batch['seconds'])}")
         print(f"median: pgbench {statistics.median(floors):,.0f} tps; RPM {statistics.median(rates):,.0f} decisions/s "
               f"= {statistics.median(ratios):.2f} x pgbench; p50 {statistics.median(r['p50_ms'] for r in singles):.1f} ms, "
               f"p99 {statistics.median(r['p99_ms'] for r in singles):.1f} ms; "
