@@ -11,7 +11,8 @@ update the portfolio) with the same number of clients. Prints decisions/s, p50/p
 CPU and RSS per worker, and RPM's throughput as a ratio of pgbench's. Medians of --runs. For each
 run also the share of the CPU the hypervisor stole, and the CPU time per decision (per pgbench
 transaction) of RPM's workers, of the PostgreSQL cluster (all of it: run on a quiet cluster) and of
-the load generator. A benchmark: it prints figures and asserts nothing.
+the load generator, and the write-ahead log written per decision. A benchmark: it prints figures
+and asserts nothing.
 """
 
 from __future__ import annotations
@@ -107,20 +108,30 @@ def children_cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def busy_while(fn, *args, workers=(), **kwargs):
-    """fn's result, with the shares of the machine's CPU that were busy and stolen meanwhile, and the
-    CPU seconds spent by RPM's workers, by PostgreSQL and by the load generator."""
+def wal_bytes(engine) -> int:
+    """Where the cluster's write-ahead log is now, in bytes since its start."""
+    with engine.connect() as conn:
+        return int(conn.execute(text("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn")).scalar())
+
+
+def busy_while(fn, *args, workers=(), wal=None, **kwargs):
+    """fn's result, with the shares of the machine's CPU that were busy and stolen meanwhile, the
+    CPU seconds spent by RPM's workers, by PostgreSQL and by the load generator, and the bytes of
+    write-ahead log written (``wal``: the engine to ask)."""
+    w0 = wal_bytes(wal) if wal is not None else 0
     b0, s0, t0 = machine_ticks()
     c0 = ({p: cpu_seconds(p) for p in workers}, postgres_cpu_seconds(), children_cpu_seconds())
     result = fn(*args, **kwargs)
     c1 = ({p: cpu_seconds(p) for p in workers}, postgres_cpu_seconds(), children_cpu_seconds())
     b1, s1, t1 = machine_ticks()
+    w1 = wal_bytes(wal) if wal is not None else 0
     result = dict(result) if isinstance(result, dict) else {"value": result}
     result["busy"] = (b1 - b0) / max(1, t1 - t0)
     result["stolen"] = (s1 - s0) / max(1, t1 - t0)
     result["cpu_rpm"] = sum(c1[0][p] - c0[0][p] for p in workers)
     result["cpu_pg"] = c1[1] - c0[1]
     result["cpu_load"] = c1[2] - c0[2]
+    result["wal"] = w1 - w0
     return result
 
 
@@ -128,8 +139,9 @@ def per_unit(measured: dict, units: float) -> str:
     """CPU time per decision (or per pgbench transaction), by whom: steadier than throughput on a
     machine whose CPU is shared (what is stolen is not counted)."""
     parts = [("RPM", measured["cpu_rpm"]), ("PostgreSQL", measured["cpu_pg"]), ("load", measured["cpu_load"])]
-    return ", ".join(f"{name} {seconds / max(1, units) * 1e6:,.0f}" for name, seconds in parts if seconds or
-                     name != "RPM") + " us"
+    cpu = ", ".join(f"{name} {seconds / max(1, units) * 1e6:,.0f}" for name, seconds in parts if seconds or
+                    name != "RPM")
+    return f"{cpu} us, WAL {measured['wal'] / max(1, units) / 1024:.1f} KB"
 
 
 def cpu(measured: dict) -> str:
@@ -248,13 +260,13 @@ def main() -> None:
         for run in range(args.runs):
             if args.vacuum:
                 vacuum(url)
-            floor = busy_while(pgbench, url, args.seconds, args.clients)
+            floor = busy_while(pgbench, url, args.seconds, args.clients, wal=admin)
             floors.append(floor["value"])
             floor_cpu.append(floor)
             singles.append(busy_while(wrk, base + "/process_trade", trader, f"s{run}", args.seconds, args.clients,
-                                      workers=workers))
+                                      workers=workers, wal=admin))
             batches.append(busy_while(wrk, base + "/process_trades", trader, f"b{run}", args.seconds / 2, 2,
-                                      batch=100, workers=workers))
+                                      batch=100, workers=workers, wal=admin))
         cpu_after = {p: cpu_seconds(p) for p in workers}
         rates = [(r["requests"] - r["errors"] - r["socket_errors"]) / r["seconds"] for r in singles]
         ratios = [rate / floor for rate, floor in zip(rates, floors, strict=True)]
