@@ -138,10 +138,10 @@ def busy_while(fn, *args, workers=(), wal=None, **kwargs):
 def per_unit(measured: dict, units: float) -> str:
     """CPU time per decision (or per pgbench transaction), by whom: steadier than throughput on a
     machine whose CPU is shared (what is stolen is not counted)."""
-    parts = [("RPM", measured["cpu_rpm"]), ("PostgreSQL", measured["cpu_pg"]), ("load", measured["cpu_load"])]
-    cpu = ", ".join(f"{name} {seconds / max(1, units) * 1e6:,.0f}" for name, seconds in parts if seconds or
-                    name != "RPM")
-    return f"{cpu} us, WAL {measured['wal'] / max(1, units) / 1024:.1f} KB"
+    parts = [("RPM", measured["cpu_rpm"])] if measured["cpu_rpm"] else []  # (not measured beside pgbench)
+    parts += [("PostgreSQL", measured["cpu_pg"]), ("load", measured["cpu_load"])]
+    spent = ", ".join(f"{name} {seconds / max(1, units) * 1e6:,.0f}" for name, seconds in parts)
+    return f"{spent} us, WAL {measured['wal'] / max(1, units) / 1024:.1f} KB"
 
 
 def cpu(measured: dict) -> str:
