@@ -73,8 +73,15 @@ def worker_pids(master: int) -> list[int]:
     return [int(p) for p in out]
 
 
+def proc_stat(stat: Path) -> tuple[str, list[str]]:
+    """A process's name and the fields of its /proc/<pid>/stat after the name (utime is [11])."""
+    text = stat.read_text()
+    name, fields = text[text.index("(") + 1:text.rindex(")")], text[text.rindex(")") + 1:].split()
+    return name, fields
+
+
 def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    _, fields = proc_stat(Path(f"/proc/{pid}/stat"))
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
@@ -93,12 +100,11 @@ def postgres_cpu_seconds() -> float:
     ticks = 0
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            text = stat.read_text()
+            name, fields = proc_stat(stat)
         except OSError:  # gone meanwhile
             continue
-        if text[text.index("(") + 1:text.rindex(")")] != "postgres":
+        if name != "postgres":
             continue
-        fields = text.rsplit(")", 1)[1].split()
         ticks += sum(int(x) for x in fields[11:15])  # utime stime cutime cstime
     return ticks / os.sysconf("SC_CLK_TCK")
 
@@ -255,19 +261,19 @@ def main() -> None:
         prepare_pgbench(url)
         wrk(base + "/process_trade", trader, "warm", 3, args.clients)
         workers = worker_pids(server.pid)
-        singles, batches, floors, floor_cpu = [], [], [], []
+        singles, batches, floor_cpu = [], [], []
         cpu_before = {p: cpu_seconds(p) for p in workers}
         for run in range(args.runs):
             if args.vacuum:
                 vacuum(url)
             floor = busy_while(pgbench, url, args.seconds, args.clients, wal=admin)
-            floors.append(floor["value"])
             floor_cpu.append(floor)
             singles.append(busy_while(wrk, base + "/process_trade", trader, f"s{run}", args.seconds, args.clients,
                                       workers=workers, wal=admin))
             batches.append(busy_while(wrk, base + "/process_trades", trader, f"b{run}", args.seconds / 2, 2,
                                       batch=100, workers=workers, wal=admin))
         cpu_after = {p: cpu_seconds(p) for p in workers}
+        floors = [f["value"] for f in floor_cpu]
         rates = [(r["requests"] - r["errors"] - r["socket_errors"]) / r["seconds"] for r in singles]
         ratios = [rate / floor for rate, floor in zip(rates, floors, strict=True)]
         # a failed call decided nothing: only answered calls count (an error is printed, never hidden)
