@@ -157,7 +157,7 @@ class Compliance:
             return {
                 **decision_payload(row),
                 "context": row.context,
-                "state_before": row.state_before,
+                "state_before": audit.document(row.state_before),
                 "booking": row.booking,
                 "submitted_by": {"key_id": row.key_id, "key_name": row.key_name, "key_role": row.key_role},
                 "config": {"version": version.version, "config_hash": version.config_hash, "body": version.body},

@@ -37,7 +37,7 @@ from .errors import Conflict, Invalid, NotFound, Unavailable
 from .group_commit import GroupCommit
 from .store import models as m
 from .store import repository
-from .store.audit import Chain
+from .store.audit import Chain, document, document_text
 from .store.database import Database, DatabaseUnavailable
 from .store.repository import Loaded, PortfolioNotFound
 
@@ -402,9 +402,10 @@ class RPMService:
             config_hash=d.config_hash,
             config_version=row.config_version,
             intent=intent.to_dict(),
-            breakdown=dict(d.breakdown),
+            breakdown=document_text(d.breakdown),
             context=dict(d.context),
-            state_before=repository.audit_state(loaded, engine.decision_inputs(loaded.state, intent, now)),
+            state_before=document_text(
+                repository.audit_state(loaded, engine.decision_inputs(loaded.state, intent, now))),
             booking=outcome.booking.to_dict() if outcome.booking else None,
             latency_ms=Decimal(f"{(time.perf_counter() - started) * 1000:.3f}"),
             key_id=actor.key_id,
@@ -872,7 +873,8 @@ def decision_payload(row: m.Decision, replay: bool = False) -> dict[str, Any]:
     """The one JSON shape of a stored decision (SPEC §5)."""
     intent = row.intent
     approved = row.status == "APPROVED"
-    sizing = (row.breakdown or {}).get("sizing") or {}
+    breakdown = document(row.breakdown)
+    sizing = (breakdown or {}).get("sizing") or {}
     return {
         "id": row.id,
         "portfolio_id": row.portfolio_id,
@@ -902,7 +904,7 @@ def decision_payload(row: m.Decision, replay: bool = False) -> dict[str, Any]:
             "reason_code": row.reason_code,
             "context": row.context,
         },
-        "breakdown": row.breakdown,
+        "breakdown": breakdown,
         "config_hash": row.config_hash,
         "config_version": row.config_version,
         "intent": intent,

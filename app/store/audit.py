@@ -6,6 +6,12 @@ events and admin actions (and a `_system` chain for actions on no portfolio, suc
 with canonical JSON = sorted keys, fixed separators, decimals as plain strings, times in UTC
 ISO 8601 with microseconds. Computed inside the transaction that holds the chain's lock, so
 sequence numbers are gap-free. Verification walks each chain in sequence order.
+
+A decision's two bulky documents, its breakdown and the state it saw, are stored as their JSON
+text (a JSONB string, `document_text`): the row's hash covers that text as it is, so they need no
+canonical form (which cost more than deciding). Rows written before hold the documents
+themselves, hashed through their canonical form. Each row's hash covers what the row holds, so
+both kinds verify alike; readers take either form through `document`.
 """
 
 from __future__ import annotations
@@ -136,6 +142,22 @@ def _dumps(body: dict[str, Any]) -> str:
         return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False,
                           default=str)
     return text
+
+
+def _document_default(value: Any) -> str:
+    if isinstance(value, Decimal):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not a JSON value")
+
+
+def document_text(document: Any) -> str:
+    """A decision's document (breakdown, state before) as the JSON text its column stores."""
+    return orjson.dumps(document, default=_document_default).decode()
+
+
+def document(value: Any) -> Any:
+    """A stored document as JSON values, whichever form its row holds (text, or the document)."""
+    return orjson.loads(value) if isinstance(value, str) else value
 
 
 def row_hash(prev_hash: str, kind: str, values: dict[str, Any]) -> str:

@@ -185,10 +185,12 @@ class Decision(ChainedRecord, Base):
     config_hash: Mapped[str] = mapped_column(String(64))
     config_version: Mapped[int] = mapped_column(Integer)
     intent: Mapped[dict] = mapped_column(Json)
-    breakdown: Mapped[dict] = mapped_column(Json)
+    # how the decision was reached, as its JSON text (rows written before 0010: the document itself;
+    # read either through app.store.audit.document, or in SQL through the view decision_documents)
+    breakdown: Mapped[str | dict] = mapped_column(Json)
     context: Mapped[dict] = mapped_column(Json)
-    # everything the engine read to make this decision (replayable)
-    state_before: Mapped[dict] = mapped_column(Json)
+    # everything the engine read to make this decision (replayable), stored as the breakdown is
+    state_before: Mapped[str | dict] = mapped_column(Json)
     booking: Mapped[dict | None] = mapped_column(Json)
     latency_ms: Mapped[float | None] = mapped_column(Numeric(12, 3).with_variant(DecimalText(), "sqlite"))
     # who submitted it (MiFID II RTS 6: every order traceable to who sent it)

@@ -23,7 +23,7 @@ from app.risk.model import Position as EnginePosition
 from app.risk.model import SwitchEvent, SwitchState, recent_intents_of
 
 from . import models as m
-from .audit import Chain
+from .audit import Chain, document
 
 # configuration versions are immutable: cache them per database, portfolio and version
 _CONFIG_CACHE: dict[tuple[str, str, int], RPMConfig] = {}
@@ -367,9 +367,10 @@ def audit_state(loaded: Loaded, reduced: PortfolioState) -> dict[str, Any]:
     return data
 
 
-def resolve_state(session: Session, data: dict[str, Any]) -> PortfolioState:
-    """The engine state of a decision record, its mark histories fetched back by reference."""
-    data = dict(data)
+def resolve_state(session: Session, stored: str | dict[str, Any]) -> PortfolioState:
+    """The engine state of a decision record (its text, or the document of an older row), its mark
+    histories fetched back by reference."""
+    data = dict(document(stored))
     if "recent_intent_times" in data:  # (records before the buckets: packed or a list)
         data["recent_intent_times"] = unpack_times(data["recent_intent_times"])
     data["atr_history"] = {s: unpack_times(h) for s, h in (data.get("atr_history") or {}).items()}

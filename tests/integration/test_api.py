@@ -279,14 +279,17 @@ def test_both_write_paths_write_the_same_rows(app, client, sql):
         db.pipelined = pipelined
         for intent in intents:
             assert client.post("/process_trade", json={**intent, "portfolio_id": pid}).status_code == 200
-    columns = ("seq, intent_id, symbol, direction, status, reason_code, message, approved_units, price, reducing, "
-               "decided_at, config_hash, config_version, intent, breakdown, context, state_before - 'portfolio_id', "
-               "booking, audit_seq, key_id, key_name, key_role")
+    columns = ("d.seq, intent_id, symbol, direction, status, reason_code, message, approved_units, price, reducing, "
+               "decided_at, config_hash, config_version, intent, x.breakdown, context, x.state_before - 'portfolio_id', "
+               "booking, audit_seq, key_id, key_name, key_role, jsonb_typeof(d.breakdown), jsonb_typeof(d.state_before)")
     # (the portfolio id in the intent and the decision id in the booking differ, nothing else)
     columns = columns.replace("intent,", "intent - 'portfolio_id',").replace(
-        "booking", "CASE WHEN jsonb_typeof(booking) = 'object' THEN booking - 'decision_id' END")
-    orm, pipe = (sql(f"SELECT {columns} FROM decisions WHERE portfolio_id = '{p}' ORDER BY seq") for p in ("orm", "pipe"))
+        "booking,", "CASE WHEN jsonb_typeof(booking) = 'object' THEN booking - 'decision_id' END,")
+    orm, pipe = (sql(f"SELECT {columns} FROM decisions d JOIN decision_documents x USING (id) "
+                     f"WHERE d.portfolio_id = '{p}' ORDER BY d.seq") for p in ("orm", "pipe"))
     assert len(orm) == 4 and orm == pipe
+    # both store the breakdown and the state before as their JSON text
+    assert {row[-2:] for row in orm} == {("string", "string")}
     # a rejection's booking is JSON null on both paths, not SQL NULL
     assert sql("SELECT portfolio_id, jsonb_typeof(booking) FROM decisions WHERE seq = 2 ORDER BY 1") == [
         ("orm", "null"), ("pipe", "null")]

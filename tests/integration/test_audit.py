@@ -152,6 +152,45 @@ def tamper(superuser, table, statement, **params):
         conn.execute(text(f"ALTER TABLE {table} ENABLE ALWAYS TRIGGER {table}_append_only"))
 
 
+def test_documents_stored_as_text_and_as_before_0010_verify_read_and_replay_alike(app, client, clock, monkeypatch,
+                                                                                   superuser, sql):
+    """From 0010 a decision stores its breakdown and state before as their JSON text (a JSONB string) and
+    its hash covers that text; rows written before hold the documents. One chain of both kinds verifies,
+    reads, replays and shows in the view decision_documents alike, and an edit inside the text is caught."""
+    from app import services
+    from app.compliance import replay
+
+    def decide(symbol, price):
+        clock.advance(seconds=1)
+        return client.post("/process_trade", json={**SEED_INTENT, "symbol": symbol, "current_price": price,
+                                                   "atr": 0.004}).json["decision"]["id"]
+
+    with monkeypatch.context() as before_0010:  # rows as the code before 0010 wrote them
+        before_0010.setattr(services, "document_text", lambda document: document)
+        old = [decide("EURUSD", 1.1), decide("GBPUSD", 1.25)]
+    new = [decide("USDJPY", 150.0), decide("EURUSD", 1.1)]
+    forms = "SELECT jsonb_typeof(breakdown), jsonb_typeof(state_before) FROM {} ORDER BY seq"
+    assert sql(forms.format("decisions")) == [("object", "object")] * 2 + [("string", "string")] * 2
+    assert sql(forms.format("decision_documents")) == [("object", "object")] * 4
+    assert verify(client)["ok"] is True
+    for decision_id in old + new:
+        d = client.get(f"/decisions/{decision_id}").json
+        assert d["breakdown"]["sizing"]["units"] > 0 and d["state_before"]["portfolio_id"] == "default"
+    # the second EURUSD decision saw the first's position, whichever form recorded it
+    assert set(client.get(f"/decisions/{new[1]}").json["state_before"]["positions"]) == {"EURUSD", "GBPUSD", "USDJPY"}
+    differences = [i for i in replay(app.extensions["rpm"], "default", None, None, None) if i["type"] == "difference"]
+    assert differences == []
+    # an edit inside the stored text of a new row
+    seq = sql("SELECT audit_seq FROM decisions WHERE id = :id", id=new[0])[0][0]
+    tamper(superuser, "decisions", "UPDATE decisions SET state_before = "
+           "to_jsonb(replace(state_before #>> '{}', '\"realised_pnl\":\"0\"', '\"realised_pnl\":\"9\"')) "
+           "WHERE id = :id", id=new[0])
+    assert '"realised_pnl":"9"' in sql("SELECT state_before #>> '{}' FROM decisions WHERE id = :id", id=new[0])[0][0]
+    report = verify(client)
+    assert report["broken"]["default"]["first_broken_seq"] == seq
+    assert report["broken"]["default"]["problem"] == "edited"
+
+
 def test_an_edited_decision_is_named_by_its_sequence_number(client, history, superuser, sql):
     seq = sql("SELECT audit_seq FROM decisions WHERE id = :id", id=history[2])[0][0]
     tamper(superuser, "decisions", "UPDATE decisions SET approved_units = approved_units + 1000 WHERE id = :id",
