@@ -33,7 +33,7 @@ from app.services import Actor
 
 from .auth import declaration
 from .common import error_body, error_headers
-from .schemas import INTENT_ID_LENGTH, MAX_NUMBER
+from .schemas import INTENT_ID_LENGTH, MAX_BATCH, MAX_NUMBER
 
 PATH = "/process_trade"
 REQUIRED = ("symbol", "direction", "confidence_score", "regime", "atr", "vol_percentile", "current_price")
@@ -87,6 +87,18 @@ def intent_fields(body: Any) -> dict[str, Any] | None:
         if type(portfolio) is not str or PORTFOLIO_ID_RE.match(portfolio) is None:
             return None
     return loaded
+
+
+def batch_fields(body: Any) -> dict[str, Any] | None:
+    """``TradeBatchSchema().load(body)`` when every intent of the batch is plainly valid (``intent_fields``);
+    None when the schema might answer otherwise."""
+    if type(body) is not dict or body.keys() != {"intents"}:
+        return None
+    intents = body["intents"]
+    if type(intents) is not list or not 1 <= len(intents) <= MAX_BATCH:
+        return None
+    loaded = [intent_fields(intent) for intent in intents]
+    return None if None in loaded else {"intents": loaded}
 
 
 def _json_body(environ: dict[str, Any]) -> bytes | None:

@@ -36,6 +36,7 @@ class StrictInteger(fields.Integer):
 
 MAX_NUMBER = 1e15  # the largest price, ATR or quantity the API takes
 INTENT_ID_LENGTH = 128
+MAX_BATCH = 1000  # intents per POST /process_trades
 
 
 def positive(**kwargs: Any) -> StrictFloat:

