@@ -396,8 +396,8 @@ def test_intents_that_join_a_transaction_after_its_lock_read_what_they_need(app,
 def test_intent_id_lookups_probe_the_unique_index_on_a_table_without_statistics(client, database_url):
     """Before a table has statistics (autovacuum off, a new database), the planner guesses that an intent id
     matches 0.5% of the decisions: the 100 ids of a batch made it read the whole table under the portfolio
-    lock. Each id is now one probe of the unique index on (portfolio_id, intent_id), and the lookups find
-    exactly the ids decided in the portfolio."""
+    lock. Each id is now one probe of the unique index on (portfolio_id, intent_id), in the plan for the
+    given ids and in the generic plan, and the lookups find exactly the ids decided in the portfolio."""
     import psycopg
 
     from app.store.pipeline import _SELECT_DECIDED, _SELECT_STATE
@@ -416,11 +416,21 @@ def test_intent_id_lookups_probe_the_unique_index_on_a_table_without_statistics(
         assert conn.execute("SELECT count(*) FROM pg_stats WHERE tablename = 'decisions'").fetchone()[0] == 0
         ids = [f"copy-{n}" for n in range(1, 60)] + [f"new-{n}" for n in range(40)] + ["elsewhere"]
         params = {"p": "default", "s": ["EURUSD"], "i": ids}
-        for statement in (_SELECT_STATE, _SELECT_DECIDED):
-            (plan,), = conn.execute("EXPLAIN (FORMAT JSON) " + statement, params).fetchone()
-            scans = list(_nodes_on(plan["Plan"], "decisions"))
-            assert scans and all(n["Node Type"] in ("Index Scan", "Index Only Scan")
-                                 and n["Index Name"] == "uq_decisions_portfolio_id_intent_id" for n in scans), scans
+        # the plan for these values, and the generic plan the decision transaction asks for
+        # (_GENERIC_PLANS), read from the statement as psycopg prepares it ($1... in order of appearance)
+        for statement, order in ((_SELECT_STATE, ("p", "s", "i")), (_SELECT_DECIDED, ("i", "p"))):
+            conn.execute(statement, params, prepare=True).fetchall()
+            name = conn.execute("SELECT name FROM pg_prepared_statements ORDER BY prepare_time DESC LIMIT 1").fetchone()[0]
+            arguments = ", ".join("%s::text" if key == "p" else "%s::text[]" for key in order)
+            conn.execute("SET plan_cache_mode = force_generic_plan")
+            generic = psycopg.ClientCursor(conn).execute(  # (a utility statement takes no bound parameters)
+                f"EXPLAIN (FORMAT JSON) EXECUTE {name}({arguments})", [params[k] for k in order]).fetchone()
+            conn.execute("SET plan_cache_mode = auto")
+            custom = conn.execute("EXPLAIN (FORMAT JSON) " + statement, params).fetchone()
+            for ((plan,),) in (generic, custom):
+                scans = list(_nodes_on(plan["Plan"], "decisions"))
+                assert scans and all(n["Node Type"] in ("Index Scan", "Index Only Scan")
+                                     and n["Index Name"] == "uq_decisions_portfolio_id_intent_id" for n in scans), scans
         found = conn.execute(_SELECT_STATE, params).fetchone()[-1]
         assert sorted(found) == sorted(ids[:59])  # not the new ones, nor the one of another portfolio
         assert sorted(r[0] for r in conn.execute(_SELECT_DECIDED.replace("d.*", "d.intent_id"), params)) == sorted(
