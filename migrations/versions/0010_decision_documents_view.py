@@ -31,6 +31,8 @@ def upgrade() -> None:
     dialect = op.get_bind().dialect.name
     columns = ", ".join(f"{_document(c, dialect)} AS {c}" for c in DOCUMENTS)
     op.execute(f"CREATE VIEW decision_documents AS SELECT id, portfolio_id, seq, {columns} FROM decisions")
+    if dialect == "postgresql":
+        op.execute("GRANT SELECT ON decision_documents TO rpm_app")
 
 
 def downgrade() -> None:
