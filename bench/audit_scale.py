@@ -40,6 +40,7 @@ SYMBOLS = {"EURUSD": 1.10, "GBPUSD": 1.25, "USDJPY": 150.0, "AUDUSD": 0.65, "USD
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
 STEP = timedelta(seconds=30)  # 1,000,000 decisions over about a year
 COLUMNS = [c.name for c in m.Decision.__table__.columns]
+JSON_COLUMNS = {c.name for c in m.Decision.__table__.columns if c.type is m.Json}
 
 
 def templates(config: RPMConfig) -> list[tuple]:
@@ -87,14 +88,15 @@ def load(url: str, rows: int) -> None:
                     "message": d.message, "approved_units": d.units, "price": intent.current_price,
                     "reducing": False, "decided_at": decided_at, "config_hash": config.config_hash,
                     "config_version": 1, "intent": {**intent.to_dict(), "intent_id": f"sig-{n}"},
-                    "breakdown": dict(d.breakdown), "context": dict(d.context), "state_before": inputs,
+                    # the documents as the service stores them: their JSON text
+                    "breakdown": audit.document_text(d.breakdown), "context": dict(d.context),
+                    "state_before": audit.document_text(inputs),
                     "booking": None, "latency_ms": Decimal("1.234"), "key_id": None, "key_name": "bench",
                     "key_role": "trader", "request_id": None, "audit_seq": seq, "prev_hash": head,
                 }
                 values["row_hash"] = head = audit.row_hash(head, "decision", {c: values[c] for c in
                                                                                audit.COLUMNS[m.Decision]})
-                copy.write_row([json.dumps(values[c]) if isinstance(values[c], dict) else values[c]
-                                for c in COLUMNS])
+                copy.write_row([json.dumps(values[c]) if c in JSON_COLUMNS else values[c] for c in COLUMNS])
                 if n and n % 200_000 == 0:
                     print(f"  loaded {n:,} rows ({time.perf_counter() - started:.0f}s)", flush=True)
         cur.execute("UPDATE portfolios SET audit_seq = %s, audit_head = %s, last_seq = %s WHERE id = 'default'",
