@@ -9,7 +9,8 @@ the marshmallow schema), and a key of an admitted role allowed on the portfolio.
 — a missing or malformed Authorization header, a role or portfolio the key may not use, a field
 the schema would refuse, a query parameter, a body that is not UTF-8 JSON — goes to Flask untouched,
 which answers it as it always has. An answer never depends on which path took it (tests send
-the same requests both ways and compare).
+the same requests both ways and compare). The same check of an intent loads the plainly valid
+batches of POST /process_trades (``batch_fields``, used by that endpoint's schema).
 """
 
 from __future__ import annotations

@@ -144,15 +144,21 @@ def _dumps(body: dict[str, Any]) -> str:
     return text
 
 
-def _document_default(value: Any) -> str:
-    if isinstance(value, Decimal):
+def _decimal_default(value: Any) -> str:
+    if isinstance(value, Decimal):  # its exact text: PostgreSQL parses NUMERIC exactly
         return str(value)
     raise TypeError(f"{type(value).__name__} is not a JSON value")
 
 
+def json_bytes(value: Any) -> bytes:
+    """``value`` as JSON, by orjson: decimals as their exact text, keys that are not strings made strings
+    (what the decision transaction sends for the server to parse, and a decision's documents)."""
+    return orjson.dumps(value, default=_decimal_default, option=orjson.OPT_NON_STR_KEYS)
+
+
 def document_text(document: Any) -> str:
     """A decision's document (breakdown, state before) as the JSON text its column stores."""
-    return orjson.dumps(document, default=_document_default).decode()
+    return json_bytes(document).decode()
 
 
 def document(value: Any) -> Any:

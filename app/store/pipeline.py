@@ -24,7 +24,6 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from decimal import Decimal
 from functools import partial
 from types import SimpleNamespace
 from typing import Any
@@ -38,6 +37,7 @@ from sqlalchemy import JSON, Table
 from app.risk import PortfolioState
 
 from . import models as m
+from .audit import json_bytes
 from .repository import (
     Loaded,
     cached_config,
@@ -132,26 +132,13 @@ def _insert(model: type) -> str:
             f"FROM jsonb_populate_recordset(NULL::{table.name}, %s) r")
 
 
-def _json_default(value: Any) -> str:
-    if isinstance(value, Decimal):  # as it is written: PostgreSQL parses NUMERIC exactly
-        return str(value)
-    raise TypeError
-
-
-_ROW_OPTIONS = orjson.OPT_NON_STR_KEYS
-
-
-def _row(values: dict[str, Any]) -> bytes:
-    return orjson.dumps(values, default=_json_default, option=_ROW_OPTIONS)
-
-
 def _array(rows: list[bytes]) -> str:
     return (b"[" + b",".join(rows) + b"]").decode()
 
 
 def _rows(rows: Iterable[dict[str, Any]]) -> str:
     """Rows as the JSON array a jsonb_populate_recordset parameter takes."""
-    return _array([_row(values) for values in rows])
+    return _array([json_bytes(values) for values in rows])
 
 
 # rows queued before they are sent: the server writes one batch while the next decisions are made
@@ -297,7 +284,7 @@ class DecisionTransaction:
         """Queue one row; rows go out in batches, each table's as one JSON array that the server
         takes apart (jsonb_populate_recordset): orjson writes it at C speed where psycopg would
         adapt each value in Python, and one statement carries several decisions."""
-        self._queued.setdefault(model, []).append(_row(values))
+        self._queued.setdefault(model, []).append(json_bytes(values))
         self._count += 1
         if self._count >= FLUSH_ROWS:
             self.flush()
@@ -333,7 +320,7 @@ class DecisionTransaction:
             setattr(row, column, value)
         row.updated_at = now
         self.flush()
-        self._send(_UPDATE_PORTFOLIO, (_row({c: getattr(row, c) for c in _MUTABLE}).decode(), row.id))
+        self._send(_UPDATE_PORTFOLIO, (json_bytes({c: getattr(row, c) for c in _MUTABLE}).decode(), row.id))
 
     def commit(self) -> None:
         """COMMIT: the pipeline's last statement; its answer is the one round trip waited for."""
