@@ -28,7 +28,6 @@ from functools import partial
 from types import SimpleNamespace
 from typing import Any
 
-import orjson
 from psycopg import Connection
 from psycopg.rows import dict_row
 from psycopg.types import json as pg_json
@@ -119,8 +118,8 @@ _UPSERT_MARK = (
     "updated_at = excluded.updated_at")
 _INSERT_SNAPSHOT = ("INSERT INTO mark_snapshots (hash, symbol, prices, created_at) VALUES (%s, %s, %s, %s) "
                     "ON CONFLICT (hash) DO NOTHING")
-# JSONB parameters encoded by orjson (PostgreSQL parses them: the stored values are the same)
-Jsonb = partial(pg_json.Jsonb, dumps=partial(orjson.dumps, option=orjson.OPT_NON_STR_KEYS))
+# JSONB parameters encoded as the rows are (json_bytes; PostgreSQL parses them: the stored values are the same)
+Jsonb = partial(pg_json.Jsonb, dumps=json_bytes)
 
 
 def _insert(model: type) -> str:
