@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: install run test browser lint unit soak bench bench-engine bench-audit demo pg clean
+.PHONY: install run test browser lint unit soak bench bench-engine bench-audit bench-instructions demo pg clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -65,6 +65,11 @@ bench: install pg
 
 bench-audit: install pg
 	$(BIN)/python -m bench.audit_scale
+
+## instructions per decision (valgrind): compares two versions of the code where the clock cannot
+bench-instructions: install pg
+	@command -v valgrind >/dev/null || apt-get install -y -q valgrind
+	$(BIN)/python -m bench.instructions
 
 clean:
 	rm -rf $(VENV) instance .pytest_cache .ruff_cache .hypothesis

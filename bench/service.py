@@ -46,6 +46,13 @@ INSERT INTO bench_positions (portfolio_id, symbol, units) VALUES (1, :sym, 1000)
 UPDATE bench_portfolio SET last_seq = last_seq + 1 WHERE id = 1;
 COMMIT;
 """
+# the run's configuration: the throttle and the loss limits raised, limits that let most intents through
+BENCH_LIMITS = dict(max_intents_per_second=1_000_000, max_drawdown=1.0, max_daily_drawdown=1.0, daily_loss_limit=1.0,
+                    weekly_loss_limit=1.0, confidence_collapse_threshold=0.0, max_symbol_exposure_pct=0.5,
+                    max_currency_exposure_pct=1.0, max_gross_exposure_pct=5.0, max_net_exposure_pct=3.0)
+# the eight symbols of bench/wrk_intents.lua and their prices
+BENCH_MARKS = {"EURUSD": 1.1, "GBPUSD": 1.25, "AUDUSD": 0.65, "NZDUSD": 0.6, "USDJPY": 150.0, "USDCHF": 0.9,
+               "USDCAD": 1.35, "EURGBP": 0.88}
 BREAKDOWN = json.dumps({"sizing": {f"factor_{i}": i * 1.2345 for i in range(20)},
                         "constraints": [{"name": f"c{i}", "before": 1000.0, "after": 900.0, "result": "PASS"}
                                         for i in range(8)]})
@@ -250,14 +257,9 @@ def main() -> None:
                                  "bench"], cwd=ROOT, env=env, capture_output=True, text=True,
                                 check=True).stdout.strip()
         config = http("GET", base + "/config", admin_key)["config"]
-        config.update(max_intents_per_second=1_000_000, max_drawdown=1.0, max_daily_drawdown=1.0,
-                      daily_loss_limit=1.0, weekly_loss_limit=1.0, confidence_collapse_threshold=0.0,
-                      max_symbol_exposure_pct=0.5, max_currency_exposure_pct=1.0, max_gross_exposure_pct=5.0,
-                      max_net_exposure_pct=3.0)
+        config.update(BENCH_LIMITS)
         http("PUT", base + "/config", admin_key, {"config": config, "reason": "benchmark"})
-        http("POST", base + "/marks", trader, {"prices": {"EURUSD": 1.1, "GBPUSD": 1.25, "AUDUSD": 0.65,
-                                                          "NZDUSD": 0.6, "USDJPY": 150.0, "USDCHF": 0.9,
-                                                          "USDCAD": 1.35, "EURGBP": 0.88}})
+        http("POST", base + "/marks", trader, {"prices": BENCH_MARKS})
         prepare_pgbench(url)
         wrk(base + "/process_trade", trader, "warm", 3, args.clients)
         workers = worker_pids(server.pid)
