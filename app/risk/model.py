@@ -242,6 +242,10 @@ def symbol_error(symbol: Any, config: RPMConfig | None) -> str | None:
     return "unknown instrument: not a six-letter FX pair and not in the configuration's instrument table"
 
 
+# Position.to_dict by identity; an entry holds its position, so its id is not reused while it lives
+_POSITION_DOCS: dict[int, tuple[Position, dict[str, Any]]] = {}
+
+
 @dataclass(frozen=True, slots=True)
 class Position:
     symbol: str
@@ -254,12 +258,20 @@ class Position:
         return 1 if self.units > 0 else -1
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "symbol": self.symbol,
-            "units": str(self.units),
-            "avg_price": str(self.avg_price),
-            "opened_at": iso(self.opened_at),
-        }
+        """Its document, converted once per position (a copy each time): every decision's audit record
+        holds the portfolio's open positions, and most of them are the same objects from one decision
+        to the next (a position is replaced, never changed, so the same object has the same document)."""
+        hit = _POSITION_DOCS.get(id(self))
+        if hit is None or hit[0] is not self:
+            if len(_POSITION_DOCS) >= 4096:
+                _POSITION_DOCS.clear()
+            hit = _POSITION_DOCS[id(self)] = (self, {
+                "symbol": self.symbol,
+                "units": str(self.units),
+                "avg_price": str(self.avg_price),
+                "opened_at": iso(self.opened_at),
+            })
+        return dict(hit[1])
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Position:

@@ -358,54 +358,13 @@ def unpack_times(value: str | list[float] | None) -> tuple[float, ...]:
 
 
 def audit_state(loaded: Loaded, reduced: PortfolioState) -> dict[str, Any]:
-    """What a decision record keeps of the state it saw: ``reduced.to_dict()`` with the ATR histories
-    packed and the mark histories by reference (a test holds it to exactly that).
-
-    Built here rather than by converting the whole state and then replacing parts of it: this runs
-    under the portfolio's lock for every decision, and the open positions, which rarely change
-    between two decisions, are converted once (``_position_doc``), not at every decision.
-    """
-    s = reduced
-    return {
-        "portfolio_id": s.portfolio_id,
-        "starting_capital": str(s.starting_capital),
-        "realised_pnl": str(s.realised_pnl),
-        "peak_equity": _text(s.peak_equity),
-        "day_key": s.day_key,
-        "day_start_equity": _text(s.day_start_equity),
-        "day_peak_equity": _text(s.day_peak_equity),
-        "week_key": s.week_key,
-        "week_start_equity": _text(s.week_start_equity),
-        "positions": {k: _position_doc(p) for k, p in sorted(s.positions.items())},
-        "marks": {k: str(v) for k, v in sorted(s.marks.items())},
-        "atr_history": {k: pack_times(h) for k, h in sorted(s.atr_history.items())},
-        "recent_confidences": list(s.recent_confidences),
-        "recent_intents": [list(p) for p in s.recent_intents],
-        "switches": {k: w.to_dict() for k, w in sorted(s.switches.items())},
-        "symbol_halts": {k: w.to_dict() for k, w in sorted(s.symbol_halts.items())},
-        "mark_history_refs": {k: loaded.marks[k].history_hash or mark_history_hash(k, h)
-                              for k, h in sorted(s.mark_history.items())},
-    }
-
-
-def _text(value: Decimal | None) -> str | None:
-    return None if value is None else str(value)
-
-
-# Position.to_dict by identity: positions are immutable, replaced when they change, so the same object
-# always gives the same document; an entry holds its position, so its id is not reused while it lives
-_POSITION_DOCS: dict[int, tuple[EnginePosition, dict[str, Any]]] = {}
-
-
-def _position_doc(position: EnginePosition) -> dict[str, Any]:
-    hit = _POSITION_DOCS.get(id(position))
-    if hit is not None and hit[0] is position:
-        return hit[1]
-    if len(_POSITION_DOCS) >= 4096:
-        _POSITION_DOCS.clear()
-    doc = position.to_dict()
-    _POSITION_DOCS[id(position)] = (position, doc)
-    return doc
+    """What a decision record keeps of the state it saw: mark histories by reference."""
+    data = reduced.to_dict()
+    data["atr_history"] = {s: pack_times(h) for s, h in reduced.atr_history.items()}
+    histories = data.pop("mark_history")
+    data["mark_history_refs"] = {s: loaded.marks[s].history_hash or mark_history_hash(s, h)
+                                 for s, h in histories.items()}
+    return data
 
 
 def resolve_state(session: Session, stored: str | dict[str, Any]) -> PortfolioState:

@@ -150,42 +150,27 @@ def test_a_decision_on_its_recorded_inputs_equals_the_decision_on_the_whole_stat
     assert decide(recorded, intent, SHORT, now, "x").decision == whole
 
 
-def _audit_state_reference(loaded, reduced):
-    """What a decision record keeps, by its definition: the state's own dictionary, the ATR histories
-    packed, the mark histories replaced by their references."""
-    from app.store.repository import mark_history_hash, pack_times
 
-    data = reduced.to_dict()
-    data["atr_history"] = {s: pack_times(h) for s, h in reduced.atr_history.items()}
-    histories = data.pop("mark_history")
-    data["mark_history_refs"] = {s: loaded.marks[s].history_hash or mark_history_hash(s, h)
-                                 for s, h in histories.items()}
-    return data
-
-
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(intents, max_size=15), intents, st.booleans(), st.booleans())
-def test_the_audit_record_of_a_state_is_its_dictionary_with_histories_packed_and_referenced(
-        history, raw, halted, stored_refs):
-    """``repository.audit_state`` builds the record itself (and reuses the documents of unchanged
-    positions); it must give exactly what converting the whole state would, halts included, for
-    marks stored with their history's hash or without it (rows older than the snapshots)."""
-    from types import SimpleNamespace
-
-    from app.risk.model import SwitchState
-    from app.store.repository import audit_state, mark_history_hash
-
+@settings(max_examples=60, deadline=None)
+@given(st.lists(intents, max_size=15))
+def test_position_documents_from_the_memo_are_the_positions_as_they_are(history):
+    """``Position.to_dict`` converts each position once: what it gives, the first time and after, is
+    the position's own fields, whatever the callers did to the copies they were given."""
     state, _ = run(history)
-    if halted:
-        state.switches["manual"] = SwitchState("manual", T0, None, None, None, "operator", automatic=False)
-        state.symbol_halts["EURUSD"] = SwitchState("consecutive_losses", T0, 3.0, 3.0, T0 + timedelta(hours=1),
-                                                   "losses", symbol="EURUSD")
-    now = T0 + timedelta(seconds=100)
-    reduced = engine.decision_inputs(state, build(raw), now)
-    marks = {s: SimpleNamespace(history_hash=mark_history_hash(s, h) if stored_refs else None)
-             for s, h in state.mark_history.items()}
-    loaded = SimpleNamespace(marks=marks)
-    expected = _audit_state_reference(loaded, reduced)
-    assert audit_state(loaded, reduced) == expected
-    assert audit_state(loaded, reduced) == expected  # the second time from the positions' memo
-    assert list(audit_state(loaded, reduced)) == list(expected)  # and in the same order
+    expected = {k: {"symbol": p.symbol, "units": str(p.units), "avg_price": str(p.avg_price),
+                    "opened_at": p.opened_at.isoformat()} for k, p in sorted(state.positions.items())}
+    for _ in range(2):
+        documents = state.to_dict()["positions"]
+        assert documents == expected
+        for document in documents.values():
+            document["units"] = "changed by a caller"
+
+
+def test_the_position_memo_goes_by_identity_not_by_equality():
+    from app.risk.model import Position
+
+    a = Position("EURUSD", Decimal("1000.5"), Decimal("1.1"), T0)
+    b = Position("EURUSD", Decimal("1000.50"), Decimal("1.10"), T0)  # equal, written otherwise
+    assert a == b
+    assert a.to_dict()["units"] == "1000.5"
+    assert b.to_dict()["units"] == "1000.50" and b.to_dict()["avg_price"] == "1.10"
