@@ -35,6 +35,8 @@ from app.store import audit
 from app.store import models as m
 from app.store.migrate import upgrade
 
+from .service import drop_database, fresh_database
+
 SYMBOLS = {"EURUSD": 1.10, "GBPUSD": 1.25, "USDJPY": 150.0, "AUDUSD": 0.65, "USDCHF": 0.90, "NZDUSD": 0.60,
            "USDCAD": 1.35, "EURGBP": 0.88}
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
@@ -167,11 +169,7 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the database afterwards")
     args = parser.parse_args()
     name = "rpm_bench_audit"
-    admin = create_engine(args.admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = make_url(args.admin_url).set(database=name).render_as_string(hide_password=False)
+    url, admin = fresh_database(args.admin_url, name)
     try:
         upgrade(url)
         load(url, args.rows)
@@ -182,10 +180,7 @@ def main() -> None:
             size = conn.execute(text(f"SELECT pg_size_pretty(pg_database_size('{name}'))")).scalar()
         print(f"database size: {size}")
     finally:
-        if not args.keep:
-            with admin.connect() as conn:
-                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+        drop_database(admin, name, keep=args.keep)
 
 
 if __name__ == "__main__":

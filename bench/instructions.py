@@ -33,10 +33,7 @@ import tempfile
 import time
 from datetime import timedelta
 
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
-
-from .service import BENCH_LIMITS, BENCH_MARKS
+from .service import BENCH_LIMITS, BENCH_MARKS, drop_database, fresh_database
 
 DATABASE = "rpm_bench_instructions"
 REGIMES = ("TRENDING", "RANGING", "VOLATILE")
@@ -160,11 +157,7 @@ def main() -> None:
     for tool in ("valgrind", "callgrind_control"):
         if not shutil.which(tool):
             raise SystemExit(f"{tool} not found: apt-get install -y valgrind")
-    admin = create_engine(args.admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)'))
-        conn.execute(text(f'CREATE DATABASE "{DATABASE}"'))
-    url = make_url(args.admin_url).set(database=DATABASE).render_as_string(hide_password=False)
+    url, admin = fresh_database(args.admin_url, DATABASE)
     try:
         prepare(url)
         print("instructions per decision in RPM's process (valgrind --tool=callgrind; the database server's "
@@ -176,9 +169,7 @@ def main() -> None:
             instructions, decisions = counted(name, url, count)
             print(f"  {label}: {instructions / decisions:,.0f} ({decisions} decisions)", flush=True)
     finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)'))
-        admin.dispose()
+        drop_database(admin, DATABASE)
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from sqlalchemy import create_engine, text
+from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,6 +56,23 @@ BENCH_MARKS = {"EURUSD": 1.1, "GBPUSD": 1.25, "AUDUSD": 0.65, "NZDUSD": 0.6, "US
 BREAKDOWN = json.dumps({"sizing": {f"factor_{i}": i * 1.2345 for i in range(20)},
                         "constraints": [{"name": f"c{i}", "before": 1000.0, "after": 900.0, "result": "PASS"}
                                         for i in range(8)]})
+
+
+def fresh_database(admin_url: str, name: str) -> tuple[str, Engine]:
+    """A new, empty database ``name`` on the cluster of ``admin_url`` (dropped first if it is there):
+    its URL, and an AUTOCOMMIT engine on the cluster (for ``drop_database`` and cluster-wide figures)."""
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    return make_url(admin_url).set(database=name).render_as_string(hide_password=False), admin
+
+
+def drop_database(admin: Engine, name: str, *, keep: bool = False) -> None:
+    if not keep:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
 
 
 def pg_bin(name: str) -> str:
@@ -226,11 +243,7 @@ def main() -> None:
         raise SystemExit("wrk not found: apt-get install -y wrk")
 
     name = "rpm_bench_service"
-    admin = create_engine(args.admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = make_url(args.admin_url).set(database=name).render_as_string(hide_password=False)
+    url, admin = fresh_database(args.admin_url, name)
     admin_key = "rpm_benchadm_" + "b" * 40
     port = 8095
     env = {**os.environ, "DATABASE_URL": url, "RPM_PORT": str(port), "RPM_HOST": "127.0.0.1",
@@ -315,9 +328,7 @@ def main() -> None:
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(20)
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+        drop_database(admin, name)
 
 
 if __name__ == "__main__":
