@@ -150,7 +150,6 @@ def test_a_decision_on_its_recorded_inputs_equals_the_decision_on_the_whole_stat
     assert decide(recorded, intent, SHORT, now, "x").decision == whole
 
 
-
 @settings(max_examples=60, deadline=None)
 @given(st.lists(intents, max_size=15))
 def test_position_documents_from_the_memo_are_the_positions_as_they_are(history):
