@@ -37,18 +37,23 @@ def setup(config: RPMConfig) -> PortfolioState:
     return state
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--seconds", type=float, default=5.0)
-    args = parser.parse_args()
+def workload() -> tuple[RPMConfig, PortfolioState, list[TradeIntent]]:
+    """The benchmark's configuration, its state (``setup``) and the intents decided on it over and over."""
     config = RPMConfig(max_intents_per_second=1_000_000, max_concurrent_positions=8)
-    state = setup(config)
     intents = []
     for k, (symbol, price) in enumerate(SYMBOLS.items()):
         for conf, regime in ((0.7, "TRENDING"), (0.9, "VOLATILE"), (0.55, "RANGING")):
             intents.append(TradeIntent.create(
                 config, symbol=symbol, direction=(-1) ** k, confidence_score=conf, regime=regime,
                 atr=price * 0.002 * (1 + k % 3), vol_percentile=0.5 + 0.05 * k, current_price=price))
+    return config, setup(config), intents
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=float, default=5.0)
+    args = parser.parse_args()
+    config, state, intents = workload()
     n = 0
     approved = 0
     best_cpu = float("inf")  # CPU time of the fastest pass: what the code costs when the machine lets it run

@@ -89,15 +89,10 @@ def on(flag: str) -> None:
 def phase(name: str, url: str, count: int) -> None:
     """Run under valgrind: warm up, then count ``count`` decisions' worth of calls."""
     if name == "engine":
-        from app.risk import RPMConfig, TradeIntent, decide
-        from bench.engine import SYMBOLS, T0, setup
+        from app.risk import decide
+        from bench.engine import T0, workload
 
-        config = RPMConfig(max_intents_per_second=1_000_000, max_concurrent_positions=8)
-        state = setup(config)
-        batch = [TradeIntent.create(config, symbol=s, direction=(-1) ** k, confidence_score=c, regime=r,
-                                    atr=p * 0.002 * (1 + k % 3), vol_percentile=0.5 + 0.05 * k, current_price=p)
-                 for k, (s, p) in enumerate(SYMBOLS.items())
-                 for c, r in ((0.7, "TRENDING"), (0.9, "VOLATILE"), (0.55, "RANGING"))]
+        config, state, batch = workload()
         now = T0 + timedelta(seconds=1000)
 
         def run() -> None:
