@@ -150,14 +150,10 @@ def serve(port: int | None, host: str | None, workers: int | None, threads: int 
     click.echo("=" * 78, nl=True)
     sys.stdout.flush()
     gunicorn = shutil.which("gunicorn", path=os.path.dirname(sys.executable)) or shutil.which("gunicorn")
-    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        # counters shared by the workers (prometheus-client multiprocess mode), fresh for each start
-        import tempfile
-
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="rpm-prometheus-")
+    # the worker class, the control socket and the counters' folder are set in app/gunicorn_conf.py
     args = [gunicorn, "--config", "python:app.gunicorn_conf",
             "--bind", f"{host}:{port}", "--workers", str(workers), "--threads", str(threads),
-            "--worker-class", "gthread", "--timeout", "30", "--graceful-timeout", "10",
+            "--timeout", "30", "--graceful-timeout", "10",
             "--log-level", settings.log_level.lower(), "app:create_app()"]
     os.execv(gunicorn, args)
 
