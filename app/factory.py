@@ -63,6 +63,7 @@ def register_service(app: Flask, settings: Settings, clock: Callable[[], datetim
         statement_timeout_ms=settings.statement_timeout_ms,
         connect_timeout_s=settings.connect_timeout_s,
         pool_size=settings.pool_size,
+        silence_timeout_ms=settings.db_silence_timeout_ms,
     )
     config = load_preset(settings.default_preset, total_capital=settings.default_capital)
     from .keys import KeyStore

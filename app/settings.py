@@ -26,6 +26,10 @@ class Settings:
     lock_timeout_ms: int = 2000
     statement_timeout_ms: int = 5000
     connect_timeout_s: int = 3
+    # a database call that hears nothing from the server for this long is cut: its request answers 503
+    # (a silent database, which no server-side timeout sees). Above statement_timeout_ms and lock_timeout_ms,
+    # so that a slow statement or lock wait is ended by the server first, its connection kept.
+    db_silence_timeout_ms: int = 6000
     pool_size: int = 5
     bootstrap_admin_key: str | None = None
     default_preset: str = "balanced"
@@ -58,6 +62,7 @@ class Settings:
             instance_path=os.environ.get("RPM_INSTANCE_PATH") or None,
             log_level=os.environ.get("RPM_LOG_LEVEL", "INFO"),
             auth_cache_seconds=float(os.environ.get("RPM_AUTH_CACHE_SECONDS", "2")),
+            db_silence_timeout_ms=_int("RPM_DB_SILENCE_TIMEOUT_MS", 6000),
             group_commit=os.environ.get("RPM_GROUP_COMMIT", "1") != "0",
             fast_path=os.environ.get("RPM_FAST_PATH", "1") != "0",
             unsafe_disable_portfolio_lock=os.environ.get("RPM_TEST_UNSAFE_DISABLE_PORTFOLIO_LOCK") == "1",

@@ -147,6 +147,8 @@ class TcpProxy:
         self.pairs: list[tuple[socket.socket, socket.socket]] = []
         self.lock = threading.Lock()
         self.closed = False
+        self.forwarding = threading.Event()  # cleared: stalled (see stall())
+        self.forwarding.set()
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self) -> None:
@@ -170,14 +172,15 @@ class TcpProxy:
             for a, b in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
 
-    @staticmethod
-    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+    def _pipe(self, source: socket.socket, sink: socket.socket) -> None:
         try:
             while data := source.recv(65536):
+                self.forwarding.wait()
                 sink.sendall(data)
         except OSError:
             pass
         finally:
+            self.forwarding.wait()  # nor is an end of stream passed on while stalled
             for s in (source, sink):
                 with contextlib.suppress(OSError):
                     s.shutdown(socket.SHUT_RDWR)
@@ -199,7 +202,17 @@ class TcpProxy:
     def restore(self) -> None:
         self.up = True
 
+    def stall(self) -> None:
+        """The database is silent: connections stay open and new ones are accepted, but nothing is
+        forwarded either way (a stopped backend, a network that drops everything): no error, no answer."""
+        self.forwarding.clear()
+
+    def resume(self) -> None:
+        """Forwarding goes on, what was held first."""
+        self.forwarding.set()
+
     def close(self) -> None:
         self.closed = True
+        self.resume()
         self.cut()
         self.listener.close()

@@ -2,27 +2,137 @@
 
 from __future__ import annotations
 
+import logging
+import math
+import os
+import select
+import socket
 import threading
+import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any
 
+import psycopg
 from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DataError, DBAPIError, DisconnectionError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
+
+from ..settings import Settings
+
+log = logging.getLogger("rpm.database")
 
 
 class DatabaseUnavailable(Exception):
     """The database cannot be reached or the transaction failed: fail closed (503)."""
 
 
+class DataRejected(Exception):
+    """The database refused a value of the request (SQLSTATE class 22: a number beyond NUMERIC(28, 10),
+    text that is not a number...): the request is at fault, not the database (422). Nothing was written."""
+
+
 DB_ERRORS = (OperationalError, DBAPIError, PoolTimeout)
 
 
+class _Watchdog:
+    """Cuts the socket of a database call that has heard nothing from the server for too long.
+
+    psycopg 3 has no client-side query timeout, and the server's statement_timeout cannot fire for a
+    query the server never got (a proxy or network that stops forwarding, a stopped backend whose
+    kernel still acks, so that keepalives and tcp_user_timeout see nothing wrong): such a call would
+    wait for ever, with its request and maybe a portfolio's requests behind it. Shutting the socket down
+    makes the blocked call fail at once with an OperationalError, which every path already turns into
+    a 503; the connection is then broken, and discarded.
+
+    What is watched is each call (`_WatchedConnection.wait`), not the time a connection is checked
+    out: a long export streams thousands of rows over one connection, a batch per call, and between
+    two calls it waits for its client, as slow as that may be. Its deadline starts again with each batch,
+    so it is never cut while it makes progress, and is cut when a batch does not come.
+
+    One per process. A forked child has none of the parent's threads: `_reset` runs in it, and its
+    first call starts its own thread (gunicorn forks its workers before they open any connection, but
+    a parent that has used the database must not leave the child a dead thread or a held lock).
+    """
+
+    TICK = 0.05  # seconds: how late after its deadline a call may be cut
+
+    def __init__(self) -> None:
+        self._reset()
+        os.register_at_fork(after_in_child=self._reset)
+
+    def _reset(self) -> None:
+        self._lock = threading.Lock()
+        self._calls: dict[int, tuple[float, _WatchedConnection]] = {}
+        self._thread: threading.Thread | None = None
+
+    def watch(self, conn: _WatchedConnection, bound_s: float) -> None:
+        with self._lock:
+            self._calls[id(conn)] = (time.monotonic() + bound_s, conn)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="rpm-db-watchdog", daemon=True)
+                self._thread.start()
+
+    def unwatch(self, conn: _WatchedConnection) -> None:
+        with self._lock:
+            self._calls.pop(id(conn), None)
+
+    def _run(self) -> None:
+        # a daemon for the life of the process: it holds no resource, and a wake-up per tick costs nothing
+        while True:
+            time.sleep(self.TICK)
+            now = time.monotonic()
+            # under the lock: a call that has left `wait` is never cut (its connection may be back in the
+            # pool, another request's by now)
+            with self._lock:
+                late = [conn for deadline, conn in self._calls.values() if deadline <= now]
+                for conn in late:
+                    del self._calls[id(conn)]
+                    _shut_down(conn)
+            for conn in late:
+                log.warning("no answer from the database for %.1f s: connection cut, the call fails", conn.silence_s)
+
+
+def _shut_down(conn: psycopg.Connection) -> None:
+    """Both directions of the connection's socket shut down: the call blocked on it sees the end of the
+    stream at once. On a duplicate of the descriptor, which is closed again: the connection's own stays
+    valid (psycopg closes it), so no other file can be given its number meanwhile."""
+    # already closed, or disconnected by the other end: nothing to cut
+    with suppress(psycopg.Error, OSError), socket.socket(fileno=os.dup(conn.pgconn.socket)) as sock:
+        sock.shutdown(socket.SHUT_RDWR)
+
+
+def _readable(conn: psycopg.Connection) -> bool:
+    """Whether an idle connection has something to read: the server has nothing to say to a connection that
+    asked nothing, unless it closed it (a restart, a terminated backend, a cut network that sent a reset).
+    A poll, no round trip."""
+    poller = select.poll()  # not select.select: a busy process may have descriptors above 1024
+    poller.register(conn.pgconn.socket, select.POLLIN)
+    return bool(poller.poll(0))
+
+
+class _WatchedConnection(psycopg.Connection):
+    """A psycopg connection whose every blocking call (query, fetch, pipeline sync, commit, rollback)
+    goes through `Connection.wait`, here under the watchdog."""
+
+    silence_s: float = math.inf  # set right after connecting (`Database`)
+    generation = 0  # the pool generation the connection was made in (`Database.renew_pool`)
+
+    def wait(self, *args: Any, **kwargs: Any) -> Any:
+        _WATCHDOG.watch(self, self.silence_s)
+        try:
+            return super().wait(*args, **kwargs)
+        finally:
+            _WATCHDOG.unwatch(self)
+
+
+_WATCHDOG = _Watchdog()
+
+
 def make_engine(url: str, *, lock_timeout_ms: int = 2000, statement_timeout_ms: int = 5000,
-                connect_timeout_s: int = 3, pool_size: int = 5) -> Engine:
+                connect_timeout_s: int = 3, pool_size: int = 5, silence_timeout_ms: int = 6000) -> Engine:
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": lock_timeout_ms / 1000})
 
@@ -41,23 +151,38 @@ def make_engine(url: str, *, lock_timeout_ms: int = 2000, statement_timeout_ms: 
 
         return engine
     options = f"-c lock_timeout={lock_timeout_ms} -c statement_timeout={statement_timeout_ms}"
-    # no pool_pre_ping (a round trip per transaction): a connection found dead fails its request with
-    # a 503, and SQLAlchemy then invalidates the whole pool, so the next request gets a fresh one
+    silence_s = silence_timeout_ms / 1000
+    # no pool_pre_ping (a round trip per checkout, on every decision): a checked-out connection is
+    # instead tested without one (`Database._checkout`), and a connection lost in use renews the pool
     return create_engine(
         url,
         pool_pre_ping=False,
         pool_size=pool_size,
         max_overflow=pool_size,
-        pool_timeout=max(1, lock_timeout_ms // 1000 + 1),
-        connect_args={"connect_timeout": connect_timeout_s, "options": options,
-                      "application_name": "rpm"},
+        # waiting for a pooled connection is part of the request's bound too
+        pool_timeout=min(max(1, lock_timeout_ms // 1000 + 1), silence_s),
+        connect_args={
+            # psycopg applies it to the whole attempt (TCP, TLS, authentication), 2 s at least
+            "connect_timeout": connect_timeout_s,
+            "options": options,
+            "application_name": "rpm",
+            # a peer gone without a word (a partition, a host down): the kernel gives the connection up
+            # once data sent stays unacknowledged for the bound, or an idle one after about two bounds of
+            # unanswered probes, so that the checkout finds it dead (the watchdog covers the calls in flight)
+            "keepalives": 1,
+            "keepalives_idle": max(1, math.ceil(silence_s)),
+            "keepalives_interval": max(1, math.ceil(silence_s / 3)),
+            "keepalives_count": 3,
+            "tcp_user_timeout": silence_timeout_ms,
+        },
     )
 
 
 class Database:
-    def __init__(self, url: str, **engine_options: Any):
+    def __init__(self, url: str, *, silence_timeout_ms: int = Settings.db_silence_timeout_ms, **engine_options: Any):
         self.url = url
-        self.engine = make_engine(url, **engine_options)
+        self.silence_timeout_ms = silence_timeout_ms
+        self.engine = make_engine(url, silence_timeout_ms=self.silence_timeout_ms, **engine_options)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False, autoflush=False)
         self.is_sqlite = url.startswith("sqlite")
         # decisions go through psycopg's pipeline mode on PostgreSQL (app/store/pipeline.py)
@@ -65,12 +190,38 @@ class Database:
         self.cache_key = self.engine.url.render_as_string(hide_password=True)
         # SQLite serializes writers on the file; one process-wide lock avoids busy waits
         self._local_lock = threading.Lock() if self.is_sqlite else None
+        self._generation = 0
+        if self.pipelined:
+            event.listen(self.engine, "do_connect", self._connect)
+            event.listen(self.engine, "checkout", self._checkout)
+
+    def _connect(self, _dialect: Any, _record: Any, cargs: tuple[Any, ...], cparams: dict[str, Any]) -> Any:
+        conn = _WatchedConnection.connect(*cargs, **cparams)
+        conn.silence_s = self.silence_timeout_ms / 1000
+        conn.generation = self._generation
+        return conn
+
+    def _checkout(self, conn: _WatchedConnection, _record: Any, _proxy: Any) -> None:
+        """A pooled connection made before the pool was renewed, or that the server has closed, is
+        replaced by a new one before it is handed out (the pool retries on DisconnectionError): the first
+        request after an outage does not meet a dead connection."""
+        if conn.generation != self._generation or conn.closed or conn.broken or _readable(conn):
+            raise DisconnectionError("pooled connection closed by the server, or older than the pool")
+
+    def renew_pool(self) -> None:
+        """Every pooled connection is replaced at its next checkout: one was lost in use, so the others,
+        idle on the same server or network, probably are too (each would otherwise fail a request first).
+        Not `Engine.dispose()`: connections checked out meanwhile would go back to the old pool and be
+        dropped open; here they are all replaced too, only lazily, and closed by the pool. (SQLAlchemy
+        does as much by itself for a connection it sees lost through the ORM.)"""
+        self._generation += 1
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:
         """One unit of work: commits when the block succeeds, rolls back otherwise.
 
-        Any database error becomes DatabaseUnavailable, so callers fail closed.
+        A value the database refuses becomes DataRejected; any other database error DatabaseUnavailable,
+        so callers fail closed.
         """
         if self._local_lock is not None:
             self._local_lock.acquire()
@@ -79,6 +230,8 @@ class Database:
             try:
                 with session.begin():
                     yield session
+            except DataError as exc:
+                raise DataRejected(_rejected(exc.orig)) from exc
             except DB_ERRORS as exc:
                 raise DatabaseUnavailable(_describe(exc)) from exc
         finally:
@@ -93,6 +246,8 @@ class Database:
         try:
             try:
                 yield session
+            except DataError as exc:
+                raise DataRejected(_rejected(exc.orig)) from exc
             except DB_ERRORS as exc:
                 raise DatabaseUnavailable(_describe(exc)) from exc
         finally:
@@ -103,11 +258,10 @@ class Database:
     def connection(self) -> Iterator[Any]:
         """PostgreSQL: the psycopg connection itself, from the pool, for a transaction run by hand.
 
-        Rolled back unless the caller committed; a connection the server dropped is discarded.
-        Any database error becomes DatabaseUnavailable.
+        Rolled back unless the caller committed; a connection the server dropped is discarded, and the
+        pool renewed. A value the database refuses becomes DataRejected; any other database error
+        DatabaseUnavailable.
         """
-        import psycopg
-
         try:
             pooled = self.engine.raw_connection()
         except (*DB_ERRORS, psycopg.Error) as exc:  # the pool's raw connect raises the driver's own
@@ -116,16 +270,20 @@ class Database:
         try:
             try:
                 yield conn
+            except psycopg.DataError as exc:
+                raise DataRejected(_rejected(exc)) from exc
             except psycopg.Error as exc:
                 raise DatabaseUnavailable(_describe(exc)) from exc
             finally:
                 if conn.broken or conn.closed:
                     pooled.invalidate()
+                    self.renew_pool()
                 else:
                     try:
                         conn.rollback()
                     except psycopg.Error:
                         pooled.invalidate()
+                        self.renew_pool()
         finally:
             pooled.close()
 
@@ -138,6 +296,12 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def _rejected(orig: BaseException | None) -> str:
+    diag = getattr(orig, "diag", None)
+    what = (diag.message_primary if diag is not None else None) or str(orig).splitlines()[0]
+    return f"the database refused a value of this request ({type(orig).__name__}: {what})"
 
 
 def _describe(exc: Exception) -> str:
