@@ -37,3 +37,13 @@ class Forbidden(ServiceError):
 
 class Unavailable(ServiceError):
     status = 503
+
+
+class TooManyRequests(ServiceError):
+    """A client refused unread for a while: too many failed authentications (app/keys.py)."""
+
+    status = 429
+
+    def __init__(self, message: str, retry_after: int):
+        super().__init__(message, retry_after=retry_after)
+        self.retry_after = retry_after

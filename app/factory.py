@@ -73,7 +73,8 @@ def register_service(app: Flask, settings: Settings, clock: Callable[[], datetim
         app.logger.warning("RPM_TEST_UNSAFE_DISABLE_PORTFOLIO_LOCK: decisions are NOT serialized (tests only)")
         service.unsafe_disable_portfolio_lock = True
     app.extensions["rpm"] = service
-    app.extensions["rpm_keys"] = KeyStore(service, settings.auth_cache_seconds)
+    app.extensions["rpm_keys"] = KeyStore(service, settings.auth_cache_seconds,
+                                          failures_per_minute=settings.auth_failures_per_minute)
     from .compliance import Compliance
 
     app.extensions["rpm_compliance"] = Compliance(service)

@@ -1,28 +1,52 @@
-"""API keys: generated with a public prefix, stored only as a sha256, compared in constant time."""
+"""API keys: generated with a public prefix, stored only as a sha256, compared in constant time.
+
+Each process authenticates against a copy of the whole api_keys table (it is small), read again when
+older than ``cache_seconds``: a key revoked or created by another process (``rpm keys revoke``, another
+worker) is refused or accepted by every worker within that bound, and a presented key costs a dict
+lookup and one ``hmac.compare_digest`` whether its prefix exists or not, so the time taken tells
+nothing about which prefixes exist. The database is never read per request.
+
+Failed authentications are counted per client (remote address) in a moving window of a minute, in the
+memory of each worker process (a client spread over N workers by the server may fail up to N times the
+limit before each of them refuses it). A client over the limit is refused with 429 before its key is
+read at all — a good key too, or the limit would not slow a guess down — until its failures are a
+minute old; refused requests do not count.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
 import logging
+import re
 import secrets
+import threading
 import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from limits import RateLimitItemPerMinute
+from limits.storage import MemoryStorage
+from limits.strategies import MovingWindowRateLimiter
 from sqlalchemy import select
 
-from .errors import Invalid, NotFound, Unauthorized
-from .risk.model import PORTFOLIO_ID_RE
+from .errors import Invalid, NotFound, TooManyRequests, Unauthorized, Unavailable
+from .risk import domain
 from .services import Actor, RPMService
+from .settings import Settings
 from .store import models as m
 from .store import repository
 from .store.audit import system_chain
 
 ROLES = ("trader", "compliance", "admin")
-PREFIX_LENGTH = 12  # "rpm_" + 8 hex characters: public, used to find the key and in logs
+# what generate_key() makes; the prefix ("rpm_" + 8 hex) is public: it finds the key and names it in logs
+KEY_RE = re.compile(r"(?P<prefix>rpm_[0-9a-f]{8})_[A-Za-z0-9_-]{43}")
+KEY_FORMAT = "rpm_ + 8 lowercase hex digits + _ + 43 URL-safe base64 characters"
+FAILURE_WINDOW_SECONDS = 60
+# compared against when the prefix is unknown, so that an unknown prefix costs what a known one does
+_NO_HASH = "0" * 64
 log = logging.getLogger("rpm.auth")
 
 
@@ -34,19 +58,28 @@ def generate_key() -> str:
     return f"rpm_{secrets.token_hex(4)}_{secrets.token_urlsafe(32)}"
 
 
-def key_prefix(key: str) -> str:
-    return key[:PREFIX_LENGTH]
+def key_prefix(key: str) -> str | None:
+    """The public prefix of a well-formed key; None for anything else, of which nothing may be logged
+    (it may be part of another system's secret sent here by mistake)."""
+    match = KEY_RE.fullmatch(key)
+    return match["prefix"] if match else None
 
 
 @dataclass(frozen=True)
 class _KeyRecord:
     id: str
+    prefix: str
     key_hash: str
     name: str
     role: str
     portfolios: list[str] | None
     expires_at: datetime | None
     revoked_at: datetime | None
+
+    @classmethod
+    def of(cls, row: m.ApiKey) -> _KeyRecord:
+        return cls(row.id, row.prefix, row.key_hash, row.name, row.role, row.portfolios, row.expires_at,
+                   row.revoked_at)
 
 
 @dataclass(frozen=True)
@@ -76,13 +109,26 @@ def _key_payload(row: m.ApiKey, now: datetime) -> dict[str, Any]:
     }
 
 
+def _check_key_format(key: str, message: str) -> None:
+    if KEY_RE.fullmatch(key) is None:
+        raise Invalid(f"{message}: expected {KEY_FORMAT}", {"key": [f"expected {KEY_FORMAT}, as generate_key() makes"]})
+
+
 class KeyStore:
-    def __init__(self, service: RPMService, cache_seconds: float = 2.0):
+    def __init__(self, service: RPMService, cache_seconds: float = Settings.auth_cache_seconds, *,
+                 failures_per_minute: int = Settings.auth_failures_per_minute):
         self.service = service
-        # authenticated keys are remembered briefly (a lookup per request costs a transaction);
-        # a revocation takes effect at once in this process and within cache_seconds in the others
         self.cache_seconds = cache_seconds
-        self._cache: dict[str, tuple[float, _KeyRecord]] = {}
+        # (monotonic time its read began, {prefix: record}): replaced whole, never changed in place, so
+        # that a request reads it without a lock; -inf: never read
+        self._snapshot: tuple[float, dict[str, _KeyRecord]] = (float("-inf"), {})
+        # one reader of the table at a time; it is also taken by this process's own changes, so that a
+        # read begun before a change cannot replace the copy after the change was put in it
+        self._lock = threading.Lock()
+        # (monotonic time it ended, message) of the last read that failed
+        self._failed_read: tuple[float, str] | None = None
+        self._limit = RateLimitItemPerMinute(failures_per_minute) if failures_per_minute > 0 else None
+        self._failures = MovingWindowRateLimiter(MemoryStorage()) if self._limit else None
 
     def create(self, role: str, name: str | None, portfolios: list[str] | None, actor: Actor,
                expires_in: timedelta | None = None, key: str | None = None) -> tuple[str, dict[str, Any]]:
@@ -90,28 +136,36 @@ class KeyStore:
         if role not in ROLES:
             raise Invalid("invalid role", {"role": [f"one of {', '.join(ROLES)}"]})
         for pid in portfolios or ():
-            if not PORTFOLIO_ID_RE.match(pid):
+            if not domain.PORTFOLIO_ID.matches(pid):
                 raise Invalid("invalid portfolio", {"portfolios": [f"invalid portfolio id {pid!r}"]})
-        if key is not None and len(key) < 32:
-            raise Invalid("a key needs at least 32 characters", {"key": ["too short"]})
+        if name is not None and not domain.KEY_NAME.matches(name):
+            # recorded with every decision and action the key makes, and printed in lists and logs
+            raise Invalid("invalid key name", {"name": [f"must be {domain.KEY_NAME.description}"]})
+        if key is not None:
+            _check_key_format(key, "not an RPM key")
         key = key or generate_key()
+        prefix = KEY_RE.fullmatch(key)["prefix"]
 
         def run(session):
             now = self.service.clock()
-            row = m.ApiKey(id=str(uuid.uuid4()), prefix=key_prefix(key), key_hash=hash_key(key),
-                           name=name or f"{role}-{key_prefix(key)}", role=role,
+            row = m.ApiKey(id=str(uuid.uuid4()), prefix=prefix, key_hash=hash_key(key),
+                           name=name or f"{role}-{prefix}", role=role,
                            portfolios=sorted(set(portfolios)) if portfolios else None, created_at=now,
                            created_by=actor.name, expires_at=now + expires_in if expires_in else None)
             session.add(row)
             session.flush()
             repository.add_admin_action(session, system_chain(session), actor, portfolio_id=None, action="key_create",
                                         at=now, reason=None, before=None, after=_key_payload(row, now))
-            return _key_payload(row, now)
+            return _KeyRecord.of(row), _key_payload(row, now)
 
-        return key, self.service._write(run)
+        record, payload = self.service._write(run)
+        self._remember(record)
+        return key, payload
 
     def ensure_bootstrap(self, key: str) -> dict[str, Any]:
         """RPM_BOOTSTRAP_ADMIN_KEY: create that admin key, or keep it if it exists."""
+        _check_key_format(key, "RPM_BOOTSTRAP_ADMIN_KEY is not an RPM key")
+
         def find(session):
             row = session.execute(select(m.ApiKey).where(m.ApiKey.prefix == key_prefix(key))).scalar_one_or_none()
             return None if row is None else (row.key_hash, row.revoked_at)
@@ -131,6 +185,7 @@ class KeyStore:
         return self.service._read(run)
 
     def revoke(self, key_id_or_prefix: str, actor: Actor, reason: str | None = None) -> dict[str, Any]:
+        """Revoke a key: refused at once by this process, within ``cache_seconds`` by every other."""
         def run(session):
             row = session.execute(select(m.ApiKey).where(
                 (m.ApiKey.id == key_id_or_prefix) | (m.ApiKey.prefix == key_id_or_prefix)).with_for_update()
@@ -141,43 +196,77 @@ class KeyStore:
             before = _key_payload(row, now)
             if row.revoked_at is None:
                 row.revoked_at = now
-            self._cache.pop(row.prefix, None)
             repository.add_admin_action(session, system_chain(session), actor, portfolio_id=None, action="key_revoke",
                                         at=now, reason=reason, before=before, after=_key_payload(row, now))
-            return _key_payload(row, now)
-        return self.service._write(run)
+            return _KeyRecord.of(row), _key_payload(row, now)
 
-    def authenticate(self, key: str) -> Principal:
-        """The principal of a presented key; Unauthorized for a missing, unknown, revoked or expired one."""
-        prefix = key_prefix(key)
-        cached = self._cache.get(prefix)
-        if cached is not None and time.monotonic() - cached[0] < self.cache_seconds:
-            row = cached[1]
-        else:
-            row = None
+        record, payload = self.service._write(run)
+        self._remember(record)
+        return payload
 
-        def run(session):
-            row = session.execute(select(m.ApiKey).where(m.ApiKey.prefix == prefix)).scalar_one_or_none()
-            if row is None:
-                return None
-            return _KeyRecord(row.id, row.key_hash, row.name, row.role, row.portfolios, row.expires_at,
-                              row.revoked_at)
-
-        if row is None:
-            row = self.service._read(run)
-            if row is not None:
-                self._cache[prefix] = (time.monotonic(), row)
-        digest = hash_key(key)
-        # compare even when the prefix is unknown, so that timing does not tell which prefixes exist
-        stored = row.key_hash if row is not None else "0" * 64
-        if not hmac.compare_digest(stored, digest) or row is None:
-            log.warning("authentication failed: unknown key", extra={"key_prefix": prefix})
+    def authenticate(self, key: str, client: str | None = None) -> Principal:
+        """The principal of a presented key. Unauthorized for a malformed, unknown, revoked or expired one;
+        TooManyRequests, the key unread, for a client (its remote address) over the limit of failures;
+        Unavailable when the copy of the keys is too old and the database cannot be read. A caller that
+        names no client is not throttled."""
+        if client is not None and self._limit is not None and not self._failures.test(self._limit, client):
+            raise TooManyRequests("too many failed authentications: try again later",
+                                  retry_after=FAILURE_WINDOW_SECONDS)
+        match = KEY_RE.fullmatch(key)
+        if match is None:
+            self._count_failure(client, "malformed key", None)
             raise Unauthorized("unknown API key")
-        now = self.service.clock()
+        prefix = match["prefix"]
+        row = self._records().get(prefix)
+        stored = row.key_hash if row is not None else _NO_HASH
+        if not hmac.compare_digest(stored, hash_key(key)) or row is None:
+            self._count_failure(client, "unknown key", prefix)
+            raise Unauthorized("unknown API key")
         if row.revoked_at is not None:
-            log.warning("authentication failed: revoked key", extra={"key_prefix": prefix})
+            self._count_failure(client, "revoked key", prefix)
             raise Unauthorized("this API key was revoked")
-        if row.expires_at is not None and row.expires_at <= now:
-            log.warning("authentication failed: expired key", extra={"key_prefix": prefix})
+        if row.expires_at is not None and row.expires_at <= self.service.clock():
+            self._count_failure(client, "expired key", prefix)
             raise Unauthorized("this API key has expired")
         return Principal(row.id, row.name, row.role, tuple(row.portfolios) if row.portfolios is not None else None)
+
+    def _count_failure(self, client: str | None, why: str, prefix: str | None) -> None:
+        log.warning("authentication failed: %s", why, extra={"key_prefix": prefix})
+        if client is None or self._limit is None:
+            return
+        self._failures.hit(self._limit, client)
+        if not self._failures.test(self._limit, client):
+            log.warning("authentication throttled: %d failures in a minute from %s", self._limit.amount, client)
+
+    def _records(self) -> dict[str, _KeyRecord]:
+        """Every key by prefix, as read at most ``cache_seconds`` ago."""
+        loaded_at, records = self._snapshot
+        asked = time.monotonic()
+        if asked - loaded_at < self.cache_seconds:
+            return records
+        with self._lock:
+            loaded_at, records = self._snapshot
+            if time.monotonic() - loaded_at < self.cache_seconds:
+                return records  # read by another request while this one waited
+            if self._failed_read is not None and self._failed_read[0] >= asked:
+                # the read this request waited for failed: each waiter trying again in turn, each up to the
+                # connect timeout, would hold the last one for all of them
+                raise Unavailable(self._failed_read[1])
+            # the start of the read, not its end, dates the copy: a revocation committed before the read
+            # began is in it, and one committed after is in the next
+            started = time.monotonic()
+            try:
+                records = self.service._read(
+                    lambda session: {row.prefix: _KeyRecord.of(row) for row in session.scalars(select(m.ApiKey))})
+            except Unavailable as exc:
+                # fail closed: the old copy may still hold a key revoked since, past the bound
+                self._failed_read = (time.monotonic(), exc.message)
+                raise
+            self._snapshot = (started, records)
+            return records
+
+    def _remember(self, record: _KeyRecord) -> None:
+        """A key this process created or revoked: in its copy at once, not at the next read."""
+        with self._lock:
+            loaded_at, records = self._snapshot
+            self._snapshot = (loaded_at, {**records, record.prefix: record})

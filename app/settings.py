@@ -36,7 +36,12 @@ class Settings:
     default_capital: float = 100_000.0
     instance_path: str | None = None
     log_level: str = "INFO"
-    auth_cache_seconds: float = 2.0
+    # each process re-reads the api_keys table when its copy is older than this: the bound within which a
+    # key revoked (or created) by another process is refused (or accepted) by every worker
+    auth_cache_seconds: float = 1.0
+    # failed authentications a client (remote address) may make per minute, per worker process, before
+    # its requests are refused with 429 unread; 0: no limit. A good key never fails, so never counts
+    auth_failures_per_minute: int = 30
     # concurrent single intents of one process decided in one transaction (PostgreSQL)
     group_commit: bool = True
     # POST /process_trade answered without Flask's per-request machinery when plainly valid (app/api/fast.py)
@@ -61,8 +66,8 @@ class Settings:
             default_capital=float(os.environ.get("RPM_DEFAULT_CAPITAL", "100000")),
             instance_path=os.environ.get("RPM_INSTANCE_PATH") or None,
             log_level=os.environ.get("RPM_LOG_LEVEL", "INFO"),
-            auth_cache_seconds=float(os.environ.get("RPM_AUTH_CACHE_SECONDS", "2")),
-            db_silence_timeout_ms=_int("RPM_DB_SILENCE_TIMEOUT_MS", 6000),
+            auth_cache_seconds=float(os.environ.get("RPM_AUTH_CACHE_SECONDS", "1")),
+            auth_failures_per_minute=_int("RPM_AUTH_FAILURES_PER_MINUTE", 30),
             group_commit=os.environ.get("RPM_GROUP_COMMIT", "1") != "0",
             fast_path=os.environ.get("RPM_FAST_PATH", "1") != "0",
             unsafe_disable_portfolio_lock=os.environ.get("RPM_TEST_UNSAFE_DISABLE_PORTFOLIO_LOCK") == "1",

@@ -244,7 +244,7 @@ def main() -> None:
 
     name = "rpm_bench_service"
     url, admin = fresh_database(args.admin_url, name)
-    admin_key = "rpm_benchadm_" + "b" * 40
+    admin_key = "rpm_0bec0adb_" + "b" * 43
     port = 8095
     env = {**os.environ, "DATABASE_URL": url, "RPM_PORT": str(port), "RPM_HOST": "127.0.0.1",
            "RPM_BOOTSTRAP_ADMIN_KEY": admin_key,

@@ -6,6 +6,7 @@ The only test that runs on SQLite: everything else runs on PostgreSQL.
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -16,7 +17,7 @@ pytestmark = pytest.mark.slow
 
 def test_rpm_serve_on_the_sqlite_default_approves_the_spec_request(servers, tmp_path, monkeypatch):
     monkeypatch.delenv("DATABASE_URL", raising=False)
-    admin_key = "rpm_bootadmn_" + "x" * 40
+    admin_key = "rpm_b0075ead_" + "x" * 43
     env = {"RPM_INSTANCE_PATH": str(tmp_path / "instance"), "RPM_BOOTSTRAP_ADMIN_KEY": admin_key}
     server = servers(env, workers=1, threads=2)
     # the README's first steps: the bootstrap admin key works, `rpm keys create` makes a trader key
@@ -28,6 +29,10 @@ def test_rpm_serve_on_the_sqlite_default_approves_the_spec_request(servers, tmp_
                              capture_output=True, text=True, check=True)
     trader_key = created.stdout.strip()
     assert trader_key.startswith("rpm_")
+    deadline = time.monotonic() + 2  # a key made by another process is seen by every worker within 1 s
+    while (status := http("GET", server.url + "/whoami", key=trader_key)[0]) == 401 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert status == 200
     status, body = http("POST", server.url + "/process_trade", SEED_INTENT, key=trader_key)
     assert status == 200
     assert body["decision"]["status"] == "APPROVED"

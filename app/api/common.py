@@ -45,8 +45,17 @@ def error_body(status: int, message: str, errors: Any = None, **extra: Any) -> d
 
 
 def error_headers(status: int) -> list[tuple[str, str]]:
-    """The headers an error answer carries besides the body: the challenge of a 401."""
-    return [("WWW-Authenticate", 'Bearer realm="rpm"')] if status == 401 else []
+    """The headers an error answer carries besides the body: the challenge of a 401; with a 429 (only the
+    key store's throttle answers one), when to come back."""
+    if status == 401:
+        return [("WWW-Authenticate", 'Bearer realm="rpm"')]
+    if status == 429:
+        from app.keys import FAILURE_WINDOW_SECONDS
+
+        # the whole window, not the moment the oldest failure leaves it: the callers pass only the status,
+        # and by then every failure counted has left it, so the client is surely let in again
+        return [("Retry-After", str(FAILURE_WINDOW_SECONDS))]
+    return []
 
 
 def error_response(status: int, message: str, errors: Any = None, **extra: Any):
