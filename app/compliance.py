@@ -284,7 +284,7 @@ def replay(service: RPMService, portfolio_id: str, start: datetime | None, end: 
                 original = repository.config_for(session, row.portfolio_id, row.config_version)
                 config = candidate or original
                 state = repository.resolve_state(session, row.state_before)
-                intent = TradeIntent.create(original, **row.intent)
+                intent = TradeIntent.from_dict(row.intent)
                 outcome = risk_engine.decide(state, intent, config, row.decided_at, row.id).decision
                 exposure_was = _notional(state, row.symbol, row.approved_units, row.price, original)
                 exposure_now = _notional(state, row.symbol, outcome.units, row.price, config)

@@ -6,8 +6,8 @@ from typing import Any
 
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
-from app.risk.config import REGIMES, SYMBOL_RE
-from app.risk.model import PORTFOLIO_ID_RE
+from app.risk import domain
+from app.risk.config import REGIMES
 
 
 class StrictFloat(fields.Float):
@@ -34,24 +34,46 @@ class StrictInteger(fields.Integer):
         return super()._deserialize(value, attr, data, **kwargs)
 
 
-MAX_NUMBER = 1e15  # the largest price, ATR or quantity the API takes
-INTENT_ID_LENGTH = 128
+class StrictBoolean(fields.Boolean):
+    """JSON true or false only (marshmallow's Boolean also takes "yes", 1, "on"...)."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> bool:
+        if type(value) is not bool:
+            raise ValidationError("Not a valid boolean.")
+        return value
+
+
+class Whole(validate.Regexp):
+    """An identifier of the domain (app/risk/domain.py), matched whole. ``regex`` is the anchored form the
+    OpenAPI document shows (ECMA-262: ``$`` is the end); the check is the domain's own ``fullmatch``."""
+
+    def __init__(self, identifier: domain.Identifier):
+        super().__init__(identifier.anchored, error=f"must be {identifier.description}")
+        self.identifier = identifier
+
+    def __call__(self, value: Any) -> Any:
+        if not self.identifier.matches(value):
+            raise ValidationError(self._format_error(value))
+        return value
+
+
+def within(bounds: domain.Bounds, **kwargs: Any) -> StrictFloat:
+    """A number of the domain's ``bounds``."""
+    metadata = {**({"exclusiveMinimum": True} if bounds.low_open else {}), **kwargs.pop("metadata", {})}
+    return StrictFloat(validate=validate.Range(min=bounds.low, max=bounds.high, min_inclusive=not bounds.low_open,
+                                               error=f"must be {bounds.description}"), metadata=metadata, **kwargs)
+
+
+def identifier(of: domain.Identifier, **kwargs: Any) -> fields.String:
+    return fields.String(validate=Whole(of), **kwargs)
+
+
 MAX_BATCH = 1000  # intents per POST /process_trades
 
 
-def positive(**kwargs: Any) -> StrictFloat:
-    metadata = {"exclusiveMinimum": True, **kwargs.pop("metadata", {})}  # tell the document 0 is excluded
-    return StrictFloat(validate=validate.Range(min=0, min_inclusive=False, max=MAX_NUMBER), metadata=metadata, **kwargs)
-
-
-def unit_interval(**kwargs: Any) -> StrictFloat:
-    return StrictFloat(validate=validate.Range(min=0, max=1), **kwargs)
-
-
-def portfolio_field() -> fields.String:
-    # braces doubled: marshmallow formats the error message
-    return fields.String(validate=validate.Regexp(PORTFOLIO_ID_RE, error="must match [A-Za-z0-9_-]{{1,64}}"),
-                         metadata={"description": "portfolio; absent means `default`"})
+def portfolio_field(**kwargs: Any) -> fields.String:
+    return identifier(domain.PORTFOLIO_ID, metadata={"description": "portfolio; absent means `default`",
+                                                     "example": "default"}, **kwargs)
 
 
 class PortfolioQuerySchema(Schema):
@@ -65,23 +87,24 @@ class MetricsQuerySchema(Schema):
 
 
 class TradeIntentSchema(Schema):
-    symbol = fields.String(required=True, validate=validate.Regexp(SYMBOL_RE, error="not a valid symbol"),
-                           metadata={"example": "EURUSD"})
+    """A trade intent: the one definition of a valid one on the API (the fast path loads it too)."""
+
+    symbol = identifier(domain.SYMBOL, required=True, metadata={"example": "EURUSD"})
     direction = StrictInteger(required=True, validate=validate.OneOf([1, -1]), metadata={"example": 1})
-    confidence_score = unit_interval(required=True, metadata={"example": 0.75})
+    confidence_score = within(domain.UNIT_INTERVAL, required=True, metadata={"example": 0.75})
     regime = fields.String(required=True, validate=validate.OneOf(REGIMES), metadata={"example": "TRENDING"})
-    atr = positive(required=True, metadata={"example": 0.001})
-    vol_percentile = unit_interval(required=True, metadata={"example": 0.5})
-    current_price = positive(required=True, metadata={"example": 1.1})
-    intent_id = fields.String(validate=validate.Length(1, INTENT_ID_LENGTH),
-                              metadata={"description": "the client's id: a retry with it returns the stored decision"})
+    atr = within(domain.ATR, required=True, metadata={"example": 0.001})
+    vol_percentile = within(domain.UNIT_INTERVAL, required=True, metadata={"example": 0.5})
+    current_price = within(domain.PRICE, required=True, metadata={"example": 1.1})
+    intent_id = identifier(domain.INTENT_ID, metadata={
+        "description": "the client's id: a retry with it returns the stored decision", "example": "sig-20261203-0001"})
     portfolio_id = portfolio_field()
 
 
 class MarksSchema(Schema):
     prices = fields.Dict(
-        keys=fields.String(validate=validate.Regexp(SYMBOL_RE, error="not a valid symbol")),
-        values=positive(),
+        keys=identifier(domain.SYMBOL),
+        values=within(domain.PRICE),
         required=True,
         validate=validate.Length(min=1, max=1000),
         metadata={"example": {"EURUSD": 1.1012}},
@@ -91,13 +114,13 @@ class MarksSchema(Schema):
 
 class FillSchema(Schema):
     decision_id = fields.String(required=True, validate=validate.Length(1, 36))
-    filled_units = StrictFloat(required=True, validate=validate.Range(min=0, max=MAX_NUMBER))
-    fill_price = positive(required=True)
+    filled_units = within(domain.UNITS, required=True)
+    fill_price = within(domain.PRICE, required=True)
     portfolio_id = portfolio_field()
 
 
 class CloseSchema(Schema):
-    price = positive(required=True)
+    price = within(domain.PRICE, required=True)
     portfolio_id = portfolio_field()
 
 
@@ -112,7 +135,7 @@ class HaltSchema(Schema):
 
 
 class ResumeSchema(Schema):
-    force = fields.Boolean(load_default=False)
+    force = StrictBoolean(load_default=False)
     reason = fields.String(validate=validate.Length(1, 1000))
     portfolio_id = portfolio_field()
 

@@ -3,7 +3,7 @@
     from app.risk import RiskPortfolioManager, RPMConfig, TradeApprovalStatus
 """
 
-from .accounting import FillError
+from .accounting import FillError, OutOfRange
 from .config import ConfigError, Instrument, RPMConfig
 from .engine import Outcome, decide, health, portfolio_summary
 from .facade import RiskPortfolioManager, RPMOutput
@@ -23,7 +23,7 @@ from .model import (
 
 __all__ = [
     "Booking", "ConfigError", "CooldownActive", "Decision", "FillError", "Instrument", "IntentError",
-    "Outcome", "PortfolioState", "Position", "RPMConfig", "RPMOutput", "ReasonCode", "ResumeError",
+    "OutOfRange", "Outcome", "PortfolioState", "Position", "RPMConfig", "RPMOutput", "ReasonCode", "ResumeError",
     "RiskPortfolioManager", "Switch", "SwitchEvent", "TradeApprovalStatus", "TradeIntent",
     "decide", "health", "portfolio_summary",
 ]

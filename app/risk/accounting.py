@@ -9,6 +9,7 @@ from decimal import Decimal
 from typing import Any
 
 from .config import RPMConfig
+from .domain import BOOKS_LIMIT
 from .instruments import instrument, quote_to_account_rate
 from .model import ONE, ZERO, Booking, PortfolioState, Position, to_decimal
 
@@ -17,6 +18,16 @@ MONEY = Decimal("0.00000001")
 
 class FillError(ValueError):
     """A fill that cannot be reconciled with its decision (over-fill, position changed...)."""
+
+
+class OutOfRange(ValueError):
+    """A change that would take equity or realised PnL beyond what the books may hold (app/risk/domain.py)."""
+
+    def __init__(self, equity: Decimal, realised_pnl: Decimal):
+        super().__init__(f"equity would be {float(equity):.6g} and realised PnL {float(realised_pnl):.6g}, beyond "
+                         f"the ±{float(BOOKS_LIMIT):.0e} the books are kept within")
+        self.equity = equity
+        self.realised_pnl = realised_pnl
 
 
 def account_rate(state: PortfolioState, symbol: str, price: Decimal, config: RPMConfig) -> Decimal:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import time
@@ -18,11 +17,10 @@ from decimal import Decimal
 from types import MappingProxyType
 from typing import Any
 
+from . import domain
+
 REGIMES = ("TRENDING", "RANGING", "VOLATILE", "STRESSED")
 ASSET_CLASSES = ("fx", "equity", "crypto", "future", "commodity", "index")
-CURRENCY_RE = re.compile(r"^[A-Z]{3}$")
-SYMBOL_RE = re.compile(r"^[A-Z0-9._-]{1,32}$")
-ZONE_RE = re.compile(r"^[A-Za-z_+\-/0-9]{1,64}$")
 
 
 class ConfigError(ValueError):
@@ -209,6 +207,15 @@ def _number(cfg: RPMConfig, name: str, lo: float, hi: float, *, lo_open: bool = 
     _check_number(name, value, lo, hi, lo_open=lo_open, integer=integer)
 
 
+def _within(name: str, value: Any, bounds: domain.Bounds) -> None:
+    _check_number(name, value, bounds.low, bounds.high, lo_open=bounds.low_open)
+
+
+def _identifier(name: str, value: Any, identifier: domain.Identifier) -> None:
+    if not identifier.matches(value):
+        raise ConfigError(name, f"must be {identifier.description}, got {value!r}")
+
+
 def _check_number(name: str, value: Any, lo: float, hi: float, *, lo_open: bool = False, integer: bool = False) -> None:
     kind = int if integer else (int, float)
     if isinstance(value, bool) or not isinstance(value, kind):
@@ -222,11 +229,10 @@ def _check_number(name: str, value: Any, lo: float, hi: float, *, lo_open: bool 
 
 
 def _validate(cfg: RPMConfig) -> None:
-    _number(cfg, "total_capital", 0, 1e15, lo_open=True)
-    if not isinstance(cfg.account_currency, str) or not CURRENCY_RE.match(cfg.account_currency):
-        raise ConfigError("account_currency", "must be a three-letter currency code such as USD")
+    _within("total_capital", cfg.total_capital, domain.CAPITAL)
+    _identifier("account_currency", cfg.account_currency, domain.CURRENCY)
     _number(cfg, "risk_per_trade", 0, 0.10, lo_open=True)
-    _number(cfg, "atr_multiplier", 0, 100, lo_open=True)
+    _number(cfg, "atr_multiplier", 0.01, 100)
     if not isinstance(cfg.confidence_scaling, bool):
         raise ConfigError("confidence_scaling", "must be true or false")
     if set(cfg.regime_adjustments) != set(REGIMES):
@@ -243,21 +249,21 @@ def _validate(cfg: RPMConfig) -> None:
     _number(cfg, "max_intents_per_second", 1, 1_000_000, integer=True)
     _number(cfg, "price_collar_pct", 0, 1, lo_open=True)
     for symbol in cfg.restricted_symbols:
-        if not isinstance(symbol, str) or not SYMBOL_RE.match(symbol):
-            raise ConfigError("restricted_symbols", f"invalid symbol {symbol!r}")
+        _identifier("restricted_symbols", symbol, domain.SYMBOL)
     _number(cfg, "volatility_shock_multiplier", 1, 1000)
     _number(cfg, "volatility_baseline_min_samples", 1, 10_000, integer=True)
     _number(cfg, "volatility_baseline_window", 1, 10_000, integer=True)
     if cfg.volatility_baseline_window < cfg.volatility_baseline_min_samples:
         raise ConfigError("volatility_baseline_window", "must be >= volatility_baseline_min_samples")
     for symbol, atr in cfg.volatility_baselines.items():
-        _check_number(f"volatility_baselines.{symbol}", atr, 0, 1e12, lo_open=True)
+        _identifier("volatility_baselines", symbol, domain.SYMBOL)
+        _within(f"volatility_baselines.{symbol}", atr, domain.ATR)
     for regime in cfg.disallowed_regimes:
         if regime not in REGIMES:
             raise ConfigError("disallowed_regimes", f"unknown regime {regime!r}; one of {', '.join(REGIMES)}")
     _number(cfg, "stressed_max_positions", 0, 1000, integer=True)
     _number(cfg, "max_concurrent_positions", 1, 1000, integer=True)
-    _number(cfg, "max_units_per_symbol", 0, 1e15, lo_open=True)
+    _number(cfg, "max_units_per_symbol", 0, domain.UNITS.high, lo_open=True)
     _number(cfg, "max_symbol_exposure_pct", 0, 100, lo_open=True)
     _number(cfg, "max_currency_exposure_pct", 0, 100, lo_open=True)
     _number(cfg, "max_gross_exposure_pct", 0, 100, lo_open=True)
@@ -268,7 +274,7 @@ def _validate(cfg: RPMConfig) -> None:
     _number(cfg, "mark_history_size", 2, 10_000, integer=True)
     if cfg.mark_history_size <= cfg.correlation_min_samples:
         raise ConfigError("mark_history_size", "must be > correlation_min_samples")
-    _number(cfg, "min_position_units", 0, 1e15)
+    _within("min_position_units", cfg.min_position_units, domain.UNITS)
     _number(cfg, "max_drawdown", 0, 1, lo_open=True)
     _number(cfg, "max_daily_drawdown", 0, 1, lo_open=True)
     _number(cfg, "daily_loss_limit", 0, 1, lo_open=True)
@@ -276,10 +282,8 @@ def _validate(cfg: RPMConfig) -> None:
     _number(cfg, "confidence_collapse_window", 1, 10_000, integer=True)
     _number(cfg, "confidence_collapse_threshold", 0, 1)
     _number(cfg, "cooldown_seconds", 0, 7 * 86400, integer=True)
-    if not isinstance(cfg.trading_day_rollover, str) or not re.match(r"^([01]\d|2[0-3]):[0-5]\d$", cfg.trading_day_rollover):
-        raise ConfigError("trading_day_rollover", "must be HH:MM (24h)")
-    if not isinstance(cfg.trading_timezone, str) or not ZONE_RE.match(cfg.trading_timezone):
-        raise ConfigError("trading_timezone", "must be an IANA zone name such as UTC or America/New_York")
+    _identifier("trading_day_rollover", cfg.trading_day_rollover, domain.CLOCK_TIME)
+    _identifier("trading_timezone", cfg.trading_timezone, domain.TIME_ZONE)
     try:
         from zoneinfo import ZoneInfo
 
@@ -288,10 +292,8 @@ def _validate(cfg: RPMConfig) -> None:
         raise ConfigError("trading_timezone", f"unknown time zone {cfg.trading_timezone!r}") from None
     _number(cfg, "trading_week_start", 0, 6, integer=True)
     for symbol, inst in cfg.instruments.items():
-        if not isinstance(symbol, str) or not SYMBOL_RE.match(symbol):
-            raise ConfigError("instruments", f"invalid symbol {symbol!r}")
+        _identifier("instruments", symbol, domain.SYMBOL)
         if inst.asset_class not in ASSET_CLASSES:
             raise ConfigError(f"instruments.{symbol}.asset_class", f"must be one of {', '.join(ASSET_CLASSES)}")
-        if not isinstance(inst.currency, str) or not CURRENCY_RE.match(inst.currency):
-            raise ConfigError(f"instruments.{symbol}.currency", "must be a three-letter currency code")
-        _check_number(f"instruments.{symbol}.multiplier", inst.multiplier, 0, 1e9, lo_open=True)
+        _identifier(f"instruments.{symbol}.currency", inst.currency, domain.CURRENCY)
+        _within(f"instruments.{symbol}.multiplier", inst.multiplier, domain.MULTIPLIER)

@@ -13,7 +13,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from . import accounting, kill_switches
+from . import accounting, domain, kill_switches
 from .config import RPMConfig
 from .constraints import apply_constraints
 from .instruments import instrument, notional_per_unit, quote_to_account_rate
@@ -55,11 +55,21 @@ def _begin(state: PortfolioState, now: datetime, config: RPMConfig) -> tuple[Por
     return s, eq, events
 
 
-def _settle(s: PortfolioState, now: datetime, config: RPMConfig, events: list[SwitchEvent]) -> Decimal:
-    """After a change of the books: new equity, peaks, and every switch evaluated."""
-    eq = accounting.equity(s, config)
+def _settle(s: PortfolioState, now: datetime, config: RPMConfig, events: list[SwitchEvent],
+            eq: Decimal | None = None) -> Decimal:
+    """After a change of the books: new equity (``eq`` when already known), peaks, and every switch evaluated."""
+    if eq is None:
+        eq = accounting.equity(s, config)
     kill_switches.update_peaks(s, eq)
     events += kill_switches.evaluate(s, eq, now, config)
+    return eq
+
+
+def _held(s: PortfolioState, config: RPMConfig) -> Decimal:
+    """Equity after a change of the books, which must stay within what they may hold (app/risk/domain.py)."""
+    eq = accounting.equity(s, config)
+    if not domain.within_books(eq, s.realised_pnl):
+        raise accounting.OutOfRange(eq, s.realised_pnl)
     return eq
 
 
@@ -78,9 +88,9 @@ class _Decider:
 
     def finish(self, status: TradeApprovalStatus, units: Decimal, code: ReasonCode | None, message: str,
                context: dict[str, Any] | None = None, reducing: bool = False, booking: Booking | None = None,
-               realised: Decimal = ZERO) -> Outcome:
+               realised: Decimal = ZERO, booked_equity: Decimal | None = None) -> Outcome:
         # only a booking changes the books; a rejection was evaluated before the pipeline ran
-        eq = _settle(self.s, self.now, self.config, self.events) if booking is not None else self.equity
+        eq = _settle(self.s, self.now, self.config, self.events, booked_equity) if booking is not None else self.equity
         decision = Decision(
             id=self.decision_id,
             status=status,
@@ -173,10 +183,14 @@ class _Decider:
                 f"size {float(units):,.2f} is below the minimum of {float(minimum):,.2f} units",
                 {"units": float(units), "min_position_units": float(minimum)},
             )
-        self.breakdown["final"] = {"result": "APPROVED", "units": float(units), "min_position_units": float(minimum)}
+        undo = self.undo_of(intent.symbol)
         accounting.book_open(s, intent.symbol, intent.direction, units, intent.current_price, self.now)
+        booked = self.held_or_undone(undo)
+        if booked is None:
+            return self.out_of_range(units)
+        self.breakdown["final"] = {"result": "APPROVED", "units": float(units), "min_position_units": float(minimum)}
         booking = Booking(self.decision_id, intent.symbol, "open", intent.direction, units, intent.current_price)
-        return self.finish(TradeApprovalStatus.APPROVED, units, None, "approved", booking=booking)
+        return self.finish(TradeApprovalStatus.APPROVED, units, None, "approved", booking=booking, booked_equity=booked)
 
     def reduce(self, position) -> Outcome:
         """An intent opposite to a position closes it, in every trading state (reduce-only)."""
@@ -187,7 +201,11 @@ class _Decider:
             "result": "REDUCE_ONLY" if s.switches or intent.symbol in s.symbol_halts else "PASS",
         }
         units = abs(position.units)
+        undo = self.undo_of(intent.symbol)
         realised, closed = accounting.realise_close(s, intent.symbol, intent.current_price, self.config)
+        booked = self.held_or_undone(undo)
+        if booked is None:
+            return self.out_of_range(units)
         self.breakdown["reduce"] = {
             "closed_units": float(units),
             "entry_price": float(closed.avg_price),
@@ -198,7 +216,38 @@ class _Decider:
         booking = Booking(self.decision_id, intent.symbol, "reduce", intent.direction, units,
                           intent.current_price, closed.avg_price)
         return self.finish(TradeApprovalStatus.APPROVED, units, None, "approved: closes the open position",
-                           reducing=True, booking=booking, realised=realised)
+                           reducing=True, booking=booking, realised=realised, booked_equity=booked)
+
+    # -- the books' range (app/risk/domain.py) -------------------------------------------
+    def undo_of(self, symbol: str) -> tuple[str, Any, Decimal]:
+        """What a booking of ``symbol`` changes: its position and the realised PnL."""
+        return symbol, self.s.positions.get(symbol), self.s.realised_pnl
+
+    def held_or_undone(self, undo: tuple[str, Any, Decimal]) -> Decimal | None:
+        """Equity after a booking; None, the booking undone, when the books could not hold it."""
+        try:
+            return _held(self.s, self.config)
+        except accounting.OutOfRange as exc:
+            symbol, position, realised = undo
+            if position is None:
+                self.s.positions.pop(symbol, None)
+            else:
+                self.s.positions[symbol] = position
+            self.s.realised_pnl = realised
+            self.breakdown["books"] = {"equity": float(exc.equity), "realised_pnl": float(exc.realised_pnl),
+                                       "limit": float(domain.BOOKS_LIMIT), "result": "REJECTED"}
+            return None
+
+    def out_of_range(self, units: Decimal) -> Outcome:
+        books = self.breakdown["books"]
+        intent = self.intent
+        return self.reject(
+            ReasonCode.OUT_OF_RANGE,
+            f"{float(units):,.2f} {intent.symbol} at {float(intent.current_price):g} would take equity to "
+            f"{books['equity']:.6g} and realised PnL to {books['realised_pnl']:.6g}, beyond the "
+            f"±{books['limit']:.0e} the books are kept within",
+            {"units": float(units), **books},
+        )
 
     def intent_checks(self) -> Outcome | None:
         s, intent, config, now = self.s, self.intent, self.config, self.now
@@ -325,7 +374,7 @@ def mark(state: PortfolioState, prices: Mapping[str, Any], config: RPMConfig, no
     """New prices: revalue, move peaks, evaluate every switch."""
     s, _eq, events = _begin(state, now, config)
     accounting.apply_marks(s, prices, config)
-    eq = _settle(s, now, config, events)
+    eq = _settle(s, now, config, events, _held(s, config))
     return Outcome(s, events, eq)
 
 
@@ -333,7 +382,7 @@ def fill(state: PortfolioState, booking: Booking, booked_at: datetime, units: An
          config: RPMConfig, now: datetime) -> Outcome:
     s, _eq, events = _begin(state, now, config)
     delta = accounting.apply_fill(s, booking, booked_at, units, price, config)
-    eq = _settle(s, now, config, events)
+    eq = _settle(s, now, config, events, _held(s, config))
     return Outcome(s, events, eq, realised_pnl=delta)
 
 
@@ -343,7 +392,7 @@ def close(state: PortfolioState, symbol: str, price: Any, config: RPMConfig, now
         raise KeyError(symbol)
     s, _eq, events = _begin(state, now, config)
     pnl, closed = accounting.realise_close(s, symbol, to_decimal(price), config)
-    eq = _settle(s, now, config, events)
+    eq = _settle(s, now, config, events, _held(s, config))
     return Outcome(s, events, eq, realised_pnl=pnl, extra={"closed": closed.to_dict()})
 
 

@@ -7,8 +7,9 @@ from dataclasses import dataclass
 from decimal import Decimal
 from functools import lru_cache
 
+from . import domain
 from .config import RPMConfig
-from .model import FX_PAIR_RE, ONE
+from .model import ONE
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,7 +31,7 @@ class InstrumentInfo:
 def instrument(symbol: str, config: RPMConfig) -> InstrumentInfo:
     spec = config.instruments.get(symbol)
     if spec is not None:
-        base = symbol[:3] if spec.asset_class == "fx" and FX_PAIR_RE.match(symbol) else None
+        base = symbol[:3] if spec.asset_class == "fx" and domain.FX_PAIR.matches(symbol) else None
         legs = ((base, 1), (spec.currency, -1)) if base else ((spec.currency, 1),)
         return InstrumentInfo(symbol, spec.asset_class, base, spec.currency, Decimal(repr(spec.multiplier)), legs)
     return InstrumentInfo(symbol, "fx", symbol[:3], symbol[3:], ONE, ((symbol[:3], 1), (symbol[3:], -1)))

@@ -7,7 +7,6 @@ correlations) are ``float``. Times are timezone-aware UTC ``datetime``s.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -17,10 +16,9 @@ from itertools import compress
 from operator import itemgetter
 from typing import Any
 
-from .config import REGIMES, SYMBOL_RE, RPMConfig
+from . import domain
+from .config import REGIMES, RPMConfig
 
-PORTFOLIO_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-FX_PAIR_RE = re.compile(r"^[A-Z]{3}[A-Z]{3}$")
 CENT = Decimal("0.01")
 ZERO = Decimal(0)
 ONE = Decimal(1)
@@ -50,6 +48,7 @@ class ReasonCode(StrEnum):
     NET_EXPOSURE = "NET_EXPOSURE"
     SIZE_BELOW_MINIMUM = "SIZE_BELOW_MINIMUM"
     NO_FX_RATE = "NO_FX_RATE"
+    OUT_OF_RANGE = "OUT_OF_RANGE"
 
     def __str__(self) -> str:
         return self.value
@@ -96,6 +95,7 @@ REASON_CATEGORY = {
     ReasonCode.NET_EXPOSURE: "exposure",
     ReasonCode.SIZE_BELOW_MINIMUM: "sizing",
     ReasonCode.NO_FX_RATE: "sizing",
+    ReasonCode.OUT_OF_RANGE: "sizing",
 }
 
 
@@ -108,11 +108,16 @@ def to_decimal(value: Any) -> Decimal:
     return Decimal(repr(float(value)))
 
 
+# a size before its caps can reach ~1e44 units at the edges of the domain (tiny ATR, rates and
+# multipliers: app/risk/domain.py); quantizing it to cents needs that many digits, exactly
+_WIDE = Context(prec=64, rounding=ROUND_FLOOR)
+
+
 def floor_units(value: Decimal) -> Decimal:
     """Units are floored to 0.01: never rounded up past a limit."""
     if value <= 0:
         return ZERO.quantize(CENT)
-    return value.quantize(CENT, rounding=ROUND_FLOOR)
+    return value.quantize(CENT, context=_WIDE)
 
 
 _FLOOR = Context(prec=28, rounding=ROUND_FLOOR)
@@ -139,12 +144,11 @@ class IntentError(ValueError):
         self.errors = errors
 
 
-def _finite_number(value: Any) -> bool:
-    return (
-        isinstance(value, (int, float, Decimal))
-        and not isinstance(value, bool)
-        and math.isfinite(float(value))
-    )
+REQUIRED_INTENT_FIELDS = ("symbol", "direction", "confidence_score", "regime", "atr", "vol_percentile",
+                          "current_price")
+INTENT_FIELDS = frozenset(REQUIRED_INTENT_FIELDS) | {"intent_id", "portfolio_id"}
+_INTENT_NUMBERS = (("confidence_score", domain.UNIT_INTERVAL), ("vol_percentile", domain.UNIT_INTERVAL),
+                   ("atr", domain.ATR), ("current_price", domain.PRICE))
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,15 +165,11 @@ class TradeIntent:
 
     @classmethod
     def create(cls, config: RPMConfig | None = None, **fields: Any) -> TradeIntent:
-        """Validate raw fields (every error at once) and build an intent."""
+        """Validate raw fields against the domain (app/risk/domain.py; every error at once) and build an intent."""
         errors: dict[str, str] = {}
-        allowed = {
-            "symbol", "direction", "confidence_score", "regime", "atr",
-            "vol_percentile", "current_price", "intent_id", "portfolio_id",
-        }
-        for name in sorted(set(fields) - allowed):
+        for name in sorted(set(fields) - INTENT_FIELDS):
             errors[name] = "unknown field"
-        for name in ("symbol", "direction", "confidence_score", "regime", "atr", "vol_percentile", "current_price"):
+        for name in REQUIRED_INTENT_FIELDS:
             if fields.get(name) is None:
                 errors.setdefault(name, "required")
         symbol = fields.get("symbol")
@@ -178,38 +178,24 @@ class TradeIntent:
             if message:
                 errors["symbol"] = message
         direction = fields.get("direction")
-        if direction is not None and (isinstance(direction, bool) or direction not in (1, -1) or not isinstance(direction, int)):
+        if direction is not None and (type(direction) is not int or direction not in (1, -1)):
             errors["direction"] = "must be 1 (long) or -1 (short)"
-        for name, lo, hi in (("confidence_score", 0, 1), ("vol_percentile", 0, 1)):
+        for name, bounds in _INTENT_NUMBERS:
             value = fields.get(name)
-            if value is not None and not (_finite_number(value) and lo <= float(value) <= hi):
-                errors[name] = f"must be a finite number in [{lo}, {hi}]"
-        for name in ("atr", "current_price"):
-            value = fields.get(name)
-            if value is not None and not (_finite_number(value) and float(value) > 0):
-                errors[name] = "must be a finite number > 0"
+            if value is not None and not bounds.contains(value):
+                errors[name] = f"must be {bounds.description}"
         regime = fields.get("regime")
         if regime is not None and regime not in REGIMES:
             errors["regime"] = f"must be one of {', '.join(REGIMES)}"
         intent_id = fields.get("intent_id")
-        if intent_id is not None and not (isinstance(intent_id, str) and 1 <= len(intent_id) <= 128):
-            errors["intent_id"] = "must be a string of 1 to 128 characters"
+        if intent_id is not None and not domain.INTENT_ID.matches(intent_id):
+            errors["intent_id"] = f"must be {domain.INTENT_ID.description}"
         portfolio_id = fields.get("portfolio_id") or "default"
-        if not (isinstance(portfolio_id, str) and PORTFOLIO_ID_RE.match(portfolio_id)):
-            errors["portfolio_id"] = "must match [A-Za-z0-9_-]{1,64}"
+        if not domain.PORTFOLIO_ID.matches(portfolio_id):
+            errors["portfolio_id"] = f"must be {domain.PORTFOLIO_ID.description}"
         if errors:
             raise IntentError(errors)
-        return cls(
-            symbol=symbol,
-            direction=direction,
-            confidence_score=float(fields["confidence_score"]),
-            regime=regime,
-            atr=to_decimal(fields["atr"]),
-            vol_percentile=float(fields["vol_percentile"]),
-            current_price=to_decimal(fields["current_price"]),
-            intent_id=intent_id,
-            portfolio_id=portfolio_id,
-        )
+        return cls.from_dict({**fields, "portfolio_id": portfolio_id})
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -226,16 +212,28 @@ class TradeIntent:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TradeIntent:
-        return cls.create(**dict(data))
+        """An intent from fields already validated (a request, or a stored decision: its intent is kept as
+        it was accepted, whatever the domain accepts today)."""
+        return cls(
+            symbol=data["symbol"],
+            direction=data["direction"],
+            confidence_score=float(data["confidence_score"]),
+            regime=data["regime"],
+            atr=to_decimal(data["atr"]),
+            vol_percentile=float(data["vol_percentile"]),
+            current_price=to_decimal(data["current_price"]),
+            intent_id=data.get("intent_id"),
+            portfolio_id=data.get("portfolio_id") or "default",
+        )
 
 
 def symbol_error(symbol: Any, config: RPMConfig | None) -> str | None:
     """Why a symbol is not tradable under a configuration, or None."""
-    if not isinstance(symbol, str) or not SYMBOL_RE.match(symbol):
-        return "must be an upper-case symbol such as EURUSD ([A-Z0-9._-], 1-32 characters)"
+    if not domain.SYMBOL.matches(symbol):
+        return f"must be {domain.SYMBOL.description}"
     if config is not None and symbol in config.instruments:
         return None
-    if FX_PAIR_RE.match(symbol):
+    if domain.FX_PAIR.matches(symbol):
         if symbol[:3] == symbol[3:]:
             return "an FX pair needs two different currencies"
         return None
