@@ -87,20 +87,26 @@ class Compliance:
     def __init__(self, service: RPMService):
         self.service = service
 
-    def _query(self, flt: DecisionFilter, after: tuple[str, int] | None, *columns: Any):
+    def _query(self, flt: DecisionFilter, after: tuple[str, int] | None, *columns: Any, newest_first: bool = False):
+        """Decisions by portfolio and sequence number (``newest_first``: both descending), after a cursor."""
         d = m.Decision
         query = select(*columns) if columns else select(d)
         query = query.where(*flt.where())
         if after is not None:
             portfolio_id, seq = after
-            query = query.where((d.portfolio_id > portfolio_id) | ((d.portfolio_id == portfolio_id) & (d.seq > seq)))
+            if newest_first:
+                query = query.where((d.portfolio_id < portfolio_id) | ((d.portfolio_id == portfolio_id) & (d.seq < seq)))
+            else:
+                query = query.where((d.portfolio_id > portfolio_id) | ((d.portfolio_id == portfolio_id) & (d.seq > seq)))
+        if newest_first:
+            return query.order_by(d.portfolio_id.desc(), d.seq.desc())
         return query.order_by(d.portfolio_id, d.seq)
 
-    def decisions(self, flt: DecisionFilter, limit: int, cursor: str | None) -> dict[str, Any]:
+    def decisions(self, flt: DecisionFilter, limit: int, cursor: str | None, newest_first: bool = False) -> dict[str, Any]:
         after = decode_cursor(cursor) if cursor else None
 
         def run(session):
-            rows = session.scalars(self._query(flt, after).limit(limit + 1)).all()
+            rows = session.scalars(self._query(flt, after, newest_first=newest_first).limit(limit + 1)).all()
             page = rows[:limit]
             more = len(rows) > limit
             return {
@@ -171,8 +177,9 @@ class Compliance:
         return self.service._read(run)
 
     def events(self, chain: str, start: datetime | None, end: datetime | None, kind: str | None,
-               actor: str | None, limit: int, after_seq: int | None) -> dict[str, Any]:
-        """Kill-switch events and admin actions of one chain (a portfolio, or `_system`), in order."""
+               actor: str | None, limit: int, after_seq: int | None, newest_first: bool = False) -> dict[str, Any]:
+        """Kill-switch events and admin actions of one chain (a portfolio, or `_system`), in chain order
+        (``newest_first``: reversed, ``after_seq`` then meaning before it)."""
         def run(session):
             out: list[dict[str, Any]] = []
             for model, label in ((m.SwitchEventRow, "switch_event"), (m.AdminAction, "admin_action")):
@@ -187,23 +194,29 @@ class Compliance:
                 if end is not None:
                     conds.append(model.at < end)
                 if after_seq is not None:
-                    conds.append(model.audit_seq > after_seq)
+                    conds.append(model.audit_seq < after_seq if newest_first else model.audit_seq > after_seq)
                 if actor is not None:
                     conds.append(model.actor == actor)
-                rows = session.scalars(select(model).where(*conds).order_by(model.audit_seq).limit(limit + 1))
+                order = model.audit_seq.desc() if newest_first else model.audit_seq
+                rows = session.scalars(select(model).where(*conds).order_by(order).limit(limit + 1))
                 out += [_event(r) if model is m.SwitchEventRow else _action(r) for r in rows]
-            out.sort(key=lambda e: e["audit_seq"])
+            out.sort(key=lambda e: e["audit_seq"], reverse=newest_first)
             page = out[:limit]
             return {"chain": chain, "events": page, "count": len(page),
                     "next_after_seq": page[-1]["audit_seq"] if len(out) > limit else None}
 
         return self.service._read(run)
 
-    def verify(self, checkpoint: dict[str, Any] | None = None) -> dict[str, Any]:
-        return self.service._read(lambda session: audit.verify_all(session, checkpoint))
+    def verify(self, checkpoint: dict[str, Any] | None = None,
+               portfolios: tuple[str, ...] | None = None) -> dict[str, Any]:
+        return self.service._read(lambda session: audit.verify_all(session, checkpoint, portfolios))
 
     def checkpoint(self) -> dict[str, Any]:
         return self.service._read(lambda session: audit.checkpoint(session, self.service.clock()))
+
+
+# a cell a spreadsheet would run as a formula (OWASP, CSV injection): its text is prefixed with a quote
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
 def _csv_value(value: Any) -> Any:
@@ -211,6 +224,8 @@ def _csv_value(value: Any) -> Any:
         return value.isoformat()
     if isinstance(value, Decimal):
         return float(value)
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
     return value
 
 

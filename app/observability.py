@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import time
 import uuid
 from typing import Any
@@ -19,6 +18,8 @@ from flask import Flask, g, request
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
+from app.risk.domain import REQUEST_ID
+
 DECISIONS = Counter("rpm_decisions_total", "Decisions made, by portfolio, status and reason code",
                     ["portfolio", "status", "reason"])
 LATENCY = Histogram("rpm_decision_latency_seconds", "Time to decide and commit one intent",
@@ -26,7 +27,6 @@ LATENCY = Histogram("rpm_decision_latency_seconds", "Time to decide and commit o
 PER_TRANSACTION = Histogram("rpm_decisions_per_transaction",
                             "Decisions committed together (group commit of concurrent intents, or a batch)",
                             buckets=(1, 2, 3, 4, 6, 8, 16, 32, 64, 128, 256, 1000))
-REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
 def record_decisions(decisions: list[dict[str, Any]], seconds: float) -> None:
@@ -41,15 +41,16 @@ def record_decisions(decisions: list[dict[str, Any]], seconds: float) -> None:
 class PortfolioCollector:
     """Gauges read from the database at scrape time: the same answer from every worker."""
 
-    def __init__(self, service: Any):
+    def __init__(self, service: Any, portfolios: tuple[str, ...] | None):
         self.service = service
+        self.portfolios = portfolios
 
     def collect(self):
         state = GaugeMetricFamily("rpm_trading_halted", "1 when the portfolio is halted (reduce-only)",
                                   labels=["portfolio"])
         equity = GaugeMetricFamily("rpm_equity", "Equity in the account currency", labels=["portfolio"])
         drawdown = GaugeMetricFamily("rpm_drawdown_ratio", "1 - equity / peak equity", labels=["portfolio"])
-        for p in self.service.list_portfolios(None):
+        for p in self.service.list_portfolios(self.portfolios):
             summary = self.service.portfolio(p["portfolio_id"])
             state.add_metric([p["portfolio_id"]], 1.0 if summary["trading_state"] == "HALTED" else 0.0)
             equity.add_metric([p["portfolio_id"]], summary["equity"])
@@ -57,17 +58,37 @@ class PortfolioCollector:
         yield from (state, equity, drawdown)
 
 
-def prometheus_text(service: Any) -> tuple[bytes, str]:
+class OnlyPortfolios:
+    """The samples of ``collectors`` about ``portfolios`` (and those about no portfolio): what a key limited
+    to some portfolios may see of the process-wide counters."""
+
+    def __init__(self, collectors: list[Any], portfolios: tuple[str, ...]):
+        self.collectors = collectors
+        self.portfolios = frozenset(portfolios)
+
+    def collect(self):
+        for collector in self.collectors:
+            for family in collector.collect():
+                family.samples = [s for s in family.samples
+                                  if "portfolio" not in s.labels or s.labels["portfolio"] in self.portfolios]
+                yield family
+
+
+def prometheus_text(service: Any, portfolios: tuple[str, ...] | None) -> tuple[bytes, str]:
+    """The Prometheus exposition of ``portfolios`` (None: every portfolio)."""
     registry = CollectorRegistry()
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         from prometheus_client import multiprocess
 
-        multiprocess.MultiProcessCollector(registry)
+        counters: list[Any] = [multiprocess.MultiProcessCollector(None)]
     else:
-        registry.register(DECISIONS)
-        registry.register(LATENCY)
-        registry.register(PER_TRANSACTION)
-    registry.register(PortfolioCollector(service))
+        counters = [DECISIONS, LATENCY, PER_TRANSACTION]
+    if portfolios is None:
+        for collector in counters:
+            registry.register(collector)
+    else:
+        registry.register(OnlyPortfolios(counters, portfolios))
+    registry.register(PortfolioCollector(service, portfolios))
     return generate_latest(registry), CONTENT_TYPE_LATEST
 
 
@@ -124,8 +145,9 @@ def register_request_ids(app: Flask) -> None:
         request_id = g.get("request_id") or uuid.uuid4().hex
         response.headers["X-Request-ID"] = request_id
         principal = g.get("rpm_principal")
+        scope = g.get("rpm_scope")
         log_access(request_id, request.method, request.path, response.status_code, g.get("started"),
-                   request.args.get("portfolio_id") or _body_portfolio(), principal.name if principal else None,
+                   scope.portfolio if scope is not None else None, principal.name if principal else None,
                    g.get("decision_id"), g.get("decision_status"))
         return response
 
@@ -135,7 +157,7 @@ _ACCESS = logging.getLogger("rpm.access")
 
 def request_id_of(given: str) -> str:
     """The client's X-Request-ID when it is a plain token, else a new one."""
-    return given if REQUEST_ID_RE.match(given) else uuid.uuid4().hex
+    return given if REQUEST_ID.matches(given) else uuid.uuid4().hex
 
 
 def log_access(request_id: str, method: str, path: str, status: int, started: float | None, portfolio: str | None,
@@ -150,16 +172,6 @@ def log_access(request_id: str, method: str, path: str, status: int, started: fl
         "portfolio": portfolio, "key_name": key_name, "decision_id": decision_id,
         "decision_status": decision_status,
     })
-
-
-def _body_portfolio() -> str | None:
-    return body_portfolio(request.get_json(silent=True) if request.is_json else None)
-
-
-def body_portfolio(body: Any) -> str | None:
-    """The portfolio a JSON body names, for the access log (None when it names none)."""
-    value = body.get("portfolio_id") if isinstance(body, dict) else None
-    return value if isinstance(value, str) else None
 
 
 def current_request_id() -> str | None:

@@ -46,6 +46,8 @@ class Settings:
     group_commit: bool = True
     # POST /process_trade answered without Flask's per-request machinery when plainly valid (app/api/fast.py)
     fast_path: bool = True
+    # the largest request body read (413 beyond): a batch of 1,000 intents with long intent ids is ~400 KB
+    max_body_bytes: int = 2 * 1024 * 1024
     # TEST ONLY: decide without the portfolio lock, to show that the race tests can fail
     unsafe_disable_portfolio_lock: bool = False
 
@@ -60,6 +62,7 @@ class Settings:
             lock_timeout_ms=_int("RPM_LOCK_TIMEOUT_MS", 2000),
             statement_timeout_ms=_int("RPM_STATEMENT_TIMEOUT_MS", 5000),
             connect_timeout_s=_int("RPM_CONNECT_TIMEOUT_S", 3),
+            db_silence_timeout_ms=_int("RPM_DB_SILENCE_TIMEOUT_MS", 6000),
             pool_size=_int("RPM_POOL_SIZE", 5),
             bootstrap_admin_key=os.environ.get("RPM_BOOTSTRAP_ADMIN_KEY") or None,
             default_preset=os.environ.get("RPM_DEFAULT_PRESET", "balanced"),
@@ -70,6 +73,7 @@ class Settings:
             auth_failures_per_minute=_int("RPM_AUTH_FAILURES_PER_MINUTE", 30),
             group_commit=os.environ.get("RPM_GROUP_COMMIT", "1") != "0",
             fast_path=os.environ.get("RPM_FAST_PATH", "1") != "0",
+            max_body_bytes=_int("RPM_MAX_BODY_BYTES", 2 * 1024 * 1024),
             unsafe_disable_portfolio_lock=os.environ.get("RPM_TEST_UNSAFE_DISABLE_PORTFOLIO_LOCK") == "1",
         )
 

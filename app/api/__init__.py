@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from flask import Flask, send_from_directory
@@ -16,6 +17,7 @@ from .common import error_headers, error_response
 
 MESSAGES = {
     400: "malformed request: the body is not valid JSON",
+    413: "the body is larger than this service reads (RPM_MAX_BODY_BYTES)",
     422: "invalid request: see `errors` for a message per field",
 }
 
@@ -23,7 +25,9 @@ MESSAGES = {
 class Api(SmorestApi):
     def handle_http_exception(self, error: HTTPException):  # type: ignore[override]
         payload, code, headers = super().handle_http_exception(error)
-        payload.setdefault("message", MESSAGES.get(code) or error.description or error.name)
+        # werkzeug's stock descriptions are HTML-minded prose: ours, unless the raiser wrote its own
+        own = error.description if error.description != type(error).description else None
+        payload.setdefault("message", own or MESSAGES.get(code) or error.description or error.name)
         payload["errors"] = flatten_errors(payload.get("errors") or {})
         valid = getattr(error, "valid_methods", None)
         if valid:  # RFC 9110: a 405 lists the methods the resource supports
@@ -31,20 +35,48 @@ class Api(SmorestApi):
         return payload, code, headers
 
 
-def refuse_ambiguous_input() -> None:
-    """Refuse at the door, as a 422: NUL characters (PostgreSQL stores none), repeated query parameters."""
-    from flask import request
+def refuse_ambiguous_query() -> None:
+    """Refuse at the door, as a 422: query parameters the route does not declare, repeated ones, NUL
+    characters (PostgreSQL stores none). Bodies are refused by their one reading (app/api/body.py)."""
+    from flask import current_app, request
 
     from app.errors import Invalid
 
+    if request.url_rule is None:
+        return  # 404/405 answer on their own
+    declared = current_app.extensions["rpm_declared"].query.get((request.url_rule.rule, request.method), frozenset())
+    unknown = sorted(set(request.args) - declared)
+    if unknown:
+        raise Invalid("unknown query parameters", {k: ["unknown query parameter"] for k in unknown})
     if any("\x00" in k or "\x00" in v for k, v in request.args.items(multi=True)):
         raise Invalid("NUL characters are not allowed", {"_query": ["NUL characters are not allowed"]})
     repeated = sorted(k for k, values in request.args.lists() if len(values) > 1)
     if repeated:  # every parameter takes one value: a repeated one is ambiguous
         raise Invalid("repeated query parameters", {k: ["given more than once"] for k in repeated})
-    body = request.get_data(cache=True)
-    if b"\x00" in body or b"\\u0000" in body:
-        raise Invalid("NUL characters are not allowed", {"_body": ["NUL characters are not allowed"]})
+
+
+@dataclass(frozen=True)
+class Declared:
+    """What a route and method take, as the OpenAPI document says (from the views' schemas: one declaration
+    for the document and the checks)."""
+
+    query: dict[tuple[str, str], frozenset[str]]  # the query parameters
+    body: dict[tuple[str, str], bool]  # a JSON body, and whether it is required
+
+
+def declared_inputs(api: Api, app: Flask) -> Declared:
+    from .auth import openapi_path
+
+    paths = api.spec.to_dict().get("paths", {})
+    query, body = {}, {}
+    for rule in app.url_map.iter_rules():
+        for method in rule.methods - {"OPTIONS"}:
+            operation = paths.get(openapi_path(rule.rule), {}).get(("get" if method == "HEAD" else method).lower(), {})
+            query[(rule.rule, method)] = frozenset(
+                p["name"] for p in operation.get("parameters", []) if p.get("in") == "query")
+            if "requestBody" in operation:
+                body[(rule.rule, method)] = bool(operation["requestBody"].get("required"))
+    return Declared(query, body)
 
 
 def flatten_errors(errors: Any) -> dict[str, Any]:
@@ -68,15 +100,17 @@ def register_api(app: Flask) -> Api:
         OPENAPI_SWAGGER_UI_PATH="/docs",
         OPENAPI_SWAGGER_UI_URL="/docs/assets/",
     )
+    app.config["MAX_CONTENT_LENGTH"] = app.config["RPM_SETTINGS"].max_body_bytes
     api = Api(app)
     for module in (trades, health, admin, portfolios, audit):
         api.register_blueprint(module.blp)
     _register_docs_assets(app)
     _register_console(app)
     _register_error_handlers(app)
-    app.before_request(refuse_ambiguous_input)
+    app.before_request(refuse_ambiguous_query)
     app.before_request(authorize)
     document_security(api, app)
+    app.extensions["rpm_declared"] = declared_inputs(api, app)
     if app.config["RPM_SETTINGS"].fast_path:
         from .fast import install
 

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from flask.views import MethodView
-from flask_smorest import Blueprint
 
 from .auth import ANY, roles
-from .common import actor, documented_errors, ok, portfolio_id, portfolio_query, service
+from .common import Blueprint, actor, documented_errors, ok, portfolio_query, service
 from .schemas import AnyObjectSchema, ConfigPutSchema, HaltSchema, ResumeSchema
+from .scope import ONE, acts_on, current
 
 blp = Blueprint("admin", __name__, description="Halt, resume and configuration")
 
@@ -18,42 +18,46 @@ _errors = documented_errors(blp)
 @blp.route("/halt")
 class Halt(MethodView):
     @roles("admin")
+    @acts_on(ONE)
     @portfolio_query(blp)
     @blp.arguments(HaltSchema())
     @blp.response(200, AnyObjectSchema)
     @_errors
     def post(self, body, **_query):
         """Manual halt (reason required): only reducing trades pass until a manual resume"""
-        return ok(service().halt(portfolio_id(body), body["reason"], actor()))
+        return ok(service().halt(current().portfolio, body["reason"], actor()))
 
 
 @blp.route("/resume")
 class Resume(MethodView):
     @roles("admin")
+    @acts_on(ONE)
     @portfolio_query(blp)
     @blp.arguments(ResumeSchema())
     @blp.response(200, AnyObjectSchema)
     @_errors
     def post(self, body, **_query):
         """Manual resume: refused (409) during an automatic switch's cooldown unless `force` with a reason"""
-        return ok(service().resume(portfolio_id(body), actor(), force=body["force"], reason=body.get("reason")))
+        return ok(service().resume(current().portfolio, actor(), force=body["force"], reason=body.get("reason")))
 
 
 @blp.route("/config")
 class Config(MethodView):
     @roles(*ANY)
+    @acts_on(ONE)
     @portfolio_query(blp)
     @blp.response(200, AnyObjectSchema)
     @_errors
     def get(self, **_query):
         """The portfolio's configuration with its version and hash"""
-        return ok(service().get_config(portfolio_id()))
+        return ok(service().get_config(current().portfolio))
 
     @roles("admin")
+    @acts_on(ONE)
     @portfolio_query(blp)
     @blp.arguments(ConfigPutSchema())
     @blp.response(200, AnyObjectSchema)
     @_errors
     def put(self, body, **_query):
         """Replace the configuration (validated; a new version; audited)"""
-        return ok(service().put_config(portfolio_id(body), body["config"], body.get("reason"), actor()))
+        return ok(service().put_config(current().portfolio, body["config"], body.get("reason"), actor()))

@@ -1,7 +1,8 @@
-"""Access control: every route declares the roles it admits; deny by default.
+"""Access control: every route declares the roles it admits and what it acts on; deny by default.
 
 `Authorization: Bearer <key>`. 401 for a missing, malformed, unknown, revoked or
-expired key; 403 for a role that is not admitted or a portfolio outside the key's list.
+expired key (429 after repeated failures: app/keys.py); 403 for a role that is not admitted
+or a portfolio outside the key's list (the one reading of a request's scope: app/api/scope.py).
 """
 
 from __future__ import annotations
@@ -12,9 +13,12 @@ from typing import Any
 
 from flask import Flask, current_app, g, request
 
-from app.errors import Forbidden, Unauthorized
+from app.errors import Forbidden, Invalid, Unauthorized
 from app.keys import Principal, key_prefix
 from app.services import Actor
+
+from . import scope
+from .body import MISSING, request_json
 
 ANY = ("trader", "compliance", "admin")
 # flask-smorest's own views (the OpenAPI document and the docs page)
@@ -36,22 +40,34 @@ def public(view: Callable) -> Callable:
     return view
 
 
-def declaration(app: Flask, endpoint: str, method: str) -> tuple[bool, frozenset[str] | None]:
-    """(public, roles) declared by the view behind an endpoint and method."""
-    if endpoint in PUBLIC_ENDPOINTS:
-        return True, None
+def _views(app: Flask, endpoint: str, method: str) -> tuple[Any, Any]:
+    """The view function behind an endpoint, and the method of its class that answers ``method``."""
     view = app.view_functions.get(endpoint)
-    if view is None:
-        return False, None
     target = view
     view_class = getattr(view, "view_class", None)
     if view_class is not None:
         target = getattr(view_class, method.lower(), None)
         if target is None and method == "HEAD":
             target = getattr(view_class, "get", None)
+    return view, target
+
+
+def declaration(app: Flask, endpoint: str, method: str) -> tuple[bool, frozenset[str] | None]:
+    """(public, roles) declared by the view behind an endpoint and method."""
+    if endpoint in PUBLIC_ENDPOINTS:
+        return True, None
+    view, target = _views(app, endpoint, method)
+    if view is None:
+        return False, None
     if getattr(target, "rpm_public", False) or getattr(view, "rpm_public", False):
         return True, None
     return False, getattr(target, "rpm_roles", None)
+
+
+def scope_declared(app: Flask, endpoint: str, method: str) -> Any:
+    """What the view behind an endpoint and method acts on (app/api/scope.py), or None when it declares nothing."""
+    _view, target = _views(app, endpoint, method)
+    return getattr(target, "rpm_scope", None)
 
 
 def current_principal() -> Principal | None:
@@ -65,39 +81,43 @@ def current_actor() -> Actor:
     return Actor(principal.name, principal.role, principal.key_id, request_id=g.get("request_id"))
 
 
-def requested_portfolio() -> str:
-    body = request.get_json(silent=True) if request.is_json else None
-    in_body = body.get("portfolio_id") if isinstance(body, dict) else None
-    value = in_body or request.args.get("portfolio_id") or "default"
-    return value if isinstance(value, str) else "default"
-
-
 def authorize() -> None:
-    """before_request: authenticate the key and check the route's declaration."""
+    """before_request: authenticate the key, check the route's roles, then resolve and check its scope."""
     if request.endpoint is None or request.method == "OPTIONS":
         return  # 404/405 answer on their own
     is_public, admitted = declaration(current_app, request.endpoint, request.method)
     if is_public:
         return
-    if admitted is None:
-        raise Forbidden("this route declares no roles: denied by default")
+    kind = scope_declared(current_app, request.endpoint, request.method)
+    if admitted is None or kind is None:
+        raise Forbidden("this route declares no roles or scope: denied by default")
     header = request.headers.get("Authorization", "")
     scheme, _, key = header.partition(" ")
     if not header:
         raise Unauthorized("missing API key: send Authorization: Bearer <key>")
     if scheme != "Bearer" or not key.strip() or " " in key.strip():
         raise Unauthorized("malformed Authorization header: expected Bearer <key>")
-    principal = current_app.extensions["rpm_keys"].authenticate(key.strip())
+    principal = current_app.extensions["rpm_keys"].authenticate(key.strip(), request.remote_addr)
+    g.rpm_principal = principal
     if principal.role not in admitted:
         log.warning("forbidden: role %s on %s %s", principal.role, request.method, request.path,
                     extra={"key_prefix": key_prefix(key.strip()), "key_name": principal.name})
         raise Forbidden(f"role {principal.role!r} may not use {request.method} {request.url_rule.rule}",
                         required_roles=sorted(admitted))
-    portfolio = requested_portfolio()
-    # "/portfolios" and "*" (every portfolio) are filtered by the views to the key's own list
-    if portfolio != "*" and not principal.may_use(portfolio) and request.url_rule.rule != "/portfolios":
-        raise Forbidden(f"this key may not use portfolio {portfolio!r}")
-    g.rpm_principal = principal
+    g.rpm_scope = scope.resolve(kind(request) if callable(kind) else kind, declared_body(), request.args,
+                                principal.portfolios)
+
+
+def declared_body() -> Any:
+    """The request's JSON body if the route takes one (MISSING otherwise: a body it does not declare is not
+    read); 422 when the route requires one and there is none."""
+    required = current_app.extensions["rpm_declared"].body.get((request.url_rule.rule, request.method))
+    if required is None:
+        return MISSING
+    body = request_json()
+    if body is MISSING and required:
+        raise Invalid("a JSON body is required", {"_body": ["a JSON body is required"]})
+    return body
 
 
 def document_security(api: Any, app: Flask) -> None:
@@ -106,7 +126,7 @@ def document_security(api: Any, app: Flask) -> None:
                                                         "description": "an RPM API key"})
     paths = api.spec._paths  # apispec keeps the operations here until to_dict()
     for rule in app.url_map.iter_rules():
-        path = _openapi_path(rule.rule)
+        path = openapi_path(rule.rule)
         if path not in paths:
             continue
         for method in rule.methods - {"HEAD", "OPTIONS"}:
@@ -125,7 +145,7 @@ def document_security(api: Any, app: Flask) -> None:
                                                         " or portfolio outside the key's list"})
 
 
-def _openapi_path(rule: str) -> str:
+def openapi_path(rule: str) -> str:
     import re
 
     return re.sub(r"<(?:[a-z]+:)?([a-zA-Z_]+)>", r"{\1}", rule)

@@ -5,10 +5,19 @@ from __future__ import annotations
 from http import HTTPStatus
 from typing import Any
 
-from flask import current_app, jsonify, request
+import flask_smorest
+from flask import current_app, jsonify
 
-from app.errors import Invalid
 from app.services import Actor, RPMService
+
+from .body import BodyParser
+
+
+class Blueprint(flask_smorest.Blueprint):
+    """flask-smorest's blueprint, its arguments read from the one reading of a body (app/api/body.py)."""
+
+    ARGUMENTS_PARSER = BodyParser()
+
 
 ERROR_RESPONSES = {
     400: "Malformed JSON",
@@ -78,13 +87,3 @@ def actor() -> Actor:
     from .auth import current_actor
 
     return current_actor()
-
-
-def portfolio_id(body: dict[str, Any] | None = None) -> str:
-    """``portfolio_id`` from the body or the query string; absent means ``default``."""
-    in_body = (body or {}).get("portfolio_id")
-    in_query = request.args.get("portfolio_id")
-    if in_body and in_query and in_body != in_query:
-        raise Invalid("portfolio_id differs between body and query",
-                      {"portfolio_id": ["body and query name different portfolios"]})
-    return in_body or in_query or "default"

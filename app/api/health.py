@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from flask import current_app
 from flask.views import MethodView
-from flask_smorest import Blueprint
 from marshmallow import RAISE, Schema, fields
 
 from app.errors import Unavailable
 
 from .auth import ANY, current_principal, public, roles
-from .common import documented_errors, error_response, ok, portfolio_id, portfolio_query, service
+from .common import Blueprint, documented_errors, error_response, ok, portfolio_query, service
 from .schemas import AnyObjectSchema, MetricsQuerySchema, portfolio_field
+from .scope import NONE, ONE, VISIBLE, acts_on, current
 
 blp = Blueprint("monitoring", __name__, description="Portfolio, health and metrics")
 
@@ -22,31 +22,41 @@ _errors = documented_errors(blp, (404, 422, 503))
 @blp.route("/portfolio")
 class PortfolioView(MethodView):
     @roles(*ANY)
+    @acts_on(ONE)
     @portfolio_query(blp)
     @blp.response(200, AnyObjectSchema)
     @_errors
     def get(self, **_query):
         """Positions, exposures (symbol, currency, gross, net), equity, PnL, drawdown"""
-        return ok(service().portfolio(portfolio_id()))
+        return ok(service().portfolio(current().portfolio))
 
 
 @blp.route("/health")
 class HealthView(MethodView):
     @roles(*ANY)
+    @acts_on(ONE)
     @portfolio_query(blp)
     @blp.response(200, AnyObjectSchema)
     @_errors
     def get(self, **_query):
         """Overall health, each kill switch (value, threshold, state), risk metrics, database status"""
         try:
-            return ok(service().health(portfolio_id()))
+            return ok(service().health(current().portfolio))
         except Unavailable as exc:
             return error_response(503, str(exc), health="UNAVAILABLE", database={"status": "unavailable"})
+
+
+def _metrics_scope(request) -> str:
+    """JSON: one portfolio; the Prometheus exposition: every portfolio the key may see, unless one is named."""
+    from app.observability import wants_prometheus
+
+    return VISIBLE if wants_prometheus() and "portfolio_id" not in request.args else ONE
 
 
 @blp.route("/metrics")
 class MetricsView(MethodView):
     @roles(*ANY)
+    @acts_on(_metrics_scope)
     @blp.arguments(MetricsQuerySchema(), location="query", as_kwargs=True, unknown=RAISE)
     @blp.doc(responses={"200": {
         "description": "decision statistics (JSON), or the Prometheus text format",
@@ -63,9 +73,9 @@ class MetricsView(MethodView):
         from app.observability import prometheus_text, wants_prometheus
 
         if wants_prometheus():
-            body, content_type = prometheus_text(service())
+            body, content_type = prometheus_text(service(), current().portfolios)
             return Response(body, content_type=content_type)
-        return ok(service().metrics(portfolio_id()))
+        return ok(service().metrics(current().portfolio))
 
 
 @blp.route("/health/live")
@@ -101,17 +111,19 @@ class EquityQuerySchema(Schema):
 @blp.route("/portfolio/equity")
 class EquityCurve(MethodView):
     @roles(*ANY)
+    @acts_on(ONE)
     @blp.arguments(EquityQuerySchema(), location="query", unknown=RAISE)
     @blp.response(200, AnyObjectSchema)
     @_errors
     def get(self, query):
         """Equity and drawdown over time (after each mark, fill and close), at most 500 points"""
-        return ok(service().equity_curve(portfolio_id(), query.get("since")))
+        return ok(service().equity_curve(current().portfolio, query.get("since")))
 
 
 @blp.route("/whoami")
 class WhoAmI(MethodView):
     @roles(*ANY)
+    @acts_on(NONE)
     @blp.response(200, AnyObjectSchema)
     def get(self):
         """The calling key: name, role and portfolios (what a console may offer)"""

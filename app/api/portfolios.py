@@ -3,22 +3,21 @@
 from __future__ import annotations
 
 from flask.views import MethodView
-from flask_smorest import Blueprint
 from marshmallow import Schema, fields, validate
 
-from app.risk.model import PORTFOLIO_ID_RE
+from app.risk import domain
 
-from .auth import ANY, current_principal, roles
-from .common import ERROR_RESPONSES, actor, ok, service
-from .schemas import AnyObjectSchema, positive
+from .auth import ANY, roles
+from .common import ERROR_RESPONSES, Blueprint, actor, ok, service
+from .schemas import AnyObjectSchema, identifier, within
+from .scope import ONE, VISIBLE, acts_on, current
 
 blp = Blueprint("portfolios", __name__, description="Portfolios")
 
 
 class PortfolioCreateSchema(Schema):
-    portfolio_id = fields.String(required=True, validate=validate.Regexp(
-        PORTFOLIO_ID_RE, error="must match [A-Za-z0-9_-]{{1,64}}"))
-    capital = positive(metadata={"description": "starting capital; default: the preset's"})
+    portfolio_id = identifier(domain.PORTFOLIO_ID, required=True, metadata={"example": "fx-desk"})
+    capital = within(domain.CAPITAL, metadata={"description": "starting capital; default: the preset's"})
     preset = fields.String(validate=validate.OneOf(["conservative", "balanced", "aggressive"]))
     config = fields.Dict(metadata={"description": "a full configuration instead of a preset"})
 
@@ -26,14 +25,15 @@ class PortfolioCreateSchema(Schema):
 @blp.route("/portfolios")
 class Portfolios(MethodView):
     @roles(*ANY)
+    @acts_on(VISIBLE)
     @blp.response(200, AnyObjectSchema)
     @blp.alt_response(503, description=ERROR_RESPONSES[503])
     def get(self):
         """The portfolios this key may use"""
-        principal = current_principal()
-        return ok({"portfolios": service().list_portfolios(principal.portfolios if principal else None)})
+        return ok({"portfolios": service().list_portfolios(current().visible)})
 
     @roles("admin")
+    @acts_on(ONE)
     @blp.arguments(PortfolioCreateSchema())
     @blp.response(201, AnyObjectSchema)
     @blp.alt_response(409, description="The portfolio already exists")
@@ -45,6 +45,6 @@ class Portfolios(MethodView):
             from app.errors import Invalid
 
             raise Invalid("give a preset or a config, not both", {"config": ["give a preset or a config, not both"]})
-        created = service().create_portfolio(body["portfolio_id"], body.get("capital"), body.get("preset"),
+        created = service().create_portfolio(current().portfolio, body.get("capital"), body.get("preset"),
                                              body.get("config"), actor())
         return ok(created, 201)

@@ -291,9 +291,17 @@ def chain_heads(session: Session) -> dict[str, tuple[int, str]]:
     return heads
 
 
-def verify_all(session: Session, checkpoint: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Verify every chain against its recorded head, and against a checkpoint's heads when given."""
+def verify_all(session: Session, checkpoint: dict[str, Any] | None = None,
+               portfolios: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """Verify every chain against its recorded head, and against a checkpoint's heads when given.
+
+    ``portfolios``: only the chains of those (a key limited to them; the key-administration chain is not theirs).
+    """
     heads = chain_heads(session)
+    if portfolios is not None:
+        heads = {chain: head for chain, head in heads.items() if chain in portfolios}
+        checkpoint = None if checkpoint is None else {
+            **checkpoint, "heads": {c: h for c, h in checkpoint.get("heads", {}).items() if c in portfolios}}
     reports = []
     for chain, head in sorted(heads.items()):
         report = verify_chain(session, chain, head)

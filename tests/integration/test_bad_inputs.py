@@ -48,11 +48,15 @@ CASES = [
     ("bad portfolio id", with_(portfolio_id="no spaces!"), JSON, 422, "portfolio_id"),
     ("intent id too long", with_(intent_id="x" * 200), JSON, 422, "intent_id"),
     ("empty object", "{}", JSON, 422, "symbol"),
-    ("empty body", "", JSON, 422, "symbol"),
+    ("empty body", "", JSON, 422, "_body"),
     ("JSON array", "[1, 2]", JSON, 422, None),
     ("JSON string", '"EURUSD"', JSON, 422, None),
-    ("wrong content type", with_(), "text/plain", 422, "symbol"),
-    ("form body", "symbol=EURUSD", "application/x-www-form-urlencoded", 422, "symbol"),
+    ("wrong content type", with_(), "text/plain", 415, None),
+    ("form body", "symbol=EURUSD", "application/x-www-form-urlencoded", 415, None),
+    ("JSON in UTF-16", with_().encode("utf-16"), "application/json; charset=utf-16", 415, None),
+    ("JSON declared latin-1", with_(), "application/json; charset=latin-1", 415, None),
+    ("UTF-16 bytes declared JSON", with_().encode("utf-16"), JSON, 400, None),
+    ("nested 1,000 deep", "[" * 1000 + "]" * 1000, JSON, 400, None),
 ]
 
 

@@ -127,3 +127,16 @@ def test_console_drawdown_halt_audit_resume_and_what_a_compliance_key_sees(brows
     wait_for(lambda: "ACTIVE" in text_of(browser, "banner"))
     assert browser.find_elements(By.ID, "halt") == [] and browser.find_elements(By.ID, "resume") == []
     assert "(compliance)" in text_of(browser, "who")
+
+    # the latest decisions are the newest, whatever the history's length (the first page of 1,000 was shown)
+    batch = [{**SEED_INTENT, "confidence_score": 0.3, "intent_id": f"late-{i}"} for i in range(1000)]
+    status, answer = http("POST", server.url + "/process_trades", {"intents": batch}, key=trader)
+    newest = max(d["seq"] for d in answer["decisions"])
+    wait_for(lambda: browser.find_element(By.CSS_SELECTOR, "#decisions a[data-id]").text == str(newest))
+
+    # a refused key says why
+    browser.find_element(By.ID, "signout").click()
+    wait_for(lambda: browser.find_element(By.ID, "key").is_displayed())
+    browser.find_element(By.ID, "key").send_keys("rpm_00000000_" + "A" * 43)
+    browser.find_element(By.ID, "signin-button").click()
+    wait_for(lambda: "Key refused (401): unknown API key" in text_of(browser, "signin-error"))
