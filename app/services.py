@@ -7,6 +7,7 @@ An answer is returned only after the transaction holding it has committed.
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 import uuid
 from collections.abc import Callable
@@ -24,22 +25,26 @@ from app.risk import (
     CooldownActive,
     FillError,
     IntentError,
+    OutOfRange,
     ResumeError,
     RPMConfig,
     TradeIntent,
+    domain,
     engine,
 )
 from app.risk.config import canonical_json
 from app.risk.metrics import RiskMetrics
-from app.risk.model import PORTFOLIO_ID_RE, Booking, symbol_error
+from app.risk.model import Booking, symbol_error
 
-from .errors import Conflict, Invalid, NotFound, Unavailable
+from .errors import Conflict, Invalid, NotFound, ServiceError, Unavailable
 from .group_commit import GroupCommit
 from .store import models as m
 from .store import repository
-from .store.audit import Chain, document, document_text
-from .store.database import Database, DatabaseUnavailable
+from .store.audit import SYSTEM_CHAIN, Chain, document, document_text
+from .store.database import Database, DatabaseUnavailable, DataRejected
 from .store.repository import Loaded, PortfolioNotFound
+
+log = logging.getLogger("rpm")
 
 
 @dataclass(frozen=True)
@@ -79,8 +84,8 @@ Item = tuple[dict[str, Any], "Actor", float, Checked | None]
 
 def check_portfolio_id(value: Any) -> str:
     """A portfolio id as given, or Invalid (422)."""
-    if not isinstance(value, str) or not PORTFOLIO_ID_RE.match(value):
-        raise Invalid("invalid portfolio_id", {"portfolio_id": ["must match [A-Za-z0-9_-]{1,64}"]})
+    if not domain.PORTFOLIO_ID.matches(value):
+        raise Invalid("invalid portfolio_id", {"portfolio_id": [f"must be {domain.PORTFOLIO_ID.description}"]})
     return value
 
 
@@ -109,6 +114,19 @@ def _wanted(items: list[Item]) -> dict[str, Any]:
         if isinstance(fields.get("symbol"), str):
             wanted.symbols.add(fields["symbol"])
     return requests
+
+
+# what a decision advances on its portfolio's row, put back when deciding it failed (_decide_items)
+_HEADS = ("last_seq", "last_ledger_seq", "audit_seq", "audit_head", "counters")
+
+
+def _heads(row: Any) -> tuple[Any, ...]:
+    return tuple(getattr(row, name) for name in _HEADS)
+
+
+def _restore_heads(row: Any, values: tuple[Any, ...]) -> None:
+    for name, value in zip(_HEADS, values, strict=True):
+        setattr(row, name, value)
 
 
 def system_clock() -> datetime:
@@ -166,6 +184,8 @@ class RPMService:
         try:
             with self.db.transaction() as session:
                 return fn(session)
+        except DataRejected as exc:
+            raise Invalid(str(exc)) from exc
         except DatabaseUnavailable as exc:
             raise Unavailable(str(exc)) from exc
 
@@ -173,6 +193,8 @@ class RPMService:
         try:
             with self.db.reader() as session:
                 return fn(session)
+        except DataRejected as exc:
+            raise Invalid(str(exc)) from exc
         except DatabaseUnavailable as exc:
             raise Unavailable(str(exc)) from exc
 
@@ -192,7 +214,7 @@ class RPMService:
             if answer is not None:
                 return answer
         elif self.db.pipelined:
-            answers, locked = self._decide_pipelined([(fields, actor, started, None)])
+            answers, locked = self._refused_as_invalid(self._decide_pipelined, [(fields, actor, started, None)])
             if answers is not None:
                 row, replay = answers[0]
                 return self._trade_response(locked[portfolio_id].loaded, row, replay=replay)
@@ -213,8 +235,9 @@ class RPMService:
         started = time.perf_counter()
         portfolio_ids = [check_portfolio_id(fields.get("portfolio_id") or "default") for fields in items]
         if self.db.pipelined:
-            answers, locked = self._decide_pipelined([(fields, actor, started, self._prevalidated(pid, fields))
-                                                      for fields, pid in zip(items, portfolio_ids, strict=True)])
+            answers, locked = self._refused_as_invalid(
+                self._decide_pipelined, [(fields, actor, started, self._prevalidated(pid, fields))
+                                         for fields, pid in zip(items, portfolio_ids, strict=True)])
             if answers is not None:
                 return {"decisions": [decision_payload(row, replay=replay) for row, replay in answers],
                         "portfolio_states": {pid: engine.portfolio_summary(lk.loaded.state, lk.loaded.config)
@@ -238,6 +261,13 @@ class RPMService:
             return {"decisions": answers, "portfolio_states": states}
 
         return self._write(run)
+
+    @staticmethod
+    def _refused_as_invalid(fn: Callable[..., Any], *args: Any) -> Any:
+        try:
+            return fn(*args)
+        except DataRejected as exc:
+            raise Invalid(str(exc)) from exc
 
     def _decide_pipelined(self, items: list[Item], *, one_by_one: bool = False,
                           more: Callable[[Callable[[Item], bool]], list[Item]] | None = None):
@@ -283,11 +313,17 @@ class RPMService:
 
     def _decide_items(self, tx: Any, locked: dict[str, Any], items: list[Item], one_by_one: bool,
                       unsafe: bool) -> list[Any]:
-        """Decide ``items`` in order on their locked portfolios; each answer, or its refusal."""
+        """Decide ``items`` in order on their locked portfolios; each answer, or its refusal.
+
+        ``one_by_one``: a failure while deciding one item — a refusal (422, 409) or anything unexpected
+        — is that item's answer alone; what it had advanced (sequence numbers, chain head, counters) is
+        put back and it queued no row, so the others are decided and committed as if it had not been sent.
+        """
         answers: list[Any] = []
         seen: dict[tuple[str, str], Any] = {}
         for index, (fields, actor, started, checked) in enumerate(items):
             lk = locked[fields.get("portfolio_id") or "default"]
+            advanced = _heads(lk.loaded.row)
             try:
                 answer = self._decide_item(tx, lk, fields, actor, started, checked, seen, unsafe)
             except (Invalid, Conflict) as exc:
@@ -297,6 +333,15 @@ class RPMService:
                 if len(items) == 1 or not isinstance(exc, Invalid):
                     raise
                 raise in_batch(index, exc) from None
+            except DatabaseUnavailable:
+                raise  # the transaction itself failed: every answer in it
+            except Exception:
+                if not one_by_one:
+                    raise
+                log.exception("unexpected error deciding one intent of a group commit")
+                _restore_heads(lk.loaded.row, advanced)
+                answers.append(ServiceError("internal error: this intent could not be decided"))
+                continue
             if one_by_one:  # what the answer reports after this decision, summarised once the lock is released
                 answer += (lk.loaded.state, lk.loaded.config, lk.loaded.row.counters)
             answers.append(answer)
@@ -318,11 +363,9 @@ class RPMService:
         if unsafe:
             tx.refresh_head(lk.loaded.row)
         record = self._record(lk.loaded, intent, request_hash, outcome, now, actor, started)
-        tx.insert(m.Decision, record.decision)
-        if record.ledger is not None:
-            tx.insert(m.LedgerEntry, record.ledger)
-        for event in record.events:
-            tx.insert(m.SwitchEventRow, event)
+        tx.insert([(m.Decision, record.decision),
+                   *([(m.LedgerEntry, record.ledger)] if record.ledger is not None else []),
+                   *((m.SwitchEventRow, event) for event in record.events)])
         lk.loaded.state = outcome.state
         row = SimpleNamespace(**record.decision)
         if intent.intent_id is not None:
@@ -348,12 +391,37 @@ class RPMService:
         Each item's answer (or the exception that is its answer); None for all when a portfolio
         does not exist yet (each request then takes the ORM path on its own).
         """
-        answers, _locked = self._decide_pipelined(items, one_by_one=True, more=more)
+        taken = list(items)
+
+        def more_taken(accept: Callable[[Item], bool]) -> list[Item]:
+            extra = more(accept)
+            taken.extend(extra)
+            return extra
+
+        try:
+            answers, _locked = self._decide_pipelined(items, one_by_one=True, more=more_taken)
+        except DataRejected:
+            # a value the database refused: whose, it does not say. Each request again in a transaction of its
+            # own, so that the refusal is the answer of the one that sent it alone
+            return [self._decided_alone(item) for item in taken]
         if answers is None:
             return [None] * len(items)
         return [a if isinstance(a, Exception) else {
             "decision": decision_payload(a[0], replay=a[1]), "portfolio_state": engine.portfolio_summary(a[2], a[3]),
             "risk_metrics": RiskMetrics.from_counters(a[4]).to_dict()} for a in answers]
+
+    def _decided_alone(self, item: Item) -> Any:
+        """One intent in a transaction of its own: its answer, or the exception that is its answer."""
+        try:
+            answers, locked = self._decide_pipelined([item])
+        except DataRejected as exc:
+            return Invalid(str(exc))
+        except Exception as exc:  # (a 422, 409, 503...: this request's answer alone)
+            return exc
+        if answers is None:
+            return None  # its portfolio does not exist yet: the request takes the ORM path
+        row, replay = answers[0]
+        return self._trade_response(locked[_portfolio_of(item[0])].loaded, row, replay=replay)
 
     def _intent(self, loaded: Loaded, fields: dict[str, Any]) -> tuple[TradeIntent, str]:
         """The validated intent and the hash of its request (what a retry must repeat exactly)."""
@@ -504,7 +572,10 @@ class RPMService:
             if errors:
                 raise Invalid("invalid symbols", {"prices": errors})
             now = self.clock()
-            outcome = engine.mark(loaded.state, prices, loaded.config, now)
+            try:
+                outcome = engine.mark(loaded.state, prices, loaded.config, now)
+            except OutOfRange as exc:
+                raise Invalid("marks out of range", {"prices": [f"at these marks, {exc}"]}) from None
             repository.save(session, loaded, outcome.state, now)
             self._equity_point(session, portfolio_id, outcome, now)
             repository.add_events(session, Chain(loaded.row), portfolio_id, outcome.events)
@@ -539,6 +610,8 @@ class RPMService:
                 )
             except FillError as exc:
                 raise Conflict(str(exc), decision_id=decision_id) from None
+            except OutOfRange as exc:
+                raise Invalid("fill out of range", {"fill_price": [f"at this fill, {exc}"]}) from None
             session.add(
                 m.Fill(
                     portfolio_id=portfolio_id,
@@ -583,7 +656,10 @@ class RPMService:
             if symbol not in loaded.state.positions:
                 raise NotFound(f"no open position in {symbol!r}")
             now = self.clock()
-            outcome = engine.close(loaded.state, symbol, price, loaded.config, now)
+            try:
+                outcome = engine.close(loaded.state, symbol, price, loaded.config, now)
+            except OutOfRange as exc:
+                raise Invalid("close out of range", {"price": [f"at this price, {exc}"]}) from None
             closed = loaded.state.positions[symbol]
             repository.add_ledger(
                 session,
@@ -688,6 +764,8 @@ class RPMService:
         from .presets import load_preset
 
         check_portfolio_id(portfolio_id)
+        if portfolio_id == SYSTEM_CHAIN:
+            raise Invalid("reserved portfolio id", {"portfolio_id": [f"{SYSTEM_CHAIN} names the key-administration chain"]})
         try:
             if config is not None:
                 cfg = RPMConfig.from_dict(config)
@@ -794,15 +872,24 @@ class RPMService:
         return self._read(run)
 
     def put_config(self, portfolio_id: str, body: dict[str, Any], reason: str | None, actor: Actor) -> dict[str, Any]:
-        try:
-            config = RPMConfig.from_dict(body)
-        except ConfigError as exc:
-            raise Invalid("invalid configuration", {"config": {exc.field: [exc.message]}}) from None
-        except TypeError as exc:
-            raise Invalid("invalid configuration", {"config": [str(exc)]}) from None
+        """Replace the configuration. ``total_capital`` is the starting capital the portfolio was created with:
+        absent, it is kept; given otherwise, refused (a configuration does not move capital)."""
+        def parsed(current: RPMConfig) -> RPMConfig:
+            given = body.get("total_capital", current.total_capital)
+            if given != current.total_capital:
+                raise Invalid("invalid configuration", {"config": {"total_capital": [
+                    f"is the starting capital the portfolio was created with ({current.total_capital:,.2f}); "
+                    "a configuration cannot change it"]}})
+            try:
+                return RPMConfig.from_dict({**body, "total_capital": current.total_capital})
+            except ConfigError as exc:
+                raise Invalid("invalid configuration", {"config": {exc.field: [exc.message]}}) from None
+            except TypeError as exc:
+                raise Invalid("invalid configuration", {"config": [str(exc)]}) from None
 
         def run(session):
             loaded = self._load(session, portfolio_id)
+            config = parsed(loaded.config)
             now = self.clock()
             row = loaded.row
             before = {"version": row.config_version, "config_hash": loaded.config.config_hash}

@@ -345,4 +345,4 @@ class EquityPoint(Base):
     portfolio_id: Mapped[str] = mapped_column(ForeignKey("portfolios.id"))
     at: Mapped[datetime] = mapped_column(UTCDateTime)
     equity: Mapped[Decimal] = mapped_column(Money)
-    drawdown: Mapped[float] = mapped_column(Numeric(12, 8).with_variant(DecimalText(), "sqlite"))
+    drawdown: Mapped[float] = mapped_column(Money)  # below zero equity it exceeds 1, without bound

@@ -279,12 +279,15 @@ class DecisionTransaction:
     def _send(self, sql: str, params: tuple[Any, ...]) -> None:
         self._cursor.execute(sql, params)
 
-    def insert(self, model: type, values: dict[str, Any]) -> None:
-        """Queue one row; rows go out in batches, each table's as one JSON array that the server
-        takes apart (jsonb_populate_recordset): orjson writes it at C speed where psycopg would
-        adapt each value in Python, and one statement carries several decisions."""
-        self._queued.setdefault(model, []).append(json_bytes(values))
-        self._count += 1
+    def insert(self, rows: list[tuple[type, dict[str, Any]]]) -> None:
+        """Queue the rows of one decision, all or none (each is encoded before any is queued); rows go out
+        in batches, each table's as one JSON array that the server takes apart (jsonb_populate_recordset):
+        orjson writes it at C speed where psycopg would adapt each value in Python, and one statement
+        carries several decisions."""
+        encoded = [(model, json_bytes(values)) for model, values in rows]
+        for model, row in encoded:
+            self._queued.setdefault(model, []).append(row)
+        self._count += len(encoded)
         if self._count >= FLUSH_ROWS:
             self.flush()
 

@@ -317,10 +317,10 @@ def test_queued_rows_are_written_in_order_with_their_values(app, client, sql):
         tx = DecisionTransaction(conn, db.cache_key)
         with tx.writing():
             for i, detail in enumerate(details):
-                tx.insert(m.SwitchEventRow, dict(
+                tx.insert([(m.SwitchEventRow, dict(
                     portfolio_id="default", switch="test", action="TRIPPED", symbol=None, at=at,
                     value=Decimal("0.1234567890"), threshold=None, cooldown_until=None, reason=f"r{i}",
-                    detail=detail, decision_id=None, audit_seq=1000 + i, prev_hash="0" * 64, row_hash="1" * 64))
+                    detail=detail, decision_id=None, audit_seq=1000 + i, prev_hash="0" * 64, row_hash="1" * 64))])
             tx.commit()
     rows = sql("SELECT reason, detail, value, symbol, at FROM switch_events WHERE switch = 'test' ORDER BY id")
     assert [(r, d) for r, d, *_ in rows] == [(f"r{i}", d) for i, d in enumerate(details)]
