@@ -12,13 +12,13 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from .errors import Invalid, NotFound, Unavailable
 from .services import RPMService, decision_payload
 from .store import audit
 from .store import models as m
-from .store.database import DB_ERRORS, DatabaseUnavailable
+from .store.database import DB_ERRORS, NO_IDLE_LIMIT, DatabaseUnavailable
 
 CSV_COLUMNS = ("portfolio_id", "seq", "id", "decided_at", "intent_id", "symbol", "direction", "status",
                "reason_code", "approved_units", "price", "reducing", "config_hash", "config_version", "key_id",
@@ -126,6 +126,7 @@ class Compliance:
         query = self._query(flt, None, *columns)
         try:
             conn = self.service.db.engine.connect()
+            conn.execute(text(NO_IDLE_LIMIT))  # its client may read slowly: idle between batches, not stuck
             result = conn.execution_options(stream_results=True, yield_per=2000).execute(query)
         except DB_ERRORS as exc:
             raise Unavailable(f"database unavailable ({type(exc).__name__})") from exc
@@ -295,6 +296,7 @@ def replay(service: RPMService, portfolio_id: str, start: datetime | None, end: 
     query = query.order_by(d.seq).execution_options(yield_per=500)
     try:
         with service.db.reader() as session:
+            session.execute(text(NO_IDLE_LIMIT))  # streamed (format=ndjson): idle while its client reads
             for row in session.scalars(query):
                 original = repository.config_for(session, row.portfolio_id, row.config_version)
                 config = candidate or original

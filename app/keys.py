@@ -8,9 +8,12 @@ nothing about which prefixes exist. The database is never read per request.
 
 Failed authentications are counted per client (remote address) in a moving window of a minute, in the
 memory of each worker process (a client spread over N workers by the server may fail up to N times the
-limit before each of them refuses it). A client over the limit is refused with 429 before its key is
-read at all — a good key too, or the limit would not slow a guess down — until its failures are a
-minute old; refused requests do not count.
+limit before each of them refuses it). Over the limit, a client's failures are answered 429 with
+Retry-After instead of 401, neither counted nor logged one by one, until its failures are a minute old;
+a valid key is still admitted, so that a key rotation (the old key still in flight) or a new key not yet
+in every copy cannot lock a signal engine's host out of the gate. The throttle need not slow guessing,
+which a 256-bit secret makes hopeless: it keeps a client failing in a loop from flooding the log, and
+tells it to back off.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NoReturn
 
 from limits import RateLimitItemPerMinute
 from limits.storage import MemoryStorage
@@ -95,8 +98,6 @@ class Principal:
     def actor(self) -> Actor:
         return Actor(self.name, self.role, self.key_id)
 
-    def may_use(self, portfolio_id: str) -> bool:
-        return self.portfolios is None or portfolio_id in self.portfolios
 
 
 def _key_payload(row: m.ApiKey, now: datetime) -> dict[str, Any]:
@@ -205,38 +206,35 @@ class KeyStore:
         return payload
 
     def authenticate(self, key: str, client: str | None = None) -> Principal:
-        """The principal of a presented key. Unauthorized for a malformed, unknown, revoked or expired one;
-        TooManyRequests, the key unread, for a client (its remote address) over the limit of failures;
-        Unavailable when the copy of the keys is too old and the database cannot be read. A caller that
-        names no client is not throttled."""
-        if client is not None and self._limit is not None and not self._failures.test(self._limit, client):
-            raise TooManyRequests("too many failed authentications: try again later",
-                                  retry_after=FAILURE_WINDOW_SECONDS)
+        """The principal of a presented key. Unauthorized for a malformed, unknown, revoked or expired one
+        (TooManyRequests instead once its client, a remote address, is over the limit of failures);
+        Unavailable when the copy of the keys is too old and the database cannot be read. A valid key is
+        admitted whatever its client's failures: a key rotation, or a new key not yet in every copy, must
+        not lock a signal engine's host out. A caller that names no client is not throttled."""
         match = KEY_RE.fullmatch(key)
-        if match is None:
-            self._count_failure(client, "malformed key", None)
-            raise Unauthorized("unknown API key")
-        prefix = match["prefix"]
-        row = self._records().get(prefix)
+        prefix = match["prefix"] if match else None
+        row = self._records().get(prefix) if prefix else None
         stored = row.key_hash if row is not None else _NO_HASH
         if not hmac.compare_digest(stored, hash_key(key)) or row is None:
-            self._count_failure(client, "unknown key", prefix)
-            raise Unauthorized("unknown API key")
+            self._refuse(client, "malformed key" if match is None else "unknown key", prefix, "unknown API key")
         if row.revoked_at is not None:
-            self._count_failure(client, "revoked key", prefix)
-            raise Unauthorized("this API key was revoked")
+            self._refuse(client, "revoked key", prefix, "this API key was revoked")
         if row.expires_at is not None and row.expires_at <= self.service.clock():
-            self._count_failure(client, "expired key", prefix)
-            raise Unauthorized("this API key has expired")
+            self._refuse(client, "expired key", prefix, "this API key has expired")
         return Principal(row.id, row.name, row.role, tuple(row.portfolios) if row.portfolios is not None else None)
 
-    def _count_failure(self, client: str | None, why: str, prefix: str | None) -> None:
+    def _refuse(self, client: str | None, why: str, prefix: str | None, message: str) -> NoReturn:
+        """Count a failure of ``client``: 401, or 429 once it is over the limit (those are neither counted
+        nor logged one by one: a client failing in a loop must not flood the log)."""
+        if client is not None and self._limit is not None:
+            if not self._failures.test(self._limit, client):
+                raise TooManyRequests("too many failed authentications: try again later",
+                                      retry_after=FAILURE_WINDOW_SECONDS)
+            self._failures.hit(self._limit, client)
+            if not self._failures.test(self._limit, client):
+                log.warning("authentication throttled: %d failures in a minute from %s", self._limit.amount, client)
         log.warning("authentication failed: %s", why, extra={"key_prefix": prefix})
-        if client is None or self._limit is None:
-            return
-        self._failures.hit(self._limit, client)
-        if not self._failures.test(self._limit, client):
-            log.warning("authentication throttled: %d failures in a minute from %s", self._limit.amount, client)
+        raise Unauthorized(message)
 
     def _records(self) -> dict[str, _KeyRecord]:
         """Every key by prefix, as read at most ``cache_seconds`` ago."""

@@ -59,8 +59,9 @@ class PortfolioCollector:
 
 
 class OnlyPortfolios:
-    """The samples of ``collectors`` about ``portfolios`` (and those about no portfolio): what a key limited
-    to some portfolios may see of the process-wide counters."""
+    """The samples of ``collectors`` about ``portfolios``: what a key limited to some portfolios may see of the
+    process-wide counters (samples about no portfolio, such as decisions per transaction, are the whole
+    service's: not shown to it)."""
 
     def __init__(self, collectors: list[Any], portfolios: tuple[str, ...]):
         self.collectors = collectors
@@ -69,9 +70,9 @@ class OnlyPortfolios:
     def collect(self):
         for collector in self.collectors:
             for family in collector.collect():
-                family.samples = [s for s in family.samples
-                                  if "portfolio" not in s.labels or s.labels["portfolio"] in self.portfolios]
-                yield family
+                family.samples = [s for s in family.samples if s.labels.get("portfolio") in self.portfolios]
+                if family.samples:
+                    yield family
 
 
 def prometheus_text(service: Any, portfolios: tuple[str, ...] | None) -> tuple[bytes, str]:

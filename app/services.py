@@ -17,6 +17,7 @@ from decimal import Decimal
 from types import SimpleNamespace
 from typing import Any
 
+import psycopg
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
@@ -99,7 +100,7 @@ def request_hash(intent: TradeIntent) -> str:
 
 
 def _portfolio_of(fields: dict[str, Any]) -> str:
-    return fields.get("portfolio_id") or "default"
+    return fields.get("portfolio_id") or domain.DEFAULT_PORTFOLIO
 
 
 def _wanted(items: list[Item]) -> dict[str, Any]:
@@ -116,17 +117,23 @@ def _wanted(items: list[Item]) -> dict[str, Any]:
     return requests
 
 
-# what a decision advances on its portfolio's row, put back when deciding it failed (_decide_items)
-_HEADS = ("last_seq", "last_ledger_seq", "audit_seq", "audit_head", "counters")
+@dataclass(frozen=True)
+class Heads:
+    """What a decision advances on its portfolio's row: put back when deciding it failed (_decide_items)."""
 
+    last_seq: int
+    last_ledger_seq: int
+    audit_seq: int
+    audit_head: str | None
+    counters: dict[str, Any]
 
-def _heads(row: Any) -> tuple[Any, ...]:
-    return tuple(getattr(row, name) for name in _HEADS)
+    @classmethod
+    def of(cls, row: Any) -> Heads:
+        return cls(row.last_seq, row.last_ledger_seq, row.audit_seq, row.audit_head, row.counters)
 
-
-def _restore_heads(row: Any, values: tuple[Any, ...]) -> None:
-    for name, value in zip(_HEADS, values, strict=True):
-        setattr(row, name, value)
+    def restore(self, row: Any) -> None:
+        row.last_seq, row.last_ledger_seq, row.audit_seq = self.last_seq, self.last_ledger_seq, self.audit_seq
+        row.audit_head, row.counters = self.audit_head, self.counters
 
 
 def system_clock() -> datetime:
@@ -166,7 +173,7 @@ class RPMService:
         try:
             return repository.load(session, portfolio_id, lock=lock)
         except PortfolioNotFound:
-            if portfolio_id != "default":
+            if portfolio_id != domain.DEFAULT_PORTFOLIO:
                 raise NotFound(f"unknown portfolio {portfolio_id!r}") from None
         # the `default` portfolio always exists: created on first use
         self._create_default(session)
@@ -176,7 +183,7 @@ class RPMService:
         capital = None if self.default_capital is None else Decimal(repr(self.default_capital))
         try:
             with session.begin_nested():
-                repository.create_portfolio(session, "default", self.default_config, self.clock(), capital)
+                repository.create_portfolio(session, domain.DEFAULT_PORTFOLIO, self.default_config, self.clock(), capital)
         except IntegrityError:
             pass  # created concurrently by another request
 
@@ -200,7 +207,7 @@ class RPMService:
 
     def ensure_default_portfolio(self) -> None:
         def run(session):
-            if session.get(m.Portfolio, "default") is None:
+            if session.get(m.Portfolio, domain.DEFAULT_PORTFOLIO) is None:
                 self._create_default(session)
 
         self._write(run)
@@ -208,7 +215,7 @@ class RPMService:
     # -- trading ---------------------------------------------------------------------
     def process_trade(self, fields: dict[str, Any], actor: Actor) -> dict[str, Any]:
         started = time.perf_counter()
-        portfolio_id = check_portfolio_id(fields.get("portfolio_id") or "default")
+        portfolio_id = check_portfolio_id(_portfolio_of(fields))
         if self.db.pipelined and self.group_commit and not self.unsafe_disable_portfolio_lock:
             answer = self._group.submit((fields, actor, started, self._prevalidated(portfolio_id, fields)))
             if answer is not None:
@@ -233,7 +240,7 @@ class RPMService:
         refuses the whole batch and nothing is written.
         """
         started = time.perf_counter()
-        portfolio_ids = [check_portfolio_id(fields.get("portfolio_id") or "default") for fields in items]
+        portfolio_ids = [check_portfolio_id(_portfolio_of(fields)) for fields in items]
         if self.db.pipelined:
             answers, locked = self._refused_as_invalid(
                 self._decide_pipelined, [(fields, actor, started, self._prevalidated(pid, fields))
@@ -244,7 +251,7 @@ class RPMService:
                                              for pid, lk in sorted(locked.items())}}
         by_portfolio: dict[str, list[int]] = {}
         for index, fields in enumerate(items):
-            by_portfolio.setdefault(fields.get("portfolio_id") or "default", []).append(index)
+            by_portfolio.setdefault(_portfolio_of(fields), []).append(index)
 
         def run(session):
             answers: list[dict[str, Any] | None] = [None] * len(items)
@@ -322,8 +329,8 @@ class RPMService:
         answers: list[Any] = []
         seen: dict[tuple[str, str], Any] = {}
         for index, (fields, actor, started, checked) in enumerate(items):
-            lk = locked[fields.get("portfolio_id") or "default"]
-            advanced = _heads(lk.loaded.row)
+            lk = locked[_portfolio_of(fields)]
+            advanced = Heads.of(lk.loaded.row)
             try:
                 answer = self._decide_item(tx, lk, fields, actor, started, checked, seen, unsafe)
             except (Invalid, Conflict) as exc:
@@ -333,13 +340,15 @@ class RPMService:
                 if len(items) == 1 or not isinstance(exc, Invalid):
                     raise
                 raise in_batch(index, exc) from None
-            except DatabaseUnavailable:
-                raise  # the transaction itself failed: every answer in it
+            except psycopg.Error:
+                # the server refused a row sent meanwhile (rows go out in batches, a decision's error may
+                # surface with a later one's): the transaction is lost, for every answer in it
+                raise
             except Exception:
                 if not one_by_one:
                     raise
                 log.exception("unexpected error deciding one intent of a group commit")
-                _restore_heads(lk.loaded.row, advanced)
+                advanced.restore(lk.loaded.row)
                 answers.append(ServiceError("internal error: this intent could not be decided"))
                 continue
             if one_by_one:  # what the answer reports after this decision, summarised once the lock is released
@@ -529,7 +538,7 @@ class RPMService:
 
     def what_if(self, fields: dict[str, Any]) -> dict[str, Any]:
         """The decision an intent would get now: computed from a plain read, nothing stored."""
-        portfolio_id = fields.get("portfolio_id") or "default"
+        portfolio_id = _portfolio_of(fields)
 
         def run(session):
             loaded = self._load(session, portfolio_id, lock=False)
@@ -802,7 +811,7 @@ class RPMService:
 
     def list_portfolios(self, allowed: tuple[str, ...] | None) -> list[dict[str, Any]]:
         def run(session):
-            self._load(session, "default", lock=False)  # `default` always exists
+            self._load(session, domain.DEFAULT_PORTFOLIO, lock=False)  # it always exists
             query = select(m.Portfolio).order_by(m.Portfolio.id)
             if allowed is not None:
                 query = query.where(m.Portfolio.id.in_(allowed))

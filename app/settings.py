@@ -12,6 +12,11 @@ def _int(name: str, default: int) -> int:
     return default if raw in (None, "") else int(raw)
 
 
+def _float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    return default if raw in (None, "") else float(raw)
+
+
 @dataclass(frozen=True)
 class Settings:
     # SQLAlchemy URL; unset: an embedded SQLite file in the instance folder
@@ -26,7 +31,7 @@ class Settings:
     lock_timeout_ms: int = 2000
     statement_timeout_ms: int = 5000
     connect_timeout_s: int = 3
-    # a database call that hears nothing from the server for this long is cut: its request answers 503
+    # a database call that waits for the server this long is cut: its request answers 503
     # (a silent database, which no server-side timeout sees). Above statement_timeout_ms and lock_timeout_ms,
     # so that a slow statement or lock wait is ended by the server first, its connection kept.
     db_silence_timeout_ms: int = 6000
@@ -53,27 +58,28 @@ class Settings:
 
     @classmethod
     def from_env(cls) -> Settings:
+        d = cls()  # each default is written once, on its field
         return cls(
             database_url=os.environ.get("DATABASE_URL") or None,
-            port=_int("RPM_PORT", 8005),
-            host=os.environ.get("RPM_HOST", "0.0.0.0"),
-            workers=_int("RPM_WORKERS", max(2, os.cpu_count() or 2)),
-            threads=_int("RPM_THREADS", 8),
-            lock_timeout_ms=_int("RPM_LOCK_TIMEOUT_MS", 2000),
-            statement_timeout_ms=_int("RPM_STATEMENT_TIMEOUT_MS", 5000),
-            connect_timeout_s=_int("RPM_CONNECT_TIMEOUT_S", 3),
-            db_silence_timeout_ms=_int("RPM_DB_SILENCE_TIMEOUT_MS", 6000),
-            pool_size=_int("RPM_POOL_SIZE", 5),
+            port=_int("RPM_PORT", d.port),
+            host=os.environ.get("RPM_HOST", d.host),
+            workers=_int("RPM_WORKERS", d.workers),
+            threads=_int("RPM_THREADS", d.threads),
+            lock_timeout_ms=_int("RPM_LOCK_TIMEOUT_MS", d.lock_timeout_ms),
+            statement_timeout_ms=_int("RPM_STATEMENT_TIMEOUT_MS", d.statement_timeout_ms),
+            connect_timeout_s=_int("RPM_CONNECT_TIMEOUT_S", d.connect_timeout_s),
+            db_silence_timeout_ms=_int("RPM_DB_SILENCE_TIMEOUT_MS", d.db_silence_timeout_ms),
+            pool_size=_int("RPM_POOL_SIZE", d.pool_size),
             bootstrap_admin_key=os.environ.get("RPM_BOOTSTRAP_ADMIN_KEY") or None,
-            default_preset=os.environ.get("RPM_DEFAULT_PRESET", "balanced"),
-            default_capital=float(os.environ.get("RPM_DEFAULT_CAPITAL", "100000")),
+            default_preset=os.environ.get("RPM_DEFAULT_PRESET", d.default_preset),
+            default_capital=_float("RPM_DEFAULT_CAPITAL", d.default_capital),
             instance_path=os.environ.get("RPM_INSTANCE_PATH") or None,
-            log_level=os.environ.get("RPM_LOG_LEVEL", "INFO"),
-            auth_cache_seconds=float(os.environ.get("RPM_AUTH_CACHE_SECONDS", "1")),
-            auth_failures_per_minute=_int("RPM_AUTH_FAILURES_PER_MINUTE", 30),
+            log_level=os.environ.get("RPM_LOG_LEVEL", d.log_level),
+            auth_cache_seconds=_float("RPM_AUTH_CACHE_SECONDS", d.auth_cache_seconds),
+            auth_failures_per_minute=_int("RPM_AUTH_FAILURES_PER_MINUTE", d.auth_failures_per_minute),
             group_commit=os.environ.get("RPM_GROUP_COMMIT", "1") != "0",
             fast_path=os.environ.get("RPM_FAST_PATH", "1") != "0",
-            max_body_bytes=_int("RPM_MAX_BODY_BYTES", 2 * 1024 * 1024),
+            max_body_bytes=_int("RPM_MAX_BODY_BYTES", d.max_body_bytes),
             unsafe_disable_portfolio_lock=os.environ.get("RPM_TEST_UNSAFE_DISABLE_PORTFOLIO_LOCK") == "1",
         )
 

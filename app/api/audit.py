@@ -23,7 +23,7 @@ CHAIN_ID = Whole(domain.Identifier(domain.PORTFOLIO_ID.pattern, "a portfolio id,
 
 
 class DecisionQuerySchema(Schema):
-    portfolio_id = fields.String(load_default="default", validate=PORTFOLIO_OR_ALL)
+    portfolio_id = fields.String(validate=PORTFOLIO_OR_ALL, metadata={"description": "absent: `default`"})
     start = fields.AwareDateTime(data_key="from", metadata={"description": "decided at or after (ISO 8601)"})
     end = fields.AwareDateTime(data_key="to", metadata={"description": "decided before (ISO 8601)"})
     symbol = identifier(domain.SYMBOL)
@@ -41,7 +41,7 @@ class DecisionQuerySchema(Schema):
 
 
 class EventQuerySchema(Schema):
-    portfolio_id = fields.String(load_default="default", validate=CHAIN_ID)
+    portfolio_id = fields.String(validate=CHAIN_ID, metadata={"description": "absent: `default`"})
     start = fields.AwareDateTime(data_key="from")
     end = fields.AwareDateTime(data_key="to")
     kind = fields.String(validate=validate.OneOf(["switch_event", "admin_action"]))

@@ -1,9 +1,9 @@
 """The one reading of a request's JSON body: UTF-8 JSON only, bounded in size and nesting.
 
-Everything that looks at a body — the scope resolver, the schemas (through ``BodyParser``),
-the access log and the fast path — reads it through ``parse``, so a body is never read two ways
-(the standard library's ``json.loads`` would guess UTF-16 from the bytes; werkzeug ignores the
-charset). The size bound is Flask's ``MAX_CONTENT_LENGTH`` (413 before the body is read).
+Everything that looks at a body — the scope resolver, the schemas (through ``BodyParser``) and
+the fast path — reads it through ``parse``, so a body is never read two ways (the standard
+library's ``json.loads`` would guess UTF-16 from the bytes; werkzeug ignores the charset). The
+size bound is Flask's ``MAX_CONTENT_LENGTH`` (413 before the body is read).
 """
 
 from __future__ import annotations
@@ -41,10 +41,11 @@ def parse(raw: bytes) -> Any:
         value = orjson.loads(raw)
     except orjson.JSONDecodeError:
         value = _lenient(raw)
-    if b"\\u0000" in raw:  # (a raw NUL is not JSON) PostgreSQL stores no NUL character
-        raise Invalid("NUL characters are not allowed", {"_body": ["NUL characters are not allowed"]})
     if raw.count(b"[") + raw.count(b"{") > MAX_DEPTH and _depth(value) > MAX_DEPTH:
         raise BadRequest(f"malformed request: the body nests arrays and objects more than {MAX_DEPTH} deep")
+    # a raw NUL is not JSON; an escaped one is, and PostgreSQL stores no NUL character
+    if b"\\u0000" in raw and any("\x00" in text for text in _strings(value)):
+        raise Invalid("NUL characters are not allowed", {"_body": ["NUL characters are not allowed"]})
     return value
 
 
@@ -52,8 +53,12 @@ def _lenient(raw: bytes) -> Any:
     """What orjson refuses but a field check should answer (NaN, Infinity, integers beyond 64 bits: a 422
     naming the field), read from UTF-8 only; anything else a 400."""
     try:
-        return json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        value = json.loads(raw.decode("utf-8"))
+        # an escaped lone surrogate ("\ud800") decodes to text no UTF-8 can hold (orjson refuses it)
+        for text in _strings(value):
+            text.encode("utf-8")
+        return value
+    except (UnicodeError, ValueError, RecursionError) as exc:
         raise BadRequest(f"malformed request: the body is not valid UTF-8 JSON ({type(exc).__name__})") from None
 
 
@@ -70,6 +75,20 @@ def _depth(value: Any) -> int:
         children = node.values() if type(node) is dict else node if type(node) is list else ()
         stack.extend((child, depth + 1) for child in children if type(child) in (dict, list))
     return deepest if type(value) in (dict, list) else 0
+
+
+def _strings(value: Any) -> Any:
+    """Every string of a document (bounded in depth), keys included."""
+    stack = [value]
+    while stack:
+        node = stack.pop()
+        if type(node) is str:
+            yield node
+        elif type(node) is dict:
+            yield from node.keys()
+            stack.extend(node.values())
+        elif type(node) is list:
+            stack.extend(node)
 
 
 def request_json() -> Any:

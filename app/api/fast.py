@@ -39,15 +39,15 @@ MAX_FAST_BODY = 65536  # larger bodies (not an intent) are Flask's
 log = logging.getLogger("app")
 
 
-def _json_body(environ: dict[str, Any]) -> bytes | None:
-    """The request's body if it is declared JSON (UTF-8) with a length; None otherwise."""
+def _json_body(environ: dict[str, Any], largest: int) -> bytes | None:
+    """The request's body if it is declared JSON (UTF-8) with a length of at most ``largest``; None otherwise."""
     if content_type_error(environ.get("CONTENT_TYPE", "")) is not None:
         return None
     try:
         length = int(environ.get("CONTENT_LENGTH") or "")
     except ValueError:
         return None
-    return environ["wsgi.input"].read(length) if 0 < length <= MAX_FAST_BODY else None
+    return environ["wsgi.input"].read(length) if 0 < length <= largest else None
 
 
 class FastProcessTrade:
@@ -64,13 +64,15 @@ class FastProcessTrade:
             raise RuntimeError("POST /process_trade must declare its roles and act on one portfolio")
         self.admitted = admitted
         self.schema = TradeIntentSchema()
+        # a body Flask would refuse as too large (413) is Flask's to refuse
+        self.largest = min(MAX_FAST_BODY, app.config["MAX_CONTENT_LENGTH"] or MAX_FAST_BODY)
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         if (environ.get("PATH_INFO") != PATH or environ.get("REQUEST_METHOD") != "POST"
                 or environ.get("QUERY_STRING")):
             return self.inner(environ, start_response)
         started = time.perf_counter()
-        raw = _json_body(environ)
+        raw = _json_body(environ, self.largest)
         if raw is None:
             return self.inner(environ, start_response)
         answered = self._answer(environ, raw, started)

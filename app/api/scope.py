@@ -20,23 +20,36 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 from flask import g
 
 from app.errors import Forbidden, Invalid
 from app.risk import domain
+from app.store.audit import SYSTEM_CHAIN
 
-ONE, ONE_OR_ALL, CHAIN, BATCH, VISIBLE, NONE = "one", "one_or_all", "chain", "batch", "visible", "none"
-KINDS = (ONE, ONE_OR_ALL, CHAIN, BATCH, VISIBLE, NONE)
-DEFAULT = "default"
+DEFAULT = domain.DEFAULT_PORTFOLIO
 EVERY = "*"
-SYSTEM_CHAIN = "_system"
 
 
-def acts_on(kind: str | Callable[[Any], str]) -> Callable:
-    """Declare what a view acts on: one of ``KINDS``, or a function of the request giving one."""
-    if not callable(kind) and kind not in KINDS:
+class Acts(StrEnum):
+    """What a route acts on (see the module's docstring)."""
+
+    ONE = "one"
+    ONE_OR_ALL = "one_or_all"
+    CHAIN = "chain"
+    BATCH = "batch"
+    VISIBLE = "visible"
+    NONE = "none"
+
+
+ONE, ONE_OR_ALL, CHAIN, BATCH, VISIBLE, NONE = Acts
+
+
+def acts_on(kind: Acts | Callable[[Any], Acts]) -> Callable:
+    """Declare what a view acts on: one of ``Acts``, or a function of the request giving one."""
+    if not callable(kind) and not isinstance(kind, Acts):
         raise ValueError(f"unknown scope kind {kind!r}")
 
     def mark(view: Callable) -> Callable:
@@ -49,7 +62,7 @@ def acts_on(kind: str | Callable[[Any], str]) -> Callable:
 class Scope:
     """What one request acts on and may show."""
 
-    kind: str
+    kind: Acts
     portfolio: str | None  # ONE, ONE_OR_ALL (None for `*`), CHAIN: the one named (or its default)
     batch: tuple[str | None, ...] = ()  # BATCH: each intent's portfolio (None: an invalid id, refused by the schema)
     visible: tuple[str, ...] | None = None  # the portfolios the key may see (None: all)
@@ -81,7 +94,7 @@ def _agreeing(in_body: Any, in_query: Any, allow: tuple[str, ...] = ()) -> str |
     return body if body is not None else query
 
 
-def resolve(kind: str, body: Any, query: Mapping[str, str], allowed: tuple[str, ...] | None) -> Scope:
+def resolve(kind: Acts, body: Any, query: Mapping[str, str], allowed: tuple[str, ...] | None) -> Scope:
     """The scope of a request of ``kind`` from its JSON body and query, checked against ``allowed`` (the key's
     portfolios; None: every one). 422 for a malformed or ambiguous portfolio id, 403 for one the key may not use."""
     in_body = body.get("portfolio_id") if type(body) is dict else None

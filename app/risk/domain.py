@@ -48,6 +48,8 @@ class Identifier:
         return f"^(?:{self.pattern})$" if "|" in self.pattern else f"^{self.pattern}$"
 
 
+DEFAULT_PORTFOLIO = "default"  # the portfolio a request that names none acts on; it always exists
+
 SYMBOL = Identifier(r"[A-Z0-9._-]{1,32}", "an upper-case symbol such as EURUSD: A-Z, 0-9, '.', '_' or '-', "
                                           "1 to 32 characters")
 FX_PAIR = Identifier(r"[A-Z]{6}", "a six-letter FX pair BASEQUOTE such as EURUSD")

@@ -22,6 +22,7 @@ from .model import (
     Booking,
     Decision,
     PortfolioState,
+    Position,
     ReasonCode,
     SwitchEvent,
     TradeApprovalStatus,
@@ -71,6 +72,15 @@ def _held(s: PortfolioState, config: RPMConfig) -> Decimal:
     if not domain.within_books(eq, s.realised_pnl):
         raise accounting.OutOfRange(eq, s.realised_pnl)
     return eq
+
+
+@dataclass(frozen=True, slots=True)
+class _Undo:
+    """What a booking of ``symbol`` changes: its position (None: none was open) and the realised PnL."""
+
+    symbol: str
+    position: Position | None
+    realised_pnl: Decimal
 
 
 class _Decider:
@@ -219,21 +229,19 @@ class _Decider:
                            reducing=True, booking=booking, realised=realised, booked_equity=booked)
 
     # -- the books' range (app/risk/domain.py) -------------------------------------------
-    def undo_of(self, symbol: str) -> tuple[str, Any, Decimal]:
-        """What a booking of ``symbol`` changes: its position and the realised PnL."""
-        return symbol, self.s.positions.get(symbol), self.s.realised_pnl
+    def undo_of(self, symbol: str) -> _Undo:
+        return _Undo(symbol, self.s.positions.get(symbol), self.s.realised_pnl)
 
-    def held_or_undone(self, undo: tuple[str, Any, Decimal]) -> Decimal | None:
+    def held_or_undone(self, undo: _Undo) -> Decimal | None:
         """Equity after a booking; None, the booking undone, when the books could not hold it."""
         try:
             return _held(self.s, self.config)
         except accounting.OutOfRange as exc:
-            symbol, position, realised = undo
-            if position is None:
-                self.s.positions.pop(symbol, None)
+            if undo.position is None:
+                self.s.positions.pop(undo.symbol, None)
             else:
-                self.s.positions[symbol] = position
-            self.s.realised_pnl = realised
+                self.s.positions[undo.symbol] = undo.position
+            self.s.realised_pnl = undo.realised_pnl
             self.breakdown["books"] = {"equity": float(exc.equity), "realised_pnl": float(exc.realised_pnl),
                                        "limit": float(domain.BOOKS_LIMIT), "result": "REJECTED"}
             return None

@@ -11,6 +11,7 @@ from typing import Any
 
 from . import engine
 from .config import RPMConfig
+from .domain import DEFAULT_PORTFOLIO
 from .metrics import RiskMetrics
 from .model import Booking, Decision, PortfolioState, SwitchEvent, TradeIntent
 
@@ -41,7 +42,7 @@ class RiskPortfolioManager:
     def __init__(
         self,
         config: RPMConfig | None = None,
-        portfolio_id: str = "default",
+        portfolio_id: str = DEFAULT_PORTFOLIO,
         clock: Callable[[], datetime] | None = None,
         state: PortfolioState | None = None,
     ):

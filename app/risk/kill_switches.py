@@ -10,7 +10,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from .config import RPMConfig
-from .model import ZERO, PortfolioState, Switch, SwitchEvent, SwitchState, iso
+from .model import ONE, ZERO, PortfolioState, Switch, SwitchEvent, SwitchState, iso
 
 # plain strings on the hot path (Enum attribute access is slow)
 DRAWDOWN = Switch.DRAWDOWN.value
@@ -100,17 +100,20 @@ def update_peaks(state: PortfolioState, equity: Decimal) -> None:
 # -- measurements ----------------------------------------------------------------
 
 def drawdown(state: PortfolioState, equity: Decimal) -> float:
-    peak = state.peak_equity
-    if not peak or peak <= 0:
-        return 0.0
-    return max(0.0, float(1 - equity / peak))
+    return _below(state.peak_equity, equity)
 
 
 def daily_drawdown(state: PortfolioState, equity: Decimal) -> float:
-    peak = state.day_peak_equity
+    return _below(state.day_peak_equity, equity)
+
+
+def _below(peak: Decimal | None, equity: Decimal) -> float:
+    """1 - equity / peak, against a peak of at least one unit of the account currency: a resume re-bases the
+    peak to the equity of the moment, which may be a fraction of a cent, and a loss measured against that
+    would be a ratio past anything stored (app/risk/domain.py)."""
     if not peak or peak <= 0:
         return 0.0
-    return max(0.0, float(1 - equity / peak))
+    return max(0.0, float(1 - equity / max(peak, ONE)))
 
 
 def daily_pnl(state: PortfolioState, equity: Decimal) -> Decimal:

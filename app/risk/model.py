@@ -161,7 +161,7 @@ class TradeIntent:
     vol_percentile: float
     current_price: Decimal
     intent_id: str | None = None
-    portfolio_id: str = "default"
+    portfolio_id: str = domain.DEFAULT_PORTFOLIO
 
     @classmethod
     def create(cls, config: RPMConfig | None = None, **fields: Any) -> TradeIntent:
@@ -190,7 +190,7 @@ class TradeIntent:
         intent_id = fields.get("intent_id")
         if intent_id is not None and not domain.INTENT_ID.matches(intent_id):
             errors["intent_id"] = f"must be {domain.INTENT_ID.description}"
-        portfolio_id = fields.get("portfolio_id") or "default"
+        portfolio_id = fields.get("portfolio_id") or domain.DEFAULT_PORTFOLIO
         if not domain.PORTFOLIO_ID.matches(portfolio_id):
             errors["portfolio_id"] = f"must be {domain.PORTFOLIO_ID.description}"
         if errors:
@@ -223,7 +223,7 @@ class TradeIntent:
             vol_percentile=float(data["vol_percentile"]),
             current_price=to_decimal(data["current_price"]),
             intent_id=data.get("intent_id"),
-            portfolio_id=data.get("portfolio_id") or "default",
+            portfolio_id=data.get("portfolio_id") or domain.DEFAULT_PORTFOLIO,
         )
 
 
@@ -447,7 +447,7 @@ class PortfolioState:
     symbol_halts: dict[str, SwitchState] = field(default_factory=dict)
 
     @classmethod
-    def new(cls, config: RPMConfig, portfolio_id: str = "default", capital: Any = None) -> PortfolioState:
+    def new(cls, config: RPMConfig, portfolio_id: str = domain.DEFAULT_PORTFOLIO, capital: Any = None) -> PortfolioState:
         start = to_decimal(config.total_capital if capital is None else capital)
         return cls(portfolio_id=portfolio_id, starting_capital=start, peak_equity=start)
 

@@ -38,7 +38,7 @@ DB_ERRORS = (OperationalError, DBAPIError, PoolTimeout)
 
 
 class _Watchdog:
-    """Cuts the socket of a database call that has heard nothing from the server for too long.
+    """Cuts the socket of a database call that has waited for the server for too long.
 
     psycopg 3 has no client-side query timeout, and the server's statement_timeout cannot fire for a
     query the server never got (a proxy or network that stops forwarding, a stopped backend whose
@@ -84,8 +84,9 @@ class _Watchdog:
         while True:
             time.sleep(self.TICK)
             now = time.monotonic()
-            # under the lock: a call that has left `wait` is never cut (its connection may be back in the
-            # pool, another request's by now)
+            # under the lock that `unwatch` takes: a call that has unregistered is never cut (its connection may
+            # be back in the pool, another request's by now); one cut just after its answer came loses only
+            # its connection, which the next checkout finds dead
             with self._lock:
                 late = [conn for deadline, conn in self._calls.values() if deadline <= now]
                 for conn in late:
@@ -131,6 +132,11 @@ class _WatchedConnection(psycopg.Connection):
 _WATCHDOG = _Watchdog()
 
 
+IDLE_IN_TRANSACTION_FACTOR = 5  # an open transaction idle that many silence bounds is ended by the server
+# in the transaction of a streamed export: idle between batches for as long as its client reads slowly
+NO_IDLE_LIMIT = "SET LOCAL idle_in_transaction_session_timeout = 0"
+
+
 def make_engine(url: str, *, lock_timeout_ms: int = 2000, statement_timeout_ms: int = 5000,
                 connect_timeout_s: int = 3, pool_size: int = 5, silence_timeout_ms: int = 6000) -> Engine:
     if url.startswith("sqlite"):
@@ -150,8 +156,14 @@ def make_engine(url: str, *, lock_timeout_ms: int = 2000, statement_timeout_ms: 
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
-    options = f"-c lock_timeout={lock_timeout_ms} -c statement_timeout={statement_timeout_ms}"
     silence_s = silence_timeout_ms / 1000
+    # the server's side of a connection the watchdog cut, or lost to a one-way partition: a transaction left
+    # idle gives its locks (a portfolio's row) back, and a connection gone quiet is probed, within seconds
+    # rather than hours (streamed exports, idle between batches by design, lift the first for themselves)
+    options = (f"-c lock_timeout={lock_timeout_ms} -c statement_timeout={statement_timeout_ms} "
+               f"-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_FACTOR * silence_timeout_ms} "
+               f"-c tcp_keepalives_idle={max(1, math.ceil(silence_s))} "
+               f"-c tcp_keepalives_interval={max(1, math.ceil(silence_s / 3))} -c tcp_keepalives_count=3")
     # no pool_pre_ping (a round trip per checkout, on every decision): a checked-out connection is
     # instead tested without one (`Database._checkout`), and a connection lost in use renews the pool
     return create_engine(

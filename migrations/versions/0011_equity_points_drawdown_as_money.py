@@ -1,7 +1,7 @@
 """equity_points.drawdown as NUMERIC(28, 10), as every other number of the books
 
-A drawdown is 1 - equity / peak. Equity may fall below zero (down to -1e15, the range the books are
-kept within: app/risk/domain.py) while the peak stays at least the capital (at least 1): its drawdown
+A drawdown is 1 - equity / peak, the peak taken as at least 1 unit of the account currency. Equity may
+fall below zero (down to -1e15, the range the books are kept within: app/risk/domain.py): its drawdown
 then exceeds the 9,999.99999999 that NUMERIC(12, 8) holds, and the mark that caused it could not be
 stored. NUMERIC(28, 10) holds every drawdown of that range.
 

@@ -175,6 +175,22 @@ def test_a_body_is_utf8_json_only(raw_client, keys, sql, content_type, body, sta
     assert decisions(sql) == (1 if status == 200 else 0)
 
 
+@pytest.mark.parametrize("path, body", [("/halt", '{"reason": "x\\ud800"}'),
+                                        ("/resume", '{"force": true, "reason": "\\udfff"}'),
+                                        ("/config", '{"config": {}, "reason": "\\ud83d"}')])
+def test_a_lone_surrogate_in_free_text_is_a_400(client, sql, path, body):
+    before = sql("SELECT trading_state, config_version FROM portfolios")
+    r = client.open(path, method="PUT" if path == "/config" else "POST", data=body, content_type=JSON)
+    assert r.status_code == 400 and r.is_json
+    assert sql("SELECT trading_state, config_version FROM portfolios") == before
+
+
+def test_an_escaped_backslash_before_u0000_is_text_not_a_nul(client):
+    r = client.post("/process_trade", data=json.dumps({**SEED_INTENT, "intent_id": "a\\u0000b"}), content_type=JSON)
+    assert r.status_code == 200 and r.json["decision"]["intent_id"] == "a\\u0000b"
+    assert client.post("/halt", data='{"reason": "a\\u0000b"}', content_type=JSON).status_code == 422
+
+
 def test_a_body_over_the_limit_is_a_413_before_it_is_read(app, raw_client, keys, sql):
     limit = app.config["MAX_CONTENT_LENGTH"]
     body = b'{"intents": [' + b" " * limit + b"]}"
@@ -182,6 +198,22 @@ def test_a_body_over_the_limit_is_a_413_before_it_is_read(app, raw_client, keys,
                                                                "Content-Type": JSON})
     assert r.status_code == 413 and r.json["code"] == 413
     assert decisions(sql) == 0
+
+
+def test_the_body_limit_holds_on_the_fast_path_too(settings, clock, keys, sql):
+    from dataclasses import replace
+
+    from app import create_app
+
+    app = create_app(replace(settings, max_body_bytes=1000), clock=clock)
+    try:
+        body = json.dumps(SEED_INTENT).encode() + b" " * 1000  # a plain intent, padded past the limit
+        r = app.test_client().post("/process_trade", data=body, headers={
+            "Authorization": f"Bearer {keys['trader']}", "Content-Type": JSON})
+        assert r.status_code == 413
+        assert decisions(sql) == 0
+    finally:
+        app.extensions["rpm"].db.dispose()
 
 
 def test_the_largest_batch_fits_under_the_body_limit(client, sql):
@@ -279,12 +311,15 @@ def test_a_value_the_database_refuses_is_the_answer_of_its_own_request_alone(app
 
     monkeypatch.setattr(engine, "decide", decide)
     actor = Actor("t", "trader")
+    # more rows than FLUSH_ROWS twice: the refusal surfaces with a later batch of rows, not with its own
+    names = [f"i{n}" for n in range(5)] + ["too-big"] + [f"i{n}" for n in range(5, 40)]
     items = [({**SEED_INTENT, "intent_id": name, "portfolio_id": "default", "confidence_score": 0.3}, actor,
-              time.perf_counter(), None) for name in ("a", "too-big", "b")]
+              time.perf_counter(), None) for name in names]
     answers = service._decide_group(items, lambda accept: [])
-    assert isinstance(answers[1], Invalid) and answers[1].status == 422
-    assert [answers[0]["decision"]["intent_id"], answers[2]["decision"]["intent_id"]] == ["a", "b"]
-    assert sql("SELECT intent_id FROM decisions ORDER BY seq") == [("a",), ("b",)]
+    assert isinstance(answers[5], Invalid) and answers[5].status == 422
+    innocent = [n for n in names if n != "too-big"]
+    assert [a["decision"]["intent_id"] for i, a in enumerate(answers) if i != 5] == innocent
+    assert sql("SELECT intent_id FROM decisions ORDER BY seq") == [(n,) for n in innocent]
 
 
 @pytest.mark.slow

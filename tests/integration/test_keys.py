@@ -94,7 +94,8 @@ def test_a_bad_key_costs_the_same_whether_its_prefix_exists_or_not(app, keys, ca
     assert len(sent) <= 2 * (elapsed / store.cache_seconds + 1)
 
 
-def test_repeated_failures_from_one_client_are_refused_with_429_unread(app, raw_client, keys, sql):
+def test_repeated_failures_from_one_client_are_answered_429_and_a_valid_key_still_gets_in(app, raw_client, keys, sql,
+                                                                                        caplog):
     bad, good = bearer("rpm_0badf00d_" + "x" * 43), bearer(keys["trader"])
     statuses = [raw_client.get("/whoami", headers=bad).status_code for _ in range(100)]
     assert 429 in statuses, statuses
@@ -107,20 +108,42 @@ def test_repeated_failures_from_one_client_are_refused_with_429_unread(app, raw_
     assert refused.json == {"code": 429, "status": "Too Many Requests",
                             "message": "too many failed authentications: try again later", "errors": {},
                             "retry_after": 60}
-    # a good key too: were it let in, the limit would not slow a guess down
-    assert raw_client.get("/whoami", headers=good).status_code == 429
-    # refused before its key is read, even with a copy of the keys too old to use: no statement at all
-    app.extensions["rpm_keys"].cache_seconds = 0
+    # a valid key is admitted whatever its client's failures: a key rotation (the old key still in flight)
+    # must not lock the signal engine's host out of the gate
+    assert raw_client.get("/whoami", headers=good).json["name"] == "test-trader"
+    # failures over the limit write nothing, and are not logged one by one
+    auth_log = logging.getLogger("rpm.auth")
+    auth_log.addHandler(caplog.handler)
     actions = sql("SELECT count(*) FROM admin_actions")
-    with statements(app) as sent:
-        for _ in range(20):
-            assert raw_client.get("/whoami", headers=bad).status_code == 429
-            assert raw_client.get("/whoami", headers=good).status_code == 429
+    try:
+        with statements(app) as sent:
+            for _ in range(20):
+                assert raw_client.get("/whoami", headers=bad).status_code == 429
+    finally:
+        auth_log.removeHandler(caplog.handler)
     assert sent == [] and sql("SELECT count(*) FROM admin_actions") == actions
+    assert [r for r in caplog.records if r.name == "rpm.auth"] == []
     # the count is per client
     elsewhere = {"REMOTE_ADDR": "10.9.8.7"}
     assert raw_client.get("/whoami", headers=good, environ_base=elsewhere).json["name"] == "test-trader"
     assert raw_client.get("/whoami", headers=bad, environ_base=elsewhere).status_code == 401
+
+
+def test_a_new_key_used_before_every_copy_has_it_is_not_locked_out(app, settings, clock, raw_client, keys):
+    """A key made by another process is refused here until this process's copy is read again; those refusals
+    count as failures, but once the key is known it gets in, the limit reached or not."""
+    here = app.extensions["rpm_keys"]
+    here.cache_seconds = 3600  # this process's copy of the keys, read now, stays as it is
+    assert raw_client.get("/whoami", headers=bearer(keys["trader"])).status_code == 200
+    other = create_app(settings, clock=clock)
+    try:
+        key, _ = other.extensions["rpm_keys"].create("trader", "rotated-in", None, OPS)
+    finally:
+        other.extensions["rpm"].db.dispose()
+    statuses = [raw_client.get("/whoami", headers=bearer(key)).status_code for _ in range(40)]
+    assert statuses[:30] == [401] * 30 and set(statuses[30:]) == {429}
+    here.cache_seconds = 0  # the copy is read again: the key is known
+    assert raw_client.get("/whoami", headers=bearer(key)).json["name"] == "rotated-in"
 
 
 def test_a_key_created_or_revoked_by_another_process_is_seen_here_within_the_bound(app, settings, clock, keys, capsys):

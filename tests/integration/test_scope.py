@@ -25,9 +25,10 @@ def _decision(r):
 
 
 def _prometheus(r):
+    """The portfolios the exposition's samples are about; a sample about none counts as "(service)"."""
     found = set()
     for family in text_string_to_metric_families(r.get_data(as_text=True)):
-        found |= {s.labels["portfolio"] for s in family.samples if "portfolio" in s.labels}
+        found |= {s.labels.get("portfolio", "(service)") for s in family.samples}
     return found
 
 

@@ -59,6 +59,7 @@ steps = st.lists(st.one_of(
                                                max_size=4)),
     st.tuples(st.just("fill"), within(domain.UNIT_INTERVAL), within(domain.PRICE)),
     st.tuples(st.just("close"), st.sampled_from(FX + OTHER), within(domain.PRICE)),
+    st.tuples(st.just("resume")),  # re-bases the peak to the equity of the moment, however small
 ), min_size=1, max_size=12)
 
 
@@ -119,6 +120,8 @@ def test_every_step_in_the_domain_is_decided_or_refused_and_fits_the_books(confi
             except (OutOfRange, FillError):
                 continue  # 422, 409
             assert fits(out.realised_pnl)
+        elif kind == "resume":
+            out = engine.resume(state, config, now, force=True, reason="property")
         else:
             if step[1] not in state.positions:
                 continue  # 404
@@ -171,3 +174,21 @@ def test_a_configuration_outside_the_domain_is_refused():
                     {"restricted_symbols": ["EURUSD\n"]}):
         with pytest.raises(ConfigError):
             RPMConfig.from_dict(changes)
+
+
+def test_a_drawdown_after_a_resume_at_a_tiny_equity_still_fits():
+    """A resume re-bases the peak to the equity of the moment: here about 1e-5 USD. A loss of 2e14 after it
+    (within the books' range) is a drawdown measured against a peak of at least 1, not a ratio of 2e19."""
+    config = RPMConfig.from_dict({"total_capital": 1.0, "min_position_units": 0.0})
+    short = TradeIntent.create(config, symbol="EURUSD", direction=-1, confidence_score=0.75, regime="TRENDING",
+                               atr=1e-10, vol_percentile=0.5, current_price=1e-6)
+    out = engine.decide(PortfolioState.new(config), short, config, T0, "d1")
+    units = out.decision.units
+    assert out.decision.status.value == "APPROVED" and units > 0
+    near_zero = 1e-6 + (1 - 1e-5) / float(units)  # the mark that leaves about 1e-5 of equity
+    state = engine.mark(out.state, {"EURUSD": near_zero}, config, T0).state
+    state = engine.resume(state, config, T0, force=True, reason="test").state
+    assert 0 < state.peak_equity < 1
+    after = engine.mark(state, {"EURUSD": 1e9}, config, T0)
+    assert_books_fit(after.state, config)
+    assert all(fits(e.value) for e in after.events)
