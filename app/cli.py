@@ -69,7 +69,21 @@ def _print(payload) -> None:
     click.echo(json.dumps(payload, indent=2, default=str))
 
 
-@click.group()
+class Commands(click.Group):
+    """Every command's expected refusal (a bad id, an unknown portfolio, a database down) is one line on
+    stderr and exit code 1, never a traceback."""
+
+    def invoke(self, ctx: click.Context):
+        from .errors import ServiceError
+
+        try:
+            return super().invoke(ctx)
+        except ServiceError as exc:
+            details = "; ".join(f"{k}: {v}" for k, v in exc.errors.items())
+            raise click.ClickException(f"{exc.message}{' (' + details + ')' if details else ''}") from None
+
+
+@click.group(cls=Commands)
 def main() -> None:
     """RPM, the Risk & Portfolio Manager."""
 

@@ -6,6 +6,7 @@ import base64
 import csv
 import io
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -15,6 +16,7 @@ from typing import Any
 from sqlalchemy import select, text
 
 from .errors import Invalid, NotFound, Unavailable
+from .risk import domain
 from .services import RPMService, decision_payload
 from .store import audit
 from .store import models as m
@@ -64,7 +66,7 @@ def decode_cursor(cursor: str) -> tuple[str, int]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         portfolio_id, seq = json.loads(raw)
-        if not isinstance(portfolio_id, str) or not isinstance(seq, int) or isinstance(seq, bool):
+        if (not domain.PORTFOLIO_ID.matches(portfolio_id) or type(seq) is not int or not 0 <= seq < 2**63):
             raise ValueError
         return portfolio_id, seq
     except (ValueError, TypeError, json.JSONDecodeError):
@@ -131,7 +133,9 @@ class Compliance:
         except DB_ERRORS as exc:
             raise Unavailable(f"database unavailable ({type(exc).__name__})") from exc
         buffer = io.StringIO()
-        writer = csv.writer(buffer)
+        # every text quoted, so that a reader splitting on another separator (";" in many locales) does not cut a
+        # cell where a formula could start; numbers written as numbers
+        writer = csv.writer(buffer, quoting=csv.QUOTE_NONNUMERIC)
 
         def rows() -> Iterator[str]:
             try:
@@ -151,6 +155,9 @@ class Compliance:
         return rows()
 
     def decision(self, decision_id: str, allowed: tuple[str, ...] | None) -> dict[str, Any]:
+        if not domain.DECISION_ID.matches(decision_id):
+            raise NotFound(f"unknown decision {decision_id!r}")
+
         def run(session):
             row = session.get(m.Decision, decision_id)
             if row is None or (allowed is not None and row.portfolio_id not in allowed):
@@ -216,8 +223,9 @@ class Compliance:
         return self.service._read(lambda session: audit.checkpoint(session, self.service.clock()))
 
 
-# a cell a spreadsheet would run as a formula (OWASP, CSV injection): its text is prefixed with a quote
-FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+# text a spreadsheet would run as a formula (OWASP, CSV injection): a formula character at the start of a cell,
+# or after a ";" or "," inside one (a reader in another locale may split there), is preceded by a quote
+_FORMULA_START = re.compile(r"(^|[;,])(?=[=+\-@\t\r])")
 
 
 def _csv_value(value: Any) -> Any:
@@ -225,8 +233,8 @@ def _csv_value(value: Any) -> Any:
         return value.isoformat()
     if isinstance(value, Decimal):
         return float(value)
-    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
-        return "'" + value
+    if isinstance(value, str):
+        return _FORMULA_START.sub(r"\1'", value)
     return value
 
 

@@ -38,6 +38,9 @@ def create_app(settings: Settings | None = None, *, clock: Callable[[], datetime
     instance_path = settings.instance_path or default_instance_path()
     app = Flask("app", instance_path=instance_path, instance_relative_config=True, static_folder=None)
     app.config["RPM_SETTINGS"] = settings
+    # a path is matched as sent: werkzeug would merge "//" with a 308 redirect (an HTML page) to another path,
+    # which a client following redirects would post to ("EURUSD%2F" closing EURUSD)
+    app.url_map.merge_slashes = False
     app.json = FastJSONProvider(app)
     register_service(app, settings, clock)
     register_observability(app, settings)

@@ -1,4 +1,7 @@
-"""Group commit: single intents that arrive together in one process share one transaction.
+"""Group commit: single intents of one portfolio that arrive together in one process share one transaction.
+
+Each portfolio has a group of its own (app/services.py): a transaction locks every portfolio it decides
+for, so an intent of another portfolio in it would wait for, and time out with, a lock that is not its own.
 
 Every decision of a portfolio waits for the portfolio's lock, and most of the time a decision
 holds it goes to the database: reading the state, writing the rows, the commit's flush to

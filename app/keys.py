@@ -41,7 +41,7 @@ from .services import Actor, RPMService
 from .settings import Settings
 from .store import models as m
 from .store import repository
-from .store.audit import system_chain
+from .store.audit import SYSTEM_CHAIN, system_chain
 
 ROLES = ("trader", "compliance", "admin")
 # what generate_key() makes; the prefix ("rpm_" + 8 hex) is public: it finds the key and names it in logs
@@ -137,7 +137,7 @@ class KeyStore:
         if role not in ROLES:
             raise Invalid("invalid role", {"role": [f"one of {', '.join(ROLES)}"]})
         for pid in portfolios or ():
-            if not domain.PORTFOLIO_ID.matches(pid):
+            if not domain.PORTFOLIO_ID.matches(pid) or pid == SYSTEM_CHAIN:
                 raise Invalid("invalid portfolio", {"portfolios": [f"invalid portfolio id {pid!r}"]})
         if name is not None and not domain.KEY_NAME.matches(name):
             # recorded with every decision and action the key makes, and printed in lists and logs

@@ -94,10 +94,12 @@ def prometheus_text(service: Any, portfolios: tuple[str, ...] | None) -> tuple[b
 
 
 def wants_prometheus() -> bool:
-    if request.args.get("format") == "prometheus":
-        return True
-    accept = request.headers.get("Accept", "")
-    return "text/plain" in accept or "application/openmetrics-text" in accept
+    """``format`` when given; else what ``Accept`` prefers (JSON when it prefers neither)."""
+    if "format" in request.args:
+        return request.args["format"] == "prometheus"
+    best = request.accept_mimetypes.best_match(["application/json", "text/plain", "application/openmetrics-text"],
+                                               default="application/json")
+    return best != "application/json"
 
 
 # -- structured logs and request ids ------------------------------------------------------------

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -159,7 +160,10 @@ class RPMService:
         self.default_capital = default_capital
         # concurrent single intents of this process share a transaction (PostgreSQL; RPM_GROUP_COMMIT=0: off)
         self.group_commit = group_commit
-        self._group = GroupCommit(self._decide_group)
+        # one group per portfolio: a transaction locks every portfolio it decides for, so intents of another
+        # portfolio in it would wait for (and time out with) a lock that is not theirs
+        self._groups: dict[str, GroupCommit] = {}
+        self._groups_lock = threading.Lock()
         # the last configuration version seen per portfolio (to validate intents before the lock)
         self._configs: dict[str, tuple[int, RPMConfig]] = {}
 
@@ -217,7 +221,7 @@ class RPMService:
         started = time.perf_counter()
         portfolio_id = check_portfolio_id(_portfolio_of(fields))
         if self.db.pipelined and self.group_commit and not self.unsafe_disable_portfolio_lock:
-            answer = self._group.submit((fields, actor, started, self._prevalidated(portfolio_id, fields)))
+            answer = self._group(portfolio_id).submit((fields, actor, started, self._prevalidated(portfolio_id, fields)))
             if answer is not None:
                 return answer
         elif self.db.pipelined:
@@ -393,6 +397,13 @@ class RPMService:
         except Exception:  # an optimisation only: the locked version's validation gives the answer
             return None
         return Checked(version, intent, request_hash(intent))
+
+    def _group(self, portfolio_id: str) -> GroupCommit:
+        group = self._groups.get(portfolio_id)
+        if group is None:
+            with self._groups_lock:
+                group = self._groups.setdefault(portfolio_id, GroupCommit(self._decide_group))
+        return group
 
     def _decide_group(self, items: list[Item], more: Callable[[Callable[[Item], bool]], list[Item]]) -> list[Any]:
         """Single intents of concurrent requests, decided together (see app/group_commit.py).

@@ -12,7 +12,7 @@ from app.risk.model import ReasonCode
 
 from .auth import roles
 from .common import ERROR_RESPONSES, Blueprint, ok, portfolio_query
-from .schemas import AnyObjectSchema, Whole, identifier, portfolio_field
+from .schemas import AnyObjectSchema, Moment, Whole, identifier, portfolio_field
 from .scope import CHAIN, ONE, ONE_OR_ALL, VISIBLE, acts_on, current
 
 blp = Blueprint("compliance", __name__, description="Decision history and the audit trail (compliance)")
@@ -24,8 +24,8 @@ CHAIN_ID = Whole(domain.Identifier(domain.PORTFOLIO_ID.pattern, "a portfolio id,
 
 class DecisionQuerySchema(Schema):
     portfolio_id = fields.String(validate=PORTFOLIO_OR_ALL, metadata={"description": "absent: `default`"})
-    start = fields.AwareDateTime(data_key="from", metadata={"description": "decided at or after (ISO 8601)"})
-    end = fields.AwareDateTime(data_key="to", metadata={"description": "decided before (ISO 8601)"})
+    start = Moment(data_key="from", metadata={"description": "decided at or after (ISO 8601)"})
+    end = Moment(data_key="to", metadata={"description": "decided before (ISO 8601)"})
     symbol = identifier(domain.SYMBOL)
     status = fields.String(validate=validate.OneOf(["APPROVED", "REJECTED"]))
     reason = fields.String(validate=validate.OneOf([r.value for r in ReasonCode]))
@@ -42,8 +42,8 @@ class DecisionQuerySchema(Schema):
 
 class EventQuerySchema(Schema):
     portfolio_id = fields.String(validate=CHAIN_ID, metadata={"description": "absent: `default`"})
-    start = fields.AwareDateTime(data_key="from")
-    end = fields.AwareDateTime(data_key="to")
+    start = Moment(data_key="from")
+    end = Moment(data_key="to")
     kind = fields.String(validate=validate.OneOf(["switch_event", "admin_action"]))
     actor = identifier(domain.KEY_NAME)
     limit = fields.Integer(load_default=100, validate=validate.Range(1, 1000))
@@ -125,8 +125,8 @@ class AuditVerify(MethodView):
 
 class ReplaySchema(Schema):
     portfolio_id = portfolio_field()
-    start = fields.AwareDateTime(data_key="from")
-    end = fields.AwareDateTime(data_key="to")
+    start = Moment(data_key="from")
+    end = Moment(data_key="to")
     preset = fields.String(validate=validate.OneOf(["conservative", "balanced", "aggressive"]))
     config = fields.Dict(metadata={"description": "a candidate configuration (absent parameters: the defaults)"})
     format = fields.String(load_default="json", validate=validate.OneOf(["json", "ndjson"]),

@@ -95,7 +95,7 @@ def authorize() -> None:
     scheme, _, key = header.partition(" ")
     if not header:
         raise Unauthorized("missing API key: send Authorization: Bearer <key>")
-    if scheme != "Bearer" or not key.strip() or " " in key.strip():
+    if scheme.lower() != "bearer" or not key.strip() or " " in key.strip():  # (RFC 9110: any case)
         raise Unauthorized("malformed Authorization header: expected Bearer <key>")
     principal = current_app.extensions["rpm_keys"].authenticate(key.strip(), request.remote_addr)
     g.rpm_principal = principal

@@ -12,10 +12,10 @@ import json
 from typing import Any
 
 import orjson
-from flask import g, request
+from flask import current_app, g, request
 from webargs import core
 from webargs.flaskparser import FlaskParser
-from werkzeug.exceptions import BadRequest, UnsupportedMediaType
+from werkzeug.exceptions import BadRequest, RequestEntityTooLarge, UnsupportedMediaType
 
 from app.errors import Invalid
 
@@ -30,7 +30,9 @@ def content_type_error(content_type: str) -> str | None:
         return "the body must be application/json"
     for param in filter(None, (p.strip() for p in params.split(";"))):
         name, _, value = param.partition("=")
-        if name.strip().lower() != "charset" or value.strip().strip('"').lower() not in ("utf-8", "utf8"):
+        if name.strip().lower() != "charset":
+            return f"application/json takes no parameter but charset (got {name.strip()!r})"
+        if value.strip().strip('"').lower() not in ("utf-8", "utf8"):
             return "a JSON body must be UTF-8 (charset=utf-8, or no charset)"
     return None
 
@@ -58,7 +60,9 @@ def _lenient(raw: bytes) -> Any:
         for text in _strings(value):
             text.encode("utf-8")
         return value
-    except (UnicodeError, ValueError, RecursionError) as exc:
+    except RecursionError:
+        raise BadRequest(f"malformed request: the body nests arrays and objects more than {MAX_DEPTH} deep") from None
+    except (UnicodeError, ValueError) as exc:
         raise BadRequest(f"malformed request: the body is not valid UTF-8 JSON ({type(exc).__name__})") from None
 
 
@@ -106,7 +110,17 @@ def _read() -> Any:
     problem = content_type_error(request.headers.get("Content-Type", ""))
     if problem is not None:
         raise UnsupportedMediaType(problem)
-    raw = request.get_data(cache=True)  # 413 beyond MAX_CONTENT_LENGTH, before it is read
+    if request.content_length is not None:
+        raw = request.get_data(cache=True)  # 413 beyond MAX_CONTENT_LENGTH, before it is read
+    else:  # chunked: werkzeug applies no limit to a body it cannot measure first, so read one byte past it
+        limit = current_app.config["MAX_CONTENT_LENGTH"]
+        chunks, size = [], 0
+        while size <= limit and (chunk := request.stream.read(limit + 1 - size)):  # a read may give less
+            chunks.append(chunk)
+            size += len(chunk)
+        if size > limit:
+            raise RequestEntityTooLarge()
+        raw = b"".join(chunks)
     return parse(raw) if raw else MISSING
 
 

@@ -90,7 +90,7 @@ class FastProcessTrade:
         """(status, body, request id, headers) of a request this path takes; None for Flask's."""
         scheme, _, key = environ.get("HTTP_AUTHORIZATION", "").partition(" ")
         key = key.strip()
-        if scheme != "Bearer" or not key or " " in key:
+        if scheme.lower() != "bearer" or not key or " " in key:
             return None
         try:
             body = parse(raw)

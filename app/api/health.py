@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from flask import current_app
 from flask.views import MethodView
-from marshmallow import RAISE, Schema, fields
+from marshmallow import RAISE, Schema
 
 from app.errors import Unavailable
 
 from .auth import ANY, current_principal, public, roles
 from .common import Blueprint, documented_errors, error_response, ok, portfolio_query, service
-from .schemas import AnyObjectSchema, MetricsQuerySchema, portfolio_field
+from .schemas import AnyObjectSchema, MetricsQuerySchema, Moment, portfolio_field
 from .scope import NONE, ONE, VISIBLE, acts_on, current
 
 blp = Blueprint("monitoring", __name__, description="Portfolio, health and metrics")
@@ -105,7 +105,7 @@ class Ready(MethodView):
 
 class EquityQuerySchema(Schema):
     portfolio_id = portfolio_field()
-    since = fields.AwareDateTime(metadata={"description": "points at or after (ISO 8601)"})
+    since = Moment(metadata={"description": "points at or after (ISO 8601)"})
 
 
 @blp.route("/portfolio/equity")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
@@ -32,6 +33,18 @@ class StrictInteger(fields.Integer):
         if isinstance(value, bool):
             raise ValidationError("Not a valid integer.")
         return super()._deserialize(value, attr, data, **kwargs)
+
+
+class Moment(fields.AwareDateTime):
+    """An ISO 8601 time with its offset, as the UTC time it names (stored and compared in UTC): one the
+    calendar cannot shift to UTC (year 1 at +01:00, year 9999 at -05:00) is refused."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> datetime:
+        moment = super()._deserialize(value, attr, data, **kwargs)
+        try:
+            return moment.astimezone(UTC)
+        except OverflowError:
+            raise ValidationError("a time that cannot be expressed in UTC") from None
 
 
 class StrictBoolean(fields.Boolean):
@@ -113,7 +126,7 @@ class MarksSchema(Schema):
 
 
 class FillSchema(Schema):
-    decision_id = fields.String(required=True, validate=validate.Length(1, 36))
+    decision_id = identifier(domain.DECISION_ID, required=True)
     filled_units = within(domain.UNITS, required=True)
     fill_price = within(domain.PRICE, required=True)
     portfolio_id = portfolio_field()

@@ -111,7 +111,8 @@ def resolve(kind: Acts, body: Any, query: Mapping[str, str], allowed: tuple[str,
         scope = Scope(kind, None, visible=allowed)
     if allowed is not None:
         for portfolio in scope.batch or (scope.portfolio,):
-            if portfolio is not None and portfolio != SYSTEM_CHAIN and portfolio not in allowed:
+            # (the system chain is a chain, not a portfolio: refused above to limited keys)
+            if portfolio is not None and not (kind == CHAIN and portfolio == SYSTEM_CHAIN) and portfolio not in allowed:
                 raise Forbidden(f"this key may not use portfolio {portfolio!r}")
     return scope
 

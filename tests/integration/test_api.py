@@ -88,8 +88,11 @@ def test_over_fill_and_fill_of_a_rejection_are_refused(client, sql):
     rejected = post(client, "/process_trade", {**SEED_INTENT, "confidence_score": 0.1}).json["decision"]
     r = post(client, "/fills", {"decision_id": rejected["id"], "filled_units": 1, "fill_price": 1.1})
     assert r.status_code == 409
-    unknown = post(client, "/fills", {"decision_id": "nope", "filled_units": 1, "fill_price": 1.1})
+    unknown = post(client, "/fills", {"decision_id": "00000000-0000-4000-8000-000000000000", "filled_units": 1,
+                                      "fill_price": 1.1})
     assert unknown.status_code == 404
+    malformed = post(client, "/fills", {"decision_id": "nope", "filled_units": 1, "fill_price": 1.1})
+    assert malformed.status_code == 422 and "decision_id" in malformed.json["errors"]
     assert sql("SELECT count(*) FROM fills")[0][0] == 0
 
 

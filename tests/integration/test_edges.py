@@ -8,6 +8,7 @@ import csv
 import io
 import json
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -129,6 +130,13 @@ def test_a_trailing_newline_cannot_open_a_second_symbol_past_the_cap(client):
     assert client.post("/marks", json={"prices": {"EURUSD\n": 1.1}}).status_code == 422
     assert client.post("/process_trade", json={**SEED_INTENT, "symbol": "EURUSD\n"}).status_code == 422
     assert list(client.get("/portfolio").json["exposures"]["symbol"]) == ["EURUSD"]
+
+
+@pytest.mark.parametrize("path", ["/positions/EURUSD%2F/close", "/positions/EURUSD//close", "/audit//verify"])
+def test_a_path_is_matched_as_sent_not_redirected_to_another(client, path):
+    """Observed: werkzeug merged "//" (and "%2F/") with a 308 HTML redirect to /positions/EURUSD/close."""
+    r = client.post(path, json={"price": 1.1}) if "close" in path else client.get(path)
+    assert r.status_code == 404 and r.is_json and "Location" not in r.headers
 
 
 @pytest.mark.parametrize("value", ["pf\n", "pf ", "pé", "", "x" * 65])
@@ -259,12 +267,22 @@ def test_csv_cells_a_spreadsheet_would_run_are_neutralised(client):
     assert sorted(d["intent_id"] for d in listed) == sorted(formulas)
 
 
+def test_a_separator_inside_csv_text_cannot_start_a_formula(client):
+    """Observed: an intent_id of x;=1+1 was written unquoted: read with ";" as the separator (many locales),
+    a cell started with =1+1."""
+    assert client.post("/process_trade", json={**SEED_INTENT, "intent_id": "x;=1+1"}).status_code == 200
+    text = client.get("/decisions", query_string={"format": "csv"}).get_data(as_text=True)
+    for row in csv.reader(io.StringIO(text), delimiter=";"):
+        assert not any(cell.lstrip().startswith(("=", "+", "@")) for cell in row), row
+    row = next(csv.DictReader(io.StringIO(text)))
+    assert row["intent_id"] == "x;'=1+1" and row["direction"] == "1"
+
+
 # -- one answer per request --------------------------------------------------------------------
 
 def test_an_intent_that_fails_unexpectedly_is_its_own_answer_in_a_group(app, sql, monkeypatch):
     """A failure while deciding one intent of a group-commit transaction fails that intent alone: the others
     are decided and committed as if it had not been sent (sequence numbers and the chain without a gap)."""
-    import time
 
     from app.errors import ServiceError
     from app.risk import engine
@@ -293,7 +311,6 @@ def test_a_value_the_database_refuses_is_the_answer_of_its_own_request_alone(app
     """The backstop behind the domain: should a row still hold a number the database cannot store, the group's
     transaction fails, and each of its requests is decided again on its own: that one gets a 422, no other."""
     import dataclasses
-    import time
     from decimal import Decimal
 
     from app.errors import Invalid
@@ -320,6 +337,36 @@ def test_a_value_the_database_refuses_is_the_answer_of_its_own_request_alone(app
     innocent = [n for n in names if n != "too-big"]
     assert [a["decision"]["intent_id"] for i, a in enumerate(answers) if i != 5] == innocent
     assert sql("SELECT intent_id FROM decisions ORDER BY seq") == [(n,) for n in innocent]
+
+
+def test_a_portfolio_whose_lock_is_held_does_not_hold_up_another_portfolios_intents(client, raw_client, keys,
+                                                                                    database_url):
+    """Observed: single intents of two portfolios shared a group-commit transaction, which locked both: with
+    desk-b's row locked elsewhere, an intent for desk-a waited for desk-b's lock and answered 503 with it."""
+    from sqlalchemy import create_engine, text
+
+    assert client.post("/portfolios", json={"portfolio_id": "desk-b"}).status_code == 201
+    auth = {"Authorization": f"Bearer {keys['trader']}"}
+    blocker = create_engine(database_url)
+    answers = {}
+
+    def send(name, portfolio):
+        started = time.monotonic()
+        r = raw_client.post("/process_trade", json={**SEED_INTENT, "portfolio_id": portfolio}, headers=auth)
+        answers[name] = (r.status_code, time.monotonic() - started)
+
+    with blocker.begin() as conn:
+        conn.execute(text("SELECT id FROM portfolios WHERE id = 'desk-b' FOR UPDATE"))
+        threads = [threading.Thread(target=send, args=(f"b{i}", "desk-b")) for i in range(2)]
+        for thread in threads:
+            thread.start()
+        time.sleep(0.3)  # desk-b's intents wait for its lock
+        send("a", "default")
+        for thread in threads:
+            thread.join()
+    blocker.dispose()
+    assert answers["a"][0] == 200 and answers["a"][1] < 1.0, answers
+    assert {answers["b0"][0], answers["b1"][0]} == {503}
 
 
 REFUSE_POISON = """
@@ -372,3 +419,31 @@ def test_a_poisoned_request_among_concurrent_ones_changes_no_other_answer(server
               f"answers { {s: innocent_statuses.count(s) for s in set(innocent_statuses)} }, stored {stored}")
     assert innocent_statuses == [200] * rounds * (width - 1)
     assert stored == rounds * (width - 1)
+
+
+@pytest.mark.slow
+def test_a_chunked_body_is_held_to_the_same_limit(servers, database_url, keys, sql):
+    """Observed: a chunked body past the limit was cut at it and parsed: valid JSON followed by 3 MB of
+    spaces and garbage set a mark."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    server = servers({"DATABASE_URL": database_url}, workers=1, threads=2)
+    where = urlsplit(server.url)
+
+    def chunked(parts):
+        conn = http.client.HTTPConnection(where.hostname, where.port, timeout=30)
+        try:
+            conn.request("POST", "/marks", body=iter(parts), encode_chunked=True, headers={
+                "Authorization": f"Bearer {keys['trader']}", "Content-Type": JSON, "Transfer-Encoding": "chunked"})
+            response = conn.getresponse()
+            return response.status, json.loads(response.read())
+        finally:
+            conn.close()
+
+    mark = b'{"prices": {"EURUSD": 1.1}}'
+    status, body = chunked([mark, b" " * 3_000_000, b"GARBAGE"])
+    assert status == 413 and body["code"] == 413
+    assert sql("SELECT count(*) FROM marks")[0][0] == 0
+    status, _ = chunked([mark[:10], mark[10:]])
+    assert status == 200 and sql("SELECT count(*) FROM marks")[0][0] == 1

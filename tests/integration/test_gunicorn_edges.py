@@ -49,6 +49,22 @@ def test_requests_gunicorn_refuses_are_answered_in_the_json_error_shape(servers,
 
 
 @pytest.mark.slow
+def test_gunicorn_logs_no_credential_it_refuses(servers, database_url, keys, tmp_path):
+    """Observed: a key sent on a malformed line was quoted whole in gunicorn's warning ("Invalid HTTP Header:
+    'Bearer rpm_…'"). An RPM key keeps its public prefix only; another bearer token or Authorization value none."""
+    server = servers({"DATABASE_URL": database_url}, workers=1, threads=2)
+    key = keys["admin"]
+    secret = key.split("_", 2)[2]
+    for request in (f"GET /whoami HTTP/1.1\r\nHost: x\r\nBearer {key}\r\n\r\n",
+                    f"GET /whoami HTTP/1.1 Authorization: Bearer {key}\r\nHost: x\r\n\r\n",
+                    "GET /whoami HTTP/1.1\r\nHost: x\r\nBearer ghp_0123456789abcdefSECRET\r\n\r\n"):
+        assert raw(server.port, request.encode())[0] == 400
+    log = (tmp_path / "server-0.log").read_text()
+    assert "Invalid request" in log and key[:13] + "[redacted]" in log
+    assert secret not in log and "ghp_0123456789abcdefSECRET" not in log
+
+
+@pytest.mark.slow
 def test_instances_neither_take_over_nor_remove_the_default_control_socket(servers, database_url, tmp_path):
     runtime = tmp_path / "run"  # gunicorn's default control socket lives in $XDG_RUNTIME_DIR when set
     runtime.mkdir(mode=0o700)
