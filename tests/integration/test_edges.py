@@ -245,6 +245,20 @@ def test_unknown_query_parameters_are_a_422(client, path):
     assert r.status_code == 422 and "portfolio" in r.json["errors"]
 
 
+@pytest.mark.parametrize("method, path, where, field", [
+    ("GET", "/decisions", "query", "from"), ("GET", "/decisions", "query", "to"),
+    ("GET", "/audit/events", "query", "from"), ("GET", "/portfolio/equity", "query", "since"),
+    ("POST", "/replay", "body", "from")])
+@pytest.mark.parametrize("moment", ["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-05:00"])
+def test_a_time_that_cannot_be_shifted_to_utc_is_a_422(client, method, path, where, field, moment):
+    """Observed: a 500 (OverflowError) for year 1 at +01:00 or year 9999 at -05:00."""
+    if where == "query":
+        r = client.open(path, method=method, query_string={field: moment})
+    else:
+        r = client.open(path, method=method, json={field: moment})
+    assert r.status_code == 422 and field in r.json["errors"], r.get_data(as_text=True)
+
+
 def test_configuration_does_not_silently_ignore_capital(client):
     config = client.get("/config").json["config"]
     r = client.put("/config", json={"config": {**config, "total_capital": 5e6}, "reason": "more capital"})
