@@ -14,15 +14,16 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-## run the service (embedded SQLite in ./instance unless DATABASE_URL is set), port RPM_PORT or 8005
+## run the service (an embedded PostgreSQL, data in ./instance/pgdata, unless DATABASE_URL is set), port RPM_PORT or 8005
 run: install
 	$(BIN)/rpm serve
 
-## make sure the local PostgreSQL cluster is up (used by the tests unless TEST_DATABASE_URL is given)
+## start the local PostgreSQL cluster if one is installed and down; without one, the tests use an embedded server
 pg:
-	@if [ -z "$$TEST_DATABASE_URL" ] && ! pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then \
+	@if [ -z "$$TEST_DATABASE_URL" ] && command -v pg_ctlcluster >/dev/null && ls /etc/postgresql >/dev/null 2>&1 \
+			&& ! pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then \
 		echo "starting the local PostgreSQL cluster"; \
-		pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql) main start; \
+		pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql) main start || true; \
 		for i in $$(seq 1 30); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 1; done; \
 	fi
 
@@ -38,7 +39,8 @@ browser:
 lint: install
 	$(BIN)/ruff check .
 
-## the whole suite against real PostgreSQL (each test gets its own fresh database)
+## the whole suite against real PostgreSQL: TEST_DATABASE_URL, else the local cluster, else an embedded server
+## (each test gets its own fresh database)
 test: install pg browser lint
 	$(BIN)/pytest
 

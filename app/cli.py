@@ -11,7 +11,8 @@ from pathlib import Path
 
 import click
 
-from .settings import Settings, default_instance_path
+from .gunicorn_conf import EMBEDDED_DATA
+from .settings import Settings, default_instance_path, embedded_data
 
 
 def _settings() -> Settings:
@@ -150,14 +151,20 @@ def serve(port: int | None, host: str | None, workers: int | None, threads: int 
     host = host or settings.host
     workers = workers or settings.workers
     threads = threads or settings.threads
-    if url.startswith("sqlite"):
-        workers = 1  # one process per SQLite file: it serializes writers anyway
+    database = _safe_url(url)
+    if settings.database_url is None:
+        # the embedded server, started before gunicorn forks its workers (they are given its URL), is this
+        # instance's: app/gunicorn_conf.py stops it when gunicorn exits
+        data = embedded_data(settings.instance_path or default_instance_path())
+        os.environ["DATABASE_URL"] = url
+        os.environ[EMBEDDED_DATA] = str(data)
+        database = f"embedded PostgreSQL, data in {data} ({_safe_url(url)})"
     click.echo("=" * 78)
     click.echo(" RPM - RISK & PORTFOLIO MANAGER")
     click.echo(" Signals propose trades. RPM decides survival.")
     click.echo("=" * 78)
     click.echo(f" listening on http://{host}:{port}  ({workers} workers x {threads} threads)")
-    click.echo(f" database: {_safe_url(url)}")
+    click.echo(f" database: {database}")
     click.echo(" endpoints:")
     for method, path, what in ENDPOINTS:
         click.echo(f"   {method:8} {path:32} {what}")
@@ -176,8 +183,8 @@ def serve(port: int | None, host: str | None, workers: int | None, threads: int 
 @click.option("--url", default=None, help="a live RPM; default: an embedded one on a throw-away database")
 @click.option("--trader-key", envvar="RPM_DEMO_TRADER_KEY", default=None, help="with --url (env RPM_DEMO_TRADER_KEY)")
 @click.option("--admin-key", envvar="RPM_DEMO_ADMIN_KEY", default=None, help="with --url (env RPM_DEMO_ADMIN_KEY)")
-@click.option("--database-url", default=None, help="embedded: use this database instead of a throw-away file")
-@click.option("--keep", is_flag=True, help="embedded: keep the throw-away database (its path is printed)")
+@click.option("--database-url", default=None, help="embedded: use this database instead of a throw-away one")
+@click.option("--keep", is_flag=True, help="embedded: keep the throw-away instance folder (its path is printed)")
 def demo(url: str | None, trader_key: str | None, admin_key: str | None, database_url: str | None,
          keep: bool) -> None:
     """The nine scenarios of the original design, each on a portfolio of its own."""

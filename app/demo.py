@@ -39,17 +39,20 @@ class HttpRPM:
 
 
 class EmbeddedRPM:
-    """An RPM in this process, on a throw-away SQLite file (or the database given), called through Flask."""
+    """An RPM in this process, called through Flask: on a throw-away embedded PostgreSQL (its instance folder
+    kept with ``keep``), or on the database given."""
 
     def __init__(self, database_url: str | None = None, keep: bool = False):
         from app import create_app
         from app.services import Actor
-        from app.settings import Settings
+        from app.settings import Settings, embedded_data
+        from app.store.embedded import EmbeddedPostgres
         from app.store.migrate import upgrade
 
         self.tmp = None if keep else tempfile.TemporaryDirectory(prefix="rpm-demo-")
         folder = Path(self.tmp.name if self.tmp else tempfile.mkdtemp(prefix="rpm-demo-"))
         settings = Settings(database_url=database_url, instance_path=str(folder))
+        self.embedded = None if database_url else EmbeddedPostgres(embedded_data(str(folder)))
         url = settings.resolved_database_url(str(folder))
         upgrade(url)
         self.app = create_app(settings)
@@ -58,7 +61,8 @@ class EmbeddedRPM:
         demo = Actor("rpm-demo", "admin")
         self.keys = {role: store.create(role, f"demo-{role}", None, demo)[0] for role in ("trader", "admin")}
         self.client = self.app.test_client()
-        self.where = f"embedded RPM on {url}"
+        self.where = (f"embedded RPM on {url}" if self.embedded is None else
+                      f"embedded RPM on an embedded PostgreSQL in {folder} (RPM_INSTANCE_PATH={folder})")
 
     def call(self, method: str, path: str, body: Any = None, role: str = "trader") -> tuple[int, Any]:
         r = self.client.open(path, method=method, json=body, headers={"Authorization": f"Bearer {self.keys[role]}"})
@@ -66,6 +70,8 @@ class EmbeddedRPM:
 
     def close(self) -> None:
         self.app.extensions["rpm"].db.dispose()
+        if self.embedded is not None:
+            self.embedded.stop()
         if self.tmp is not None:
             self.tmp.cleanup()
 

@@ -14,6 +14,8 @@ worker_class = "app.gunicorn_worker.JsonErrorThreadWorker"
 # unique among the instances sharing an instance folder, and a fallback for paths too long for a socket.
 control_socket_disable = True
 
+# the data folder of the embedded PostgreSQL that `rpm serve` started for this instance: stopped at exit
+EMBEDDED_DATA = "RPM_EMBEDDED_DATA"
 PROMETHEUS_DIR = "PROMETHEUS_MULTIPROC_DIR"
 # the folder this instance created for the counters, and so removes when it stops
 CREATED_PROMETHEUS_DIR = "RPM_CREATED_PROMETHEUS_DIR"
@@ -34,17 +36,27 @@ def when_ready(server):
 
 
 def on_exit(server):
-    """Remove the counters' folder this instance created; never one it was given."""
-    folder = os.environ.get(CREATED_PROMETHEUS_DIR)
-    # with a USR2 re-exec under way, old and new masters share the folder: the one that stays removes it
-    if not folder or server.reexec_pid or server.master_pid:
+    """Remove the counters' folder this instance created (never one it was given), and stop the embedded
+    PostgreSQL it started. With a USR2 re-exec under way, old and new masters share both: the one that
+    stays keeps them."""
+    if server.reexec_pid or server.master_pid:
         return
-    import shutil
+    folder = os.environ.get(CREATED_PROMETHEUS_DIR)
+    if folder:
+        import shutil
 
-    try:
-        shutil.rmtree(folder)
-    except OSError as exc:
-        server.log.warning("could not remove %s: %s", folder, exc)
+        try:
+            shutil.rmtree(folder)
+        except OSError as exc:
+            server.log.warning("could not remove %s: %s", folder, exc)
+    data = os.environ.get(EMBEDDED_DATA)
+    if data:
+        from app.store.embedded import EmbeddedPostgres
+
+        try:
+            EmbeddedPostgres(data).stop()
+        except (OSError, RuntimeError) as exc:
+            server.log.warning("could not stop the embedded PostgreSQL of %s: %s", data, exc)
 
 
 def child_exit(server, worker):  # noqa: ARG001  (gunicorn's hook signature)

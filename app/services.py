@@ -145,6 +145,10 @@ def _f(value: Decimal | None) -> float | None:
     return None if value is None else float(value)
 
 
+class _DefaultMissing(Exception):
+    """The `default` portfolio is not in the database yet (_decide_pipelined makes it)."""
+
+
 class RPMService:
     def __init__(
         self,
@@ -220,22 +224,11 @@ class RPMService:
     def process_trade(self, fields: dict[str, Any], actor: Actor) -> dict[str, Any]:
         started = time.perf_counter()
         portfolio_id = check_portfolio_id(_portfolio_of(fields))
-        if self.db.pipelined and self.group_commit and not self.unsafe_disable_portfolio_lock:
-            answer = self._group(portfolio_id).submit((fields, actor, started, self._prevalidated(portfolio_id, fields)))
-            if answer is not None:
-                return answer
-        elif self.db.pipelined:
-            answers, locked = self._refused_as_invalid(self._decide_pipelined, [(fields, actor, started, None)])
-            if answers is not None:
-                row, replay = answers[0]
-                return self._trade_response(locked[portfolio_id].loaded, row, replay=replay)
-
-        def run(session):
-            loaded = self._load(session, portfolio_id, lock=not self.unsafe_disable_portfolio_lock)
-            row, replay = self._decide_one(session, loaded, fields, actor, started)
-            return self._trade_response(loaded, row, replay=replay)
-
-        return self._write(run)
+        if self.group_commit and not self.unsafe_disable_portfolio_lock:
+            return self._group(portfolio_id).submit((fields, actor, started, self._prevalidated(portfolio_id, fields)))
+        answers, locked = self._refused_as_invalid(self._decide_pipelined, [(fields, actor, started, None)])
+        row, replay = answers[0]
+        return self._trade_response(locked[portfolio_id].loaded, row, replay=replay)
 
     def process_trades(self, items: list[dict[str, Any]], actor: Actor) -> dict[str, Any]:
         """A list of intents decided in order, one transaction per portfolio, each its own decision.
@@ -245,33 +238,12 @@ class RPMService:
         """
         started = time.perf_counter()
         portfolio_ids = [check_portfolio_id(_portfolio_of(fields)) for fields in items]
-        if self.db.pipelined:
-            answers, locked = self._refused_as_invalid(
-                self._decide_pipelined, [(fields, actor, started, self._prevalidated(pid, fields))
-                                         for fields, pid in zip(items, portfolio_ids, strict=True)])
-            if answers is not None:
-                return {"decisions": [decision_payload(row, replay=replay) for row, replay in answers],
-                        "portfolio_states": {pid: engine.portfolio_summary(lk.loaded.state, lk.loaded.config)
-                                             for pid, lk in sorted(locked.items())}}
-        by_portfolio: dict[str, list[int]] = {}
-        for index, fields in enumerate(items):
-            by_portfolio.setdefault(_portfolio_of(fields), []).append(index)
-
-        def run(session):
-            answers: list[dict[str, Any] | None] = [None] * len(items)
-            states = {}
-            for portfolio_id in sorted(by_portfolio):
-                loaded = self._load(session, portfolio_id)
-                for index in by_portfolio[portfolio_id]:
-                    try:
-                        row, replay = self._decide_one(session, loaded, items[index], actor, started)
-                    except Invalid as exc:
-                        raise in_batch(index, exc) from None
-                    answers[index] = decision_payload(row, replay=replay)
-                states[portfolio_id] = engine.portfolio_summary(loaded.state, loaded.config)
-            return {"decisions": answers, "portfolio_states": states}
-
-        return self._write(run)
+        answers, locked = self._refused_as_invalid(
+            self._decide_pipelined, [(fields, actor, started, self._prevalidated(pid, fields))
+                                     for fields, pid in zip(items, portfolio_ids, strict=True)])
+        return {"decisions": [decision_payload(row, replay=replay) for row, replay in answers],
+                "portfolio_states": {pid: engine.portfolio_summary(lk.loaded.state, lk.loaded.config)
+                                     for pid, lk in sorted(locked.items())}}
 
     @staticmethod
     def _refused_as_invalid(fn: Callable[..., Any], *args: Any) -> Any:
@@ -282,16 +254,24 @@ class RPMService:
 
     def _decide_pipelined(self, items: list[Item], *, one_by_one: bool = False,
                           more: Callable[[Callable[[Item], bool]], list[Item]] | None = None):
-        """PostgreSQL: decide ``items`` in two round trips (app/store/pipeline.py).
+        """Decide ``items`` in two round trips (app/store/pipeline.py): their answers, and the portfolios locked.
 
         ``one_by_one`` (intents of separate requests decided together): an intent refused (422,
         409) is that request's answer and changes nothing, the others go on; each answer carries
         the portfolio state, configuration and counters right after its decision. Otherwise (one request) a
-        refused intent refuses them all. Gives (None, None) when a portfolio does not exist yet:
-        the caller then takes the ORM path, which creates `default` or answers 404. ``more`` (group
+        refused intent refuses them all. An unknown portfolio is a 404; `default`, which always exists,
+        is made first if a database lacks it (one made without `rpm db upgrade`). ``more`` (group
         commit): gives the intents that queued meanwhile for the portfolios locked, decided after
         ``items`` in the same transaction (their answers follow those of ``items``).
         """
+        try:
+            return self._decide_once(items, one_by_one, more, created_default=False)
+        except _DefaultMissing:
+            self.ensure_default_portfolio()
+            return self._decide_once(items, one_by_one, more, created_default=True)
+
+    def _decide_once(self, items: list[Item], one_by_one: bool,
+                     more: Callable[[Callable[[Item], bool]], list[Item]] | None, created_default: bool):
         from .store.pipeline import DecisionTransaction
 
         unsafe = self.unsafe_disable_portfolio_lock
@@ -299,8 +279,11 @@ class RPMService:
             with self.db.connection() as conn:
                 tx = DecisionTransaction(conn, self.db.cache_key)
                 locked = tx.lock(_wanted(items), lock=not unsafe)
-                if any(lk is None for lk in locked.values()):
-                    return None, None
+                missing = sorted(pid for pid, lk in locked.items() if lk is None)
+                if missing:
+                    if missing != [domain.DEFAULT_PORTFOLIO] or created_default:
+                        raise NotFound(f"unknown portfolio {missing[0]!r}")
+                    raise _DefaultMissing
                 extra = more(lambda item: _portfolio_of(item[0]) in locked) if more is not None else []
                 if extra:  # joined while the lock was awaited: one more round trip, and a larger transaction
                     tx.read_more(locked, _wanted(extra))
@@ -408,8 +391,7 @@ class RPMService:
     def _decide_group(self, items: list[Item], more: Callable[[Callable[[Item], bool]], list[Item]]) -> list[Any]:
         """Single intents of concurrent requests, decided together (see app/group_commit.py).
 
-        Each item's answer (or the exception that is its answer); None for all when a portfolio
-        does not exist yet (each request then takes the ORM path on its own).
+        Each item's answer, or the exception that is its answer.
         """
         taken = list(items)
 
@@ -424,8 +406,6 @@ class RPMService:
             # a value the database refused: whose, it does not say. Each request again in a transaction of its
             # own, so that the refusal is the answer of the one that sent it alone
             return [self._decided_alone(item) for item in taken]
-        if answers is None:
-            return [None] * len(items)
         return [a if isinstance(a, Exception) else {
             "decision": decision_payload(a[0], replay=a[1]), "portfolio_state": engine.portfolio_summary(a[2], a[3]),
             "risk_metrics": RiskMetrics.from_counters(a[4]).to_dict()} for a in answers]
@@ -438,8 +418,6 @@ class RPMService:
             return Invalid(str(exc))
         except Exception as exc:  # (a 422, 409, 503...: this request's answer alone)
             return exc
-        if answers is None:
-            return None  # its portfolio does not exist yet: the request takes the ORM path
         row, replay = answers[0]
         return self._trade_response(locked[_portfolio_of(item[0])].loaded, row, replay=replay)
 
@@ -510,35 +488,6 @@ class RPMService:
         events = [chain.seal(m.SwitchEventRow, repository.event_values(portfolio_id, e, d.id))
                   for e in outcome.events]
         return Record(decision, ledger, events)
-
-    def _decide_one(self, session, loaded: Loaded, fields: dict[str, Any], actor: Actor,
-                    started: float) -> tuple[m.Decision, bool]:
-        """Decide one intent of a locked portfolio and write the decision and every change it causes."""
-        portfolio_id = loaded.row.id
-        intent, request_hash = self._intent(loaded, fields)
-        if intent.intent_id is not None:
-            stored = session.info.get("rpm_intents", {}).get((portfolio_id, intent.intent_id))
-            if stored is None:  # (by intent_id alone: see _SELECT_DECIDED in app/store/pipeline.py)
-                stored = next((d for d in session.scalars(select(m.Decision).where(
-                    m.Decision.intent_id == intent.intent_id)) if d.portfolio_id == portfolio_id), None)
-            if stored is not None:
-                return self._replayed(stored, request_hash, intent), True
-        now = self.clock()
-        outcome = engine.decide(loaded.state, intent, loaded.config, now, str(uuid.uuid4()))
-        if self.unsafe_disable_portfolio_lock:  # the naive way: decided on what was read, written with fresh counters
-            session.refresh(loaded.row, with_for_update=True)
-        record = self._record(loaded, intent, request_hash, outcome, now, actor, started)
-        decision_row = m.Decision(**record.decision)
-        session.add(decision_row)
-        if record.ledger is not None:
-            session.add(m.LedgerEntry(**record.ledger))
-        repository.save(session, loaded, outcome.state, now)
-        for event in record.events:
-            session.add(m.SwitchEventRow(**event))
-        if intent.intent_id is not None:  # a retry later in the same batch finds it without a flush
-            session.info.setdefault("rpm_intents", {})[(portfolio_id, intent.intent_id)] = decision_row
-        loaded.state = outcome.state
-        return decision_row, False
 
     def _trade_response(self, loaded: Loaded, row: m.Decision, replay: bool) -> dict[str, Any]:
         return {

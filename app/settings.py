@@ -19,7 +19,7 @@ def _float(name: str, default: float) -> float:
 
 @dataclass(frozen=True)
 class Settings:
-    # SQLAlchemy URL; unset: an embedded SQLite file in the instance folder
+    # SQLAlchemy URL; unset: an embedded PostgreSQL server with its data in the instance folder (pgdata)
     database_url: str | None = None
     port: int = 8005
     host: str = "0.0.0.0"
@@ -84,14 +84,22 @@ class Settings:
         )
 
     def resolved_database_url(self, instance_path: str) -> str:
+        """``database_url`` as psycopg 3's; unset, the embedded server of the instance folder (started if it is
+        not running, and then stopped when this process exits: app/store/embedded.py)."""
         if self.database_url:
             url = self.database_url
             # plain postgresql:// URLs mean psycopg 3 here
             if url.startswith("postgresql://") or url.startswith("postgres://"):
                 url = "postgresql+psycopg://" + url.split("://", 1)[1]
             return url
-        Path(instance_path).mkdir(parents=True, exist_ok=True)
-        return f"sqlite:///{Path(instance_path) / 'rpm.sqlite3'}"
+        from .store.embedded import ensure_running
+
+        return ensure_running(embedded_data(instance_path))
+
+
+def embedded_data(instance_path: str) -> Path:
+    """Where the embedded PostgreSQL keeps its data: the instance folder's ``pgdata``."""
+    return Path(instance_path) / "pgdata"
 
 
 def default_instance_path() -> str:

@@ -1,7 +1,4 @@
-"""The zero-setup default: `rpm serve` on an embedded SQLite file, no database to install.
-
-The only test that runs on SQLite: everything else runs on PostgreSQL.
-"""
+"""The zero-setup default: `rpm serve` on an embedded PostgreSQL, nothing to install."""
 
 import os
 import subprocess
@@ -10,17 +7,23 @@ import time
 
 import pytest
 
+from app.store.embedded import EmbeddedPostgres
+
 from .conftest import ROOT, SEED_INTENT, http
 
 pytestmark = pytest.mark.slow
 
 
-def test_rpm_serve_on_the_sqlite_default_approves_the_spec_request(servers, tmp_path, monkeypatch):
+def test_rpm_serve_on_the_embedded_default_approves_the_spec_request(servers, tmp_path, monkeypatch):
     monkeypatch.delenv("DATABASE_URL", raising=False)
     admin_key = "rpm_b0075ead_" + "x" * 43
-    env = {"RPM_INSTANCE_PATH": str(tmp_path / "instance"), "RPM_BOOTSTRAP_ADMIN_KEY": admin_key}
-    server = servers(env, workers=1, threads=2)
-    # the README's first steps: the bootstrap admin key works, `rpm keys create` makes a trader key
+    instance = tmp_path / "instance"
+    env = {"RPM_INSTANCE_PATH": str(instance), "RPM_BOOTSTRAP_ADMIN_KEY": admin_key}
+    server = servers(env, workers=2, threads=2)
+    embedded = EmbeddedPostgres(instance / "pgdata")
+    assert embedded.running()
+    # the README's first steps: the bootstrap admin key works, `rpm keys create` makes a trader key (a command
+    # run meanwhile shares the running server, and leaves it running)
     status, _ = http("POST", server.url + "/halt", {"reason": "smoke"}, key=admin_key)
     assert status == 200
     assert http("POST", server.url + "/resume", {}, key=admin_key)[0] == 200
@@ -28,7 +31,7 @@ def test_rpm_serve_on_the_sqlite_default_approves_the_spec_request(servers, tmp_
                               "--name", "signal-engine"], env={**os.environ, **env}, cwd=ROOT,
                              capture_output=True, text=True, check=True)
     trader_key = created.stdout.strip()
-    assert trader_key.startswith("rpm_")
+    assert trader_key.startswith("rpm_") and embedded.running()
     deadline = time.monotonic() + 2  # a key made by another process is seen by every worker within 1 s
     while (status := http("GET", server.url + "/whoami", key=trader_key)[0]) == 401 and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -37,7 +40,22 @@ def test_rpm_serve_on_the_sqlite_default_approves_the_spec_request(servers, tmp_
     assert status == 200
     assert body["decision"]["status"] == "APPROVED"
     assert body["decision"]["approved_trade"]["position_units"] == 27272.72
-    assert (tmp_path / "instance" / "rpm.sqlite3").exists()
     status, health = http("GET", server.url + "/health", key=trader_key)
-    assert status == 200 and health["database"]["dialect"] == "sqlite"
-    assert "sqlite" in (tmp_path / "server-0.log").read_text()  # the banner names the database
+    assert status == 200 and health["database"]["dialect"] == "postgresql"
+    assert f"embedded PostgreSQL, data in {instance / 'pgdata'}" in (tmp_path / "server-0.log").read_text()
+    # stopping the instance stops the server it started; its data stays for the next start
+    server.stop()
+    assert not embedded.running() and (instance / "pgdata" / "PG_VERSION").exists()
+
+
+def test_an_rpm_command_alone_starts_the_embedded_server_and_stops_it(tmp_path, monkeypatch):
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    env = {**os.environ, "RPM_INSTANCE_PATH": str(tmp_path / "instance")}
+    upgraded = subprocess.run([sys.executable, "-m", "app.cli", "db", "upgrade"], env=env, cwd=ROOT,
+                              capture_output=True, text=True, timeout=120)
+    assert upgraded.returncode == 0, upgraded.stderr
+    assert "database at head" in upgraded.stdout
+    status = subprocess.run([sys.executable, "-m", "app.cli", "status"], env=env, cwd=ROOT, capture_output=True,
+                            text=True, timeout=60)
+    assert status.returncode == 0 and "portfolio default: ACTIVE" in status.stdout, status.stderr
+    assert not EmbeddedPostgres(tmp_path / "instance" / "pgdata").running()

@@ -139,23 +139,6 @@ NO_IDLE_LIMIT = "SET LOCAL idle_in_transaction_session_timeout = 0"
 
 def make_engine(url: str, *, lock_timeout_ms: int = 2000, statement_timeout_ms: int = 5000,
                 connect_timeout_s: int = 3, pool_size: int = 5, silence_timeout_ms: int = 6000) -> Engine:
-    if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": lock_timeout_ms / 1000})
-
-        @event.listens_for(engine, "connect")
-        def _sqlite_connect(dbapi_conn: Any, _record: Any) -> None:
-            dbapi_conn.isolation_level = None  # let SQLAlchemy's BEGIN below be the only one
-            cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA foreign_keys=ON")
-            cur.execute("PRAGMA journal_mode=WAL")
-            cur.close()
-
-        @event.listens_for(engine, "begin")
-        def _sqlite_begin(conn: Any) -> None:
-            # take the write lock at the start: transactions on one file are serialized
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
-
-        return engine
     silence_s = silence_timeout_ms / 1000
     # the server's side of a connection the watchdog cut, or lost to a one-way partition: a transaction left
     # idle gives its locks (a portfolio's row) back, and a connection gone quiet is probed, within seconds
@@ -196,16 +179,10 @@ class Database:
         self.silence_timeout_ms = silence_timeout_ms
         self.engine = make_engine(url, silence_timeout_ms=self.silence_timeout_ms, **engine_options)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False, autoflush=False)
-        self.is_sqlite = url.startswith("sqlite")
-        # decisions go through psycopg's pipeline mode on PostgreSQL (app/store/pipeline.py)
-        self.pipelined = self.engine.dialect.name == "postgresql" and self.engine.dialect.driver == "psycopg"
         self.cache_key = self.engine.url.render_as_string(hide_password=True)
-        # SQLite serializes writers on the file; one process-wide lock avoids busy waits
-        self._local_lock = threading.Lock() if self.is_sqlite else None
         self._generation = 0
-        if self.pipelined:
-            event.listen(self.engine, "do_connect", self._connect)
-            event.listen(self.engine, "checkout", self._checkout)
+        event.listen(self.engine, "do_connect", self._connect)
+        event.listen(self.engine, "checkout", self._checkout)
 
     def _connect(self, _dialect: Any, _record: Any, cargs: tuple[Any, ...], cparams: dict[str, Any]) -> Any:
         conn = _WatchedConnection.connect(*cargs, **cparams)
@@ -235,8 +212,6 @@ class Database:
         A value the database refuses becomes DataRejected; any other database error DatabaseUnavailable,
         so callers fail closed.
         """
-        if self._local_lock is not None:
-            self._local_lock.acquire()
         session = self.sessions()
         try:
             try:
@@ -248,8 +223,6 @@ class Database:
                 raise DatabaseUnavailable(_describe(exc)) from exc
         finally:
             session.close()
-            if self._local_lock is not None:
-                self._local_lock.release()
 
     @contextmanager
     def reader(self) -> Iterator[Session]:

@@ -33,21 +33,8 @@ NAMING_CONVENTION = {
 }
 
 
-class DecimalText(TypeDecorator):
-    """Exact decimals on SQLite, which has no NUMERIC type of its own (stored as text)."""
-
-    impl = String(64)
-    cache_ok = True
-
-    def process_bind_param(self, value: Any, dialect: Any) -> str | None:
-        return None if value is None else str(Decimal(value))
-
-    def process_result_value(self, value: Any, dialect: Any) -> Decimal | None:
-        return None if value is None else Decimal(value)
-
-
 class UTCDateTime(TypeDecorator):
-    """Timezone-aware UTC datetimes on every backend (SQLite returns naive ones)."""
+    """Timezone-aware datetimes, written and read back in UTC (a naive one is refused)."""
 
     impl = DateTime(timezone=True)
     cache_ok = True
@@ -57,7 +44,7 @@ class UTCDateTime(TypeDecorator):
             return None
         if value.tzinfo is None:
             raise ValueError("naive datetime")
-        return value.astimezone(UTC) if dialect.name == "postgresql" else value.astimezone(UTC).replace(tzinfo=None)
+        return value.astimezone(UTC)
 
     def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
         if value is None:
@@ -65,9 +52,9 @@ class UTCDateTime(TypeDecorator):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-Money = Numeric(28, 10).with_variant(DecimalText(), "sqlite")
+Money = Numeric(28, 10)
 Json = JSON().with_variant(JSONB(), "postgresql")
-BigId = BigInteger().with_variant(Integer(), "sqlite")
+BigId = BigInteger()
 
 
 class Base(DeclarativeBase):
@@ -192,7 +179,7 @@ class Decision(ChainedRecord, Base):
     # everything the engine read to make this decision (replayable), stored as the breakdown is
     state_before: Mapped[str | dict] = mapped_column(Json)
     booking: Mapped[dict | None] = mapped_column(Json)
-    latency_ms: Mapped[float | None] = mapped_column(Numeric(12, 3).with_variant(DecimalText(), "sqlite"))
+    latency_ms: Mapped[float | None] = mapped_column(Numeric(12, 3))
     # who submitted it (MiFID II RTS 6: every order traceable to who sent it)
     key_id: Mapped[str | None] = mapped_column(String(36))
     key_name: Mapped[str | None] = mapped_column(String(128))
@@ -228,8 +215,8 @@ class SwitchEventRow(ChainedRecord, Base):
     action: Mapped[str] = mapped_column(String(16))
     symbol: Mapped[str | None] = mapped_column(String(32))
     at: Mapped[datetime] = mapped_column(UTCDateTime)
-    value: Mapped[float | None] = mapped_column(Numeric(28, 10).with_variant(DecimalText(), "sqlite"))
-    threshold: Mapped[float | None] = mapped_column(Numeric(28, 10).with_variant(DecimalText(), "sqlite"))
+    value: Mapped[float | None] = mapped_column(Money)
+    threshold: Mapped[float | None] = mapped_column(Money)
     cooldown_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
     reason: Mapped[str] = mapped_column(Text, default="")
     detail: Mapped[dict] = mapped_column(Json, default=dict)

@@ -15,7 +15,7 @@ order, each with a snapshot taken when it starts, so the read sees everything co
 transaction that held the lock before us (folded into the locking statement, it would not: that
 statement's snapshot is taken before it waits for the lock). The rows are the same the ORM would write
 (`repository.state_changes`, `Chain.seal`, `ledger_values`, `event_values`); only the way
-they are sent differs. The ORM path remains for SQLite and for every other operation.
+they are sent differs. Every other operation goes through the ORM.
 """
 
 from __future__ import annotations

@@ -14,7 +14,6 @@ from typing import Any
 from sqlalchemy import String, cast, func, literal, select, text
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, make_transient_to_detached
 
 from app.risk import PortfolioState, RPMConfig
@@ -65,13 +64,7 @@ def _portfolio_row(session: Session, portfolio_id: str, lock: bool) -> m.Portfol
 
 
 def load(session: Session, portfolio_id: str, *, lock: bool = True) -> Loaded:
-    if session.get_bind().dialect.name == "postgresql":
-        return _load_in_two_round_trips(session, portfolio_id, lock)
-    row = _portfolio_row(session, portfolio_id, lock)
-    positions = {p.symbol: p for p in session.scalars(select(m.Position).where(m.Position.portfolio_id == row.id))}
-    marks = {k.symbol: k for k in session.scalars(select(m.Mark).where(m.Mark.portfolio_id == row.id))}
-    config = config_for(session, row.id, row.config_version)
-    return Loaded(row, positions, marks, to_state(row, positions, marks, atr=_atr(session, row.id)), config)
+    return _load_in_two_round_trips(session, portfolio_id, lock)
 
 
 def _atr(session: Session, portfolio_id: str) -> dict[str, tuple[float, ...]]:
@@ -314,13 +307,8 @@ def save(session: Session, loaded: Loaded, new: PortfolioState, now: datetime) -
         existing.updated_at = now
 
 
-def _insert(session: Session, model: type):
-    """An INSERT of ``model`` that can say ON CONFLICT (PostgreSQL's or SQLite's)."""
-    return (postgresql_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert)(model)
-
-
 def _upsert(session: Session, model: type, keys: list[str], values: dict[str, Any]) -> None:
-    statement = _insert(session, model).values(**values)
+    statement = postgresql_insert(model).values(**values)
     session.execute(statement.on_conflict_do_update(
         index_elements=keys, set_={k: statement.excluded[k] for k in values if k not in keys}))
 
@@ -331,7 +319,7 @@ def mark_history_hash(symbol: str, prices: tuple[float, ...] | list[float]) -> s
 
 def store_mark_snapshot(session: Session, symbol: str, prices: tuple[float, ...], now: datetime) -> str:
     digest = mark_history_hash(symbol, prices)
-    session.execute(_insert(session, m.MarkSnapshot).values(hash=digest, symbol=symbol, prices=list(prices),
+    session.execute(postgresql_insert(m.MarkSnapshot).values(hash=digest, symbol=symbol, prices=list(prices),
                                                            created_at=now).on_conflict_do_nothing(index_elements=["hash"]))
     # (not remembered here: the transaction may still roll back; the next load fetches it)
     return digest

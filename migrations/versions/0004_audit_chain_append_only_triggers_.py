@@ -55,27 +55,15 @@ def _append_only_postgresql() -> None:
     op.execute(f"GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {APP_ROLE}")
 
 
-def _append_only_sqlite() -> None:
-    for table in APPEND_ONLY:
-        for action in ("UPDATE", "DELETE"):
-            op.execute(f"CREATE TRIGGER {table}_no_{action.lower()} BEFORE {action} ON {table} "
-                       f"BEGIN SELECT RAISE(ABORT, 'rpm: {action} on {table} refused: the audit trail is append-only'); END")
-
-
 def _drop_append_only() -> None:
-    if op.get_bind().dialect.name == "postgresql":
-        for table in APPEND_ONLY:
-            op.execute(f"DROP TRIGGER IF EXISTS {table}_append_only ON {table}")
-            op.execute(f"DROP TRIGGER IF EXISTS {table}_no_truncate ON {table}")
-        op.execute("DROP FUNCTION IF EXISTS rpm_refuse_change()")
-        # the role is shared by every database of the cluster: only this database's grants go
-        op.execute(f"REVOKE ALL ON {', '.join(APPEND_ONLY + MUTABLE)}, alembic_version FROM {APP_ROLE}")
-        op.execute(f"REVOKE ALL ON ALL SEQUENCES IN SCHEMA public FROM {APP_ROLE}")
-        op.execute(f"REVOKE USAGE ON SCHEMA public FROM {APP_ROLE}")
-    else:
-        for table in APPEND_ONLY:
-            for action in ("update", "delete"):
-                op.execute(f"DROP TRIGGER IF EXISTS {table}_no_{action}")
+    for table in APPEND_ONLY:
+        op.execute(f"DROP TRIGGER IF EXISTS {table}_append_only ON {table}")
+        op.execute(f"DROP TRIGGER IF EXISTS {table}_no_truncate ON {table}")
+    op.execute("DROP FUNCTION IF EXISTS rpm_refuse_change()")
+    # the role is shared by every database of the cluster: only this database's grants go
+    op.execute(f"REVOKE ALL ON {', '.join(APPEND_ONLY + MUTABLE)}, alembic_version FROM {APP_ROLE}")
+    op.execute(f"REVOKE ALL ON ALL SEQUENCES IN SCHEMA public FROM {APP_ROLE}")
+    op.execute(f"REVOKE USAGE ON SCHEMA public FROM {APP_ROLE}")
 
 
 def upgrade() -> None:
@@ -112,10 +100,7 @@ def upgrade() -> None:
         batch_op.create_index('ix_switch_events_portfolio_audit', ['portfolio_id', 'audit_seq'], unique=False)
 
     # ### end Alembic commands ###
-    if op.get_bind().dialect.name == "postgresql":
-        _append_only_postgresql()
-    else:
-        _append_only_sqlite()
+    _append_only_postgresql()
 
 
 def downgrade() -> None:

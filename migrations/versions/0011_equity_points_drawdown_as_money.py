@@ -21,11 +21,9 @@ depends_on = None
 
 def upgrade() -> None:
     with op.batch_alter_table('equity_points', schema=None) as batch_op:
-        batch_op.alter_column('drawdown', existing_type=sa.Numeric(12, 8), type_=sa.Numeric(28, 10).with_variant(
-            app.store.models.DecimalText(length=64), 'sqlite'), existing_nullable=False)
+        batch_op.alter_column('drawdown', existing_type=sa.Numeric(12, 8), type_=sa.Numeric(28, 10), existing_nullable=False)
 
 
 def downgrade() -> None:
     with op.batch_alter_table('equity_points', schema=None) as batch_op:
-        batch_op.alter_column('drawdown', existing_type=sa.Numeric(28, 10), type_=sa.Numeric(12, 8).with_variant(
-            app.store.models.DecimalText(length=64), 'sqlite'), existing_nullable=False)
+        batch_op.alter_column('drawdown', existing_type=sa.Numeric(28, 10), type_=sa.Numeric(12, 8), existing_nullable=False)

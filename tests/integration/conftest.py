@@ -1,13 +1,19 @@
 """Real PostgreSQL: a migrated template database per test session, a fresh copy per test.
 
-TEST_DATABASE_URL names the server to use (any database on it; default: the
-local cluster). Tests that touch the database never run on SQLite.
+TEST_DATABASE_URL names the server to use (any database on it); without it, the local cluster
+(127.0.0.1:5432) if one answers, else an embedded server started for the session (app/store/embedded.py),
+so that the suite runs on a machine with no PostgreSQL installed.
 """
 
 from __future__ import annotations
 
+import atexit
 import itertools
 import os
+import shutil
+import socket
+import tempfile
+from pathlib import Path
 
 import pytest
 from flask.testing import FlaskClient
@@ -18,8 +24,27 @@ from app import create_app
 from app.settings import Settings
 from app.store.migrate import upgrade
 
-BASE_URL = os.environ.get("TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+LOCAL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 _counter = itertools.count()
+
+
+def _server() -> str:
+    given = os.environ.get("TEST_DATABASE_URL")
+    if given:
+        return given
+    with socket.socket() as probe:
+        probe.settimeout(1)
+        if probe.connect_ex(("127.0.0.1", 5432)) == 0:
+            return LOCAL
+    from app.store.embedded import ensure_running
+
+    # stopped when the session's process exits (atexit runs last-in first-out: stopped, then removed)
+    folder = Path(tempfile.mkdtemp(prefix="rpm-test-pg-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return ensure_running(folder / "pgdata")
+
+
+BASE_URL = _server()
 
 
 def url_for(name: str) -> str:

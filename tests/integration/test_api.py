@@ -243,14 +243,7 @@ def test_an_invalid_intent_refuses_the_whole_batch(client, sql):
     assert sql("SELECT count(*) FROM decisions")[0][0] == 0
 
 
-@pytest.fixture(params=["pipeline", "orm"])
-def write_path(request, app):
-    """Decisions on PostgreSQL go through psycopg's pipeline; the ORM path (SQLite's) must agree."""
-    app.extensions["rpm"].db.pipelined = request.param == "pipeline"
-    return request.param
-
-
-def test_a_position_opened_closed_and_reopened_within_one_batch(client, sql, write_path):
+def test_a_position_opened_closed_and_reopened_within_one_batch(client, sql):
     intents = [{**SEED_INTENT, "intent_id": "open"},
                {**SEED_INTENT, "direction": -1, "intent_id": "close"},
                {**SEED_INTENT, "symbol": "GBPUSD", "current_price": 1.25, "intent_id": "other"},
@@ -269,41 +262,6 @@ def test_a_position_opened_closed_and_reopened_within_one_batch(client, sql, wri
     assert client.get("/audit/verify").json["ok"] is True
     # the state read back is the state written: the next decision sees both positions
     assert client.get("/portfolio").json["open_positions"] == 2
-
-
-def test_both_write_paths_write_the_same_rows(app, client, sql):
-    db = app.extensions["rpm"].db
-    client.post("/portfolios", json={"portfolio_id": "orm"})
-    client.post("/portfolios", json={"portfolio_id": "pipe"})
-    intents = [{**SEED_INTENT, "intent_id": "a"}, {**SEED_INTENT, "confidence_score": 0.2, "intent_id": "b"},
-               {**SEED_INTENT, "symbol": "USDJPY", "current_price": 150.0, "atr": 0.9, "intent_id": "c"},
-               {**SEED_INTENT, "direction": -1, "intent_id": "d"}]
-    for pid, pipelined in (("orm", False), ("pipe", True)):
-        db.pipelined = pipelined
-        for intent in intents:
-            assert client.post("/process_trade", json={**intent, "portfolio_id": pid}).status_code == 200
-    columns = ("d.seq, intent_id, symbol, direction, status, reason_code, message, approved_units, price, reducing, "
-               "decided_at, config_hash, config_version, intent, x.breakdown, context, x.state_before - 'portfolio_id', "
-               "booking, audit_seq, key_id, key_name, key_role, jsonb_typeof(d.breakdown), jsonb_typeof(d.state_before)")
-    # (the portfolio id in the intent and the decision id in the booking differ, nothing else)
-    columns = columns.replace("intent,", "intent - 'portfolio_id',").replace(
-        "booking,", "CASE WHEN jsonb_typeof(booking) = 'object' THEN booking - 'decision_id' END,")
-    orm, pipe = (sql(f"SELECT {columns} FROM decisions d JOIN decision_documents x USING (id) "
-                     f"WHERE d.portfolio_id = '{p}' ORDER BY d.seq") for p in ("orm", "pipe"))
-    assert len(orm) == 4 and orm == pipe
-    # both store the breakdown and the state before as their JSON text
-    assert {row[-2:] for row in orm} == {("string", "string")}
-    # a rejection's booking is JSON null on both paths, not SQL NULL
-    assert sql("SELECT portfolio_id, jsonb_typeof(booking) FROM decisions WHERE seq = 2 ORDER BY 1") == [
-        ("orm", "null"), ("pipe", "null")]
-    books = "SELECT symbol, units, avg_price FROM positions WHERE portfolio_id = '{}' ORDER BY symbol"
-    assert sql(books.format("orm")) == sql(books.format("pipe"))
-    ledger = "SELECT seq, kind, symbol, units, price, position_units FROM ledger_entries WHERE portfolio_id = '{}'"
-    assert sql(ledger.format("orm")) == sql(ledger.format("pipe"))
-    state = ("SELECT realised_pnl, peak_equity, trading_state, switches, memory, counters, last_seq, "
-             "last_ledger_seq, audit_seq FROM portfolios WHERE id = '{}'")
-    assert sql(state.format("orm")) == sql(state.format("pipe"))
-    assert client.get("/audit/verify").json["ok"] is True
 
 
 def test_queued_rows_are_written_in_order_with_their_values(app, client, sql):
@@ -345,7 +303,7 @@ def test_an_intent_checked_before_the_lock_is_checked_again_under_a_newer_config
     assert r.status_code == 422 and "symbol" in r.json["errors"]
 
 
-def test_an_intent_id_is_unique_per_portfolio_not_across_portfolios(client, sql, write_path):
+def test_an_intent_id_is_unique_per_portfolio_not_across_portfolios(client, sql):
     client.post("/portfolios", json={"portfolio_id": "p2"})
     body = {**SEED_INTENT, "intent_id": "shared-id"}
     first = post(client, "/process_trade", body).json["decision"]
@@ -363,8 +321,6 @@ def test_intents_that_join_a_transaction_after_its_lock_read_what_they_need(app,
     from app.services import Actor
 
     service = app.extensions["rpm"]
-    if not service.db.pipelined:
-        pytest.skip("the pipelined (PostgreSQL) path")
     client.post("/portfolios", json={"portfolio_id": "p2"})
     usdjpy = {**SEED_INTENT, "symbol": "USDJPY", "current_price": 150.0, "atr": 0.9}
     for n in range(3):
