@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: install run test browser lint unit soak bench bench-engine bench-audit bench-instructions demo pg clean
+.PHONY: install run test browser lint unit soak bench bench-engine bench-audit bench-instructions bench-lone demo pg clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -64,6 +64,10 @@ bench: install pg
 	@command -v wrk >/dev/null || apt-get install -y -q wrk
 	$(BIN)/python -m bench.engine
 	$(BIN)/python -m bench.service
+
+## lone requests at 80/s from one keep-alive client: p50/p99 beside pgbench's naive transaction at the same rate
+bench-lone: install pg
+	$(BIN)/python -m bench.lone
 
 bench-audit: install pg
 	$(BIN)/python -m bench.audit_scale
