@@ -44,8 +44,9 @@ def _app():
     return app
 
 
-def _service():
-    return _app().extensions["rpm"]
+def _uow():
+    """The unit of work the use cases run in."""
+    return _app().extensions["rpm"].uow
 
 
 def _keys():
@@ -102,7 +103,7 @@ def db_upgrade(revision: str) -> None:
 
     settings = _settings()
     upgrade(_url(settings), revision)
-    _service().ensure_default_portfolio()
+    _uow().ensure_default()
     click.echo(f"database at {revision}: {_safe_url(_url(settings))}")
     _bootstrap(settings)
 
@@ -145,7 +146,7 @@ def serve(port: int | None, host: str | None, workers: int | None, threads: int 
     settings = _settings()
     url = _url(settings)
     upgrade(url)
-    _service().ensure_default_portfolio()
+    _uow().ensure_default()
     _bootstrap(settings)
     port = port or settings.port
     host = host or settings.host
@@ -228,15 +229,17 @@ def replay_command(start, end, portfolios, config_file, preset, as_json) -> None
         raise click.UsageError("give --config or --preset, not both")
     candidate = (RPMConfig.from_dict(json.loads(Path(config_file).read_text())) if config_file
                  else load_preset(preset) if preset else None)
-    service = _service()
+    from .services.portfolios import list_portfolios as portfolios_of
+
+    uow = _uow()
     start = start.replace(tzinfo=UTC) if start else None
     end = end.replace(tzinfo=UTC) if end else None
     if not portfolios:
-        portfolios = [p["portfolio_id"] for p in service.list_portfolios(None)]
+        portfolios = [p["portfolio_id"] for p in portfolios_of(uow, None)]
     label = f"preset {preset}" if preset else (config_file or "the configuration each decision was made with")
     total_differing = 0
     for portfolio_id in portfolios:
-        for item in replay(service, portfolio_id, start, end, candidate):
+        for item in replay(uow, portfolio_id, start, end, candidate):
             if as_json:
                 click.echo(json.dumps(item))
                 continue
@@ -351,7 +354,9 @@ def keys_revoke(key_id_or_prefix: str, reason: str | None) -> None:
 @click.option("--portfolio", "portfolio_id", default="default", show_default=True)
 def halt(reason: str, portfolio_id: str) -> None:
     """Halt trading: only reducing trades pass until a manual resume."""
-    _print(_service().halt(portfolio_id, reason, _operator()))
+    from .services import operator
+
+    _print(operator.halt(_uow(), portfolio_id, reason, _operator()))
 
 
 @main.command()
@@ -361,9 +366,10 @@ def halt(reason: str, portfolio_id: str) -> None:
 def resume(force: bool, reason: str | None, portfolio_id: str) -> None:
     """Resume trading (refused during a cooldown unless --force with --reason)."""
     from .errors import ServiceError
+    from .services import operator
 
     try:
-        _print(_service().resume(portfolio_id, _operator(), force=force, reason=reason))
+        _print(operator.resume(_uow(), portfolio_id, _operator(), force=force, reason=reason))
     except ServiceError as exc:
         click.echo(f"refused: {exc.message} {json.dumps(exc.errors)}", err=True)
         sys.exit(1)
@@ -374,7 +380,9 @@ def resume(force: bool, reason: str | None, portfolio_id: str) -> None:
 @click.option("--json", "as_json", is_flag=True, help="the full health document")
 def status(portfolio_id: str, as_json: bool) -> None:
     """Trading state, kill switches, equity and drawdown."""
-    health = _service().health(portfolio_id)
+    from .services import reading
+
+    health = reading.health(_uow(), portfolio_id)
     if as_json:
         _print(health)
         return

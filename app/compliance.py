@@ -17,7 +17,7 @@ from sqlalchemy import select, text
 
 from .errors import Invalid, NotFound, Unavailable
 from .risk import domain
-from .services import RPMService, decision_payload
+from .services import UnitOfWork, decision_payload
 from .store import audit
 from .store import models as m
 from .store.database import DB_ERRORS, NO_IDLE_LIMIT, DatabaseUnavailable
@@ -86,8 +86,8 @@ def summary(row: m.Decision) -> dict[str, Any]:
 
 
 class Compliance:
-    def __init__(self, service: RPMService):
-        self.service = service
+    def __init__(self, uow: UnitOfWork):
+        self.uow = uow
 
     def _query(self, flt: DecisionFilter, after: tuple[str, int] | None, *columns: Any, newest_first: bool = False):
         """Decisions by portfolio and sequence number (``newest_first``: both descending), after a cursor."""
@@ -106,8 +106,7 @@ class Compliance:
 
     def decisions(self, flt: DecisionFilter, limit: int, cursor: str | None, newest_first: bool = False) -> dict[str, Any]:
         after = decode_cursor(cursor) if cursor else None
-
-        def run(session):
+        with self.uow.reading() as session:
             rows = session.scalars(self._query(flt, after, newest_first=newest_first).limit(limit + 1)).all()
             page = rows[:limit]
             more = len(rows) > limit
@@ -117,8 +116,6 @@ class Compliance:
                 "next_cursor": encode_cursor(page[-1].portfolio_id, page[-1].seq) if more and page else None,
             }
 
-        return self.service._read(run)
-
     def decisions_csv(self, flt: DecisionFilter) -> Iterator[str]:
         """Every matching decision as CSV, streamed from a server-side cursor (bounded memory).
 
@@ -127,7 +124,7 @@ class Compliance:
         columns = [getattr(m.Decision, c) for c in CSV_COLUMNS]
         query = self._query(flt, None, *columns)
         try:
-            conn = self.service.db.engine.connect()
+            conn = self.uow.db.engine.connect()
             conn.execute(text(NO_IDLE_LIMIT))  # its client may read slowly: idle between batches, not stuck
             result = conn.execution_options(stream_results=True, yield_per=2000).execute(query)
         except DB_ERRORS as exc:
@@ -157,8 +154,7 @@ class Compliance:
     def decision(self, decision_id: str, allowed: tuple[str, ...] | None) -> dict[str, Any]:
         if not domain.DECISION_ID.matches(decision_id):
             raise NotFound(f"unknown decision {decision_id!r}")
-
-        def run(session):
+        with self.uow.reading() as session:
             row = session.get(m.Decision, decision_id)
             if row is None or (allowed is not None and row.portfolio_id not in allowed):
                 raise NotFound(f"unknown decision {decision_id!r}")
@@ -182,13 +178,11 @@ class Compliance:
                 "audit": {"seq": row.audit_seq, "prev_hash": row.prev_hash, "row_hash": row.row_hash},
             }
 
-        return self.service._read(run)
-
     def events(self, chain: str, start: datetime | None, end: datetime | None, kind: str | None,
                actor: str | None, limit: int, after_seq: int | None, newest_first: bool = False) -> dict[str, Any]:
         """Kill-switch events and admin actions of one chain (a portfolio, or `_system`), in chain order
         (``newest_first``: reversed, ``after_seq`` then meaning before it)."""
-        def run(session):
+        with self.uow.reading() as session:
             out: list[dict[str, Any]] = []
             for model, label in ((m.SwitchEventRow, "switch_event"), (m.AdminAction, "admin_action")):
                 if kind is not None and kind != label:
@@ -213,14 +207,14 @@ class Compliance:
             return {"chain": chain, "events": page, "count": len(page),
                     "next_after_seq": page[-1]["audit_seq"] if len(out) > limit else None}
 
-        return self.service._read(run)
-
     def verify(self, checkpoint: dict[str, Any] | None = None,
                portfolios: tuple[str, ...] | None = None) -> dict[str, Any]:
-        return self.service._read(lambda session: audit.verify_all(session, checkpoint, portfolios))
+        with self.uow.reading() as session:
+            return audit.verify_all(session, checkpoint, portfolios)
 
     def checkpoint(self) -> dict[str, Any]:
-        return self.service._read(lambda session: audit.checkpoint(session, self.service.clock()))
+        with self.uow.reading() as session:
+            return audit.checkpoint(session, self.uow.clock())
 
 
 # text a spreadsheet would run as a formula (OWASP, CSV injection): a formula character at the start of a cell,
@@ -284,7 +278,7 @@ class _Tally:
                 "rejections_by_reason": dict(sorted(self.by_reason.items()))}
 
 
-def replay(service: RPMService, portfolio_id: str, start: datetime | None, end: datetime | None,
+def replay(uow: UnitOfWork, portfolio_id: str, start: datetime | None, end: datetime | None,
            candidate: Any | None) -> Iterator[dict[str, Any]]:
     """Re-decide every stored decision in a range, each against the state it saw, under ``candidate``
     (None: the configuration each was made with). Yields each decision that would differ, then a summary.
@@ -303,7 +297,7 @@ def replay(service: RPMService, portfolio_id: str, start: datetime | None, end: 
         query = query.where(d.decided_at < end)
     query = query.order_by(d.seq).execution_options(yield_per=500)
     try:
-        with service.db.reader() as session:
+        with uow.db.reader() as session:
             session.execute(text(NO_IDLE_LIMIT))  # streamed (format=ndjson): idle while its client reads
             for row in session.scalars(query):
                 original = repository.config_for(session, row.portfolio_id, row.config_version)

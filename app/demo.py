@@ -56,7 +56,7 @@ class EmbeddedRPM:
         url = settings.resolved_database_url(str(folder))
         upgrade(url)
         self.app = create_app(settings)
-        self.app.extensions["rpm"].ensure_default_portfolio()
+        self.app.extensions["rpm"].uow.ensure_default()
         store = self.app.extensions["rpm_keys"]
         demo = Actor("rpm-demo", "admin")
         self.keys = {role: store.create(role, f"demo-{role}", None, demo)[0] for role in ("trader", "admin")}

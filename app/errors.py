@@ -27,6 +27,11 @@ class Invalid(ServiceError):
     status = 422
 
 
+class DatabaseRefused(Invalid):
+    """A value of the request that the database refused to store (the domain, app/risk/domain.py, is meant to
+    keep such values out): a 422, and nothing was written."""
+
+
 class Unauthorized(ServiceError):
     status = 401
 

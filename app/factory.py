@@ -57,7 +57,7 @@ def register_observability(app: Flask, settings: Settings) -> None:
 
 def register_service(app: Flask, settings: Settings, clock: Callable[[], datetime] | None) -> None:
     from .presets import load_preset
-    from .services import RPMService, system_clock
+    from .services import Services, UnitOfWork, system_clock
     from .store.database import Database
 
     db = Database(
@@ -71,16 +71,17 @@ def register_service(app: Flask, settings: Settings, clock: Callable[[], datetim
     config = load_preset(settings.default_preset, total_capital=settings.default_capital)
     from .keys import KeyStore
 
-    service = RPMService(db, clock or system_clock, default_config=config, group_commit=settings.group_commit)
+    uow = UnitOfWork(db, clock or system_clock, default_config=config)
+    services = Services(uow, group_commit=settings.group_commit)
     if settings.unsafe_disable_portfolio_lock:
         app.logger.warning("RPM_TEST_UNSAFE_DISABLE_PORTFOLIO_LOCK: decisions are NOT serialized (tests only)")
-        service.unsafe_disable_portfolio_lock = True
-    app.extensions["rpm"] = service
-    app.extensions["rpm_keys"] = KeyStore(service, settings.auth_cache_seconds,
+        services.trading.unsafe_disable_portfolio_lock = True
+    app.extensions["rpm"] = services
+    app.extensions["rpm_keys"] = KeyStore(uow, settings.auth_cache_seconds,
                                           failures_per_minute=settings.auth_failures_per_minute)
     from .compliance import Compliance
 
-    app.extensions["rpm_compliance"] = Compliance(service)
+    app.extensions["rpm_compliance"] = Compliance(uow)
 
 
 def register_api(app: Flask) -> None:

@@ -1,6 +1,6 @@
 """Group commit: single intents of one portfolio that arrive together in one process share one transaction.
 
-Each portfolio has a group of its own (app/services.py): a transaction locks every portfolio it decides
+Each portfolio has a group of its own (app/services/trading.py): a transaction locks every portfolio it decides
 for, so an intent of another portfolio in it would wait for, and time out with, a lock that is not its own.
 
 Every decision of a portfolio waits for the portfolio's lock, and most of the time a decision

@@ -37,7 +37,7 @@ from sqlalchemy import select
 
 from .errors import Invalid, NotFound, TooManyRequests, Unauthorized, Unavailable
 from .risk import domain
-from .services import Actor, RPMService
+from .services import Actor, UnitOfWork
 from .settings import Settings
 from .store import models as m
 from .store import repository
@@ -116,9 +116,9 @@ def _check_key_format(key: str, message: str) -> None:
 
 
 class KeyStore:
-    def __init__(self, service: RPMService, cache_seconds: float = Settings.auth_cache_seconds, *,
+    def __init__(self, uow: UnitOfWork, cache_seconds: float = Settings.auth_cache_seconds, *,
                  failures_per_minute: int = Settings.auth_failures_per_minute):
-        self.service = service
+        self.uow = uow
         self.cache_seconds = cache_seconds
         # (monotonic time its read began, {prefix: record}): replaced whole, never changed in place, so
         # that a request reads it without a lock; -inf: never read
@@ -147,19 +147,18 @@ class KeyStore:
         key = key or generate_key()
         prefix = KEY_RE.fullmatch(key)["prefix"]
 
-        def run(session):
-            now = self.service.clock()
+        with self.uow.session() as session:
+            now = self.uow.clock()
             row = m.ApiKey(id=str(uuid.uuid4()), prefix=prefix, key_hash=hash_key(key),
                            name=name or f"{role}-{prefix}", role=role,
                            portfolios=sorted(set(portfolios)) if portfolios else None, created_at=now,
                            created_by=actor.name, expires_at=now + expires_in if expires_in else None)
             session.add(row)
             session.flush()
+            payload = _key_payload(row, now)
             repository.add_admin_action(session, system_chain(session), actor, portfolio_id=None, action="key_create",
-                                        at=now, reason=None, before=None, after=_key_payload(row, now))
-            return _KeyRecord.of(row), _key_payload(row, now)
-
-        record, payload = self.service._write(run)
+                                        at=now, reason=None, before=None, after=payload)
+            record = _KeyRecord.of(row)
         self._remember(record)
         return key, payload
 
@@ -167,41 +166,36 @@ class KeyStore:
         """RPM_BOOTSTRAP_ADMIN_KEY: create that admin key, or keep it if it exists."""
         _check_key_format(key, "RPM_BOOTSTRAP_ADMIN_KEY is not an RPM key")
 
-        def find(session):
+        with self.uow.reading() as session:
             row = session.execute(select(m.ApiKey).where(m.ApiKey.prefix == key_prefix(key))).scalar_one_or_none()
-            return None if row is None else (row.key_hash, row.revoked_at)
-
-        existing = self.service._read(find)
-        if existing is not None:
-            if not hmac.compare_digest(existing[0], hash_key(key)):
+        if row is not None:
+            if not hmac.compare_digest(row.key_hash, hash_key(key)):
                 raise Invalid("RPM_BOOTSTRAP_ADMIN_KEY clashes with another key's prefix", {})
-            return {"created": False, "revoked": existing[1] is not None}
+            return {"created": False, "revoked": row.revoked_at is not None}
         self.create("admin", "bootstrap-admin", None, Actor("bootstrap", "admin"), key=key)
         return {"created": True, "revoked": False}
 
     def list(self) -> list[dict[str, Any]]:
-        def run(session):
-            now = self.service.clock()
+        with self.uow.reading() as session:
+            now = self.uow.clock()
             return [_key_payload(r, now) for r in session.scalars(select(m.ApiKey).order_by(m.ApiKey.created_at))]
-        return self.service._read(run)
 
     def revoke(self, key_id_or_prefix: str, actor: Actor, reason: str | None = None) -> dict[str, Any]:
         """Revoke a key: refused at once by this process, within ``cache_seconds`` by every other."""
-        def run(session):
+        with self.uow.session() as session:
             row = session.execute(select(m.ApiKey).where(
                 (m.ApiKey.id == key_id_or_prefix) | (m.ApiKey.prefix == key_id_or_prefix)).with_for_update()
             ).scalar_one_or_none()
             if row is None:
                 raise NotFound(f"unknown key {key_id_or_prefix!r}")
-            now = self.service.clock()
+            now = self.uow.clock()
             before = _key_payload(row, now)
             if row.revoked_at is None:
                 row.revoked_at = now
+            payload = _key_payload(row, now)
             repository.add_admin_action(session, system_chain(session), actor, portfolio_id=None, action="key_revoke",
-                                        at=now, reason=reason, before=before, after=_key_payload(row, now))
-            return _KeyRecord.of(row), _key_payload(row, now)
-
-        record, payload = self.service._write(run)
+                                        at=now, reason=reason, before=before, after=payload)
+            record = _KeyRecord.of(row)
         self._remember(record)
         return payload
 
@@ -219,7 +213,7 @@ class KeyStore:
             self._refuse(client, "malformed key" if match is None else "unknown key", prefix, "unknown API key")
         if row.revoked_at is not None:
             self._refuse(client, "revoked key", prefix, "this API key was revoked")
-        if row.expires_at is not None and row.expires_at <= self.service.clock():
+        if row.expires_at is not None and row.expires_at <= self.uow.clock():
             self._refuse(client, "expired key", prefix, "this API key has expired")
         return Principal(row.id, row.name, row.role, tuple(row.portfolios) if row.portfolios is not None else None)
 
@@ -254,8 +248,8 @@ class KeyStore:
             # began is in it, and one committed after is in the next
             started = time.monotonic()
             try:
-                records = self.service._read(
-                    lambda session: {row.prefix: _KeyRecord.of(row) for row in session.scalars(select(m.ApiKey))})
+                with self.uow.reading() as session:
+                    records = {row.prefix: _KeyRecord.of(row) for row in session.scalars(select(m.ApiKey))}
             except Unavailable as exc:
                 # fail closed: the old copy may still hold a key revoked since, past the bound
                 self._failed_read = (time.monotonic(), exc.message)

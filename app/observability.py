@@ -41,8 +41,8 @@ def record_decisions(decisions: list[dict[str, Any]], seconds: float) -> None:
 class PortfolioCollector:
     """Gauges read from the database at scrape time: the same answer from every worker."""
 
-    def __init__(self, service: Any, portfolios: tuple[str, ...] | None):
-        self.service = service
+    def __init__(self, uow: Any, portfolios: tuple[str, ...] | None):
+        self.uow = uow
         self.portfolios = portfolios
 
     def collect(self):
@@ -50,8 +50,10 @@ class PortfolioCollector:
                                   labels=["portfolio"])
         equity = GaugeMetricFamily("rpm_equity", "Equity in the account currency", labels=["portfolio"])
         drawdown = GaugeMetricFamily("rpm_drawdown_ratio", "1 - equity / peak equity", labels=["portfolio"])
-        for p in self.service.list_portfolios(self.portfolios):
-            summary = self.service.portfolio(p["portfolio_id"])
+        from app.services import portfolios, reading
+
+        for p in portfolios.list_portfolios(self.uow, self.portfolios):
+            summary = reading.portfolio(self.uow, p["portfolio_id"])
             state.add_metric([p["portfolio_id"]], 1.0 if summary["trading_state"] == "HALTED" else 0.0)
             equity.add_metric([p["portfolio_id"]], summary["equity"])
             drawdown.add_metric([p["portfolio_id"]], summary["drawdown"])
@@ -75,7 +77,7 @@ class OnlyPortfolios:
                     yield family
 
 
-def prometheus_text(service: Any, portfolios: tuple[str, ...] | None) -> tuple[bytes, str]:
+def prometheus_text(uow: Any, portfolios: tuple[str, ...] | None) -> tuple[bytes, str]:
     """The Prometheus exposition of ``portfolios`` (None: every portfolio)."""
     registry = CollectorRegistry()
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
@@ -89,7 +91,7 @@ def prometheus_text(service: Any, portfolios: tuple[str, ...] | None) -> tuple[b
             registry.register(collector)
     else:
         registry.register(OnlyPortfolios(counters, portfolios))
-    registry.register(PortfolioCollector(service, portfolios))
+    registry.register(PortfolioCollector(uow, portfolios))
     return generate_latest(registry), CONTENT_TYPE_LATEST
 
 

@@ -65,7 +65,7 @@ def templates(config: RPMConfig) -> list[tuple]:
 def load(url: str, rows: int) -> None:
     config = RPMConfig()
     app = create_app(Settings(database_url=url))
-    app.extensions["rpm"].ensure_default_portfolio()
+    app.extensions["rpm"].uow.ensure_default()
     app.extensions["rpm"].db.dispose()
     kinds = templates(config)
     engine_ = create_engine(url)

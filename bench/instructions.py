@@ -8,10 +8,10 @@ Counts the instructions that RPM's own process executes per decision (`valgrind 
 counting switched on only around the measured calls, after warm-up calls):
 
 - the pure engine, on `bench.engine`'s state (8 open positions, full mark histories);
-- `RPMService.process_trades` with 100 intents, in-process, on a throw-away PostgreSQL database:
+- `Trading.process_trades` with 100 intents, in-process, on a throw-away PostgreSQL database:
   validation, the portfolio locked and read, each intent decided, sealed on the audit chain and its
   rows sent, the commit, the answers built — everything `POST /process_trades` does but HTTP;
-- `RPMService.process_trade`, one intent per transaction (nothing else is queued in-process).
+- `Trading.process_trade`, one intent per transaction (nothing else is queued in-process).
 
 The intents are those of `make bench` (bench/wrk_intents.lua: opening, adding and closing on eight
 symbols) from a fixed seed, on a portfolio already holding its positions and full ATR histories.
@@ -70,14 +70,16 @@ def prepare(url: str) -> None:
 
     upgrade(url)
     svc, actor = service(url)
-    svc.ensure_default_portfolio()
-    config = svc.get_config("default")["config"]
+    from app.services import books, operator, reading
+
+    svc.uow.ensure_default()
+    config = reading.get_config(svc.uow, "default")["config"]
     config.update(BENCH_LIMITS)
-    svc.put_config("default", config, "benchmark", actor)
-    svc.apply_marks("default", BENCH_MARKS, actor)
+    operator.put_config(svc.uow, "default", config, "benchmark", actor)
+    books.apply_marks(svc.uow, "default", BENCH_MARKS, actor)
     source = intents(1, f"prepare-{time.time_ns()}")
     for _ in range(12):
-        svc.process_trades([next(source) for _ in range(100)], actor)
+        svc.trading.process_trades([next(source) for _ in range(100)], actor)
     svc.db.dispose()
 
 
@@ -107,12 +109,12 @@ def phase(name: str, url: str, count: int) -> None:
         source = intents(7, f"{name}-{time.time_ns()}")
         if name == "batch":
             def run() -> None:
-                svc.process_trades([next(source) for _ in range(100)], actor)
+                svc.trading.process_trades([next(source) for _ in range(100)], actor)
 
             per_call = 100
         else:
             def run() -> None:
-                svc.process_trade(next(source), actor)
+                svc.trading.process_trade(next(source), actor)
 
             per_call = 1
     for _ in range(max(3, 300 // per_call)):

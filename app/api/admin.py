@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from flask.views import MethodView
 
+from app.services import operator, reading
+
 from .auth import ANY, roles
-from .common import Blueprint, actor, documented_errors, ok, portfolio_query, service
+from .common import Blueprint, actor, documented_errors, ok, portfolio_query, uow
 from .schemas import AnyObjectSchema, ConfigPutSchema, HaltSchema, ResumeSchema
 from .scope import ONE, acts_on, current
 
@@ -25,7 +27,7 @@ class Halt(MethodView):
     @_errors
     def post(self, body, **_query):
         """Manual halt (reason required): only reducing trades pass until a manual resume"""
-        return ok(service().halt(current().portfolio, body["reason"], actor()))
+        return ok(operator.halt(uow(), current().portfolio, body["reason"], actor()))
 
 
 @blp.route("/resume")
@@ -38,7 +40,7 @@ class Resume(MethodView):
     @_errors
     def post(self, body, **_query):
         """Manual resume: refused (409) during an automatic switch's cooldown unless `force` with a reason"""
-        return ok(service().resume(current().portfolio, actor(), force=body["force"], reason=body.get("reason")))
+        return ok(operator.resume(uow(), current().portfolio, actor(), force=body["force"], reason=body.get("reason")))
 
 
 @blp.route("/config")
@@ -50,7 +52,7 @@ class Config(MethodView):
     @_errors
     def get(self, **_query):
         """The portfolio's configuration with its version and hash"""
-        return ok(service().get_config(current().portfolio))
+        return ok(reading.get_config(uow(), current().portfolio))
 
     @roles("admin")
     @acts_on(ONE)
@@ -60,4 +62,4 @@ class Config(MethodView):
     @_errors
     def put(self, body, **_query):
         """Replace the configuration (validated; a new version; audited)"""
-        return ok(service().put_config(current().portfolio, body["config"], body.get("reason"), actor()))
+        return ok(operator.put_config(uow(), current().portfolio, body["config"], body.get("reason"), actor()))

@@ -169,7 +169,7 @@ class Replay(MethodView):
         from app.compliance import replay
 
         candidate = candidate_config(body)
-        lines = replay(current_app.extensions["rpm"], current().portfolio, body.get("start"), body.get("end"),
+        lines = replay(current_app.extensions["rpm"].uow, current().portfolio, body.get("start"), body.get("end"),
                        candidate)
         if body["format"] == "ndjson":
             first = next(lines)  # fail before streaming if the database is down

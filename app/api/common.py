@@ -8,7 +8,7 @@ from typing import Any
 import flask_smorest
 from flask import current_app, jsonify
 
-from app.services import Actor, RPMService
+from app.services import Actor, Services, UnitOfWork
 
 from .body import BodyParser
 
@@ -79,8 +79,13 @@ def ok(payload: Any, status: int = 200):
     return response
 
 
-def service() -> RPMService:
+def services() -> Services:
     return current_app.extensions["rpm"]
+
+
+def uow() -> UnitOfWork:
+    """The unit of work the use cases run in."""
+    return services().uow
 
 
 def actor() -> Actor:

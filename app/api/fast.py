@@ -55,7 +55,7 @@ class FastProcessTrade:
 
     def __init__(self, app: Flask, inner: Callable[..., Iterable[bytes]]):
         self.inner = inner
-        self.service = app.extensions["rpm"]
+        self.trading = app.extensions["rpm"].trading
         self.keys = app.extensions["rpm_keys"]
         self.encode = app.json.encode
         endpoint, _ = app.url_map.bind("localhost").match(PATH, "POST")
@@ -114,7 +114,7 @@ class FastProcessTrade:
         actor = Actor(principal.name, principal.role, principal.key_id, request_id=request_id)
         decision = None
         try:
-            answer = self.service.process_trade(fields, actor)
+            answer = self.trading.process_trade(fields, actor)
             status, decision = 200, answer["decision"]
             record_decisions([decision], time.perf_counter() - started)
         except ServiceError as exc:

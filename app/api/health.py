@@ -7,9 +7,10 @@ from flask.views import MethodView
 from marshmallow import RAISE, Schema
 
 from app.errors import Unavailable
+from app.services import books, reading
 
 from .auth import ANY, current_principal, public, roles
-from .common import Blueprint, documented_errors, error_response, ok, portfolio_query, service
+from .common import Blueprint, documented_errors, error_response, ok, portfolio_query, uow
 from .schemas import AnyObjectSchema, MetricsQuerySchema, Moment, portfolio_field
 from .scope import NONE, ONE, VISIBLE, acts_on, current
 
@@ -28,7 +29,7 @@ class PortfolioView(MethodView):
     @_errors
     def get(self, **_query):
         """Positions, exposures (symbol, currency, gross, net), equity, PnL, drawdown"""
-        return ok(service().portfolio(current().portfolio))
+        return ok(reading.portfolio(uow(), current().portfolio))
 
 
 @blp.route("/health")
@@ -41,7 +42,7 @@ class HealthView(MethodView):
     def get(self, **_query):
         """Overall health, each kill switch (value, threshold, state), risk metrics, database status"""
         try:
-            return ok(service().health(current().portfolio))
+            return ok(reading.health(uow(), current().portfolio))
         except Unavailable as exc:
             return error_response(503, str(exc), health="UNAVAILABLE", database={"status": "unavailable"})
 
@@ -73,9 +74,9 @@ class MetricsView(MethodView):
         from app.observability import prometheus_text, wants_prometheus
 
         if wants_prometheus():
-            body, content_type = prometheus_text(service(), current().portfolios)
+            body, content_type = prometheus_text(uow(), current().portfolios)
             return Response(body, content_type=content_type)
-        return ok(service().metrics(current().portfolio))
+        return ok(reading.metrics(uow(), current().portfolio))
 
 
 @blp.route("/health/live")
@@ -117,7 +118,7 @@ class EquityCurve(MethodView):
     @_errors
     def get(self, query):
         """Equity and drawdown over time (after each mark, fill and close), at most 500 points"""
-        return ok(service().equity_curve(current().portfolio, query.get("since")))
+        return ok(books.equity_curve(uow(), current().portfolio, query.get("since")))
 
 
 @blp.route("/whoami")

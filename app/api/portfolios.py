@@ -6,9 +6,10 @@ from flask.views import MethodView
 from marshmallow import Schema, fields, validate
 
 from app.risk import domain
+from app.services import portfolios
 
 from .auth import ANY, roles
-from .common import ERROR_RESPONSES, Blueprint, actor, ok, service
+from .common import ERROR_RESPONSES, Blueprint, actor, ok, uow
 from .schemas import AnyObjectSchema, identifier, within
 from .scope import ONE, VISIBLE, acts_on, current
 
@@ -30,7 +31,7 @@ class Portfolios(MethodView):
     @blp.alt_response(503, description=ERROR_RESPONSES[503])
     def get(self):
         """The portfolios this key may use"""
-        return ok({"portfolios": service().list_portfolios(current().visible)})
+        return ok({"portfolios": portfolios.list_portfolios(uow(), current().visible)})
 
     @roles("admin")
     @acts_on(ONE)
@@ -45,6 +46,6 @@ class Portfolios(MethodView):
             from app.errors import Invalid
 
             raise Invalid("give a preset or a config, not both", {"config": ["give a preset or a config, not both"]})
-        created = service().create_portfolio(current().portfolio, body.get("capital"), body.get("preset"),
+        created = portfolios.create_portfolio(uow(), current().portfolio, body.get("capital"), body.get("preset"),
                                              body.get("config"), actor())
         return ok(created, 201)

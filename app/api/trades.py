@@ -9,9 +9,10 @@ from marshmallow import Schema, fields, validate
 
 from app.errors import Invalid
 from app.risk import domain
+from app.services import books
 
 from .auth import roles
-from .common import Blueprint, actor, documented_errors, ok, portfolio_query, service
+from .common import Blueprint, actor, documented_errors, ok, portfolio_query, services, uow
 from .schemas import (
     MAX_BATCH,
     AnyObjectSchema,
@@ -56,7 +57,7 @@ class ProcessTrade(MethodView):
         The answer is sent only after the decision is committed.
         """
         body["portfolio_id"] = current().portfolio
-        answer = service().process_trade(body, actor())
+        answer = services().trading.process_trade(body, actor())
         observed(answer["decision"])
         return ok(answer)
 
@@ -81,7 +82,7 @@ class ProcessTrades(MethodView):
         """
         intents = [{**intent, "portfolio_id": portfolio}
                    for intent, portfolio in zip(body["intents"], current().batch, strict=True)]
-        answer = service().process_trades(intents, actor())
+        answer = services().trading.process_trades(intents, actor())
         observed(*answer["decisions"])
         return ok(answer)
 
@@ -97,7 +98,7 @@ class WhatIf(MethodView):
     def post(self, body, **_query):
         """The decision an intent would get now; nothing is stored or changed"""
         body["portfolio_id"] = current().portfolio
-        return ok(service().what_if(body))
+        return ok(services().trading.what_if(body))
 
 
 @blp.route("/marks")
@@ -110,7 +111,7 @@ class Marks(MethodView):
     @_errors
     def post(self, body, **_query):
         """Latest prices: revalue the portfolio and evaluate every kill switch"""
-        return ok(service().apply_marks(current().portfolio, body["prices"], actor()))
+        return ok(books.apply_marks(uow(), current().portfolio, body["prices"], actor()))
 
 
 @blp.route("/fills")
@@ -123,7 +124,7 @@ class Fills(MethodView):
     @_errors
     def post(self, body, **_query):
         """Execution report for an approved decision (final: unfilled units are released)"""
-        return ok(service().record_fill(current().portfolio, body["decision_id"], body["filled_units"],
+        return ok(books.record_fill(uow(), current().portfolio, body["decision_id"], body["filled_units"],
                                         body["fill_price"], actor()))
 
 
@@ -139,4 +140,4 @@ class ClosePosition(MethodView):
         """Close a whole position at a price, realising its PnL"""
         if not domain.SYMBOL.matches(symbol):
             raise Invalid("invalid symbol", {"symbol": [f"must be {domain.SYMBOL.description}"]})
-        return ok(service().close_position(current().portfolio, symbol, body["price"], actor()))
+        return ok(books.close_position(uow(), current().portfolio, symbol, body["price"], actor()))

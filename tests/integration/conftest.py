@@ -69,7 +69,7 @@ def template_db(admin_engine):
         conn.execute(text(f'CREATE DATABASE "{name}"'))
     upgrade(url_for(name))
     app = create_app(Settings(database_url=url_for(name)))
-    app.extensions["rpm"].ensure_default_portfolio()  # as `rpm db upgrade` does
+    app.extensions["rpm"].uow.ensure_default()  # as `rpm db upgrade` does
     app.extensions["rpm"].db.dispose()
     yield name
     with admin_engine.connect() as conn:

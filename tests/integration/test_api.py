@@ -268,17 +268,17 @@ def test_queued_rows_are_written_in_order_with_their_values(app, client, sql):
     """The pipeline queues rows and sends each table's as one JSON array (jsonb_populate_recordset),
     every FLUSH_ROWS rows and at the commit: all arrive, in order, their values as given."""
     from app.store import models as m
-    from app.store.pipeline import FLUSH_ROWS, DecisionTransaction
+    from app.store.transaction import FLUSH_ROWS, PortfolioTransaction
 
     db = app.extensions["rpm"].db
     at = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
     details = [{"n": i} for i in range(FLUSH_ROWS + 3)]
     details[5] = {"n": 2**63 - 1, "x": [0.30000000000000004, None, "\u00e9"]}
     with db.connection() as conn:
-        tx = DecisionTransaction(conn, db.cache_key)
+        tx = PortfolioTransaction(conn, db.cache_key)
         with tx.writing():
             for i, detail in enumerate(details):
-                tx.insert([(m.SwitchEventRow, dict(
+                tx.add([(m.SwitchEventRow, dict(
                     portfolio_id="default", switch="test", action="TRIPPED", symbol=None, at=at,
                     value=Decimal("0.1234567890"), threshold=None, cooldown_until=None, reason=f"r{i}",
                     detail=detail, decision_id=None, audit_seq=1000 + i, prev_hash="0" * 64, row_hash="1" * 64))])
@@ -319,8 +319,9 @@ def test_intents_that_join_a_transaction_after_its_lock_read_what_they_need(app,
     round trip reads what the first read did not — another symbol's ATR history, whether an intent
     id was decided — so a joiner decides on the whole state and a retry among them is a replay."""
     from app.services import Actor
+    from app.services.trading import Item
 
-    service = app.extensions["rpm"]
+    trading = app.extensions["rpm"].trading
     client.post("/portfolios", json={"portfolio_id": "p2"})
     usdjpy = {**SEED_INTENT, "symbol": "USDJPY", "current_price": 150.0, "atr": 0.9}
     for n in range(3):
@@ -330,7 +331,7 @@ def test_intents_that_join_a_transaction_after_its_lock_read_what_they_need(app,
     assert len(jpy_before) == 3
 
     actor = Actor("test", "trader")
-    item = lambda fields: (fields, actor, 0.0, None)  # noqa: E731
+    item = lambda fields: Item(fields, actor, 0.0)  # noqa: E731
     lead = item({**SEED_INTENT, "intent_id": "lead"})
     joiners = [item({**usdjpy, "atr": 1.5, "intent_id": "late-jpy"}), item({**SEED_INTENT, "intent_id": "dup"}),
                item({**SEED_INTENT, "portfolio_id": "p2", "intent_id": "other"})]
@@ -340,8 +341,8 @@ def test_intents_that_join_a_transaction_after_its_lock_read_what_they_need(app,
         offered.extend(j for j in joiners if not accept(j))
         return [j for j in joiners if accept(j)]
 
-    answers = service._decide_group([lead], more)
-    assert [j[0]["intent_id"] for j in offered] == ["other"]  # not this transaction's portfolio
+    answers = trading._decide_group([lead], more)
+    assert [j.fields["intent_id"] for j in offered] == ["other"]  # not this transaction's portfolio
     assert [(a["decision"]["intent_id"], a["decision"]["replay"]) for a in answers] == [
         ("lead", False), ("late-jpy", False), ("dup", True)]
     assert answers[2]["decision"]["id"] == first["id"]
@@ -359,7 +360,7 @@ def test_intent_id_lookups_probe_the_unique_index_on_a_table_without_statistics(
     given ids and in the generic plan, and the lookups find exactly the ids decided in the portfolio."""
     import psycopg
 
-    from app.store.pipeline import _SELECT_DECIDED, _SELECT_STATE
+    from app.store.transaction import _SELECT_DECIDED, _SELECT_STATE
 
     client.post("/portfolios", json={"portfolio_id": "other"})
     for pid, intent_id in (("default", "seed"), ("other", "elsewhere")):

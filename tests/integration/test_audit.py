@@ -157,7 +157,7 @@ def test_documents_stored_as_text_and_as_before_0010_verify_read_and_replay_alik
     """From 0010 a decision stores its breakdown and state before as their JSON text (a JSONB string) and
     its hash covers that text; rows written before hold the documents. One chain of both kinds verifies,
     reads, replays and shows in the view decision_documents alike, and an edit inside the text is caught."""
-    from app import services
+    from app.services import trading
     from app.compliance import replay
 
     def decide(symbol, price):
@@ -166,7 +166,7 @@ def test_documents_stored_as_text_and_as_before_0010_verify_read_and_replay_alik
                                                    "atr": 0.004}).json["decision"]["id"]
 
     with monkeypatch.context() as before_0010:  # rows as the code before 0010 wrote them
-        before_0010.setattr(services, "document_text", lambda document: document)
+        before_0010.setattr(trading, "document_text", lambda document: document)
         old = [decide("EURUSD", 1.1), decide("GBPUSD", 1.25)]
     new = [decide("USDJPY", 150.0), decide("EURUSD", 1.1)]
     forms = "SELECT jsonb_typeof(breakdown), jsonb_typeof(state_before) FROM {} ORDER BY seq"

@@ -301,8 +301,9 @@ def test_an_intent_that_fails_unexpectedly_is_its_own_answer_in_a_group(app, sql
     from app.errors import ServiceError
     from app.risk import engine
     from app.services import Actor
+    from app.services.trading import Item
 
-    service = app.extensions["rpm"]
+    trading = app.extensions["rpm"].trading
     real = engine.decide
 
     def decide(state, intent, *args):
@@ -312,9 +313,9 @@ def test_an_intent_that_fails_unexpectedly_is_its_own_answer_in_a_group(app, sql
 
     monkeypatch.setattr(engine, "decide", decide)
     actor = Actor("t", "trader")
-    items = [({**SEED_INTENT, "intent_id": name, "portfolio_id": "default"}, actor, time.perf_counter(), None)
+    items = [Item({**SEED_INTENT, "intent_id": name, "portfolio_id": "default"}, actor, time.perf_counter())
              for name in ("a", "poison", "b", "c")]
-    answers = service._decide_group(items, lambda accept: [])
+    answers = trading._decide_group(items, lambda accept: [])
     assert isinstance(answers[1], ServiceError) and answers[1].status == 500
     assert [a["decision"]["intent_id"] for i, a in enumerate(answers) if i != 1] == ["a", "b", "c"]
     assert sql("SELECT intent_id, seq, audit_seq FROM decisions ORDER BY seq") == [("a", 1, 1), ("b", 2, 2), ("c", 3, 3)]
@@ -330,8 +331,9 @@ def test_a_value_the_database_refuses_is_the_answer_of_its_own_request_alone(app
     from app.errors import Invalid
     from app.risk import engine
     from app.services import Actor
+    from app.services.trading import Item
 
-    service = app.extensions["rpm"]
+    trading = app.extensions["rpm"].trading
     real = engine.decide
 
     def decide(state, intent, *args):
@@ -344,9 +346,9 @@ def test_a_value_the_database_refuses_is_the_answer_of_its_own_request_alone(app
     actor = Actor("t", "trader")
     # more rows than FLUSH_ROWS twice: the refusal surfaces with a later batch of rows, not with its own
     names = [f"i{n}" for n in range(5)] + ["too-big"] + [f"i{n}" for n in range(5, 40)]
-    items = [({**SEED_INTENT, "intent_id": name, "portfolio_id": "default", "confidence_score": 0.3}, actor,
-              time.perf_counter(), None) for name in names]
-    answers = service._decide_group(items, lambda accept: [])
+    items = [Item({**SEED_INTENT, "intent_id": name, "portfolio_id": "default", "confidence_score": 0.3}, actor,
+                  time.perf_counter()) for name in names]
+    answers = trading._decide_group(items, lambda accept: [])
     assert isinstance(answers[5], Invalid) and answers[5].status == 422
     innocent = [n for n in names if n != "too-big"]
     assert [a["decision"]["intent_id"] for i, a in enumerate(answers) if i != 5] == innocent

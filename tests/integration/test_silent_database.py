@@ -231,9 +231,9 @@ def test_a_slow_export_is_not_cut_but_a_silent_one_is(proxy, monkeypatch, tmp_pa
     monkeypatch.setenv("RPM_DB_SILENCE_TIMEOUT_MS", str(TINY_MS))
     app = create_app(replace(Settings.from_env(), database_url=proxied, instance_path=str(tmp_path)), clock=clock)
     try:
-        service, compliance = app.extensions["rpm"], app.extensions["rpm_compliance"]
+        trading, compliance = app.extensions["rpm"].trading, app.extensions["rpm_compliance"]
         for i in range(5):
-            service.process_trade(trade(f"csv-{i}"), Actor("t", "trader"))
+            trading.process_trade(trade(f"csv-{i}"), Actor("t", "trader"))
             clock.advance(minutes=1)
         started = time.monotonic()
         chunks = []

@@ -1,4 +1,7 @@
-"""PostgreSQL: a decision transaction in two round trips, with psycopg's pipeline mode.
+"""The portfolio transaction: the one way to lock, read and write portfolios' state, in two round trips
+with psycopg's pipeline mode. Every use case that changes a portfolio (a decision, a batch, marks, a fill,
+a close, a halt, a resume, a configuration, the portfolio's creation) runs in one, and so do the reads of
+its state (without the lock, and never committed).
 
     round trip 1: BEGIN; lock each portfolio row; read, in one statement, its positions,
                   marks, the ATR histories of the symbols decided on, and which intent ids
@@ -13,9 +16,10 @@
 The read is sent after the lock statement in the same pipeline: PostgreSQL runs them in
 order, each with a snapshot taken when it starts, so the read sees everything committed by the
 transaction that held the lock before us (folded into the locking statement, it would not: that
-statement's snapshot is taken before it waits for the lock). The rows are the same the ORM would write
-(`repository.state_changes`, `Chain.seal`, `ledger_values`, `event_values`); only the way
-they are sent differs. Every other operation goes through the ORM.
+statement's snapshot is taken before it waits for the lock). Rows are queued (``add``) and sent in batches,
+each table's as one JSON array, in an order that respects their references (``_ORDER``); what changed of
+the state follows (``save``), then the portfolio row, then COMMIT. Reading what is not a portfolio's state
+(the decision history, keys, equity curves) goes through the ORM (app/services/unit_of_work.py).
 """
 
 from __future__ import annotations
@@ -33,12 +37,11 @@ from psycopg.rows import dict_row
 from psycopg.types import json as pg_json
 from sqlalchemy import JSON, Table
 
-from app.risk import PortfolioState
+from app.risk import PortfolioState, RPMConfig
 
 from . import models as m
 from .audit import json_bytes
 from .repository import (
-    Loaded,
     cached_config,
     cached_histories,
     mark_history_hash,
@@ -85,7 +88,7 @@ _SELECT_HEAD = ("SELECT last_seq, last_ledger_seq, audit_seq, audit_head, counte
                 "WHERE id = %s FOR UPDATE")
 _MUTABLE = ["realised_pnl", "peak_equity", "day_key", "day_start_equity", "day_peak_equity", "week_key",
             "week_start_equity", "trading_state", "switches", "memory", "counters", "last_seq",
-            "last_ledger_seq", "audit_seq", "audit_head", "updated_at"]
+            "last_ledger_seq", "audit_seq", "audit_head", "config_version", "updated_at"]
 _JSON_COLUMNS = {c.name for c in m.Portfolio.__table__.columns if isinstance(c.type, JSON)}
 
 
@@ -144,7 +147,15 @@ def _rows(rows: Iterable[dict[str, Any]]) -> str:
 FLUSH_ROWS = 16
 
 
-_INSERTS = {model: _insert(model) for model in (m.Decision, m.LedgerEntry, m.SwitchEventRow)}
+# the tables rows are queued for, in the order they are sent: a row's references first (a decision before its
+# ledger entry, events and fills; a portfolio before all)
+_ORDER = (m.Portfolio, m.ConfigVersion, m.Decision, m.LedgerEntry, m.SwitchEventRow, m.Fill, m.EquityPoint,
+          m.AdminAction)
+_INSERTS = {model: _insert(model) for model in _ORDER}
+_SELECT_STORED_DECISION = ("SELECT d.*, EXISTS (SELECT 1 FROM fills f WHERE f.decision_id = d.id) AS filled "
+                           "FROM decisions d WHERE d.id = %s AND d.portfolio_id = %s")
+_SELECT_LATENCIES = ("SELECT latency_ms FROM decisions WHERE portfolio_id = %s AND latency_ms IS NOT NULL "
+                     "ORDER BY seq DESC LIMIT 10000")
 
 
 def _decided(cursor: Any) -> dict[str, SimpleNamespace]:
@@ -169,6 +180,18 @@ class Wanted:
 
 
 @dataclass
+class Loaded:
+    """A portfolio as read: its row (counters, sequence numbers, chain head), positions and marks as stored,
+    the engine's state and the configuration."""
+
+    row: SimpleNamespace
+    positions: dict[str, SimpleNamespace]
+    marks: dict[str, SimpleNamespace]
+    state: PortfolioState
+    config: RPMConfig
+
+
+@dataclass
 class Locked:
     """One portfolio as read under its lock: the engine's view, and the intents it already decided."""
 
@@ -178,8 +201,8 @@ class Locked:
 
 
 @dataclass
-class DecisionTransaction:
-    """Decisions of one or more portfolios: lock and read in one round trip, write and commit in one."""
+class PortfolioTransaction:
+    """One or more portfolios: locked and read in one round trip, written and committed in one."""
 
     conn: Connection
     database: str  # the URL without password: the key of the configuration cache
@@ -260,6 +283,36 @@ class DecisionTransaction:
     def _snapshots(self, missing: list[str]) -> list[tuple[str, list[float]]]:
         return self.conn.execute("SELECT hash, prices FROM mark_snapshots WHERE hash = ANY(%s)", (missing,)).fetchall()
 
+    def stored_decision(self, portfolio_id: str, decision_id: str) -> SimpleNamespace | None:
+        """A decision of the portfolio, and whether it was filled (``filled``); None when it has none such."""
+        found = self.conn.cursor(row_factory=dict_row).execute(_SELECT_STORED_DECISION,
+                                                                (decision_id, portfolio_id)).fetchone()
+        if found is None:
+            return None
+        found["decided_at"] = _utc(found["decided_at"])
+        return SimpleNamespace(**found)
+
+    def config_version(self, portfolio_id: str, version: int) -> dict[str, Any]:
+        """A configuration version's row."""
+        found = self.conn.cursor(row_factory=dict_row).execute(
+            "SELECT * FROM config_versions WHERE portfolio_id = %s AND version = %s", (portfolio_id, version)).fetchone()
+        found["created_at"] = _utc(found["created_at"])
+        return found
+
+    def latencies(self, portfolio_id: str) -> list[float]:
+        """The decision latencies (ms) of the portfolio's last 10,000 decisions, newest first."""
+        return [float(v) for (v,) in self.conn.execute(_SELECT_LATENCIES, (portfolio_id,))]
+
+    def create(self, portfolio: dict[str, Any], config: dict[str, Any]) -> bool:
+        """Insert a portfolio row and its first configuration version now (not queued: the portfolio is then
+        locked and read like any other); False when it exists already (made meanwhile by another transaction,
+        whose commit this one waited for)."""
+        created = self.conn.execute(_insert(m.Portfolio) + " ON CONFLICT (id) DO NOTHING RETURNING id",
+                                    (_rows([portfolio]),)).fetchone()
+        if created is not None:
+            self.conn.execute(_INSERTS[m.ConfigVersion], (_rows([config]),))
+        return created is not None
+
     def refresh_head(self, row: SimpleNamespace) -> None:
         """TEST ONLY (the unsafe mode): lock the row now and take its fresh counters and chain head."""
         (row.last_seq, row.last_ledger_seq, row.audit_seq, row.audit_head,
@@ -279,21 +332,20 @@ class DecisionTransaction:
     def _send(self, sql: str, params: tuple[Any, ...]) -> None:
         self._cursor.execute(sql, params)
 
-    def insert(self, rows: list[tuple[type, dict[str, Any]]]) -> None:
-        """Queue the rows of one decision, all or none (each is encoded before any is queued); rows go out
-        in batches, each table's as one JSON array that the server takes apart (jsonb_populate_recordset):
-        orjson writes it at C speed where psycopg would adapt each value in Python, and one statement
-        carries several decisions."""
+    def add(self, rows: list[tuple[type, dict[str, Any]]]) -> None:
+        """Queue rows, all or none (each is encoded before any is queued); rows go out in batches, each
+        table's as one JSON array that the server takes apart (jsonb_populate_recordset): orjson writes it
+        at C speed where psycopg would adapt each value in Python, and one statement carries several rows."""
         encoded = [(model, json_bytes(values)) for model, values in rows]
         for model, row in encoded:
             self._queued.setdefault(model, []).append(row)
         self._count += len(encoded)
-        if self._count >= FLUSH_ROWS:
+        if self._cursor is not None and self._count >= FLUSH_ROWS:  # (before ``writing``: sent when it opens)
             self.flush()
 
     def flush(self) -> None:
-        """Send the queued rows (decisions first: the rows of the other tables refer to them)."""
-        for model in _INSERTS:
+        """Send the queued rows, each table's in ``_ORDER``."""
+        for model in _ORDER:
             rows = self._queued.pop(model, None)
             if rows:
                 self._send(_INSERTS[model], (_array(rows),))

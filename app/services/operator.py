@@ -1,0 +1,88 @@
+"""The risk officer's actions: halt, resume, a new configuration. Each is one portfolio transaction whose
+admin action (who, when, why, before and after) is sealed on the portfolio's audit chain with it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from app.errors import Conflict, Invalid
+from app.risk import ConfigError, CooldownActive, ResumeError, RPMConfig, engine
+from app.store import models as m
+
+from .payloads import config_payload, trading_payload
+from .unit_of_work import Actor, UnitOfWork
+
+
+def halt(uow: UnitOfWork, portfolio_id: str, reason: str, actor: Actor) -> dict[str, Any]:
+    """Stop new risk on the portfolio until a resume (reductions still pass)."""
+    with uow.portfolio(portfolio_id) as p:
+        now = uow.clock()
+        try:
+            outcome = engine.halt(p.state, reason, p.config, now)
+        except ResumeError as exc:
+            raise Invalid(str(exc), {"reason": [str(exc)]}) from None
+        p.events(outcome.events)
+        p.admin_action(actor, "halt", now, reason, before=trading_payload(p.state),
+                       after=trading_payload(outcome.state))
+        p.commit(outcome.state, now)
+        return {"portfolio_id": portfolio_id, **trading_payload(outcome.state),
+                "events": [e.to_dict() for e in outcome.events]}
+
+
+def resume(uow: UnitOfWork, portfolio_id: str, actor: Actor, force: bool = False,
+           reason: str | None = None) -> dict[str, Any]:
+    """Clear the halt and the tripped switches; an automatic switch in its cooldown only with ``force``."""
+    with uow.portfolio(portfolio_id) as p:
+        now = uow.clock()
+        try:
+            outcome = engine.resume(p.state, p.config, now, force=force, reason=reason)
+        except CooldownActive as exc:
+            raise Conflict("resume refused: an automatic kill switch is in its cooldown; send force with a reason",
+                           {"cooldown": exc.switches}) from None
+        except ResumeError as exc:
+            raise Invalid(str(exc), {"reason": [str(exc)]}) from None
+        rebase = next((e.detail for e in outcome.events if e.action == "REBASED"), {})
+        p.events(outcome.events)
+        p.admin_action(actor, "resume", now, reason,
+                       before={**trading_payload(p.state), "references": rebase.get("before")},
+                       after={**trading_payload(outcome.state), "references": rebase.get("after"),
+                              "forced": bool(rebase.get("forced"))})
+        p.commit(outcome.state, now)
+        return {"portfolio_id": portfolio_id, **trading_payload(outcome.state),
+                "events": [e.to_dict() for e in outcome.events]}
+
+
+def parsed_config(body: dict[str, Any], current: RPMConfig) -> RPMConfig:
+    """A new configuration for a portfolio. ``total_capital`` is the starting capital the portfolio was created
+    with: absent, it is kept; given otherwise, refused (a configuration does not move capital)."""
+    given = body.get("total_capital", current.total_capital)
+    if given != current.total_capital:
+        raise Invalid("invalid configuration", {"config": {"total_capital": [
+            f"is the starting capital the portfolio was created with ({current.total_capital:,.2f}); "
+            "a configuration cannot change it"]}})
+    try:
+        return RPMConfig.from_dict({**body, "total_capital": current.total_capital})
+    except ConfigError as exc:
+        raise Invalid("invalid configuration", {"config": {exc.field: [exc.message]}}) from None
+    except TypeError as exc:
+        raise Invalid("invalid configuration", {"config": [str(exc)]}) from None
+
+
+def put_config(uow: UnitOfWork, portfolio_id: str, body: dict[str, Any], reason: str | None,
+               actor: Actor) -> dict[str, Any]:
+    """Replace the configuration: a new version, which decisions from now on name."""
+    with uow.portfolio(portfolio_id) as p:
+        config = parsed_config(body, p.config)
+        now = uow.clock()
+        row = p.row
+        before = {"version": row.config_version, "config_hash": p.config.config_hash}
+        row.config_version += 1
+        version = dict(portfolio_id=portfolio_id, version=row.config_version, body=config.to_dict(),
+                       config_hash=config.config_hash, created_at=now, created_by=actor.name, reason=reason)
+        p.add((m.ConfigVersion, version))
+        old, new = p.config.to_dict(), config.to_dict()
+        changed = {k: {"before": old[k], "after": new[k]} for k in new if old.get(k) != new[k]}
+        p.admin_action(actor, "config_change", now, reason, before=before,
+                       after={"version": row.config_version, "config_hash": config.config_hash, "changed": changed})
+        p.commit(p.state, now)
+        return config_payload(version)

@@ -1,0 +1,229 @@
+"""The unit of work: how a use case reaches the database, and the one way it changes a portfolio.
+
+``portfolios(wanted)`` opens a portfolio transaction (app/store/transaction.py): the portfolios locked
+(in sorted order) and read in one round trip. A use case lets the engine decide on ``Portfolio.state``,
+queues the rows that record it (``record``, ``events``, ``admin_action``...), and commits the new state
+with them in one more round trip; nothing is written unless it commits. ``lock=False`` reads the state as
+committed, for the reads of the API. The `default` portfolio, which always exists, is made inside the
+transaction that finds it missing.
+
+``session()`` and ``reading()`` are the ORM's, for what is not a portfolio's state: API keys (on the
+``_system`` chain), the decision history, equity curves. Database failures become the service's errors
+here, in one place: 503, or 422 for a value the database refuses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from app.errors import DatabaseRefused, Invalid, NotFound, Unavailable
+from app.risk import PortfolioState, RPMConfig, domain, engine
+from app.risk.kill_switches import drawdown
+from app.risk.model import SwitchEvent
+from app.store import models as m
+from app.store.audit import Chain
+from app.store.database import Database, DatabaseUnavailable, DataRejected
+from app.store.repository import event_values, ledger_values, new_portfolio
+from app.store.transaction import Locked, PortfolioTransaction, Wanted
+
+Clock = Callable[[], datetime]
+
+
+def system_clock() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who made a request: the API key's id, name and role (or the CLI's operator), and the request's id."""
+
+    name: str
+    role: str
+    key_id: str | None = None
+    request_id: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"key_id": self.key_id, "name": self.name, "role": self.role}
+
+
+@dataclass
+class Portfolio:
+    """One portfolio of an open transaction: its state as read, and what the use case records of it."""
+
+    tx: Any  # PortfolioTransaction, or the fake of the unit tests
+    locked: Locked
+
+    @property
+    def id(self) -> str:
+        return self.locked.loaded.row.id
+
+    @property
+    def row(self) -> Any:
+        """The portfolio row: its counters, sequence numbers and the head of its audit chain."""
+        return self.locked.loaded.row
+
+    @property
+    def config(self) -> RPMConfig:
+        return self.locked.loaded.config
+
+    @property
+    def state(self) -> PortfolioState:
+        return self.locked.loaded.state
+
+    @state.setter
+    def state(self, state: PortfolioState) -> None:
+        self.locked.loaded.state = state
+
+    def sealed(self, model: type, values: dict[str, Any]) -> dict[str, Any]:
+        """``values`` given the next place on the portfolio's audit chain."""
+        return Chain(self.row).seal(model, values)
+
+    def add(self, *rows: tuple[type, dict[str, Any]]) -> None:
+        self.tx.add(list(rows))
+
+    def events(self, events: list[SwitchEvent], decision_id: str | None = None) -> None:
+        """Switch events, on the chain."""
+        self.add(*((m.SwitchEventRow, self.sealed(m.SwitchEventRow, event_values(self.id, e, decision_id)))
+                   for e in events))
+
+    def admin_action(self, actor: Actor, action: str, at: datetime, reason: str | None, before: Any = None,
+                     after: Any = None) -> None:
+        """Who did what, when, why, with before and after: on the chain."""
+        self.add((m.AdminAction, self.sealed(m.AdminAction, dict(
+            portfolio_id=self.id, action=action, actor=actor.name, actor_role=actor.role, actor_key_id=actor.key_id,
+            at=at, reason=reason, before=before, after=after))))
+
+    def ledger(self, **values: Any) -> None:
+        """One change of the books, numbered in the portfolio's ledger."""
+        self.add((m.LedgerEntry, ledger_values(self.row, **values)))
+
+    def equity_point(self, outcome: engine.Outcome, at: datetime) -> None:
+        self.add((m.EquityPoint, dict(portfolio_id=self.id, at=at, equity=outcome.equity,
+                                      drawdown=Decimal(repr(drawdown(outcome.state, outcome.equity))))))
+
+    def stored_decision(self, decision_id: str) -> Any:
+        return self.tx.stored_decision(self.id, decision_id)
+
+    def config_version(self) -> dict[str, Any]:
+        """The row of the configuration version in force."""
+        return self.tx.config_version(self.id, self.row.config_version)
+
+    def latencies(self) -> list[float]:
+        return self.tx.latencies(self.id)
+
+    def commit(self, state: PortfolioState, now: datetime) -> None:
+        """The transaction of this portfolio alone: ``state`` and the rows queued written, and COMMIT."""
+        self.state = state
+        with self.tx.writing():
+            self.tx.save(self.locked, now)
+            self.tx.commit()
+
+
+@dataclass
+class Transaction:
+    """An open portfolio transaction: the portfolios it locked, by id."""
+
+    tx: Any
+    portfolios: dict[str, Portfolio] = field(default_factory=dict)
+
+    @contextmanager
+    def writing(self) -> Iterator[None]:
+        """The pipeline rows go into as they are queued (the server writes them while the next are decided)."""
+        with self.tx.writing():
+            yield
+
+    def commit(self, now: datetime) -> None:
+        """Write what changed of each portfolio's state, the rows queued, and COMMIT (inside ``writing``)."""
+        for portfolio in self.portfolios.values():
+            self.tx.save(portfolio.locked, now)
+        self.tx.commit()
+
+
+def check_portfolio_id(value: Any) -> str:
+    """A portfolio id as given, or Invalid (422)."""
+    if not domain.PORTFOLIO_ID.matches(value):
+        raise Invalid("invalid portfolio_id", {"portfolio_id": [f"must be {domain.PORTFOLIO_ID.description}"]})
+    return value
+
+
+class UnitOfWork:
+    def __init__(self, db: Database, clock: Clock = system_clock, default_config: RPMConfig | None = None):
+        self.db = db
+        self.clock = clock
+        self.default_config = default_config or RPMConfig()
+
+    @contextmanager
+    def portfolios(self, wanted: dict[str, Wanted], *, lock: bool = True) -> Iterator[Transaction]:
+        """A transaction on the portfolios of ``wanted`` (read what each needs; locked unless ``lock`` is
+        False), rolled back unless committed. 404 for a portfolio that does not exist."""
+        for portfolio_id in wanted:
+            check_portfolio_id(portfolio_id)
+        with self._errors(), self.db.connection() as conn:
+            tx = PortfolioTransaction(conn, self.db.cache_key)
+            locked = tx.lock(wanted, lock=lock)
+            missing = sorted(pid for pid, found in locked.items() if found is None)
+            if missing == [domain.DEFAULT_PORTFOLIO]:
+                locked.update(self._made_default(tx, wanted[domain.DEFAULT_PORTFOLIO], lock))
+            elif missing:
+                raise NotFound(f"unknown portfolio {missing[0]!r}")
+            yield Transaction(tx, {pid: Portfolio(tx, found) for pid, found in locked.items()})
+
+    @contextmanager
+    def portfolio(self, portfolio_id: str, *, lock: bool = True) -> Iterator[Portfolio]:
+        """A transaction on one portfolio: ``commit`` it, or nothing is written."""
+        with self.portfolios({portfolio_id: Wanted()}, lock=lock) as opened:
+            yield opened.portfolios[portfolio_id]
+
+    def known(self, portfolio_id: str) -> None:
+        """NotFound (404) unless the portfolio exists."""
+        with self.portfolio(portfolio_id, lock=False):
+            pass
+
+    @contextmanager
+    def creating(self, portfolio_id: str, config: RPMConfig, created_by: str) -> Iterator[Portfolio | None]:
+        """A transaction on a portfolio it makes: the portfolio, locked, or None when one of that id exists."""
+        with self._errors(), self.db.connection() as conn:
+            tx = PortfolioTransaction(conn, self.db.cache_key)
+            if not tx.create(*new_portfolio(portfolio_id, config, self.clock(), created_by)):
+                yield None
+                return
+            yield Portfolio(tx, tx.lock({portfolio_id: Wanted()})[portfolio_id])
+
+    def ensure_default(self) -> None:
+        """Make the `default` portfolio if the database lacks it (as `rpm db upgrade` does)."""
+        with self._errors(), self.db.connection() as conn:
+            tx = PortfolioTransaction(conn, self.db.cache_key)
+            if tx.create(*new_portfolio(domain.DEFAULT_PORTFOLIO, self.default_config, self.clock(), "system")):
+                conn.commit()
+
+    def _made_default(self, tx: PortfolioTransaction, wanted: Wanted, lock: bool) -> dict[str, Locked | None]:
+        tx.create(*new_portfolio(domain.DEFAULT_PORTFOLIO, self.default_config, self.clock(), "system"))
+        return tx.lock({domain.DEFAULT_PORTFOLIO: wanted}, lock=lock)
+
+    @contextmanager
+    def session(self) -> Iterator[Any]:
+        """An ORM transaction (what is not a portfolio's state: keys on the `_system` chain), committed when
+        the block succeeds."""
+        with self._errors(), self.db.transaction() as session:
+            yield session
+
+    @contextmanager
+    def reading(self) -> Iterator[Any]:
+        """An ORM session that reads and writes nothing (the decision history, equity curves)."""
+        with self._errors(), self.db.reader() as session:
+            yield session
+
+    @staticmethod
+    @contextmanager
+    def _errors() -> Iterator[None]:
+        try:
+            yield
+        except DataRejected as exc:
+            raise DatabaseRefused(str(exc)) from exc
+        except DatabaseUnavailable as exc:
+            raise Unavailable(str(exc)) from exc
