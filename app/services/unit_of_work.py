@@ -2,7 +2,7 @@
 
 ``portfolios(wanted)`` opens a portfolio transaction (app/store/transaction.py): the portfolios locked
 (in sorted order) and read in one round trip. A use case lets the engine decide on ``Portfolio.state``,
-queues the rows that record it (``record``, ``events``, ``admin_action``...), and commits the new state
+queues the rows that record it (``add``, ``ledger``, ``events``, ``admin_action``...), and commits the new state
 with them in one more round trip; nothing is written unless it commits. ``lock=False`` reads the state as
 committed, for the reads of the API. The `default` portfolio, which always exists, is made inside the
 transaction that finds it missing.
@@ -163,8 +163,7 @@ class UnitOfWork:
         False), rolled back unless committed. 404 for a portfolio that does not exist."""
         for portfolio_id in wanted:
             check_portfolio_id(portfolio_id)
-        with self._errors(), self.db.connection() as conn:
-            tx = PortfolioTransaction(conn, self.db.cache_key)
+        with self._transaction() as tx:
             locked = tx.lock(wanted, lock=lock)
             missing = sorted(pid for pid, found in locked.items() if found is None)
             if missing == [domain.DEFAULT_PORTFOLIO]:
@@ -187,8 +186,7 @@ class UnitOfWork:
     @contextmanager
     def creating(self, portfolio_id: str, config: RPMConfig, created_by: str) -> Iterator[Portfolio | None]:
         """A transaction on a portfolio it makes: the portfolio, locked, or None when one of that id exists."""
-        with self._errors(), self.db.connection() as conn:
-            tx = PortfolioTransaction(conn, self.db.cache_key)
+        with self._transaction() as tx:
             if not tx.create(*new_portfolio(portfolio_id, config, self.clock(), created_by)):
                 yield None
                 return
@@ -196,10 +194,16 @@ class UnitOfWork:
 
     def ensure_default(self) -> None:
         """Make the `default` portfolio if the database lacks it (as `rpm db upgrade` does)."""
-        with self._errors(), self.db.connection() as conn:
-            tx = PortfolioTransaction(conn, self.db.cache_key)
+        with self._transaction() as tx:
             if tx.create(*new_portfolio(domain.DEFAULT_PORTFOLIO, self.default_config, self.clock(), "system")):
-                conn.commit()
+                tx.commit()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[PortfolioTransaction]:
+        """A portfolio transaction on a connection of the pool, rolled back unless committed (the seam the
+        unit tests replace with a transaction in memory)."""
+        with self._errors(), self.db.connection() as conn:
+            yield PortfolioTransaction(conn, self.db.cache_key)
 
     def _made_default(self, tx: PortfolioTransaction, wanted: Wanted, lock: bool) -> dict[str, Locked | None]:
         tx.create(*new_portfolio(domain.DEFAULT_PORTFOLIO, self.default_config, self.clock(), "system"))

@@ -214,13 +214,8 @@ class Database:
         """
         session = self.sessions()
         try:
-            try:
-                with session.begin():
-                    yield session
-            except DataError as exc:
-                raise DataRejected(_rejected(exc.orig)) from exc
-            except DB_ERRORS as exc:
-                raise DatabaseUnavailable(_describe(exc)) from exc
+            with _translated(), session.begin():
+                yield session
         finally:
             session.close()
 
@@ -229,12 +224,8 @@ class Database:
         """A read-only session (rolled back at the end)."""
         session = self.sessions()
         try:
-            try:
+            with _translated():
                 yield session
-            except DataError as exc:
-                raise DataRejected(_rejected(exc.orig)) from exc
-            except DB_ERRORS as exc:
-                raise DatabaseUnavailable(_describe(exc)) from exc
         finally:
             session.rollback()
             session.close()
@@ -281,6 +272,17 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+@contextmanager
+def _translated() -> Iterator[None]:
+    """The ORM's database errors as RPM's: a value refused (DataRejected), anything else (DatabaseUnavailable)."""
+    try:
+        yield
+    except DataError as exc:
+        raise DataRejected(_rejected(exc.orig)) from exc
+    except DB_ERRORS as exc:
+        raise DatabaseUnavailable(_describe(exc)) from exc
 
 
 def _rejected(orig: BaseException | None) -> str:

@@ -157,8 +157,8 @@ def test_documents_stored_as_text_and_as_before_0010_verify_read_and_replay_alik
     """From 0010 a decision stores its breakdown and state before as their JSON text (a JSONB string) and
     its hash covers that text; rows written before hold the documents. One chain of both kinds verifies,
     reads, replays and shows in the view decision_documents alike, and an edit inside the text is caught."""
-    from app.services import trading
     from app.compliance import replay
+    from app.services import trading
 
     def decide(symbol, price):
         clock.advance(seconds=1)
