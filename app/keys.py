@@ -167,11 +167,13 @@ class KeyStore:
         _check_key_format(key, "RPM_BOOTSTRAP_ADMIN_KEY is not an RPM key")
 
         with self.uow.reading() as session:
-            row = session.execute(select(m.ApiKey).where(m.ApiKey.prefix == key_prefix(key))).scalar_one_or_none()
-        if row is not None:
-            if not hmac.compare_digest(row.key_hash, hash_key(key)):
+            existing = session.execute(select(m.ApiKey.key_hash, m.ApiKey.revoked_at).where(
+                m.ApiKey.prefix == key_prefix(key))).one_or_none()
+        if existing is not None:
+            stored_hash, revoked_at = existing
+            if not hmac.compare_digest(stored_hash, hash_key(key)):
                 raise Invalid("RPM_BOOTSTRAP_ADMIN_KEY clashes with another key's prefix", {})
-            return {"created": False, "revoked": row.revoked_at is not None}
+            return {"created": False, "revoked": revoked_at is not None}
         self.create("admin", "bootstrap-admin", None, Actor("bootstrap", "admin"), key=key)
         return {"created": True, "revoked": False}
 

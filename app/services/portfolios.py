@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
-
-from sqlalchemy import select
 
 from app.errors import Conflict, Invalid
 from app.presets import load_preset
 from app.risk import ConfigError, RPMConfig
-from app.store import models as m
 from app.store.audit import SYSTEM_CHAIN
-from app.store.repository import config_for
 
 from .payloads import portfolio_payload
 from .unit_of_work import Actor, UnitOfWork, check_portfolio_id
@@ -37,17 +34,11 @@ def create_portfolio(uow: UnitOfWork, portfolio_id: str, capital: float | None, 
             raise Conflict(f"portfolio {portfolio_id!r} already exists")
         now = p.row.created_at
         p.admin_action(actor, "portfolio_create", now, None, after={
-            "capital": str(p.row.starting_capital), "preset": preset, "config_hash": cfg.config_hash})
+            "capital": str(Decimal(repr(cfg.total_capital))), "preset": preset, "config_hash": cfg.config_hash})
         p.commit(p.state, now)
         return portfolio_payload(p.row, cfg)
 
 
 def list_portfolios(uow: UnitOfWork, allowed: tuple[str, ...] | None) -> list[dict[str, Any]]:
     """The portfolios (those of ``allowed`` only, unless None), by id."""
-    uow.ensure_default()  # it always exists
-    with uow.reading() as session:
-        query = select(m.Portfolio).order_by(m.Portfolio.id)
-        if allowed is not None:
-            query = query.where(m.Portfolio.id.in_(allowed))
-        return [portfolio_payload(row, config_for(session, row.id, row.config_version))
-                for row in session.scalars(query)]
+    return [portfolio_payload(row, config) for row, config in uow.listed(allowed)]

@@ -166,10 +166,11 @@ class UnitOfWork:
         with self._transaction() as tx:
             locked = tx.lock(wanted, lock=lock)
             missing = sorted(pid for pid, found in locked.items() if found is None)
-            if missing == [domain.DEFAULT_PORTFOLIO]:
+            unknown = [pid for pid in missing if pid != domain.DEFAULT_PORTFOLIO]
+            if unknown:
+                raise NotFound(f"unknown portfolio {unknown[0]!r}")
+            if missing:  # `default`, which always exists
                 locked.update(self._made_default(tx, wanted[domain.DEFAULT_PORTFOLIO], lock))
-            elif missing:
-                raise NotFound(f"unknown portfolio {missing[0]!r}")
             yield Transaction(tx, {pid: Portfolio(tx, found) for pid, found in locked.items()})
 
     @contextmanager
@@ -177,6 +178,12 @@ class UnitOfWork:
         """A transaction on one portfolio: ``commit`` it, or nothing is written."""
         with self.portfolios({portfolio_id: Wanted()}, lock=lock) as opened:
             yield opened.portfolios[portfolio_id]
+
+    def listed(self, allowed: tuple[str, ...] | None) -> list[tuple[Any, RPMConfig]]:
+        """Every portfolio as committed (those of ``allowed`` only, unless None), by id: its row and its
+        configuration; `default` among them (made in this transaction if missing, never committed here)."""
+        with self.portfolios({domain.DEFAULT_PORTFOLIO: Wanted()}, lock=False) as opened:
+            return opened.tx.listed(allowed)
 
     def known(self, portfolio_id: str) -> None:
         """NotFound (404) unless the portfolio exists."""
@@ -203,7 +210,11 @@ class UnitOfWork:
         """A portfolio transaction on a connection of the pool, rolled back unless committed (the seam the
         unit tests replace with a transaction in memory)."""
         with self._errors(), self.db.connection() as conn:
-            yield PortfolioTransaction(conn, self.db.cache_key)
+            tx = PortfolioTransaction(conn, self.db.cache_key)
+            try:
+                yield tx
+            finally:
+                tx.forget_uncommitted()
 
     def _made_default(self, tx: PortfolioTransaction, wanted: Wanted, lock: bool) -> dict[str, Locked | None]:
         tx.create(*new_portfolio(domain.DEFAULT_PORTFOLIO, self.default_config, self.clock(), "system"))

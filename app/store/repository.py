@@ -75,6 +75,11 @@ def cached_config(database: str, portfolio_id: str, version: int, fetch: Any) ->
     return config
 
 
+def forget_config(database: str, portfolio_id: str, version: int) -> None:
+    """Drop a configuration read in a transaction that did not commit (a portfolio made, then rolled back)."""
+    _CONFIG_CACHE.pop((database, portfolio_id, version), None)
+
+
 def to_state(row: m.Portfolio, positions: dict[str, m.Position], marks: dict[str, m.Mark],
              histories: dict[str, tuple[float, ...]] | None = None,
              atr: dict[str, tuple[float, ...]] | None = None) -> PortfolioState:

@@ -44,13 +44,15 @@ from .audit import json_bytes
 from .repository import (
     cached_config,
     cached_histories,
+    forget_config,
     mark_history_hash,
     state_changes,
     to_state,
 )
 
 _PORTFOLIO_COLUMNS = [c.name for c in m.Portfolio.__table__.columns]
-_SELECT_PORTFOLIO = f"SELECT {', '.join(_PORTFOLIO_COLUMNS)} FROM portfolios WHERE id = %s"
+_SELECT_PORTFOLIOS = f"SELECT {', '.join(_PORTFOLIO_COLUMNS)} FROM portfolios"
+_SELECT_PORTFOLIO = _SELECT_PORTFOLIOS + " WHERE id = %s"
 _SELECT_ATR = "SELECT symbol, history FROM atr_histories WHERE portfolio_id = %s AND symbol = ANY(%s)"
 # The decisions of a portfolio with some of the given intent ids: one lookup in the unique index on
 # (portfolio_id, intent_id) per id, whatever the table's statistics. Before the table has any
@@ -84,7 +86,7 @@ _SELECT_STATE = (
 # (index lookups on the portfolio; one probe per intent id), so the transaction asks for them, for
 # itself only.
 _GENERIC_PLANS = "SET LOCAL plan_cache_mode = force_generic_plan"
-_SELECT_HEAD = ("SELECT last_seq, last_ledger_seq, audit_seq, audit_head, counters FROM portfolios "
+_SELECT_HEAD = ("SELECT last_seq, last_ledger_seq, audit_seq, audit_head, counters, config_version FROM portfolios "
                 "WHERE id = %s FOR UPDATE")
 _MUTABLE = ["realised_pnl", "peak_equity", "day_key", "day_start_equity", "day_peak_equity", "week_key",
             "week_start_equity", "trading_state", "switches", "memory", "counters", "last_seq",
@@ -154,8 +156,8 @@ _ORDER = (m.Portfolio, m.ConfigVersion, m.Decision, m.LedgerEntry, m.SwitchEvent
 _INSERTS = {model: _insert(model) for model in _ORDER}
 _SELECT_STORED_DECISION = ("SELECT d.*, EXISTS (SELECT 1 FROM fills f WHERE f.decision_id = d.id) AS filled "
                            "FROM decisions d WHERE d.id = %s AND d.portfolio_id = %s")
-_SELECT_LATENCIES = ("SELECT latency_ms FROM decisions WHERE portfolio_id = %s AND latency_ms IS NOT NULL "
-                     "ORDER BY seq DESC LIMIT 10000")
+_SELECT_LATENCIES = ("SELECT latency_ms FROM (SELECT latency_ms FROM decisions WHERE portfolio_id = %s "
+                     "ORDER BY seq DESC LIMIT 10000) d WHERE latency_ms IS NOT NULL")
 
 
 def _decided(cursor: Any) -> dict[str, SimpleNamespace]:
@@ -171,9 +173,17 @@ def _utc(value: datetime | None) -> datetime | None:
     return None if value is None else value.astimezone(UTC)
 
 
+def _portfolio_row(values: tuple[Any, ...]) -> SimpleNamespace:
+    row = SimpleNamespace(**dict(zip(_PORTFOLIO_COLUMNS, values, strict=True)))
+    row.created_at, row.updated_at = _utc(row.created_at), _utc(row.updated_at)
+    return row
+
+
 @dataclass
 class Wanted:
-    """What the decisions of one portfolio need read: its intents' ids (retries?) and symbols (ATRs)."""
+    """What a transaction needs read of one portfolio besides its row, positions and marks: the ATR histories
+    of the symbols it decides on, and which of its intent ids were decided already (retries). Nothing, for
+    a use case that decides no intent."""
 
     intent_ids: list[str] = field(default_factory=list)
     symbols: set[str] = field(default_factory=set)
@@ -181,11 +191,10 @@ class Wanted:
 
 @dataclass
 class Loaded:
-    """A portfolio as read: its row (counters, sequence numbers, chain head), positions and marks as stored,
-    the engine's state and the configuration."""
+    """A portfolio as read: its row (counters, sequence numbers, chain head), its marks as stored (their
+    histories' hashes), the engine's state and the configuration."""
 
     row: SimpleNamespace
-    positions: dict[str, SimpleNamespace]
     marks: dict[str, SimpleNamespace]
     state: PortfolioState
     config: RPMConfig
@@ -209,6 +218,8 @@ class PortfolioTransaction:
     _cursor: Any = None
     _queued: dict[type, list[bytes]] = field(default_factory=dict)
     _count: int = 0
+    _created: list[str] = field(default_factory=list)  # portfolios this transaction inserted
+    _committed: bool = False
 
     def lock(self, requests: dict[str, Wanted], *, lock: bool = True) -> dict[str, Locked | None]:
         """Lock the portfolios (in sorted order: no deadlock) and read them; None for one that does not exist."""
@@ -230,8 +241,7 @@ class PortfolioTransaction:
         values = portfolio.fetchone()
         if values is None:
             return None
-        row = SimpleNamespace(**dict(zip(_PORTFOLIO_COLUMNS, values, strict=True)))
-        row.created_at, row.updated_at = _utc(row.created_at), _utc(row.updated_at)
+        row = _portfolio_row(values)
         (symbols, units, avg_prices, opened, mark_symbols, prices, hashes, atr,
          decided_ids) = state.fetchone()
         position_rows = {
@@ -249,11 +259,9 @@ class PortfolioTransaction:
         else:
             found = cached_histories({k.history_hash for k in mark_rows.values()}, self._snapshots)
             histories = {s: found[k.history_hash] for s, k in mark_rows.items()}
-        config = cached_config(self.database, row.id, row.config_version, lambda: self.conn.execute(
-            "SELECT body FROM config_versions WHERE portfolio_id = %s AND version = %s",
-            (row.id, row.config_version)).fetchone()[0])
+        config = self._config(row)
         state = to_state(row, position_rows, mark_rows, histories, {s: tuple(h) for s, h in (atr or {}).items()})
-        loaded = Loaded(row, position_rows, mark_rows, state, config)
+        loaded = Loaded(row, mark_rows, state, config)
         decided = (self.conn.cursor(row_factory=dict_row).execute(_SELECT_DECIDED, {"i": decided_ids, "p": row.id})
                    if decided_ids else None)
         return Locked(loaded, state, _decided(decided))
@@ -311,17 +319,39 @@ class PortfolioTransaction:
                                     (_rows([portfolio]),)).fetchone()
         if created is not None:
             self.conn.execute(_INSERTS[m.ConfigVersion], (_rows([config]),))
+            self._created.append(portfolio["id"])
         return created is not None
+
+    def forget_uncommitted(self) -> None:
+        """At the end of the transaction: the configurations of portfolios it made are forgotten by the
+        process's cache unless it committed (read back under the lock, they were never stored)."""
+        if not self._committed:
+            for portfolio_id in self._created:
+                forget_config(self.database, portfolio_id, 1)
+
+    def listed(self, allowed: tuple[str, ...] | None) -> list[tuple[SimpleNamespace, RPMConfig]]:
+        """Every portfolio (those of ``allowed`` only, unless None), by id: its row and configuration."""
+        where = "" if allowed is None else " WHERE id = ANY(%s)"
+        found = self.conn.execute(_SELECT_PORTFOLIOS + where + " ORDER BY id",
+                                  () if allowed is None else (list(allowed),)).fetchall()
+        rows = [_portfolio_row(values) for values in found]
+        return [(row, self._config(row)) for row in rows]
+
+    def _config(self, row: SimpleNamespace) -> RPMConfig:
+        return cached_config(self.database, row.id, row.config_version, lambda: self.conn.execute(
+            "SELECT body FROM config_versions WHERE portfolio_id = %s AND version = %s",
+            (row.id, row.config_version)).fetchone()[0])
 
     def refresh_head(self, row: SimpleNamespace) -> None:
         """TEST ONLY (the unsafe mode): lock the row now and take its fresh counters and chain head."""
         (row.last_seq, row.last_ledger_seq, row.audit_seq, row.audit_head,
-         row.counters) = self.conn.execute(_SELECT_HEAD, (row.id,)).fetchone()
+         row.counters, row.config_version) = self.conn.execute(_SELECT_HEAD, (row.id,)).fetchone()
 
     # -- writes (sent as they come, in one pipeline that COMMIT ends) -------------------
     @contextmanager
     def writing(self) -> Iterator[None]:
-        """Open the pipeline the writes go into: the server inserts a decision while the next is decided."""
+        """Open the pipeline the writes go into: the server inserts the rows queued (a decision's, say) while
+        the next are made."""
         with self.conn.pipeline(), self.conn.cursor() as cursor:
             self._cursor = cursor
             try:
@@ -340,7 +370,7 @@ class PortfolioTransaction:
         for model, row in encoded:
             self._queued.setdefault(model, []).append(row)
         self._count += len(encoded)
-        if self._cursor is not None and self._count >= FLUSH_ROWS:  # (before ``writing``: sent when it opens)
+        if self._cursor is not None and self._count >= FLUSH_ROWS:  # (queued before ``writing``: sent by ``save``)
             self.flush()
 
     def flush(self) -> None:
@@ -352,7 +382,8 @@ class PortfolioTransaction:
         self._count = 0
 
     def save(self, locked: Locked, now: datetime) -> None:
-        """Write what the decisions changed: positions, marks, and the portfolio row with its counters."""
+        """Write what the use case changed of the state (positions, marks, ATR histories), the rows it queued,
+        and the portfolio row (its counters, sequence numbers, chain head, configuration version)."""
         loaded = locked.loaded
         row = loaded.row
         changes = state_changes(locked.initial, loaded.state)
@@ -380,3 +411,4 @@ class PortfolioTransaction:
         """COMMIT: the pipeline's last statement; its answer is the one round trip waited for."""
         self.flush()
         self.conn.commit()
+        self._committed = True

@@ -140,12 +140,14 @@ def test_every_decision_and_admin_action_records_who_made_it(client, sql, keys):
     client.post("/process_trade", json=SEED_INTENT)
     client.post("/halt", json={"reason": "who did it"})
     client.put("/config", json={"config": {"risk_per_trade": 0.005}, "reason": "tighten"})
-    client.post("/portfolios", json={"portfolio_id": "p2", "preset": "conservative"})
+    client.post("/portfolios", json={"portfolio_id": "p2", "preset": "conservative", "capital": 250000})
     assert sql("SELECT key_name, key_role, key_id IS NOT NULL FROM decisions") == [("test-trader", "trader", True)]
     actions = sql("SELECT action, actor, actor_role, actor_key_id IS NOT NULL FROM admin_actions "
                   "WHERE actor <> 'test-setup' ORDER BY id")
     assert actions == [("halt", "test-admin", "admin", True), ("config_change", "test-admin", "admin", True),
                        ("portfolio_create", "test-admin", "admin", True)]
+    # the capital as given (not as the NUMERIC column reads it back): the action's hash covers it
+    assert sql("SELECT after->>'capital' FROM admin_actions WHERE action = 'portfolio_create'") == [("250000.0",)]
     created = sql("SELECT action, after->>'role' FROM admin_actions WHERE action = 'key_create' ORDER BY id")
     assert [role for _, role in created] == ["trader", "compliance", "admin", "trader"]
 

@@ -178,7 +178,7 @@ def test_documents_stored_as_text_and_as_before_0010_verify_read_and_replay_alik
         assert d["breakdown"]["sizing"]["units"] > 0 and d["state_before"]["portfolio_id"] == "default"
     # the second EURUSD decision saw the first's position, whichever form recorded it
     assert set(client.get(f"/decisions/{new[1]}").json["state_before"]["positions"]) == {"EURUSD", "GBPUSD", "USDJPY"}
-    differences = [i for i in replay(app.extensions["rpm"], "default", None, None, None) if i["type"] == "difference"]
+    differences = [i for i in replay(app.extensions["rpm"].uow, "default", None, None, None) if i["type"] == "difference"]
     assert differences == []
     # an edit inside the stored text of a new row
     seq = sql("SELECT audit_seq FROM decisions WHERE id = :id", id=new[0])[0][0]

@@ -463,3 +463,18 @@ def test_a_chunked_body_is_held_to_the_same_limit(servers, database_url, keys, s
     assert sql("SELECT count(*) FROM marks")[0][0] == 0
     status, _ = chunked([mark[:10], mark[10:]])
     assert status == 200 and sql("SELECT count(*) FROM marks")[0][0] == 1
+
+
+def test_a_portfolio_made_in_a_transaction_that_rolled_back_leaves_no_configuration_behind(app, client):
+    """A portfolio is read back under its lock in the transaction that makes it, which puts its configuration
+    in the process's cache; should that transaction not commit, the configuration must not outlive it."""
+    from app.risk import RPMConfig
+
+    uow = app.extensions["rpm"].uow
+    strict = RPMConfig(total_capital=100_000.0, min_confidence_threshold=0.99)
+    with pytest.raises(RuntimeError), uow.creating("ghost", strict, "test") as made:
+        assert made.config.min_confidence_threshold == 0.99
+        raise RuntimeError("the commit never came")
+    assert client.post("/portfolios", json={"portfolio_id": "ghost"}).status_code == 201
+    d = client.post("/process_trade", json={**SEED_INTENT, "portfolio_id": "ghost"}).json["decision"]
+    assert d["status"] == "APPROVED"  # under the balanced preset it was made with, not the rolled-back one

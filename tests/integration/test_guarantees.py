@@ -289,7 +289,7 @@ def test_kill_minus_nine_under_load_loses_and_duplicates_nothing(servers, databa
     status, report = http("GET", server.url + "/audit/verify", key=keys["compliance"])
     assert status == 200 and report["ok"] is True, report.get("broken")
     app = create_app(Settings(database_url=database_url))
-    items = list(replay(app.extensions["rpm"], "default", None, None, None))
+    items = list(replay(app.extensions["rpm"].uow, "default", None, None, None))
     app.extensions["rpm"].db.dispose()
     assert items[-1]["differing"] == 0
     with capsys.disabled():

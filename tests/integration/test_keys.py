@@ -248,6 +248,19 @@ def test_only_keys_of_the_generated_format_are_stored(app, sql, what):
     assert store.authenticate(good).role == "admin"
 
 
+def test_the_bootstrap_key_is_kept_at_each_start_and_a_revoked_one_stays_revoked(app, sql):
+    store = app.extensions["rpm_keys"]
+    good = generate_key()
+    assert store.ensure_bootstrap(good) == {"created": True, "revoked": False}
+    assert store.ensure_bootstrap(good) == {"created": False, "revoked": False}  # the next start
+    store.revoke(good[:12], OPS, "rotated")
+    assert store.ensure_bootstrap(good) == {"created": False, "revoked": True}
+    clash = good[:13] + generate_key()[13:]  # the same prefix, another key
+    with pytest.raises(Invalid):
+        store.ensure_bootstrap(clash)
+    assert sql("SELECT count(*) FROM api_keys") == [(1,)]
+
+
 @pytest.mark.parametrize("name", ["", "two words", "x" * 65, "line\n", "tab\there", "ünïcode", "semi;colon",
                                   "<script>"])
 def test_a_key_name_is_a_plain_identifier(app, sql, name):

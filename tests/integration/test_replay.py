@@ -12,7 +12,7 @@ from ..conftest import SEED_INTENT
 
 
 def summary_of(app, portfolio_id, candidate=None):
-    items = list(replay(app.extensions["rpm"], portfolio_id, None, None, candidate))
+    items = list(replay(app.extensions["rpm"].uow, portfolio_id, None, None, candidate))
     return [i for i in items if i["type"] == "difference"], items[-1]
 
 

@@ -19,7 +19,7 @@ from app.risk import PortfolioState, RPMConfig
 from app.services import UnitOfWork
 from app.store import models as m
 from app.store.repository import to_state
-from app.store.transaction import Loaded, Locked, Wanted
+from app.store.transaction import _MUTABLE, Loaded, Locked, Wanted
 
 
 @dataclass
@@ -62,9 +62,19 @@ class FakeTransaction:
             row = copy.deepcopy(stored.row)
             config = RPMConfig.from_dict(stored.configs[row.config_version]["body"])
             marks = {s: SimpleNamespace(symbol=s, history_hash=None) for s in stored.state.marks}
-            out[portfolio_id] = Locked(Loaded(row, {}, marks, stored.state.clone(), config), stored.state.clone(),
+            state = stored.state.clone()  # as the database reads it: the ATR histories of the symbols wanted only
+            state.atr_history = {s: h for s, h in state.atr_history.items() if s in requests[portfolio_id].symbols}
+            out[portfolio_id] = Locked(Loaded(row, marks, state, config), state.clone(),
                                        self._decided(portfolio_id, requests[portfolio_id].intent_ids))
         return out
+
+    def listed(self, allowed: tuple[str, ...] | None) -> list[tuple[SimpleNamespace, RPMConfig]]:
+        found = {**self.store.portfolios, **{s.row.id: s for s in self.created}}
+        return [(copy.deepcopy(s.row), RPMConfig.from_dict(s.configs[s.row.config_version]["body"]))
+                for pid, s in sorted(found.items()) if allowed is None or pid in allowed]
+
+    def forget_uncommitted(self) -> None:
+        pass
 
     def _decided(self, portfolio_id: str, intent_ids: list[str]) -> dict[str, SimpleNamespace]:
         return {d["intent_id"]: SimpleNamespace(**d) for d in self.store.of(m.Decision, portfolio_id)
@@ -89,8 +99,10 @@ class FakeTransaction:
         yield
 
     def save(self, locked: Locked, now: datetime) -> None:
+        """As the database writes it: the portfolio row's mutable columns; the state's ATR histories merged."""
         locked.loaded.row.updated_at = now
-        self.saved[locked.loaded.row.id] = (copy.deepcopy(locked.loaded.row), locked.loaded.state.clone())
+        self.saved[locked.loaded.row.id] = (
+            {c: copy.deepcopy(getattr(locked.loaded.row, c)) for c in _MUTABLE}, locked.loaded.state.clone())
 
     def commit(self) -> None:
         for stored in self.created:
@@ -98,9 +110,11 @@ class FakeTransaction:
         for model, values in self.queued:
             if model is m.ConfigVersion:
                 self.store.portfolios[values["portfolio_id"]].configs[values["version"]] = values
-        for portfolio_id, (row, state) in self.saved.items():
+        for portfolio_id, (columns, state) in self.saved.items():
             stored = self.store.portfolios[portfolio_id]
-            stored.row, stored.state = row, state
+            vars(stored.row).update(columns)
+            state.atr_history = {**stored.state.atr_history, **state.atr_history}
+            stored.state = state
         self.store.rows += self.queued
         self.store.commits += 1
         self.queued, self.saved, self.created = [], {}, []
@@ -116,7 +130,7 @@ class FakeTransaction:
         return [float(d["latency_ms"]) for d in reversed(self.store.of(m.Decision, portfolio_id))]
 
     def config_version(self, portfolio_id: str, version: int) -> dict[str, Any]:
-        return self.store.portfolios[portfolio_id].configs[version]
+        return self._stored(portfolio_id).configs[version]
 
     def refresh_head(self, row: SimpleNamespace) -> None:
         pass

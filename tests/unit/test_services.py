@@ -191,3 +191,18 @@ def test_database_failures_are_the_services_errors(uow, trading):
     with pytest.raises(DatabaseRefused) as refused:
         operator.halt(uow, "default", "news", ADMIN)
     assert refused.value.status == 422 and uow.store.commits == 0
+
+
+def test_reads_never_write_and_a_missing_default_is_listed_without_being_stored(uow, trading):
+    listed = portfolios.list_portfolios(uow, None)
+    assert [p["portfolio_id"] for p in listed] == ["default"] and uow.store.commits == 0
+    assert reading.portfolio(uow, "default")["trading_state"] == "ACTIVE"
+    assert reading.get_config(uow, "default")["version"] == 1
+    trading.what_if(intent())
+    assert uow.store.commits == 0 and uow.store.portfolios == {}
+
+
+def test_an_unknown_portfolio_is_named_even_when_default_is_missing_too(uow, trading):
+    with pytest.raises(NotFound) as refused:
+        trading.process_trades([intent(), intent(portfolio_id="nowhere")], TRADER)
+    assert "nowhere" in refused.value.message and uow.store.commits == 0
