@@ -22,27 +22,21 @@ import json
 import os
 import random
 import re
-import signal
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
-import urllib.request
 
 from sqlalchemy.engine import make_url
 
 from .service import (
-    BENCH_LIMITS,
     BENCH_MARKS,
     BREAKDOWN,
     PGBENCH_SQL,
-    ROOT,
     drop_database,
     fresh_database,
-    http,
     pg_bin,
-    prepare_pgbench,
+    serving,
 )
 
 REGIMES = ("TRENDING", "RANGING", "VOLATILE")
@@ -118,42 +112,23 @@ def main() -> None:
     port = 8096
     env = {**os.environ, "DATABASE_URL": url, "RPM_PORT": str(port), "RPM_HOST": "127.0.0.1",
            "RPM_BOOTSTRAP_ADMIN_KEY": admin_key, "RPM_LOG_LEVEL": os.environ.get("RPM_LOG_LEVEL", "INFO")}
-    server = subprocess.Popen([sys.executable, "-m", "app.cli", "serve"], cwd=ROOT, env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(300):
-            try:
-                urllib.request.urlopen(base + "/health/ready", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.1)
-        trader = subprocess.run([sys.executable, "-m", "app.cli", "keys", "create", "--role", "trader", "--name",
-                                 "bench"], cwd=ROOT, env=env, capture_output=True, text=True,
-                                check=True).stdout.strip()
-        time.sleep(1.1)  # every worker's copy of the keys holds it
-        config = http("GET", base + "/config", admin_key)["config"]
-        config.update(BENCH_LIMITS)
-        http("PUT", base + "/config", admin_key, {"config": config, "reason": "benchmark"})
-        http("POST", base + "/marks", trader, {"prices": BENCH_MARKS})
-        prepare_pgbench(url)
-        paced(port, trader, (("POST", "/process_trade", i) for i in intents("warm")), 3, args.rate)
-        floor = pgbench_latency(url, args.seconds, args.rate)
-        what_if = {k: v for k, v in next(intents("w")).items() if k != "intent_id"}
-        runs = {
-            "POST /process_trade": (("POST", "/process_trade", i) for i in intents("lone")),
-            "POST /what_if": itertools.repeat(("POST", "/what_if", what_if)),
-            "GET /portfolio": itertools.repeat(("GET", "/portfolio", None)),
-            "GET /health/live": itertools.repeat(("GET", "/health/live", None)),
-        }
-        print(f"one keep-alive client at {args.rate:g} requests/s, {args.seconds:g} s each; rpm serve with its "
-              f"production settings")
-        print(f"  pgbench, the naive decision transaction, 1 client at {args.rate:g}/s: mean {floor:.2f} ms")
-        for label, requests in runs.items():
-            print(f"  {label:20} {summary(paced(port, trader, requests, args.seconds, args.rate), floor)}")
+        with serving(env, port, admin_key, url) as (_server, _base, trader):
+            paced(port, trader, (("POST", "/process_trade", i) for i in intents("warm")), 3, args.rate)
+            floor = pgbench_latency(url, args.seconds, args.rate)
+            what_if = {k: v for k, v in next(intents("w")).items() if k != "intent_id"}
+            runs = {
+                "POST /process_trade": (("POST", "/process_trade", i) for i in intents("lone")),
+                "POST /what_if": itertools.repeat(("POST", "/what_if", what_if)),
+                "GET /portfolio": itertools.repeat(("GET", "/portfolio", None)),
+                "GET /health/live": itertools.repeat(("GET", "/health/live", None)),
+            }
+            print(f"one keep-alive client at {args.rate:g} requests/s, {args.seconds:g} s each; rpm serve with its "
+                  f"production settings")
+            print(f"  pgbench, the naive decision transaction, 1 client at {args.rate:g}/s: mean {floor:.2f} ms")
+            for label, requests in runs.items():
+                print(f"  {label:20} {summary(paced(port, trader, requests, args.seconds, args.rate), floor)}")
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(20)
         drop_database(admin, name)
 
 

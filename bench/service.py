@@ -30,6 +30,8 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, text
@@ -256,6 +258,68 @@ def main() -> None:
 
     defaults = Settings.from_env()
     n_workers, n_threads = args.workers or defaults.workers, args.threads or defaults.threads
+    try:
+        with serving(env, port, admin_key, url) as (server, base, trader):
+            wrk(base + "/process_trade", trader, "warm", 3, args.clients)
+            workers = worker_pids(server.pid)
+            singles, batches, floor_cpu = [], [], []
+            cpu_before = {p: cpu_seconds(p) for p in workers}
+            for run in range(args.runs):
+                if args.vacuum:
+                    vacuum(url)
+                floor = busy_while(pgbench, url, args.seconds, args.clients, wal=admin)
+                floor_cpu.append(floor)
+                singles.append(busy_while(wrk, base + "/process_trade", trader, f"s{run}", args.seconds, args.clients,
+                                          workers=workers, wal=admin))
+                batches.append(busy_while(wrk, base + "/process_trades", trader, f"b{run}", args.seconds / 2, 2,
+                                          batch=100, workers=workers, wal=admin))
+            cpu_after = {p: cpu_seconds(p) for p in workers}
+            floors = [f["value"] for f in floor_cpu]
+            rates = [(r["requests"] - r["errors"] - r["socket_errors"]) / r["seconds"] for r in singles]
+            ratios = [rate / floor for rate, floor in zip(rates, floors, strict=True)]
+            # a failed call decided nothing: only answered calls count (an error is printed, never hidden)
+            batch_rates = [100 * (r["requests"] - r["errors"] - r["socket_errors"]) / r["seconds"] for r in batches]
+            approved = sum(r["approved"] for r in singles)
+            rejected = sum(r["rejected"] for r in singles)
+            print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+                  f"gunicorn gthread {n_workers} workers x {n_threads} threads, group commit {args.group_commit}, "
+                  f"{args.clients} clients (wrk)")
+            for run, (r, floor, batch) in enumerate(zip(singles, floors, batches, strict=True)):
+                print(f"  run {run + 1}: pgbench naive txn {floor:,.0f} tps ({cpu(floor_cpu[run])}) | "
+                      f"RPM /process_trade ({cpu(r)}) "
+                      f"{rates[run]:,.0f} decisions/s, p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms, "
+                      f"errors {r['errors'] + r['socket_errors']} | /process_trades x100 "
+                      f"{batch_rates[run]:,.0f} decisions/s, p50 {batch['p50_ms']:.1f} ms, "
+                      f"errors {batch['errors'] + batch['socket_errors']} ({cpu(batch)})")
+                print(f"    CPU per pgbench transaction: {per_unit(floor_cpu[run], floor * args.seconds)}; "
+                      f"per decision, /process_trade: {per_unit(r, rates[run] * r['seconds'])}; "
+                      f"/process_trades x100: {per_unit(batch, batch_rates[run] * batch['seconds'])}")
+            print(f"median: pgbench {statistics.median(floors):,.0f} tps; RPM {statistics.median(rates):,.0f} decisions/s "
+                  f"= {statistics.median(ratios):.2f} x pgbench; p50 {statistics.median(r['p50_ms'] for r in singles):.1f} ms, "
+                  f"p99 {statistics.median(r['p99_ms'] for r in singles):.1f} ms; "
+                  f"/process_trades x100: {statistics.median(batch_rates):,.0f} decisions/s")
+            print(f"approval mix (single intents): {approved:,} approved, {rejected:,} rejected "
+                  f"({approved / max(1, approved + rejected):.0%} approved)")
+            elapsed = args.runs * args.seconds * 1.5
+            for p in workers:
+                print(f"  worker {p}: CPU {(cpu_after[p] - cpu_before[p]) / elapsed:.0%} of a core over the runs, "
+                      f"RSS {rss_mb(p):.0f} MB")
+            if args.rss:
+                print("RSS per worker over 100,000 decisions (POST /process_trades x100):")
+                done = 0
+                while done < 100_000:
+                    r = wrk(base + "/process_trades", trader, f"rss{done}", 5, 2, batch=100)
+                    done += 100 * r["requests"]
+                    print(f"  after {done:,} decisions: " + ", ".join(f"{rss_mb(p):.0f} MB" for p in workers))
+    finally:
+        drop_database(admin, name)
+
+
+@contextmanager
+def serving(env: dict[str, str], port: int, admin_key: str, url: str) -> Iterator[tuple[subprocess.Popen, str, str]]:
+    """`rpm serve` with ``env``, ready and configured as the benchmarks run it (limits raised, the eight
+    symbols marked), and pgbench's tables made beside it: the server, its base URL and a trader key.
+    Stopped at the end."""
     server = subprocess.Popen([sys.executable, "-m", "app.cli", "serve"], cwd=ROOT, env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
@@ -269,66 +333,16 @@ def main() -> None:
         trader = subprocess.run([sys.executable, "-m", "app.cli", "keys", "create", "--role", "trader", "--name",
                                  "bench"], cwd=ROOT, env=env, capture_output=True, text=True,
                                 check=True).stdout.strip()
+        time.sleep(1.1)  # every worker's copy of the keys holds it
         config = http("GET", base + "/config", admin_key)["config"]
         config.update(BENCH_LIMITS)
         http("PUT", base + "/config", admin_key, {"config": config, "reason": "benchmark"})
         http("POST", base + "/marks", trader, {"prices": BENCH_MARKS})
         prepare_pgbench(url)
-        wrk(base + "/process_trade", trader, "warm", 3, args.clients)
-        workers = worker_pids(server.pid)
-        singles, batches, floor_cpu = [], [], []
-        cpu_before = {p: cpu_seconds(p) for p in workers}
-        for run in range(args.runs):
-            if args.vacuum:
-                vacuum(url)
-            floor = busy_while(pgbench, url, args.seconds, args.clients, wal=admin)
-            floor_cpu.append(floor)
-            singles.append(busy_while(wrk, base + "/process_trade", trader, f"s{run}", args.seconds, args.clients,
-                                      workers=workers, wal=admin))
-            batches.append(busy_while(wrk, base + "/process_trades", trader, f"b{run}", args.seconds / 2, 2,
-                                      batch=100, workers=workers, wal=admin))
-        cpu_after = {p: cpu_seconds(p) for p in workers}
-        floors = [f["value"] for f in floor_cpu]
-        rates = [(r["requests"] - r["errors"] - r["socket_errors"]) / r["seconds"] for r in singles]
-        ratios = [rate / floor for rate, floor in zip(rates, floors, strict=True)]
-        # a failed call decided nothing: only answered calls count (an error is printed, never hidden)
-        batch_rates = [100 * (r["requests"] - r["errors"] - r["socket_errors"]) / r["seconds"] for r in batches]
-        approved = sum(r["approved"] for r in singles)
-        rejected = sum(r["rejected"] for r in singles)
-        print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-              f"gunicorn gthread {n_workers} workers x {n_threads} threads, group commit {args.group_commit}, "
-              f"{args.clients} clients (wrk)")
-        for run, (r, floor, batch) in enumerate(zip(singles, floors, batches, strict=True)):
-            print(f"  run {run + 1}: pgbench naive txn {floor:,.0f} tps ({cpu(floor_cpu[run])}) | "
-                  f"RPM /process_trade ({cpu(r)}) "
-                  f"{rates[run]:,.0f} decisions/s, p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms, "
-                  f"errors {r['errors'] + r['socket_errors']} | /process_trades x100 "
-                  f"{batch_rates[run]:,.0f} decisions/s, p50 {batch['p50_ms']:.1f} ms, "
-                  f"errors {batch['errors'] + batch['socket_errors']} ({cpu(batch)})")
-            print(f"    CPU per pgbench transaction: {per_unit(floor_cpu[run], floor * args.seconds)}; "
-                  f"per decision, /process_trade: {per_unit(r, rates[run] * r['seconds'])}; "
-                  f"/process_trades x100: {per_unit(batch, batch_rates[run] * batch['seconds'])}")
-        print(f"median: pgbench {statistics.median(floors):,.0f} tps; RPM {statistics.median(rates):,.0f} decisions/s "
-              f"= {statistics.median(ratios):.2f} x pgbench; p50 {statistics.median(r['p50_ms'] for r in singles):.1f} ms, "
-              f"p99 {statistics.median(r['p99_ms'] for r in singles):.1f} ms; "
-              f"/process_trades x100: {statistics.median(batch_rates):,.0f} decisions/s")
-        print(f"approval mix (single intents): {approved:,} approved, {rejected:,} rejected "
-              f"({approved / max(1, approved + rejected):.0%} approved)")
-        elapsed = args.runs * args.seconds * 1.5
-        for p in workers:
-            print(f"  worker {p}: CPU {(cpu_after[p] - cpu_before[p]) / elapsed:.0%} of a core over the runs, "
-                  f"RSS {rss_mb(p):.0f} MB")
-        if args.rss:
-            print("RSS per worker over 100,000 decisions (POST /process_trades x100):")
-            done = 0
-            while done < 100_000:
-                r = wrk(base + "/process_trades", trader, f"rss{done}", 5, 2, batch=100)
-                done += 100 * r["requests"]
-                print(f"  after {done:,} decisions: " + ", ".join(f"{rss_mb(p):.0f} MB" for p in workers))
+        yield server, base, trader
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(20)
-        drop_database(admin, name)
 
 
 if __name__ == "__main__":
