@@ -41,7 +41,7 @@ lint: install
 
 ## the whole suite against real PostgreSQL: TEST_DATABASE_URL, else the local cluster, else an embedded server
 ## (each test gets its own fresh database)
-test: install pg browser lint
+test: install browser lint
 	$(BIN)/pytest
 
 unit: install
