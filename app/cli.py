@@ -263,19 +263,24 @@ def replay_command(start, end, portfolios, config_file, preset, as_json) -> None
 
 @main.group()
 def audit() -> None:
-    """The audit trail: verify the hash chains, anchor their heads outside the database."""
+    """The audit trail: verify it, anchor it outside the database, prove a decision is in it."""
 
 
 @audit.command("verify")
-@click.option("--checkpoint", "checkpoint_file", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="also check the chains against heads written by `rpm audit checkpoint`")
-def audit_verify(checkpoint_file: str | None) -> None:
-    """Verify every chain; exit 1 and name the first broken sequence number if any is broken."""
+@click.option("--sink", type=click.Path(exists=True, file_okay=False), default=None,
+              help="the signed checkpoints to check the chains against (default: the service's, RPM_AUDIT_SINK)")
+@click.option("--public-key", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="the public key they are signed with (default: the service's signing key's)")
+def audit_verify(sink: str | None, public_key: str | None) -> None:
+    """Verify every chain, what its rows name by hash, the state derived from it and the signed checkpoints;
+    exit 1 and say where and what if anything is wrong."""
     import time
 
-    checkpoint = json.loads(Path(checkpoint_file).read_text()) if checkpoint_file else None
+    from .anchor import Sink, load_public_key
+
     started = time.perf_counter()
-    report = _app().extensions["rpm_compliance"].verify(checkpoint)
+    report = _app().extensions["rpm_compliance"].verify(
+        sink=Sink(sink) if sink else None, public_key=load_public_key(public_key) if public_key else None)
     elapsed = time.perf_counter() - started
     for chain in report["chains"]:
         if chain["ok"]:
@@ -284,25 +289,91 @@ def audit_verify(checkpoint_file: str | None) -> None:
         else:
             click.echo(f"BROKEN  {chain['chain']}: first broken sequence number {chain['first_broken_seq']}: "
                        f"{chain['problem']} ({chain['details'].get('detail')})")
-    for chain in report.get("missing_chains", []):
-        click.echo(f"BROKEN  {chain}: in the checkpoint but not in the database")
-    click.echo(f"{'OK' if report['ok'] else 'BROKEN'}: {report['count']} records verified in {elapsed:.2f}s"
-               f"{' against ' + checkpoint_file if checkpoint_file else ''}")
+    for f in report.get("findings", []):
+        click.echo(f"BROKEN  {f['chain']}: {f['table']} {json.dumps(f['row'], default=str)}: {f['problem']}: "
+                   f"{f['detail']}")
+    click.echo(f"{'OK' if report['ok'] else 'BROKEN'}: {report['count']} records verified against "
+               f"{report['checkpoints']} signed checkpoint(s) in {elapsed:.2f}s")
     sys.exit(0 if report["ok"] else 1)
 
 
 @audit.command("checkpoint")
-@click.option("--out", "out_file", type=click.Path(dir_okay=False), default="-", show_default=True,
-              help="where to write the heads (keep it outside the database)")
-def audit_checkpoint(out_file: str) -> None:
-    """Write the head (sequence number and hash) of every chain, to anchor them outside the database."""
-    data = json.dumps(_app().extensions["rpm_compliance"].checkpoint(), indent=2)
+def audit_checkpoint() -> None:
+    """Sign a checkpoint of every chain that grew since its last, now, and append it to the sink."""
+    anchor = _app().extensions["rpm_anchor"]
+    made = anchor.checkpoint(force=True, wait=True)
+    for c in made:
+        st = c["statement"]
+        click.echo(f"{st['chain']}: size {st['size']}, root {st['root'][:16]}..., at {st['at']}")
+    click.echo(f"{len(made)} checkpoint(s) appended to {anchor.sink.directory}", err=True)
+
+
+@audit.command("public-key")
+def audit_public_key() -> None:
+    """Print the public key checkpoints are signed with (PEM): all a verifier needs."""
+    from .anchor import public_pem
+
+    click.echo(public_pem(_app().extensions["rpm_anchor"].signer.public), nl=False)
+
+
+@audit.command("proof")
+@click.argument("decision_id")
+@click.option("--out", "out_file", type=click.Path(dir_okay=False), default="-", show_default=True)
+def audit_proof(decision_id: str, out_file: str) -> None:
+    """Write a decision's proof (the decision, its inclusion proof, a signed checkpoint) as JSON."""
+    from .errors import ServiceError
+
+    try:
+        proof = _app().extensions["rpm_compliance"].proof(decision_id, None)
+    except ServiceError as exc:
+        raise click.ClickException(str(exc)) from None
+    data = json.dumps(proof, indent=2) + "\n"
     if out_file == "-":
-        click.echo(data)
+        click.echo(data, nl=False)
     else:
-        with open(out_file, "w") as f:
-            f.write(data + "\n")
-        click.echo(f"checkpoint written to {out_file}", err=True)
+        Path(out_file).write_text(data)
+        click.echo(f"proof written to {out_file}", err=True)
+
+
+@audit.command("check-proof")
+@click.argument("proof_file", type=click.Path(exists=True, dir_okay=False, allow_dash=True))
+@click.option("--public-key", type=click.Path(exists=True, dir_okay=False), required=True,
+              help="the public key the checkpoint must be signed with (PEM)")
+def audit_check_proof(proof_file: str, public_key: str) -> None:
+    """Check a decision's proof offline, with nothing but the public key: no database, no service."""
+    from .anchor import ProofError, check_proof, load_public_key
+
+    try:
+        with click.open_file(proof_file) as f:
+            proof = json.load(f)
+        held = check_proof(proof, load_public_key(public_key))
+    except (ProofError, ValueError) as exc:
+        click.echo(f"INVALID: {exc}")
+        sys.exit(1)
+    d, st = held["decision"], held["checkpoint"]
+    click.echo(f"VALID: decision {d['id']} ({d['status']} {d['symbol']} {d['approved_units']} units, decided "
+               f"{d['decided_at']}, portfolio {d['portfolio_id']}) is record {d['audit_seq']} of the trail")
+    click.echo(f"       signed checkpoint: chain {st['chain']}, size {st['size']}, root {st['root'][:16]}..., "
+               f"at {st['at']}, key {st['key_id']}, trail {st.get('trail')}")
+
+
+@audit.command("consistency")
+@click.option("--portfolio", "chain", default="default", show_default=True, help="the chain (or _system)")
+@click.option("--from", "old", type=int, default=None, help="the older checkpoint's size (default: the first)")
+@click.option("--to", "new", type=int, default=None, help="the newer checkpoint's size (default: the last)")
+def audit_consistency(chain: str, old: int | None, new: int | None) -> None:
+    """Prove that the trail only grew between two signed checkpoints of a chain."""
+    from .errors import ServiceError
+
+    try:
+        result = _app().extensions["rpm_compliance"].consistency(chain, old, new)
+    except ServiceError as exc:
+        raise click.ClickException(str(exc)) from None
+    a, b = result["old"], result["new"]
+    verdict = "CONSISTENT" if result["consistent"] else "INCONSISTENT"
+    click.echo(f"{verdict}: {chain} size {a['size']} ({a['at']}) -> {b['size']} ({b['at']}), proof of "
+               f"{len(result['consistency_proof'])} hash(es)")
+    sys.exit(0 if result["consistent"] else 1)
 
 
 @main.group()

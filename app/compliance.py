@@ -86,8 +86,9 @@ def summary(row: m.Decision) -> dict[str, Any]:
 
 
 class Compliance:
-    def __init__(self, uow: UnitOfWork):
+    def __init__(self, uow: UnitOfWork, anchor: Any = None):
         self.uow = uow
+        self.anchor = anchor  # app.anchor.Anchor: the checkpoints' sink and signing key
 
     def _query(self, flt: DecisionFilter, after: tuple[str, int] | None, *columns: Any, newest_first: bool = False):
         """Decisions by portfolio and sequence number (``newest_first``: both descending), after a cursor."""
@@ -207,14 +208,104 @@ class Compliance:
             return {"chain": chain, "events": page, "count": len(page),
                     "next_after_seq": page[-1]["audit_seq"] if len(out) > limit else None}
 
-    def verify(self, checkpoint: dict[str, Any] | None = None,
-               portfolios: tuple[str, ...] | None = None) -> dict[str, Any]:
-        with self.uow.reading() as session:
-            return audit.verify_all(session, checkpoint, portfolios)
+    def proof(self, decision_id: str, allowed: tuple[str, ...] | None) -> dict[str, Any]:
+        """A decision's inclusion proof against the latest signed checkpoint of its chain (one is made now if
+        none covers it yet)."""
+        from . import anchor as anchoring
 
-    def checkpoint(self) -> dict[str, Any]:
+        if not domain.DECISION_ID.matches(decision_id):
+            raise NotFound(f"unknown decision {decision_id!r}")
+        for attempt in (1, 2):
+            with self.uow.reading() as session:
+                row = session.get(m.Decision, decision_id)
+                if row is None or (allowed is not None and row.portfolio_id not in allowed):
+                    raise NotFound(f"unknown decision {decision_id!r}")
+                if row.audit_seq is None:
+                    raise NotFound(f"decision {decision_id!r} has no place on a chain")
+                latest = session.scalars(select(m.AuditCheckpoint).where(
+                    m.AuditCheckpoint.chain == row.portfolio_id).order_by(m.AuditCheckpoint.size.desc()).limit(1)
+                ).first()
+                if latest is not None and latest.size >= row.audit_seq:
+                    return anchoring.decision_proof(session, row, latest)
+                chain = row.portfolio_id
+                head = session.execute(text("SELECT audit_seq FROM portfolios WHERE id = :p"), {"p": chain}).scalar()
+            if attempt == 1:
+                self.anchor.checkpoint({chain: head}, wait=True)
+        raise Unavailable("no checkpoint covers this decision yet: try again")
+
+    def consistency(self, chain: str, old: int | None = None, new: int | None = None) -> dict[str, Any]:
+        """A consistency proof between two signed checkpoints of a chain (default: its first and its last in
+        the sink), checked against both roots: the trail between them only grew."""
+        from . import anchor as anchoring
+        from .store import merkle
+
         with self.uow.reading() as session:
-            return audit.checkpoint(session, self.uow.clock())
+            trail = anchoring.trail_id(session)
+        statements, _bad = anchoring.signed_statements(self.anchor.sink, self.anchor.signer.public, trail)
+        found = {s["size"]: s for s in statements.get(chain, [])}
+        if not found:
+            raise NotFound(f"no signed checkpoint of chain {chain!r} in {self.anchor.sink.directory}")
+        old = min(found) if old is None else old
+        new = max(found) if new is None else new
+        for size in (old, new):
+            if size not in found:
+                raise NotFound(f"no signed checkpoint of chain {chain!r} at size {size}")
+        if old > new:
+            raise Invalid("the older checkpoint must be the smaller", {"from": [f"{old} > {new}"]})
+        with self.uow.reading() as session:
+            proof = anchoring.consistency(session, chain, old, new)
+        holds = merkle.verify_consistency(old, new, bytes.fromhex(found[old]["root"]), bytes.fromhex(found[new]["root"]),
+                                          [bytes.fromhex(h) for h in proof])
+        return {"chain": chain, "old": found[old], "new": found[new], "consistency_proof": proof, "consistent": holds}
+
+    def verify(self, portfolios: tuple[str, ...] | None = None, sink: Any = None,
+               public_key: Any = None) -> dict[str, Any]:
+        """The whole trail: every chain walked; the rows named by hash and the state derived from the chains
+        checked (app/store/reconcile.py); the chains against every signed checkpoint of the sink
+        (``sink``/``public_key``: the service's unless given). ``portfolios``: only theirs (a key limited to
+        them; key administration and mark snapshots are not theirs)."""
+        from . import anchor as anchoring
+        from .store import reconcile
+
+        sink = sink or (self.anchor.sink if self.anchor else None)
+        public_key = public_key or (self.anchor.signer.public if self.anchor else None)
+        statements: dict[str, list[dict[str, Any]]] = {}
+        findings: list[dict[str, Any]] = []
+        if sink is not None and public_key is not None:
+            with self.uow.reading() as session:
+                trail = anchoring.trail_id(session)
+            statements, findings = anchoring.signed_statements(sink, public_key, trail)
+        if portfolios is not None:
+            statements = {c: s for c, s in statements.items() if c in portfolios}
+            findings = [f for f in findings if f["chain"] in portfolios]
+        roots: dict[str, anchoring.Roots] = {}
+
+        def seen(chain: str) -> Any:
+            if chain not in statements:
+                return None
+            roots[chain] = anchoring.Roots([s["size"] for s in statements[chain]])
+            return roots[chain].add
+
+        with self.uow.reading() as session:
+            reports = audit.verify_all(session, portfolios, seen)
+            for chain, chain_statements in sorted(statements.items()):
+                findings += anchoring.compared(chain, chain_statements, roots.get(chain))
+            for report in reports:
+                if report.chain != audit.SYSTEM_CHAIN:
+                    findings += [f.to_dict() for f in reconcile.portfolio_findings(session, report.chain)]
+            if portfolios is None:
+                findings += [f.to_dict() for f in reconcile.snapshot_findings(session)]
+        chains = [r.to_dict() for r in reports]
+        out: dict[str, Any] = {"ok": all(r.ok for r in reports) and not findings, "chains": chains,
+                               "count": sum(r.count for r in reports),
+                               "checkpoints": sum(len(s) for s in statements.values())}
+        broken = {r["chain"]: {"first_broken_seq": r["first_broken_seq"], "problem": r["problem"],
+                               "detail": r["details"].get("detail")} for r in chains if not r["ok"]}
+        if broken:
+            out["broken"] = broken
+        if findings:
+            out["findings"] = findings
+        return out
 
 
 # text a spreadsheet would run as a formula (OWASP, CSV injection): a formula character at the start of a cell,

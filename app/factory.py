@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime
+from pathlib import Path
 
 import orjson
 from flask import Flask
@@ -79,9 +80,16 @@ def register_service(app: Flask, settings: Settings, clock: Callable[[], datetim
     app.extensions["rpm"] = services
     app.extensions["rpm_keys"] = KeyStore(uow, settings.auth_cache_seconds,
                                           failures_per_minute=settings.auth_failures_per_minute)
+    from .anchor import Anchor, Signer, Sink
     from .compliance import Compliance
 
-    app.extensions["rpm_compliance"] = Compliance(uow)
+    instance = Path(app.instance_path)
+    signer = Signer.from_file(settings.audit_signing_key or instance / "audit-signing-key.pem",
+                              create=settings.audit_signing_key is None)
+    anchor = Anchor(uow, signer, Sink(settings.audit_sink or instance / "checkpoints"),
+                    settings.checkpoint_every_records, settings.checkpoint_every_seconds)
+    app.extensions["rpm_anchor"] = anchor
+    app.extensions["rpm_compliance"] = Compliance(uow, anchor)
 
 
 def register_api(app: Flask) -> None:

@@ -53,6 +53,16 @@ class Settings:
     fast_path: bool = True
     # the largest request body read (413 beyond): a batch of 1,000 intents with long intent ids is ~400 KB
     max_body_bytes: int = 2 * 1024 * 1024
+    # the Ed25519 private key (PEM, PKCS8) checkpoints are signed with; unset: the instance folder's
+    # audit-signing-key.pem, made at first start (its public key beside it, .pub)
+    audit_signing_key: str | None = None
+    # where signed checkpoints are appended (a directory; put it on WORM storage); unset: the instance folder's
+    # checkpoints/
+    audit_sink: str | None = None
+    # a checkpoint of a chain once it has grown by this many records, or at all and this many seconds after
+    # its last; 0 seconds: none in the background (`rpm audit checkpoint` still makes them)
+    checkpoint_every_records: int = 1000
+    checkpoint_every_seconds: float = 60.0
     # TEST ONLY: decide without the portfolio lock, to show that the race tests can fail
     unsafe_disable_portfolio_lock: bool = False
 
@@ -80,6 +90,10 @@ class Settings:
             group_commit=os.environ.get("RPM_GROUP_COMMIT", "1") != "0",
             fast_path=os.environ.get("RPM_FAST_PATH", "1") != "0",
             max_body_bytes=_int("RPM_MAX_BODY_BYTES", d.max_body_bytes),
+            audit_signing_key=os.environ.get("RPM_AUDIT_SIGNING_KEY") or None,
+            audit_sink=os.environ.get("RPM_AUDIT_SINK") or None,
+            checkpoint_every_records=_int("RPM_CHECKPOINT_EVERY_RECORDS", d.checkpoint_every_records),
+            checkpoint_every_seconds=_float("RPM_CHECKPOINT_EVERY_SECONDS", d.checkpoint_every_seconds),
             unsafe_disable_portfolio_lock=os.environ.get("RPM_TEST_UNSAFE_DISABLE_PORTFOLIO_LOCK") == "1",
         )
 

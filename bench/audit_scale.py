@@ -1,4 +1,5 @@
-"""The audit trail at scale: 1,000,000 decisions, then a compliance query, a CSV export and a verify.
+"""The audit trail at scale: 1,000,000 decisions, then a compliance query, a CSV export, the Merkle tree and a
+signed checkpoint, decision proofs, and a verify against the checkpoint.
 
     python -m bench.audit_scale [--rows 1000000] [--admin-url postgresql+psycopg://postgres@127.0.0.1/postgres]
 
@@ -7,7 +8,9 @@ Creates a throw-away database (rpm_bench_audit), loads decisions with a valid ha
 - a one-day range for one symbol through GET /decisions (median of runs);
 - the CSV export of every decision through GET /decisions?format=csv, in a separate process,
   with its peak resident memory;
-- `verify` of the whole chain, and its time.
+- the Merkle tree built over the chain and a checkpoint signed (the first, the costliest: every leaf);
+- `GET /decisions/{id}/proof` for random decisions (median and slowest), and the offline check of one;
+- `verify` of the whole chain (and the derived state, and the signed checkpoint), and its time.
 A benchmark: it prints figures, it asserts nothing.
 """
 
@@ -15,9 +18,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -37,6 +42,8 @@ from app.store.migrate import upgrade
 
 from .service import drop_database, fresh_database
 
+# the signing key and the checkpoints' sink of the run
+INSTANCE = tempfile.mkdtemp(prefix="rpm-bench-audit-")
 SYMBOLS = {"EURUSD": 1.10, "GBPUSD": 1.25, "USDJPY": 150.0, "AUDUSD": 0.65, "USDCHF": 0.90, "NZDUSD": 0.60,
            "USDCAD": 1.35, "EURGBP": 0.88}
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
@@ -64,7 +71,7 @@ def templates(config: RPMConfig) -> list[tuple]:
 
 def load(url: str, rows: int) -> None:
     config = RPMConfig()
-    app = create_app(Settings(database_url=url))
+    app = create_app(Settings(database_url=url, instance_path=INSTANCE))
     app.extensions["rpm"].uow.ensure_default()
     app.extensions["rpm"].db.dispose()
     kinds = templates(config)
@@ -73,6 +80,9 @@ def load(url: str, rows: int) -> None:
         seq, head = conn.execute(text("SELECT audit_seq, coalesce(audit_head, :g) FROM portfolios "
                                       "WHERE id = 'default'"), {"g": audit.GENESIS}).one()
         last_seq = conn.execute(text("SELECT last_seq FROM portfolios WHERE id = 'default'")).scalar()
+        # the decisions name the portfolio's stored configuration (verify checks that they do)
+        config_hash = conn.execute(text("SELECT config_hash FROM config_versions WHERE portfolio_id = 'default' "
+                                        "AND version = 1")).scalar()
     engine_.dispose()
     raw = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
     started = time.perf_counter()
@@ -88,7 +98,7 @@ def load(url: str, rows: int) -> None:
                     "intent_id": f"sig-{n}", "request_hash": "0" * 64, "symbol": intent.symbol,
                     "direction": intent.direction, "status": d.status.value, "reason_code": d.reason,
                     "message": d.message, "approved_units": d.units, "price": intent.current_price,
-                    "reducing": False, "decided_at": decided_at, "config_hash": config.config_hash,
+                    "reducing": False, "decided_at": decided_at, "config_hash": config_hash,
                     "config_version": 1, "intent": {**intent.to_dict(), "intent_id": f"sig-{n}"},
                     # the documents as the service stores them: their JSON text
                     "breakdown": audit.document_text(d.breakdown), "context": dict(d.context),
@@ -109,7 +119,7 @@ def load(url: str, rows: int) -> None:
 
 
 def query_day(url: str) -> None:
-    app = create_app(Settings(database_url=url))
+    app = create_app(Settings(database_url=url, instance_path=INSTANCE))
     key, _ = app.extensions["rpm_keys"].create("compliance", "bench", None, Actor("bench", "admin"))
     client = app.test_client()
     auth = {"Authorization": f"Bearer {key}"}
@@ -133,7 +143,7 @@ EXPORT = """
 import resource, sys, time
 from app import create_app
 from app.settings import Settings
-app = create_app(Settings(database_url=sys.argv[1]))
+app = create_app(Settings(database_url=sys.argv[1], instance_path=sys.argv[3]))
 client = app.test_client()
 started = time.perf_counter()
 size = lines = 0
@@ -149,15 +159,44 @@ print(f"CSV export of every decision: {lines - 1:,} rows, {size / 1e6:,.0f} MB i
 
 
 def export_csv(url: str, key: str) -> None:
-    subprocess.run([sys.executable, "-c", EXPORT, url, key], check=True)
+    subprocess.run([sys.executable, "-c", EXPORT, url, key, INSTANCE], check=True)
+
+
+def proofs(url: str, rows: int, key: str) -> None:
+    import random
+
+    from app.anchor import check_proof
+
+    app = create_app(Settings(database_url=url, instance_path=INSTANCE))
+    started = time.perf_counter()
+    made = app.extensions["rpm_anchor"].checkpoint(force=True, wait=True)
+    size = max(c["statement"]["size"] for c in made if c["statement"]["chain"] == "default")
+    print(f"Merkle tree of {size:,} records built and a checkpoint signed in {time.perf_counter() - started:.1f}s")
+    client = app.test_client()
+    auth = {"Authorization": f"Bearer {key}"}
+    picks = random.Random(7).sample(range(rows), 50)
+    timings = []
+    for n in picks:
+        started = time.perf_counter()
+        r = client.get(f"/decisions/{uuid.UUID(int=n + 1)}/proof", headers=auth)
+        timings.append((time.perf_counter() - started) * 1000)
+        assert r.status_code == 200, r.json
+    started = time.perf_counter()
+    check_proof(r.json, app.extensions["rpm_anchor"].signer.public)
+    checked = (time.perf_counter() - started) * 1000
+    print(f"GET /decisions/{{id}}/proof at {size:,} records: median {statistics.median(timings):.1f} ms, slowest "
+          f"{max(timings):.1f} ms (50 random decisions, through Flask; {len(r.json['inclusion_proof'])} hashes per "
+          f"proof); checked offline in {checked:.1f} ms")
+    app.extensions["rpm"].db.dispose()
 
 
 def verify(url: str) -> None:
-    app = create_app(Settings(database_url=url))
+    app = create_app(Settings(database_url=url, instance_path=INSTANCE))
     started = time.perf_counter()
     report = app.extensions["rpm_compliance"].verify()
     elapsed = time.perf_counter() - started
-    print(f"verify: ok={report['ok']}, {report['count']:,} records in {elapsed:.1f}s "
+    print(f"verify: ok={report['ok']}, {report['count']:,} records and {report['checkpoints']} signed "
+          f"checkpoint(s) in {elapsed:.1f}s "
           f"({report['count'] / elapsed:,.0f} records/s)")
     app.extensions["rpm"].db.dispose()
 
@@ -175,12 +214,14 @@ def main() -> None:
         load(url, args.rows)
         key = query_day(url)
         export_csv(url, key)
+        proofs(url, args.rows, key)
         verify(url)
         with admin.connect() as conn:
             size = conn.execute(text(f"SELECT pg_size_pretty(pg_database_size('{name}'))")).scalar()
         print(f"database size: {size}")
     finally:
         drop_database(admin, name, keep=args.keep)
+        shutil.rmtree(INSTANCE, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -122,6 +122,7 @@ def servers(tmp_path):
     started: list[Server] = []
 
     def start(env: dict[str, str], **kwargs) -> Server:
+        env = {"RPM_INSTANCE_PATH": str(tmp_path / "instance"), **env}  # (its signing key and checkpoints)
         server = Server(env, log=tmp_path / f"server-{len(started)}.log", **kwargs)
         started.append(server)
         return server.start()

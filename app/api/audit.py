@@ -94,6 +94,19 @@ class DecisionView(MethodView):
         return ok(compliance().decision(decision_id, current().visible))
 
 
+@blp.route("/decisions/<string:decision_id>/proof")
+class DecisionProof(MethodView):
+    @roles("compliance")
+    @acts_on(VISIBLE)
+    @blp.response(200, AnyObjectSchema, description="the decision as hashed, its inclusion proof (RFC 6962) and the "
+                  "signed checkpoint it proves against: `rpm audit check-proof FILE --public-key K` checks it offline")
+    @blp.alt_response(404, description=ERROR_RESPONSES[404])
+    @blp.alt_response(503, description=ERROR_RESPONSES[503])
+    def get(self, decision_id):
+        """A decision's proof that it is in the audit trail as it was, against a signed checkpoint"""
+        return ok(compliance().proof(decision_id, current().visible))
+
+
 @blp.route("/audit/events")
 class AuditEvents(MethodView):
     @roles("compliance", "admin")

@@ -13,6 +13,7 @@ from app.errors import Conflict, Invalid, NotFound
 from app.risk import FillError, OutOfRange, engine
 from app.risk.model import Booking, symbol_error
 from app.store import models as m
+from app.store.repository import mark_history_hash
 
 from .unit_of_work import Actor, Portfolio, UnitOfWork
 
@@ -33,6 +34,10 @@ def apply_marks(uow: UnitOfWork, portfolio_id: str, prices: dict[str, Any], acto
             outcome = engine.mark(p.state, prices, p.config, now)
         except OutOfRange as exc:
             raise Invalid("marks out of range", {"prices": [f"at these marks, {exc}"]}) from None
+        s = outcome.state
+        p.add((m.MarkUpdate, p.sealed(m.MarkUpdate, dict(
+            portfolio_id=portfolio_id, at=now, prices={symbol: str(s.marks[symbol]) for symbol in sorted(prices)},
+            history_hashes={symbol: mark_history_hash(symbol, s.mark_history[symbol]) for symbol in sorted(prices)}))))
         p.equity_point(outcome, now)
         p.events(outcome.events)
         p.commit(outcome.state, now)
@@ -59,8 +64,8 @@ def record_fill(uow: UnitOfWork, portfolio_id: str, decision_id: str, units: Any
         except OutOfRange as exc:
             raise Invalid("fill out of range", {"fill_price": [f"at this fill, {exc}"]}) from None
         filled, at = Decimal(repr(units)), Decimal(repr(price))
-        p.add((m.Fill, dict(portfolio_id=portfolio_id, decision_id=decision_id, filled_units=filled, fill_price=at,
-                            realised_delta=outcome.realised_pnl, at=now)))
+        p.add((m.Fill, p.sealed(m.Fill, dict(portfolio_id=portfolio_id, decision_id=decision_id, filled_units=filled,
+                                             fill_price=at, realised_delta=outcome.realised_pnl, at=now))))
         p.ledger(kind="fill", symbol=decision.symbol, units=filled, price=at, realised=outcome.realised_pnl,
                  state=outcome.state, at=now, actor=actor.name, decision_id=decision_id)
         p.equity_point(outcome, now)

@@ -79,7 +79,7 @@ def put_config(uow: UnitOfWork, portfolio_id: str, body: dict[str, Any], reason:
         row.config_version += 1
         version = dict(portfolio_id=portfolio_id, version=row.config_version, body=config.to_dict(),
                        config_hash=config.config_hash, created_at=now, created_by=actor.name, reason=reason)
-        p.add((m.ConfigVersion, version))
+        p.add((m.ConfigVersion, p.sealed(m.ConfigVersion, version)))
         old, new = p.config.to_dict(), config.to_dict()
         changed = {k: {"before": old[k], "after": new[k]} for k in new if old.get(k) != new[k]}
         p.admin_action(actor, "config_change", now, reason, before=before,

@@ -361,8 +361,8 @@ def decision_rows(loaded: Loaded, intent: TradeIntent, hashed: str, outcome: eng
     )))]
     if outcome.booking is not None:
         b = outcome.booking
-        rows.append((m.LedgerEntry, ledger_values(row, kind=b.kind, symbol=b.symbol, units=b.units * b.direction,
-                                                  price=b.price, realised=outcome.realised_pnl, state=outcome.state,
-                                                  at=now, actor=actor.name, decision_id=d.id)))
+        rows.append((m.LedgerEntry, chain.seal(m.LedgerEntry, ledger_values(
+            row, kind=b.kind, symbol=b.symbol, units=b.units * b.direction, price=b.price, realised=outcome.realised_pnl,
+            state=outcome.state, at=now, actor=actor.name, decision_id=d.id))))
     rows += [(m.SwitchEventRow, chain.seal(m.SwitchEventRow, event_values(row.id, e, d.id))) for e in outcome.events]
     return rows

@@ -18,17 +18,15 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from decimal import Decimal
 from typing import Any
 
 from app.errors import DatabaseRefused, Invalid, NotFound, Unavailable
 from app.risk import PortfolioState, RPMConfig, domain, engine
-from app.risk.kill_switches import drawdown
 from app.risk.model import SwitchEvent
 from app.store import models as m
 from app.store.audit import Chain
 from app.store.database import Database, DatabaseUnavailable, DataRejected
-from app.store.repository import event_values, ledger_values, new_portfolio
+from app.store.repository import equity_point_values, event_values, ledger_values, new_portfolio
 from app.store.transaction import Locked, PortfolioTransaction, Wanted
 
 Clock = Callable[[], datetime]
@@ -100,11 +98,12 @@ class Portfolio:
 
     def ledger(self, **values: Any) -> None:
         """One change of the books, numbered in the portfolio's ledger."""
-        self.add((m.LedgerEntry, ledger_values(self.row, **values)))
+        self.add((m.LedgerEntry, self.sealed(m.LedgerEntry, ledger_values(self.row, **values))))
 
     def equity_point(self, outcome: engine.Outcome, at: datetime) -> None:
-        self.add((m.EquityPoint, dict(portfolio_id=self.id, at=at, equity=outcome.equity,
-                                      drawdown=Decimal(repr(drawdown(outcome.state, outcome.equity))))))
+        """Equity, drawdown and peak after a change of the books, on the chain."""
+        self.add((m.EquityPoint, self.sealed(m.EquityPoint, equity_point_values(self.id, outcome.state, outcome.equity,
+                                                                                 at))))
 
     def stored_decision(self, decision_id: str) -> Any:
         return self.tx.stored_decision(self.id, decision_id)

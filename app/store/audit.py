@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import heapq
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_EVEN, Context, Decimal
@@ -33,7 +33,8 @@ from . import models as m
 
 GENESIS = "0" * 64
 SYSTEM_CHAIN = "_system"
-AUDITED = (m.Decision, m.SwitchEventRow, m.AdminAction)
+AUDITED = (m.Decision, m.SwitchEventRow, m.AdminAction, m.ConfigVersion, m.LedgerEntry, m.Fill, m.EquityPoint,
+           m.MarkUpdate)
 # the columns a row's hash covers: all but its surrogate id (for tables whose id the database assigns)
 # and the hash itself
 _EXCLUDED = {"row_hash"}
@@ -72,7 +73,9 @@ def to_scale(value: Any, unit: Decimal) -> Decimal:
     return number.quantize(unit, rounding=ROUND_HALF_EVEN, context=_WIDE)
 
 
-KIND = {m.Decision: "decision", m.SwitchEventRow: "switch_event", m.AdminAction: "admin_action"}
+KIND = {m.Decision: "decision", m.SwitchEventRow: "switch_event", m.AdminAction: "admin_action",
+        m.ConfigVersion: "config_version", m.LedgerEntry: "ledger_entry", m.Fill: "fill", m.EquityPoint: "equity_point",
+        m.MarkUpdate: "mark_update"}
 
 
 def _plain(value: Any) -> Any:
@@ -239,16 +242,19 @@ def _rows(session: Session, model: type, chain: str) -> Iterator[tuple[int, str,
     owner = model.portfolio_id
     cond = owner.is_(None) if chain == SYSTEM_CHAIN else owner == chain
     columns = [getattr(model, c) for c in COLUMNS[model]] + [model.row_hash]
-    query = select(*columns).where(cond).order_by(model.audit_seq).execution_options(yield_per=2000)
+    # (rows of tables chained later, written before they were, hold no place: NULL)
+    query = select(*columns).where(cond, model.audit_seq.isnot(None)).order_by(model.audit_seq).execution_options(
+        yield_per=2000)
     for row in session.execute(query):
         values = dict(zip(COLUMNS[model], row[:-1], strict=True))
         yield values["audit_seq"], KIND[model], row[-1], values
 
 
-def verify_chain(session: Session, chain: str, expected_head: tuple[int, str] | None) -> ChainReport:
+def verify_chain(session: Session, chain: str, expected_head: tuple[int, str] | None,
+                 seen: Callable[[str], None] | None = None) -> ChainReport:
     """Walk one chain in sequence order: every row's hash, link and sequence number.
 
-    ``expected_head`` is (seq, hash) from the chain's owner row, or from a checkpoint.
+    ``expected_head`` is (seq, hash) from the chain's owner row; ``seen`` is given each row's hash in turn.
     """
     report = ChainReport(chain)
     streams = [_rows(session, model, chain) for model in AUDITED]
@@ -268,6 +274,8 @@ def verify_chain(session: Session, chain: str, expected_head: tuple[int, str] | 
         elif values["prev_hash"] != prev_hash:
             report.fail(seq, "reordered", detail=f"the {kind} at sequence {seq} does not link to its predecessor",
                         kind=kind)
+        if seen is not None:
+            seen(stored_hash)
         prev_hash = stored_hash
         expected_seq = seq + 1
         report.head_seq = seq
@@ -291,58 +299,14 @@ def chain_heads(session: Session) -> dict[str, tuple[int, str]]:
     return heads
 
 
-def verify_all(session: Session, checkpoint: dict[str, Any] | None = None,
-               portfolios: tuple[str, ...] | None = None) -> dict[str, Any]:
-    """Verify every chain against its recorded head, and against a checkpoint's heads when given.
+def verify_all(session: Session, portfolios: tuple[str, ...] | None = None,
+               seen: Callable[[str], Callable[[str], None] | None] | None = None) -> list[ChainReport]:
+    """Verify every chain (those of ``portfolios`` only, unless None) against its recorded head.
 
-    ``portfolios``: only the chains of those (a key limited to them; the key-administration chain is not theirs).
+    ``seen(chain)``: what is given each row's hash of that chain, in order (None: nothing).
     """
     heads = chain_heads(session)
     if portfolios is not None:
         heads = {chain: head for chain, head in heads.items() if chain in portfolios}
-        checkpoint = None if checkpoint is None else {
-            **checkpoint, "heads": {c: h for c, h in checkpoint.get("heads", {}).items() if c in portfolios}}
-    reports = []
-    for chain, head in sorted(heads.items()):
-        report = verify_chain(session, chain, head)
-        if checkpoint is not None and report.ok and chain in checkpoint.get("heads", {}):
-            anchored = checkpoint["heads"][chain]
-            seq, digest = anchored["seq"], anchored["hash"]
-            if seq > report.head_seq:
-                report.fail(report.head_seq + 1, "missing", detail="the chain is shorter than at the checkpoint")
-            else:
-                # the row at the checkpoint's sequence number must still carry the anchored hash
-                at = _hash_at(session, chain, seq)
-                if at != digest:
-                    report.fail(seq, "rewritten", detail="the chain differs from the checkpoint anchored outside "
-                                "the database", checkpoint_hash=digest, database_hash=at)
-        reports.append(report.to_dict())
-    missing = sorted(set((checkpoint or {}).get("heads", {})) - set(heads))
-    ok = all(r["ok"] for r in reports) and not missing
-    out: dict[str, Any] = {"ok": ok, "chains": reports,
-                           "count": sum(r["count"] for r in reports)}
-    if missing:
-        out["missing_chains"] = missing
-    broken = {r["chain"]: {"first_broken_seq": r["first_broken_seq"], "problem": r["problem"],
-                           "detail": r["details"].get("detail")} for r in reports if not r["ok"]}
-    if broken:
-        out["broken"] = broken
-    return out
-
-
-def _hash_at(session: Session, chain: str, seq: int) -> str | None:
-    if seq == 0:
-        return GENESIS
-    for model in AUDITED:
-        owner = model.portfolio_id
-        cond = owner.is_(None) if chain == SYSTEM_CHAIN else owner == chain
-        found = session.execute(select(model.row_hash).where(cond, model.audit_seq == seq)).scalar_one_or_none()
-        if found is not None:
-            return found
-    return None
-
-
-def checkpoint(session: Session, now: datetime) -> dict[str, Any]:
-    return {"taken_at": now.isoformat(),
-            "heads": {chain: {"seq": seq, "hash": digest} for chain, (seq, digest) in sorted(
-                chain_heads(session).items())}}
+    return [verify_chain(session, chain, head, None if seen is None else seen(chain))
+            for chain, head in sorted(heads.items())]

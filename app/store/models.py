@@ -14,6 +14,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     Numeric,
     String,
@@ -126,9 +127,18 @@ class Mark(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
-class ConfigVersion(Base):
+class LaterChained:
+    """A record chained since 0012 (rows written before hold no place on the chain: NULL)."""
+
+    audit_seq: Mapped[int | None] = mapped_column(BigInteger)
+    prev_hash: Mapped[str | None] = mapped_column(String(64))
+    row_hash: Mapped[str | None] = mapped_column(String(64))
+
+
+class ConfigVersion(LaterChained, Base):
     __tablename__ = "config_versions"
-    __table_args__ = (UniqueConstraint("portfolio_id", "version"),)
+    __table_args__ = (UniqueConstraint("portfolio_id", "version"),
+                      Index("ix_config_versions_portfolio_audit", "portfolio_id", "audit_seq"))
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     portfolio_id: Mapped[str] = mapped_column(ForeignKey("portfolios.id"))
@@ -188,10 +198,11 @@ class Decision(ChainedRecord, Base):
     request_id: Mapped[str | None] = mapped_column(String(64))
 
 
-class Fill(Base):
+class Fill(LaterChained, Base):
     """An execution report reconciling an approved decision. Append-only."""
 
     __tablename__ = "fills"
+    __table_args__ = (Index("ix_fills_portfolio_audit", "portfolio_id", "audit_seq"),)
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     portfolio_id: Mapped[str] = mapped_column(ForeignKey("portfolios.id"))
@@ -260,14 +271,15 @@ class ApiKey(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
-class LedgerEntry(Base):
+class LedgerEntry(LaterChained, Base):
     """Every change of the books, in order: opens, reducing trades, fills, closes. Append-only.
 
     Positions and realised PnL can be recomputed from these alone.
     """
 
     __tablename__ = "ledger_entries"
-    __table_args__ = (UniqueConstraint("portfolio_id", "seq"),)
+    __table_args__ = (UniqueConstraint("portfolio_id", "seq"),
+                      Index("ix_ledger_entries_portfolio_audit", "portfolio_id", "audit_seq"))
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     portfolio_id: Mapped[str] = mapped_column(ForeignKey("portfolios.id"))
@@ -322,14 +334,68 @@ class MarkSnapshot(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
-class EquityPoint(Base):
-    """Equity and drawdown after each change of the books (marks, fills, closes): the equity curve."""
+class EquityPoint(LaterChained, Base):
+    """Equity, drawdown and peak equity after each change of the books (marks, fills, closes) and whenever the
+    peak moves: the equity curve, and what the stored peak equity is reconciled with."""
 
     __tablename__ = "equity_points"
-    __table_args__ = (Index("ix_equity_points_portfolio_at", "portfolio_id", "at"),)
+    __table_args__ = (Index("ix_equity_points_portfolio_at", "portfolio_id", "at"),
+                      Index("ix_equity_points_portfolio_audit", "portfolio_id", "audit_seq"))
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     portfolio_id: Mapped[str] = mapped_column(ForeignKey("portfolios.id"))
     at: Mapped[datetime] = mapped_column(UTCDateTime)
     equity: Mapped[Decimal] = mapped_column(Money)
     drawdown: Mapped[float] = mapped_column(Money)  # below zero equity it exceeds 1, without bound
+    peak_equity: Mapped[Decimal | None] = mapped_column(Money)
+
+
+class MarkUpdate(ChainedRecord, Base):
+    """Prices posted (POST /marks), on the portfolio's chain: the marks table is derived from these. Append-only."""
+
+    __tablename__ = "mark_updates"
+    __table_args__ = (Index("ix_mark_updates_portfolio_audit", "portfolio_id", "audit_seq"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    portfolio_id: Mapped[str] = mapped_column(ForeignKey("portfolios.id"))
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # {symbol: price as its decimal text}, and {symbol: the hash of its mark history after it}
+    prices: Mapped[dict] = mapped_column(Json)
+    history_hashes: Mapped[dict] = mapped_column(Json)
+
+
+class MerkleNode(Base):
+    """The hash of a perfect subtree of a chain's Merkle tree (RFC 6962): 2**level leaves from idx * 2**level.
+
+    Leaves are the chain's rows (their row_hash), in sequence order. Written by the checkpointer, outside any
+    portfolio lock; what proofs are built from. Append-only."""
+
+    __tablename__ = "merkle_nodes"
+
+    chain: Mapped[str] = mapped_column(String(64), primary_key=True)
+    level: Mapped[int] = mapped_column(Integer, primary_key=True)
+    idx: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    hash: Mapped[bytes] = mapped_column(LargeBinary(32))
+
+
+class AuditTrail(Base):
+    """The trail's id (one row, made by the migration): every checkpoint names it. Append-only."""
+
+    __tablename__ = "audit_trail"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class AuditCheckpoint(Base):
+    """A signed checkpoint (chain, size, root, time) as appended to the sink outside the database; this copy
+    serves proofs, the sink's is the one verify trusts. Append-only."""
+
+    __tablename__ = "audit_checkpoints"
+
+    chain: Mapped[str] = mapped_column(String(64), primary_key=True)
+    size: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    root: Mapped[str] = mapped_column(String(64))
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    statement: Mapped[str] = mapped_column(Text)  # the signed bytes: canonical JSON
+    signature: Mapped[str] = mapped_column(String(128))  # base64 Ed25519

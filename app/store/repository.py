@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from app.risk import PortfolioState, RPMConfig
 from app.risk.config import canonical_json
+from app.risk.kill_switches import drawdown
 from app.risk.model import Position as EnginePosition
 from app.risk.model import SwitchEvent, SwitchState, recent_intents_of
 
@@ -232,6 +233,12 @@ def ledger_values(row: Any, *, kind: str, symbol: str, units: Decimal, price: De
                 units=units, price=price, realised_pnl=realised,
                 position_units=position.units if position else Decimal(0),
                 position_avg_price=position.avg_price if position else None, at=at, actor=actor)
+
+
+def equity_point_values(portfolio_id: str, state: PortfolioState, equity: Decimal, at: datetime) -> dict[str, Any]:
+    """A point of the equity curve: equity, drawdown and the peak equity, after a change."""
+    return dict(portfolio_id=portfolio_id, at=at, equity=equity, drawdown=Decimal(repr(drawdown(state, equity))),
+                peak_equity=state.peak_equity)
 
 
 def _num(value: float | None) -> Decimal | None:

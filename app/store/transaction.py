@@ -37,13 +37,14 @@ from psycopg.rows import dict_row
 from psycopg.types import json as pg_json
 from sqlalchemy import JSON, Table
 
-from app.risk import PortfolioState, RPMConfig
+from app.risk import PortfolioState, RPMConfig, accounting
 
 from . import models as m
-from .audit import json_bytes
+from .audit import Chain, json_bytes
 from .repository import (
     cached_config,
     cached_histories,
+    equity_point_values,
     forget_config,
     mark_history_hash,
     state_changes,
@@ -152,7 +153,7 @@ FLUSH_ROWS = 16
 # the tables rows are queued for, in the order they are sent: a row's references first (a decision before its
 # ledger entry, events and fills; a portfolio before all)
 _ORDER = (m.Portfolio, m.ConfigVersion, m.Decision, m.LedgerEntry, m.SwitchEventRow, m.Fill, m.EquityPoint,
-          m.AdminAction)
+          m.MarkUpdate, m.AdminAction)
 _INSERTS = {model: _insert(model) for model in _ORDER}
 _SELECT_STORED_DECISION = ("SELECT d.*, EXISTS (SELECT 1 FROM fills f WHERE f.decision_id = d.id) AS filled "
                            "FROM decisions d WHERE d.id = %s AND d.portfolio_id = %s")
@@ -219,6 +220,7 @@ class PortfolioTransaction:
     _queued: dict[type, list[bytes]] = field(default_factory=dict)
     _count: int = 0
     _created: list[str] = field(default_factory=list)  # portfolios this transaction inserted
+    _pointed: set[str] = field(default_factory=set)  # portfolios given a point of their equity curve
     _committed: bool = False
 
     def lock(self, requests: dict[str, Wanted], *, lock: bool = True) -> dict[str, Locked | None]:
@@ -315,6 +317,9 @@ class PortfolioTransaction:
         """Insert a portfolio row and its first configuration version now (not queued: the portfolio is then
         locked and read like any other); False when it exists already (made meanwhile by another transaction,
         whose commit this one waited for)."""
+        head = SimpleNamespace(audit_seq=0, audit_head=None)
+        config = Chain(head).seal(m.ConfigVersion, dict(config))  # the first row of the portfolio's chain
+        portfolio = {**portfolio, "audit_seq": head.audit_seq, "audit_head": head.audit_head}
         created = self.conn.execute(_insert(m.Portfolio) + " ON CONFLICT (id) DO NOTHING RETURNING id",
                                     (_rows([portfolio]),)).fetchone()
         if created is not None:
@@ -367,6 +372,7 @@ class PortfolioTransaction:
         table's as one JSON array that the server takes apart (jsonb_populate_recordset): orjson writes it
         at C speed where psycopg would adapt each value in Python, and one statement carries several rows."""
         encoded = [(model, json_bytes(values)) for model, values in rows]
+        self._pointed.update(values["portfolio_id"] for model, values in rows if model is m.EquityPoint)
         for model, row in encoded:
             self._queued.setdefault(model, []).append(row)
         self._count += len(encoded)
@@ -379,6 +385,8 @@ class PortfolioTransaction:
             rows = self._queued.pop(model, None)
             if rows:
                 self._send(_INSERTS[model], (_array(rows),))
+        if self._queued:  # a table missing from _ORDER: its rows would never be written
+            raise RuntimeError(f"rows queued for tables not in _ORDER: {sorted(t.__name__ for t in self._queued)}")
         self._count = 0
 
     def save(self, locked: Locked, now: datetime) -> None:
@@ -401,6 +409,12 @@ class PortfolioTransaction:
             digest = mark_history_hash(symbol, history)
             self._send(_INSERT_SNAPSHOT, (digest, symbol, Jsonb(list(history)), now))
             self._send(_UPSERT_MARK, (row.id, symbol, price, Jsonb(list(history)), digest, now))
+        if loaded.state.peak_equity != locked.initial.peak_equity and row.id not in self._pointed:
+            # the peak moved (a decision's booking, a resume's re-basing): a point says where to, on the chain,
+            # so that the stored peak is derived from the chain
+            equity = accounting.equity(loaded.state, loaded.config)
+            self.add([(m.EquityPoint, Chain(row).seal(m.EquityPoint, equity_point_values(row.id, loaded.state, equity,
+                                                                                         now)))])
         for column, value in changes.portfolio.items():
             setattr(row, column, value)
         row.updated_at = now

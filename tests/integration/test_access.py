@@ -32,6 +32,7 @@ MATRIX = [
     ("POST", "/portfolios", {"portfolio_id": "made-by-matrix"}, {ADMIN}),
     ("GET", "/decisions", None, {COMPLIANCE, ADMIN}),
     ("GET", "/decisions/nope", None, {COMPLIANCE, ADMIN}),
+    ("GET", "/decisions/nope/proof", None, {COMPLIANCE}),
     ("GET", "/audit/events", None, {COMPLIANCE, ADMIN}),
     ("GET", "/portfolio/equity", None, ANY),
     ("GET", "/whoami", None, ANY),

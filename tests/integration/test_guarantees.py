@@ -287,7 +287,7 @@ def test_kill_minus_nine_under_load_loses_and_duplicates_nothing(servers, databa
     assert stored_positions == {s: (u.normalize(), a.normalize()) for s, (u, a) in positions.items()}
     assert abs(Decimal(sql("SELECT realised_pnl FROM portfolios")[0][0]) - realised) < Decimal("0.005")
     status, report = http("GET", server.url + "/audit/verify", key=keys["compliance"])
-    assert status == 200 and report["ok"] is True, report.get("broken")
+    assert status == 200 and report["ok"] is True, (report.get("broken"), report.get("findings"))
     app = create_app(Settings(database_url=database_url))
     items = list(replay(app.extensions["rpm"].uow, "default", None, None, None))
     app.extensions["rpm"].db.dispose()

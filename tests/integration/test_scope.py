@@ -66,6 +66,7 @@ ROUTES = [
      lambda r: {d["portfolio_id"] for d in r.json["decisions"]}),
     ("GET", "/decisions?format=csv", None, "query listing", {"compliance", "admin"}, _csv),
     ("GET", "/decisions/{id}", None, "listing", {"compliance", "admin"}, None),
+    ("GET", "/decisions/{id}/proof", None, "listing", {"compliance"}, None),
     ("GET", "/audit/events", None, "query", {"compliance", "admin"}, lambda r: {r.json["chain"]}),
     ("GET", "/audit/verify", None, "listing", {"compliance"}, lambda r: {c["chain"] for c in r.json["chains"]}),
     ("POST", "/replay", lambda p: {}, "body query", {"compliance"}, lambda r: {r.json["summary"]["portfolio_id"]}),
@@ -143,7 +144,7 @@ def _cell(client, key, ids, method, path, body_of, where, target, admitted, visi
     if where == "none":
         return r.status_code, 200
     if listing:
-        if path == "/decisions/{id}":  # a decision of a portfolio the key cannot see does not exist for it
+        if path.startswith("/decisions/{id}"):  # a decision of a portfolio the key cannot see does not exist for it
             return r.status_code, 200 if visible is None or named in visible else 404
         seen = shown(r) if r.status_code == 200 else set()
         return (r.status_code, bool(seen) and (visible is None or seen <= visible)), (200, True)

@@ -17,8 +17,11 @@ from app.gunicorn_worker import JsonErrorThreadWorker, write_json_error
 
 def test_a_worker_freezes_what_it_loaded_so_full_collections_skip_it():
     before = gc.get_freeze_count()
+    started = []
+    anchor = SimpleNamespace(start=lambda: started.append(True))
     try:
-        gunicorn_conf.post_worker_init(None)
+        gunicorn_conf.post_worker_init(SimpleNamespace(wsgi=SimpleNamespace(extensions={"rpm_anchor": anchor})))
+        assert started == [True]  # the checkpointer runs in every worker
         assert gc.get_freeze_count() > before
         assert gc.get_count()[2] == 0  # collected first: the garbage of the start is not kept frozen
     finally:

@@ -1,0 +1,460 @@
+"""The audit trail anchored outside the database: Merkle trees over the chains, signed checkpoints, proofs.
+
+Each chain's rows, in sequence order, are the leaves of a Merkle tree hashed as RFC 6962 does (the leaf of
+a row is its ``row_hash``, 32 bytes). The tree's perfect subtrees are kept in ``merkle_nodes``, appended
+outside any portfolio lock by the checkpointer, which then signs a checkpoint::
+
+    {"trail": "<uuid>", "chain": "default", "size": 1234, "root": "<hex>", "at": "<UTC ISO 8601>",
+     "key_id": "<hex>"}
+
+(canonical JSON: sorted keys, no spaces) with an Ed25519 key, and appends it, with its signature, to the
+sink: a directory of append-only files, one a day (``checkpoints-YYYY-MM-DD.jsonl``), to be kept on WORM
+storage. A copy goes to ``audit_checkpoints`` to serve proofs; verification trusts the sink's. The trail id
+(``audit_trail``, made with the schema) tells one database's checkpoints from another's: a sink serves one.
+
+A decision's proof is its row as hashed, the inclusion proof of its leaf and a signed checkpoint that covers
+it: anyone with the public key checks it with no database (:func:`check_proof`).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+from .store import audit, merkle
+from .store import models as m
+
+log = logging.getLogger("rpm.anchor")
+
+PROOF_FORMAT = "rpm-decision-proof/1"
+# leaves read per query when a tree is extended
+_LEAF_BATCH = 50_000
+# one checkpointer at a time, whatever the number of processes and hosts (pg_try_advisory_xact_lock)
+_LOCK = 0x52504D_4350  # "RPMCP"
+
+
+# -- keys -----------------------------------------------------------------------------------
+
+def key_id(public: Ed25519PublicKey) -> str:
+    """A short name of a public key: the first 16 hex digits of the sha256 of its 32 raw bytes."""
+    raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return hashlib.sha256(raw).hexdigest()[:16]
+
+
+def public_pem(public: Ed25519PublicKey) -> str:
+    return public.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+
+
+def load_public_key(path: str | Path) -> Ed25519PublicKey:
+    """A public key from a PEM file (SubjectPublicKeyInfo); a private key's file gives its public key."""
+    data = Path(path).read_bytes()
+    try:
+        key = serialization.load_pem_public_key(data)
+    except ValueError:
+        key = serialization.load_pem_private_key(data, password=None).public_key()
+    if not isinstance(key, Ed25519PublicKey):
+        raise ValueError(f"{path}: not an Ed25519 key")
+    return key
+
+
+@dataclass
+class Signer:
+    private: Ed25519PrivateKey
+
+    @property
+    def public(self) -> Ed25519PublicKey:
+        return self.private.public_key()
+
+    def sign(self, data: bytes) -> str:
+        return base64.b64encode(self.private.sign(data)).decode()
+
+    @classmethod
+    def from_file(cls, path: str | Path, *, create: bool = False) -> Signer:
+        """The private key of a PEM file (PKCS8, unencrypted); made (0600) if missing and ``create``, with its
+        public key beside it (``<name>.pub``)."""
+        path = Path(path)
+        if not path.exists() and create:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            key = Ed25519PrivateKey.generate()
+            pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                    serialization.NoEncryption())
+            # written aside and linked into place: two processes starting at once keep one key
+            aside = path.with_name(f".{path.name}.{os.getpid()}")
+            fd = os.open(aside, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(pem)
+                f.flush()
+                os.fsync(f.fileno())
+            try:
+                os.link(aside, path)
+                path.with_name(path.name + ".pub").write_text(public_pem(key.public_key()))
+            except FileExistsError:
+                pass
+            finally:
+                aside.unlink()
+            log.warning("audit signing key created at %s (public key: %s.pub); give production a key of its own "
+                        "with RPM_AUDIT_SIGNING_KEY", path, path)
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        if not isinstance(key, Ed25519PrivateKey):
+            raise ValueError(f"{path}: not an Ed25519 private key")
+        return cls(key)
+
+
+# -- statements -----------------------------------------------------------------------------
+
+def statement_bytes(statement: dict[str, Any]) -> bytes:
+    """What is signed: the statement's canonical JSON."""
+    return json.dumps(statement, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+def signature_valid(checkpoint: dict[str, Any], public: Ed25519PublicKey) -> bool:
+    try:
+        public.verify(base64.b64decode(checkpoint["signature"], validate=True),
+                      statement_bytes(checkpoint["statement"]))
+    except (InvalidSignature, ValueError, KeyError, TypeError):
+        return False
+    return True
+
+
+class Sink:
+    """A directory of append-only files of signed checkpoints, one JSON line each, a file a UTC day."""
+
+    def __init__(self, directory: str | Path):
+        self.directory = Path(directory)
+
+    def append(self, checkpoint: dict[str, Any]) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        day = checkpoint["statement"]["at"][:10]
+        line = (json.dumps(checkpoint, sort_keys=True, separators=(",", ":")) + "\n").encode()
+        # O_APPEND: each line is one write, appended whole, whichever process writes it
+        fd = os.open(self.directory / f"checkpoints-{day}.jsonl", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            os.write(fd, line)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def read(self) -> Iterator[dict[str, Any]]:
+        """Every checkpoint, file by file, line by line; a line that is not JSON is given as ``{"bad": text}``."""
+        for path in sorted(self.directory.glob("checkpoints-*.jsonl")):
+            for number, line in enumerate(path.read_text().splitlines(), 1):
+                if line.strip():
+                    try:
+                        yield {**json.loads(line), "file": f"{path.name}:{number}"}
+                    except json.JSONDecodeError:
+                        yield {"bad": line, "file": f"{path.name}:{number}"}
+
+
+# -- the trees --------------------------------------------------------------------------------
+
+def _chain_rows_sql() -> str:
+    """(audit_seq, row_hash) of one chain's rows in a range of sequence numbers, from every chained table."""
+    parts = []
+    for model in audit.AUDITED:
+        table = model.__tablename__
+        parts.append(f"SELECT audit_seq, row_hash FROM {table} WHERE portfolio_id = :chain "
+                     "AND audit_seq > :after AND audit_seq <= :upto")
+    return " UNION ALL ".join(parts) + " ORDER BY audit_seq"
+
+
+_CHAIN_ROWS = _chain_rows_sql()
+_SYSTEM_ROWS = ("SELECT audit_seq, row_hash FROM admin_actions WHERE portfolio_id IS NULL AND audit_seq > :after "
+                "AND audit_seq <= :upto ORDER BY audit_seq")
+
+
+def leaf_of(row_hash: str) -> bytes:
+    """The leaf hash of a chain's row: RFC 6962's leaf hash of its row_hash's 32 bytes."""
+    return merkle.leaf_hash(bytes.fromhex(row_hash))
+
+
+def _nodes(session: Session, chain: str, wanted: set[merkle.Node]) -> dict[merkle.Node, bytes]:
+    if not wanted:
+        return {}
+    levels = [level for level, _ in wanted]
+    indexes = [idx for _, idx in wanted]
+    rows = session.execute(text(
+        "SELECT n.level, n.idx, n.hash FROM unnest(CAST(:levels AS int[]), CAST(:idxs AS bigint[])) AS w(level, idx) "
+        "JOIN merkle_nodes n ON n.chain = :chain AND n.level = w.level AND n.idx = w.idx"),
+        {"chain": chain, "levels": levels, "idxs": indexes}).all()
+    found = {(level, idx): bytes(digest) for level, idx, digest in rows}
+    missing = wanted - found.keys()
+    if missing:
+        raise LookupError(f"the Merkle tree of {chain} lacks {len(missing)} node(s), e.g. {min(missing)}")
+    return found
+
+
+def computed(session: Session, chain: str, fn: Any, *args: int) -> Any:
+    """``fn(*args, get=...)`` of the merkle module over the stored tree of ``chain``: its nodes in one query."""
+    found = _nodes(session, chain, merkle.nodes_needed(fn, *args))
+    return fn(*args, get=found.__getitem__)
+
+
+def tree_size(session: Session, chain: str) -> int:
+    found = session.execute(text("SELECT max(idx) FROM merkle_nodes WHERE chain = :chain AND level = 0"),
+                            {"chain": chain}).scalar()
+    return 0 if found is None else found + 1
+
+
+def chain_heads(session: Session) -> dict[str, int]:
+    heads = {pid: seq for pid, seq in session.execute(text("SELECT id, audit_seq FROM portfolios"))}
+    system = session.execute(text("SELECT audit_seq FROM audit_heads WHERE chain = :c"),
+                             {"c": audit.SYSTEM_CHAIN}).scalar()
+    if system is not None:
+        heads[audit.SYSTEM_CHAIN] = system
+    return heads
+
+
+def extend_tree(session: Session, chain: str, head: int) -> int:
+    """Append the chain's rows up to ``head`` to its tree; its size. The caller holds the checkpointer's lock."""
+    size = tree_size(session, chain)
+    sql = _SYSTEM_ROWS if chain == audit.SYSTEM_CHAIN else _CHAIN_ROWS
+    while size < head:
+        upto = min(head, size + _LEAF_BATCH)
+        rows = session.execute(text(sql), {"chain": chain, "after": size, "upto": upto}).all()
+        seqs = [seq for seq, _ in rows]
+        if seqs != list(range(size + 1, upto + 1)):
+            raise LookupError(f"chain {chain}: sequence numbers {size + 1}..{upto} are not all there once")
+        leaves = [leaf_of(digest) for _, digest in rows]
+        siblings = _nodes(session, chain, merkle.left_siblings_needed(size, len(leaves)))
+        new = merkle.append_nodes(size, leaves, get=siblings.__getitem__)
+        session.execute(text("INSERT INTO merkle_nodes (chain, level, idx, hash) "
+                             "SELECT :chain, * FROM unnest(CAST(:levels AS int[]), CAST(:idxs AS bigint[]), "
+                             "CAST(:hashes AS bytea[]))"),
+                        {"chain": chain, "levels": [lv for lv, _ in new], "idxs": [i for _, i in new],
+                         "hashes": list(new.values())})
+        size = upto
+    return size
+
+
+def checkpoint_chain(session: Session, chain: str, head: int, signer: Signer, sink: Sink,
+                     now: datetime) -> dict[str, Any] | None:
+    """Extend the chain's tree to ``head`` and sign a checkpoint of it, unless one of that size exists."""
+    size = extend_tree(session, chain, head)
+    last = session.execute(text("SELECT max(size) FROM audit_checkpoints WHERE chain = :c"), {"c": chain}).scalar()
+    if size == 0 or (last is not None and last >= size):
+        return None
+    root = computed(session, chain, merkle.root, size)
+    statement = {"trail": trail_id(session), "chain": chain, "size": size, "root": root.hex(),
+                 "at": now.isoformat(timespec="microseconds"), "key_id": key_id(signer.public)}
+    checkpoint = {"statement": statement, "signature": signer.sign(statement_bytes(statement))}
+    sink.append(checkpoint)  # outside the database first: a checkpoint the database lost is still there
+    session.add(m.AuditCheckpoint(chain=chain, size=size, root=statement["root"], at=now,
+                                  statement=statement_bytes(statement).decode(), signature=checkpoint["signature"]))
+    return checkpoint
+
+
+def trail_id(session: Session) -> str:
+    return session.execute(text("SELECT id FROM audit_trail")).scalar_one()
+
+
+def due(session: Session, every_records: int, every_seconds: float, now: datetime) -> dict[str, int]:
+    """The chains a checkpoint is due for: grown by ``every_records`` since their last, or at all and
+    ``every_seconds`` after it (their heads, by chain)."""
+    last = {chain: (size, at) for chain, size, at in session.execute(text(
+        "SELECT DISTINCT ON (chain) chain, size, at FROM audit_checkpoints ORDER BY chain, size DESC"))}
+    out = {}
+    for chain, head in chain_heads(session).items():
+        size, at = last.get(chain, (0, None))
+        grown = head - size
+        if grown > 0 and (grown >= every_records or at is None or (now - at).total_seconds() >= every_seconds):
+            out[chain] = head
+    return out
+
+
+class Anchor:
+    """Makes checkpoints: on demand, and every so many records or seconds in a background thread."""
+
+    def __init__(self, uow: Any, signer: Signer, sink: Sink, every_records: int, every_seconds: float):
+        self.uow, self.signer, self.sink = uow, signer, sink
+        self.every_records, self.every_seconds = every_records, every_seconds
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    def checkpoint(self, chains: dict[str, int] | None = None, *, force: bool = False,
+                   wait: bool = False) -> list[dict[str, Any]]:
+        """Checkpoints of the given chains (by head), or of those due (every chain with ``force``); [] when another
+        process is making checkpoints now, unless ``wait`` (for it, within the lock timeout)."""
+        made = []
+        with self.uow.session() as session:
+            if wait:
+                session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _LOCK})
+            elif not session.execute(text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": _LOCK}).scalar():
+                return []
+            now = self.uow.clock()
+            if chains is None:
+                chains = chain_heads(session) if force else due(session, self.every_records, self.every_seconds,
+                                                                    now)
+            for chain, head in sorted(chains.items()):
+                made_one = checkpoint_chain(session, chain, head, self.signer, self.sink, now)
+                if made_one is not None:
+                    made.append(made_one)
+        return made
+
+    def start(self) -> None:
+        """Checkpoints in the background (each process; one at a time through the advisory lock)."""
+        if self.every_seconds <= 0 or self._thread is not None:
+            return
+        self._thread = threading.Thread(target=self._run, name="rpm-checkpointer", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        poll = min(1.0, self.every_seconds)
+        while not self._stop.wait(poll):
+            try:
+                self.checkpoint()
+            except Exception:  # a database away: the next round tries again
+                log.warning("checkpoint failed; retrying in %.0f s", poll, exc_info=True)
+                time.sleep(poll)
+
+
+# -- verification against the sink ---------------------------------------------------------------
+
+def signed_statements(sink: Sink, public: Ed25519PublicKey, trail: str) -> tuple[dict[str, list[dict[str, Any]]],
+                                                                                list[dict[str, Any]]]:
+    """The sink's checkpoints of ``trail`` signed by ``public``, by chain (sorted by size), and a finding for each
+    other line: a bad signature, another trail's checkpoint (a sink serves one database)."""
+    by_chain: dict[str, list[dict[str, Any]]] = {}
+    findings = []
+    for c in sink.read():
+        chain = (c.get("statement") or {}).get("chain") or "?"
+        if "bad" in c or not signature_valid(c, public):
+            findings.append({"chain": chain, "table": "checkpoints", "row": {"file": c["file"]},
+                             "problem": "bad signature", "detail": f"{c['file']}: not a checkpoint signed by this "
+                                                                   "public key"})
+            continue
+        if c["statement"].get("trail") != trail:
+            findings.append({"chain": chain, "table": "checkpoints", "row": {"file": c["file"]},
+                             "problem": "another trail", "detail": f"{c['file']}: a checkpoint of audit trail "
+                             f"{c['statement'].get('trail')}, not of this database's ({trail}): a sink serves one "
+                             "database, or this database's trail id was changed"})
+            continue
+        by_chain.setdefault(chain, []).append(c["statement"])
+    for statements in by_chain.values():
+        statements.sort(key=lambda s: s["size"])
+    return by_chain, findings
+
+
+class Roots:
+    """The tree roots of the first ``size`` rows of a chain, for each of some sizes, as its rows go by."""
+
+    def __init__(self, sizes: list[int]):
+        self.wanted = sorted(set(sizes))
+        self.stack: list[tuple[int, bytes]] = []  # the perfect subtrees so far: (level, hash), largest first
+        self.count = 0
+        self.roots: dict[int, bytes] = {}
+        self._next = 0
+
+    def add(self, row_hash: str) -> None:
+        self.count += 1
+        level, node = 0, leaf_of(row_hash)
+        stack = self.stack
+        while stack and stack[-1][0] == level:
+            node = merkle.node_hash(stack.pop()[1], node)
+            level += 1
+        stack.append((level, node))
+        while self._next < len(self.wanted) and self.wanted[self._next] == self.count:
+            root = stack[-1][1]
+            for _, left in reversed(stack[:-1]):
+                root = merkle.node_hash(left, root)
+            self.roots[self.count] = root
+            self._next += 1
+
+
+def compared(chain: str, statements: list[dict[str, Any]], roots: Roots | None) -> list[dict[str, Any]]:
+    """Findings of a chain against its signed checkpoints (sorted by size): a chain shorter than a checkpoint,
+    or a root that differs — located to the first checkpoint interval that differs."""
+    if roots is None:
+        return [{"chain": chain, "table": "checkpoints", "row": {}, "problem": "missing",
+                 "detail": f"chain {chain} is in the checkpoints but not in the database"}]
+    previous = 0
+    for s in statements:
+        size = s["size"]
+        if size > roots.count:
+            return [{"chain": chain, "table": "checkpoints", "row": {"size": size}, "problem": "missing",
+                     "detail": f"the chain has {roots.count} rows; the checkpoint of {s['at']} says {size}"}]
+        if roots.roots[size].hex() != s["root"]:
+            return [{"chain": chain, "table": "checkpoints", "row": {"size": size}, "problem": "rewritten",
+                     "first_seq": previous + 1, "last_seq": size,
+                     "detail": f"rows {previous + 1}..{size} differ from the checkpoint of {s['at']} (size {size}): "
+                               "the chain was rewritten there"}]
+        previous = size
+    return []
+
+
+# -- proofs ------------------------------------------------------------------------------------
+
+def decision_proof(session: Session, decision: m.Decision, checkpoint: m.AuditCheckpoint) -> dict[str, Any]:
+    """A decision's proof against a checkpoint that covers it."""
+    values = {c: getattr(decision, c) for c in audit.COLUMNS[m.Decision]}
+    canonical = audit.canonical("decision", values)
+    index = decision.audit_seq - 1
+    path = computed(session, decision.portfolio_id, merkle.inclusion_proof, index, checkpoint.size)
+    return {
+        "format": PROOF_FORMAT,
+        "decision_id": decision.id,
+        "chain": decision.portfolio_id,
+        "audit_seq": decision.audit_seq,
+        # the row as its hash covers it: sha256(prev_hash || canonical) = row_hash; its leaf: RFC 6962's leaf
+        # hash of row_hash's 32 bytes, at index audit_seq - 1
+        "prev_hash": decision.prev_hash,
+        "canonical": canonical,
+        "row_hash": decision.row_hash,
+        "leaf_index": index,
+        "inclusion_proof": [h.hex() for h in path],
+        "checkpoint": {"statement": json.loads(checkpoint.statement), "signature": checkpoint.signature},
+    }
+
+
+class ProofError(ValueError):
+    """Why a proof does not hold."""
+
+
+def check_proof(proof: dict[str, Any], public: Ed25519PublicKey) -> dict[str, Any]:
+    """Check a decision's proof with nothing but the public key; its statement when it holds, else ProofError."""
+    try:
+        if proof.get("format") != PROOF_FORMAT:
+            raise ProofError(f"not a decision proof of format {PROOF_FORMAT}")
+        checkpoint = proof["checkpoint"]
+        statement = checkpoint["statement"]
+        if not signature_valid(checkpoint, public):
+            raise ProofError("the checkpoint's signature is not valid for this public key (a tampered checkpoint, "
+                             "or another key)")
+        recomputed = hashlib.sha256((proof["prev_hash"] + proof["canonical"]).encode()).hexdigest()
+        if recomputed != proof["row_hash"]:
+            raise ProofError("the decision as given does not hash to its row_hash (the decision was edited)")
+        if statement["chain"] != proof["chain"]:
+            raise ProofError("the checkpoint is of another chain")
+        path = [bytes.fromhex(h) for h in proof["inclusion_proof"]]
+        if not merkle.verify_inclusion(leaf_of(proof["row_hash"]), proof["leaf_index"], statement["size"], path,
+                                       bytes.fromhex(statement["root"])):
+            raise ProofError("the inclusion proof does not lead to the checkpoint's root (the decision is not in the "
+                             "trail the checkpoint signs)")
+    except (KeyError, TypeError, ValueError) as exc:
+        if isinstance(exc, ProofError):
+            raise
+        raise ProofError(f"a malformed proof: {exc!r}") from None
+    return {"decision": json.loads(proof["canonical"]), "checkpoint": statement}
+
+
+def consistency(session: Session, chain: str, old: int, new: int) -> list[str]:
+    """The consistency proof between two sizes of a chain's tree (hex)."""
+    return [h.hex() for h in computed(session, chain, merkle.consistency_proof, old, new)]

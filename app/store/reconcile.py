@@ -1,0 +1,180 @@
+"""What the hash chain alone cannot see: rows named by a hash a chained row holds, and the state stored on a
+portfolio, which is derived from its chain and must agree with it.
+
+- A configuration version's body must hash to its ``config_hash``, and every decision's ``config_hash`` must
+  be that of the version it names; the portfolio's ``config_version`` is its last version.
+- A mark snapshot's prices must hash to the name decisions and mark updates know it by.
+- Positions are the last ledger entry's position per symbol, realised PnL the ledger's sum; marks are the last
+  posted price and history of each symbol; the peak equity is the last equity point's; the tripped switches
+  (and so the trading state) are what the switch events left tripped.
+
+Each disagreement is a finding: the table, the row, what is wrong. Verification reads, and trusts nothing
+it reads but what it recomputes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+from app.risk.config import canonical_json
+
+from . import models as m
+from .audit import to_scale
+from .repository import mark_history_hash
+
+_MARK_UNIT = Decimal(1).scaleb(-m.Mark.__table__.c.price.type.scale)
+# at most this many findings of one kind per portfolio (the first, by sequence number)
+_FIRST = 5
+
+
+@dataclass(frozen=True)
+class Finding:
+    chain: str
+    table: str
+    row: dict[str, Any]
+    problem: str
+    detail: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"chain": self.chain, "table": self.table, "row": self.row, "problem": self.problem,
+                "detail": self.detail}
+
+
+def config_body_hash(body: Any) -> str:
+    """What a configuration version's ``config_hash`` is: the sha256 of its body's canonical JSON."""
+    return hashlib.sha256(canonical_json(body).encode()).hexdigest()
+
+
+def _rows(session: Session, sql: str, **params: Any) -> list[Any]:
+    return session.execute(text(sql), params).all()
+
+
+def portfolio_findings(session: Session, portfolio_id: str) -> list[Finding]:
+    """Every finding of one portfolio: its configuration versions and decisions' references to them, and the
+    state stored on it against what its chain says."""
+    found: list[Finding] = []
+
+    def finding(table: str, row: dict[str, Any], problem: str, detail: str) -> None:
+        found.append(Finding(portfolio_id, table, row, problem, detail))
+
+    p = {"p": portfolio_id}
+    portfolio = session.execute(text(
+        "SELECT config_version, realised_pnl, peak_equity, trading_state, switches FROM portfolios WHERE id = :p"),
+        {"p": portfolio_id}).one()
+
+    # configuration versions: each body hashes to its config_hash; the portfolio names the last
+    versions = _rows(session, "SELECT version, body, config_hash FROM config_versions WHERE portfolio_id = :p "
+                              "ORDER BY version", p=portfolio_id)
+    for version, body, stored in versions:
+        recomputed = config_body_hash(body)
+        if recomputed != stored:
+            finding("config_versions", {"version": version}, "edited",
+                    f"configuration version {version}: its body hashes to {recomputed[:16]}..., "
+                    f"not to its config_hash {stored[:16]}...")
+    last = versions[-1][0] if versions else None
+    if last is not None and portfolio.config_version != last:
+        finding("portfolios", {"id": portfolio_id}, "differs",
+                f"config_version is {portfolio.config_version}; the last configuration version is {last}")
+
+    # decisions name a configuration version and its hash: they must agree with the version stored
+    for seq, decision_id, version, recorded, stored in _rows(
+            session, "SELECT d.audit_seq, d.id, d.config_version, d.config_hash, c.config_hash FROM decisions d "
+                     "LEFT JOIN config_versions c ON c.portfolio_id = d.portfolio_id AND c.version = d.config_version "
+                     "WHERE d.portfolio_id = :p AND c.config_hash IS DISTINCT FROM d.config_hash "
+                     f"ORDER BY d.audit_seq LIMIT {_FIRST}", p=portfolio_id):
+        finding("decisions", {"id": decision_id, "audit_seq": seq}, "unknown configuration",
+                f"the decision at sequence {seq} was made under a configuration hashing to {recorded[:16]}..., "
+                + (f"which version {version} does not have ({stored[:16]}...)" if stored is not None
+                   else f"and version {version} does not exist"))
+
+    # positions: the last ledger entry of each symbol says what is held
+    held = {symbol: (units, avg) for symbol, units, avg in _rows(
+        session, "SELECT DISTINCT ON (symbol) symbol, position_units, position_avg_price FROM ledger_entries "
+                 "WHERE portfolio_id = :p ORDER BY symbol, seq DESC", p=portfolio_id) if units != 0}
+    stored_positions = {symbol: (units, avg) for symbol, units, avg in _rows(
+        session, "SELECT symbol, units, avg_price FROM positions WHERE portfolio_id = :p", p=portfolio_id)}
+    for symbol in sorted(held.keys() | stored_positions.keys()):
+        want, have = held.get(symbol), stored_positions.get(symbol)
+        if want != have:
+            finding("positions", {"portfolio_id": portfolio_id, "symbol": symbol}, "differs",
+                    f"{symbol}: stored {_position(have)}; the ledger says {_position(want)}")
+    (realised,) = session.execute(text("SELECT coalesce(sum(realised_pnl), 0) FROM ledger_entries "
+                                       "WHERE portfolio_id = :p"), p).one()
+    if Decimal(realised) != portfolio.realised_pnl:
+        finding("portfolios", {"id": portfolio_id}, "differs",
+                f"realised_pnl is {portfolio.realised_pnl}; the ledger's entries sum to {realised}")
+
+    # marks: the last price and history posted for each symbol
+    posted = {symbol: (to_scale(Decimal(price), _MARK_UNIT), digest) for symbol, price, digest in _rows(
+        session, "SELECT DISTINCT ON (e.symbol) e.symbol, e.price, u.history_hashes ->> e.symbol FROM mark_updates u, "
+                 "jsonb_each_text(u.prices) AS e(symbol, price) WHERE u.portfolio_id = :p "
+                 "ORDER BY e.symbol, u.audit_seq DESC", p=portfolio_id)}  # (prices as the marks table stores them)
+    for symbol, price, history, digest in _rows(
+            session, "SELECT symbol, price, history, history_hash FROM marks WHERE portfolio_id = :p ORDER BY symbol",
+            p=portfolio_id):
+        row = {"portfolio_id": portfolio_id, "symbol": symbol}
+        if symbol not in posted:
+            continue  # (posted before marks were chained: nothing to derive it from)
+        want_price, want_hash = posted[symbol]
+        if price != want_price:
+            finding("marks", row, "differs", f"{symbol}: the mark is {price}; the last price posted is {want_price}")
+        if digest != want_hash or mark_history_hash(symbol, history or []) != want_hash:
+            finding("marks", row, "differs", f"{symbol}: the mark history is not the one last posted")
+
+    # the peak equity: the last equity point's
+    point = session.execute(text(
+        "SELECT audit_seq, peak_equity FROM equity_points WHERE portfolio_id = :p AND audit_seq IS NOT NULL "
+        "AND peak_equity IS NOT NULL ORDER BY audit_seq DESC LIMIT 1"), p).one_or_none()
+    if point is not None and point.peak_equity != portfolio.peak_equity:
+        finding("portfolios", {"id": portfolio_id}, "differs",
+                f"peak_equity is {portfolio.peak_equity}; the last equity point (sequence {point.audit_seq}) "
+                f"says {point.peak_equity}")
+
+    # the switches: what the switch events left tripped, and the trading state it makes
+    tripped: set[tuple[str, str | None]] = set()
+    for switch, action, symbol in _rows(session, "SELECT switch, action, symbol FROM switch_events "
+                                                 "WHERE portfolio_id = :p ORDER BY audit_seq", p=portfolio_id):
+        key = ("symbol", symbol) if symbol is not None else ("portfolio", switch)
+        if action == "TRIPPED":
+            tripped.add(key)
+        elif action == "CLEARED":
+            tripped.discard(key)
+    switches = portfolio.switches or {}
+    stored_switches = ({("portfolio", k) for k in switches.get("portfolio", {})}
+                       | {("symbol", k) for k in switches.get("symbols", {})})
+    if stored_switches != tripped:
+        finding("portfolios", {"id": portfolio_id}, "differs",
+                f"switches tripped: stored {_switches(stored_switches)}; the switch events leave "
+                f"{_switches(tripped)}")
+    halted = any(kind == "portfolio" for kind, _ in tripped)
+    if portfolio.trading_state != ("HALTED" if halted else "ACTIVE"):
+        finding("portfolios", {"id": portfolio_id}, "differs",
+                f"trading_state is {portfolio.trading_state}; the switch events leave it "
+                f"{'HALTED' if halted else 'ACTIVE'}")
+    return found
+
+
+def snapshot_findings(session: Session) -> list[Finding]:
+    """Mark snapshots whose prices do not hash to their name (shared by every portfolio: no chain of one)."""
+    found = []
+    for digest, symbol, prices in session.execute(text("SELECT hash, symbol, prices FROM mark_snapshots")):
+        if mark_history_hash(symbol, prices or []) != digest:
+            found.append(Finding("*", "mark_snapshots", {"hash": digest}, "edited",
+                                 f"the {symbol} history named {digest[:16]}... does not hash to its name"))
+            if len(found) >= _FIRST:
+                break
+    return found
+
+
+def _position(value: tuple[Decimal, Decimal | None] | None) -> str:
+    return "no position" if value is None else f"{value[0]} units at {value[1]}"
+
+
+def _switches(keys: set[tuple[str, str | None]]) -> str:
+    return ", ".join(f"{k}:{v}" for k, v in sorted(keys, key=str)) or "none"
