@@ -141,7 +141,22 @@ def test_the_service_runs_as_the_application_role(superuser, database_url, tmp_p
         assert client.post("/halt", json={"reason": "as rpm_app"}, headers=auth("admin")).status_code == 200
         assert client.post("/resume", json={}, headers=auth("admin")).status_code == 200
         assert client.post("/positions/AUDUSD/close", json={"price": 0.651}, headers=auth("trader")).status_code == 200
+        decision = client.post("/process_trade", json={**SEED_INTENT, "symbol": "NZDUSD", "current_price": 0.6},
+                               headers=auth("trader")).json["decision"]["id"]
+        assert client.post("/fills", json={"decision_id": decision, "filled_units": 100, "fill_price": 0.6},
+                           headers=auth("trader")).status_code == 200
+        assert client.post("/marks", json={"prices": {"NZDUSD": 0.601}}, headers=auth("trader")).status_code == 200
+        assert client.put("/config", json={"config": {"risk_per_trade": 0.005}, "reason": "as rpm_app"},
+                          headers=auth("admin")).status_code == 200
+        # checkpoints and proofs as rpm_app: the Merkle nodes and the checkpoint written, the proof served
+        proof = client.get(f"/decisions/{decision}/proof", headers=auth("compliance"))
+        assert proof.status_code == 200 and proof.json["checkpoint"]["statement"]["size"] >= proof.json["audit_seq"]
         assert client.get("/audit/verify", headers=auth("compliance")).json["ok"] is True
+        # and the application's role moves a chain head only by appending to the chain
+        with app.extensions["rpm"].db.engine.connect() as conn:
+            conn.execute(text("UPDATE portfolios SET audit_seq = audit_seq - 1 WHERE id = 'default'"))
+            with pytest.raises(DBAPIError, match="the head of chain default may not move back"):
+                conn.commit()
         app.extensions["rpm"].db.dispose()
     finally:
         with superuser.connect() as conn:
