@@ -34,9 +34,10 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from sqlalchemy import text
+from sqlalchemy import select, text, union_all
 from sqlalchemy.orm import Session
 
+from .risk.config import canonical_json
 from .store import audit, merkle
 from .store import models as m
 
@@ -46,7 +47,7 @@ PROOF_FORMAT = "rpm-decision-proof/1"
 # leaves read per query when a tree is extended
 _LEAF_BATCH = 50_000
 # one checkpointer at a time, whatever the number of processes and hosts (pg_try_advisory_xact_lock)
-_LOCK = 0x52504D_4350  # "RPMCP"
+_LOCK = 0x52504D43  # "RPMC" (and the chain: pg_try_advisory_xact_lock(int, int))
 
 
 # -- keys -----------------------------------------------------------------------------------
@@ -67,7 +68,10 @@ def load_public_key(path: str | Path) -> Ed25519PublicKey:
     try:
         key = serialization.load_pem_public_key(data)
     except ValueError:
-        key = serialization.load_pem_private_key(data, password=None).public_key()
+        try:
+            key = serialization.load_pem_private_key(data, password=None).public_key()
+        except (ValueError, TypeError):
+            raise ValueError(f"{path}: not a PEM Ed25519 key (public, or unencrypted private)") from None
     if not isinstance(key, Ed25519PublicKey):
         raise ValueError(f"{path}: not an Ed25519 key")
     return key
@@ -120,14 +124,22 @@ class Signer:
 
 def statement_bytes(statement: dict[str, Any]) -> bytes:
     """What is signed: the statement's canonical JSON."""
-    return json.dumps(statement, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+    return canonical_json(statement).encode()
 
 
-def signature_valid(checkpoint: dict[str, Any], public: Ed25519PublicKey) -> bool:
+def _keys(public: Ed25519PublicKey | list[Ed25519PublicKey]) -> dict[str, Ed25519PublicKey]:
+    return {key_id(k): k for k in (public if isinstance(public, list) else [public])}
+
+
+def signature_valid(checkpoint: Any, public: Ed25519PublicKey | list[Ed25519PublicKey]) -> bool:
+    """Whether ``checkpoint`` is a statement signed by one of the keys (the one its ``key_id`` names)."""
     try:
-        public.verify(base64.b64decode(checkpoint["signature"], validate=True),
-                      statement_bytes(checkpoint["statement"]))
-    except (InvalidSignature, ValueError, KeyError, TypeError):
+        statement = checkpoint["statement"]
+        key = _keys(public).get(statement["key_id"])
+        if key is None:
+            return False
+        key.verify(base64.b64decode(checkpoint["signature"], validate=True), statement_bytes(statement))
+    except (InvalidSignature, ValueError, KeyError, TypeError, AttributeError):
         return False
     return True
 
@@ -151,31 +163,30 @@ class Sink:
             os.close(fd)
 
     def read(self) -> Iterator[dict[str, Any]]:
-        """Every checkpoint, file by file, line by line; a line that is not JSON is given as ``{"bad": text}``."""
+        """Every checkpoint, file by file, line by line; a line that is not a JSON object is given as
+        ``{"bad": text}``."""
         for path in sorted(self.directory.glob("checkpoints-*.jsonl")):
-            for number, line in enumerate(path.read_text().splitlines(), 1):
+            for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
                 if line.strip():
                     try:
-                        yield {**json.loads(line), "file": f"{path.name}:{number}"}
+                        found = json.loads(line)
                     except json.JSONDecodeError:
-                        yield {"bad": line, "file": f"{path.name}:{number}"}
+                        found = None
+                    where = f"{path.name}:{number}"
+                    yield {**found, "file": where} if isinstance(found, dict) else {"bad": line, "file": where}
 
 
 # -- the trees --------------------------------------------------------------------------------
 
-def _chain_rows_sql() -> str:
-    """(audit_seq, row_hash) of one chain's rows in a range of sequence numbers, from every chained table."""
-    parts = []
-    for model in audit.AUDITED:
-        table = model.__tablename__
-        parts.append(f"SELECT audit_seq, row_hash FROM {table} WHERE portfolio_id = :chain "
-                     "AND audit_seq > :after AND audit_seq <= :upto")
-    return " UNION ALL ".join(parts) + " ORDER BY audit_seq"
+def _leaves(session: Session, chain: str, after: int, upto: int) -> list[tuple[int, str]]:
+    """(audit_seq, row_hash) of a chain's rows after ``after`` up to ``upto``, in order, from every chained table."""
+    parts = [select(model.audit_seq, model.row_hash).where(audit.on_chain(model, chain), model.audit_seq > after,
+                                                          model.audit_seq <= upto) for model in audit.AUDITED]
+    return [(seq, digest) for seq, digest in session.execute(union_all(*parts).order_by("audit_seq"))]
 
 
-_CHAIN_ROWS = _chain_rows_sql()
-_SYSTEM_ROWS = ("SELECT audit_seq, row_hash FROM admin_actions WHERE portfolio_id IS NULL AND audit_seq > :after "
-                "AND audit_seq <= :upto ORDER BY audit_seq")
+class BrokenChain(LookupError):
+    """A chain whose rows are not each there once: its tree cannot grow past the gap."""
 
 
 def leaf_of(row_hash: str) -> bytes:
@@ -211,25 +222,16 @@ def tree_size(session: Session, chain: str) -> int:
     return 0 if found is None else found + 1
 
 
-def chain_heads(session: Session) -> dict[str, int]:
-    heads = {pid: seq for pid, seq in session.execute(text("SELECT id, audit_seq FROM portfolios"))}
-    system = session.execute(text("SELECT audit_seq FROM audit_heads WHERE chain = :c"),
-                             {"c": audit.SYSTEM_CHAIN}).scalar()
-    if system is not None:
-        heads[audit.SYSTEM_CHAIN] = system
-    return heads
-
-
 def extend_tree(session: Session, chain: str, head: int) -> int:
     """Append the chain's rows up to ``head`` to its tree; its size. The caller holds the checkpointer's lock."""
     size = tree_size(session, chain)
-    sql = _SYSTEM_ROWS if chain == audit.SYSTEM_CHAIN else _CHAIN_ROWS
     while size < head:
         upto = min(head, size + _LEAF_BATCH)
-        rows = session.execute(text(sql), {"chain": chain, "after": size, "upto": upto}).all()
+        rows = _leaves(session, chain, size, upto)
         seqs = [seq for seq, _ in rows]
         if seqs != list(range(size + 1, upto + 1)):
-            raise LookupError(f"chain {chain}: sequence numbers {size + 1}..{upto} are not all there once")
+            raise BrokenChain(f"the chain {chain} is broken between sequence numbers {size + 1} and {upto} (rows missing "
+                              "or repeated): nothing past it can be anchored or proven; run `rpm audit verify`")
         leaves = [leaf_of(digest) for _, digest in rows]
         siblings = _nodes(session, chain, merkle.left_siblings_needed(size, len(leaves)))
         new = merkle.append_nodes(size, leaves, get=siblings.__getitem__)
@@ -242,9 +244,9 @@ def extend_tree(session: Session, chain: str, head: int) -> int:
     return size
 
 
-def checkpoint_chain(session: Session, chain: str, head: int, signer: Signer, sink: Sink,
-                     now: datetime) -> dict[str, Any] | None:
-    """Extend the chain's tree to ``head`` and sign a checkpoint of it, unless one of that size exists."""
+def checkpoint_chain(session: Session, chain: str, head: int, signer: Signer, now: datetime) -> dict[str, Any] | None:
+    """Extend the chain's tree to ``head`` and sign a checkpoint of it, unless one of that size exists (the
+    caller commits, then appends it to the sink)."""
     size = extend_tree(session, chain, head)
     last = session.execute(text("SELECT max(size) FROM audit_checkpoints WHERE chain = :c"), {"c": chain}).scalar()
     if size == 0 or (last is not None and last >= size):
@@ -253,14 +255,14 @@ def checkpoint_chain(session: Session, chain: str, head: int, signer: Signer, si
     statement = {"trail": trail_id(session), "chain": chain, "size": size, "root": root.hex(),
                  "at": now.isoformat(timespec="microseconds"), "key_id": key_id(signer.public)}
     checkpoint = {"statement": statement, "signature": signer.sign(statement_bytes(statement))}
-    sink.append(checkpoint)  # outside the database first: a checkpoint the database lost is still there
     session.add(m.AuditCheckpoint(chain=chain, size=size, root=statement["root"], at=now,
                                   statement=statement_bytes(statement).decode(), signature=checkpoint["signature"]))
     return checkpoint
 
 
-def trail_id(session: Session) -> str:
-    return session.execute(text("SELECT id FROM audit_trail")).scalar_one()
+def trail_id(session: Session) -> str | None:
+    """The trail's id (None: the table audit_trail is empty, which no migration leaves it)."""
+    return session.execute(text("SELECT min(id) FROM audit_trail")).scalar()
 
 
 def due(session: Session, every_records: int, every_seconds: float, now: datetime) -> dict[str, int]:
@@ -269,7 +271,7 @@ def due(session: Session, every_records: int, every_seconds: float, now: datetim
     last = {chain: (size, at) for chain, size, at in session.execute(text(
         "SELECT DISTINCT ON (chain) chain, size, at FROM audit_checkpoints ORDER BY chain, size DESC"))}
     out = {}
-    for chain, head in chain_heads(session).items():
+    for chain, (head, _digest) in audit.chain_heads(session).items():
         size, at = last.get(chain, (0, None))
         grown = head - size
         if grown > 0 and (grown >= every_records or at is None or (now - at).total_seconds() >= every_seconds):
@@ -280,30 +282,47 @@ def due(session: Session, every_records: int, every_seconds: float, now: datetim
 class Anchor:
     """Makes checkpoints: on demand, and every so many records or seconds in a background thread."""
 
-    def __init__(self, uow: Any, signer: Signer, sink: Sink, every_records: int, every_seconds: float):
+    def __init__(self, uow: Any, signer: Signer, sink: Sink, every_records: int, every_seconds: float,
+                 trusted: list[Ed25519PublicKey] | None = None):
         self.uow, self.signer, self.sink = uow, signer, sink
+        # the keys whose checkpoints verify accepts: the signing key's, and earlier ones (a key rotated)
+        self.trusted = [signer.public, *(trusted or [])]
         self.every_records, self.every_seconds = every_records, every_seconds
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
 
-    def checkpoint(self, chains: dict[str, int] | None = None, *, force: bool = False,
-                   wait: bool = False) -> list[dict[str, Any]]:
-        """Checkpoints of the given chains (by head), or of those due (every chain with ``force``); [] when another
-        process is making checkpoints now, unless ``wait`` (for it, within the lock timeout)."""
+    def checkpoint(self, chains: dict[str, int] | None = None, *, force: bool = False, wait: bool = False,
+                   strict: bool = False) -> list[dict[str, Any]]:
+        """Checkpoints of the given chains (by head), or of those due (every chain with ``force``), each in a
+        transaction of its own under the chain's advisory lock (a chain another process is anchoring now is
+        skipped, unless ``wait``: then waited for, within the lock timeout), appended to the sink once committed.
+        A broken chain is logged and skipped (the others are still anchored), or with ``strict`` raised."""
+        if chains is None:
+            with self.uow.reading() as session:
+                now = self.uow.clock()
+                chains = ({c: head for c, (head, _) in audit.chain_heads(session).items()} if force
+                          else due(session, self.every_records, self.every_seconds, now))
         made = []
-        with self.uow.session() as session:
-            if wait:
-                session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _LOCK})
-            elif not session.execute(text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": _LOCK}).scalar():
-                return []
-            now = self.uow.clock()
-            if chains is None:
-                chains = chain_heads(session) if force else due(session, self.every_records, self.every_seconds,
-                                                                    now)
-            for chain, head in sorted(chains.items()):
-                made_one = checkpoint_chain(session, chain, head, self.signer, self.sink, now)
-                if made_one is not None:
-                    made.append(made_one)
+        for chain, head in sorted(chains.items()):
+            try:
+                with self.uow.session() as session:
+                    lock = "pg_advisory_xact_lock" if wait else "pg_try_advisory_xact_lock"
+                    if session.execute(text(f"SELECT {lock}(CAST(:k AS int), hashtext(:c))::text"),
+                                       {"k": _LOCK, "c": chain}).scalar() == "false":
+                        continue
+                    checkpoint = checkpoint_chain(session, chain, head, self.signer, self.uow.clock())
+            except BrokenChain as exc:
+                if strict:
+                    raise
+                log.error("audit: %s", exc)
+                continue
+            if checkpoint is not None:
+                try:
+                    self.sink.append(checkpoint)
+                except OSError:
+                    log.error("audit: the checkpoint of %s (size %s) could not be written to the sink %s", chain,
+                              checkpoint["statement"]["size"], self.sink.directory, exc_info=True)
+                made.append(checkpoint)
         return made
 
     def start(self) -> None:
@@ -328,55 +347,54 @@ class Anchor:
 
 # -- verification against the sink ---------------------------------------------------------------
 
-def signed_statements(sink: Sink, public: Ed25519PublicKey, trail: str) -> tuple[dict[str, list[dict[str, Any]]],
-                                                                                list[dict[str, Any]]]:
-    """The sink's checkpoints of ``trail`` signed by ``public``, by chain (sorted by size), and a finding for each
-    other line: a bad signature, another trail's checkpoint (a sink serves one database)."""
+def signed_statements(sink: Sink, public: Ed25519PublicKey | list[Ed25519PublicKey],
+                      trail: str | None) -> tuple[dict[str, list[dict[str, Any]]], list[dict[str, Any]]]:
+    """The sink's checkpoints of ``trail`` signed by one of the keys, by chain (sorted by size), and a finding for
+    each other line: not a signed checkpoint, another trail's (a sink serves one database)."""
     by_chain: dict[str, list[dict[str, Any]]] = {}
     findings = []
     for c in sink.read():
-        chain = (c.get("statement") or {}).get("chain") or "?"
-        if "bad" in c or not signature_valid(c, public):
+        statement = c.get("statement") if isinstance(c.get("statement"), dict) else {}
+        chain = str(statement.get("chain") or "?")
+        if "bad" in c or not signature_valid(c, public) or not _well_formed(statement):
             findings.append({"chain": chain, "table": "checkpoints", "row": {"file": c["file"]},
-                             "problem": "bad signature", "detail": f"{c['file']}: not a checkpoint signed by this "
-                                                                   "public key"})
+                             "problem": "bad signature", "detail": f"{c['file']}: not a checkpoint signed by a "
+                                                                   "trusted key"})
             continue
-        if c["statement"].get("trail") != trail:
+        if statement.get("trail") != trail:
             findings.append({"chain": chain, "table": "checkpoints", "row": {"file": c["file"]},
                              "problem": "another trail", "detail": f"{c['file']}: a checkpoint of audit trail "
-                             f"{c['statement'].get('trail')}, not of this database's ({trail}): a sink serves one "
+                             f"{statement.get('trail')}, not of this database's ({trail}): a sink serves one "
                              "database, or this database's trail id was changed"})
             continue
-        by_chain.setdefault(chain, []).append(c["statement"])
+        by_chain.setdefault(chain, []).append(statement)
     for statements in by_chain.values():
         statements.sort(key=lambda s: s["size"])
     return by_chain, findings
+
+
+def _well_formed(statement: dict[str, Any]) -> bool:
+    return (isinstance(statement.get("chain"), str) and type(statement.get("size")) is int and statement["size"] > 0
+            and isinstance(statement.get("root"), str) and len(statement["root"]) == 64
+            and isinstance(statement.get("at"), str))
 
 
 class Roots:
     """The tree roots of the first ``size`` rows of a chain, for each of some sizes, as its rows go by."""
 
     def __init__(self, sizes: list[int]):
-        self.wanted = sorted(set(sizes))
-        self.stack: list[tuple[int, bytes]] = []  # the perfect subtrees so far: (level, hash), largest first
-        self.count = 0
+        self.wanted = set(sizes)
+        self.frontier = merkle.Frontier()
         self.roots: dict[int, bytes] = {}
-        self._next = 0
+
+    @property
+    def count(self) -> int:
+        return self.frontier.size
 
     def add(self, row_hash: str) -> None:
-        self.count += 1
-        level, node = 0, leaf_of(row_hash)
-        stack = self.stack
-        while stack and stack[-1][0] == level:
-            node = merkle.node_hash(stack.pop()[1], node)
-            level += 1
-        stack.append((level, node))
-        while self._next < len(self.wanted) and self.wanted[self._next] == self.count:
-            root = stack[-1][1]
-            for _, left in reversed(stack[:-1]):
-                root = merkle.node_hash(left, root)
-            self.roots[self.count] = root
-            self._next += 1
+        self.frontier.append(leaf_of(row_hash))
+        if self.frontier.size in self.wanted:
+            self.roots[self.frontier.size] = self.frontier.root()
 
 
 def compared(chain: str, statements: list[dict[str, Any]], roots: Roots | None) -> list[dict[str, Any]]:
@@ -428,31 +446,36 @@ class ProofError(ValueError):
     """Why a proof does not hold."""
 
 
-def check_proof(proof: dict[str, Any], public: Ed25519PublicKey) -> dict[str, Any]:
+def check_proof(proof: Any, public: Ed25519PublicKey) -> dict[str, Any]:
     """Check a decision's proof with nothing but the public key; its statement when it holds, else ProofError."""
     try:
-        if proof.get("format") != PROOF_FORMAT:
+        if not isinstance(proof, dict) or proof.get("format") != PROOF_FORMAT:
             raise ProofError(f"not a decision proof of format {PROOF_FORMAT}")
         checkpoint = proof["checkpoint"]
         statement = checkpoint["statement"]
-        if not signature_valid(checkpoint, public):
+        if not signature_valid(checkpoint, public) or not _well_formed(statement):
             raise ProofError("the checkpoint's signature is not valid for this public key (a tampered checkpoint, "
                              "or another key)")
-        recomputed = hashlib.sha256((proof["prev_hash"] + proof["canonical"]).encode()).hexdigest()
-        if recomputed != proof["row_hash"]:
+        row_hash, prev_hash = proof["row_hash"], proof["prev_hash"]
+        recomputed = hashlib.sha256((prev_hash + proof["canonical"]).encode()).hexdigest()
+        if len(prev_hash) != 64 or recomputed != row_hash:
             raise ProofError("the decision as given does not hash to its row_hash (the decision was edited)")
-        if statement["chain"] != proof["chain"]:
-            raise ProofError("the checkpoint is of another chain")
+        decision = json.loads(proof["canonical"])
+        index = proof["leaf_index"]
+        if not (isinstance(decision, dict) and decision.get("kind") == "decision"
+                and decision.get("id") == proof["decision_id"] and decision.get("portfolio_id") == statement["chain"]
+                and type(index) is int and decision.get("audit_seq") == str(index + 1)):
+            raise ProofError("the row proven is not the decision, chain and place the proof names")
         path = [bytes.fromhex(h) for h in proof["inclusion_proof"]]
-        if not merkle.verify_inclusion(leaf_of(proof["row_hash"]), proof["leaf_index"], statement["size"], path,
+        if not merkle.verify_inclusion(leaf_of(row_hash), index, statement["size"], path,
                                        bytes.fromhex(statement["root"])):
             raise ProofError("the inclusion proof does not lead to the checkpoint's root (the decision is not in the "
                              "trail the checkpoint signs)")
-    except (KeyError, TypeError, ValueError) as exc:
-        if isinstance(exc, ProofError):
-            raise
+    except ProofError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise ProofError(f"a malformed proof: {exc!r}") from None
-    return {"decision": json.loads(proof["canonical"]), "checkpoint": statement}
+    return {"decision": decision, "checkpoint": statement}
 
 
 def consistency(session: Session, chain: str, old: int, new: int) -> list[str]:

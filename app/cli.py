@@ -269,18 +269,26 @@ def audit() -> None:
 @audit.command("verify")
 @click.option("--sink", type=click.Path(exists=True, file_okay=False), default=None,
               help="the signed checkpoints to check the chains against (default: the service's, RPM_AUDIT_SINK)")
-@click.option("--public-key", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="the public key they are signed with (default: the service's signing key's)")
-def audit_verify(sink: str | None, public_key: str | None) -> None:
+@click.option("--public-key", "public_keys", type=click.Path(exists=True, dir_okay=False), multiple=True,
+              help="a public key they may be signed with, repeatable (default: the service's signing key's and "
+                   "RPM_AUDIT_TRUSTED_KEYS)")
+def audit_verify(sink: str | None, public_keys: tuple[str, ...]) -> None:
     """Verify every chain, what its rows name by hash, the state derived from it and the signed checkpoints;
     exit 1 and say where and what if anything is wrong."""
     import time
 
     from .anchor import Sink, load_public_key
+    from .errors import ServiceError
 
+    try:
+        keys = [load_public_key(path) for path in public_keys] or None
+    except ValueError as exc:
+        raise click.ClickException(f"--public-key: {exc}") from None
     started = time.perf_counter()
-    report = _app().extensions["rpm_compliance"].verify(
-        sink=Sink(sink) if sink else None, public_key=load_public_key(public_key) if public_key else None)
+    try:
+        report = _app().extensions["rpm_compliance"].verify(sink=Sink(sink) if sink else None, public_key=keys)
+    except ServiceError as exc:
+        raise click.ClickException(str(exc)) from None
     elapsed = time.perf_counter() - started
     for chain in report["chains"]:
         if chain["ok"]:
@@ -300,8 +308,13 @@ def audit_verify(sink: str | None, public_key: str | None) -> None:
 @audit.command("checkpoint")
 def audit_checkpoint() -> None:
     """Sign a checkpoint of every chain that grew since its last, now, and append it to the sink."""
+    from .errors import ServiceError
+
     anchor = _app().extensions["rpm_anchor"]
-    made = anchor.checkpoint(force=True, wait=True)
+    try:
+        made = anchor.checkpoint(force=True, wait=True)
+    except ServiceError as exc:
+        raise click.ClickException(str(exc)) from None
     for c in made:
         st = c["statement"]
         click.echo(f"{st['chain']}: size {st['size']}, root {st['root'][:16]}..., at {st['at']}")
@@ -344,9 +357,13 @@ def audit_check_proof(proof_file: str, public_key: str) -> None:
     from .anchor import ProofError, check_proof, load_public_key
 
     try:
+        key = load_public_key(public_key)
+    except ValueError as exc:
+        raise click.ClickException(f"--public-key: {exc}") from None
+    try:
         with click.open_file(proof_file) as f:
             proof = json.load(f)
-        held = check_proof(proof, load_public_key(public_key))
+        held = check_proof(proof, key)
     except (ProofError, ValueError) as exc:
         click.echo(f"INVALID: {exc}")
         sys.exit(1)

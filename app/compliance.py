@@ -15,7 +15,7 @@ from typing import Any
 
 from sqlalchemy import select, text
 
-from .errors import Invalid, NotFound, Unavailable
+from .errors import Conflict, Invalid, NotFound, Unavailable
 from .risk import domain
 from .services import UnitOfWork, decision_payload
 from .store import audit
@@ -190,8 +190,7 @@ class Compliance:
                     continue
                 if actor is not None and model is m.SwitchEventRow:
                     continue
-                owner = model.portfolio_id
-                conds = [owner.is_(None) if chain == audit.SYSTEM_CHAIN else owner == chain]
+                conds = [audit.on_chain(model, chain)]
                 if start is not None:
                     conds.append(model.at >= start)
                 if end is not None:
@@ -230,7 +229,10 @@ class Compliance:
                 chain = row.portfolio_id
                 head = session.execute(text("SELECT audit_seq FROM portfolios WHERE id = :p"), {"p": chain}).scalar()
             if attempt == 1:
-                self.anchor.checkpoint({chain: head}, wait=True)
+                try:
+                    self.anchor.checkpoint({chain: head}, wait=True, strict=True)
+                except anchoring.BrokenChain as exc:
+                    raise Conflict(str(exc)) from None
         raise Unavailable("no checkpoint covers this decision yet: try again")
 
     def consistency(self, chain: str, old: int | None = None, new: int | None = None) -> dict[str, Any]:
@@ -241,7 +243,7 @@ class Compliance:
 
         with self.uow.reading() as session:
             trail = anchoring.trail_id(session)
-        statements, _bad = anchoring.signed_statements(self.anchor.sink, self.anchor.signer.public, trail)
+        statements, _bad = anchoring.signed_statements(self.anchor.sink, self.anchor.trusted, trail)
         found = {s["size"]: s for s in statements.get(chain, [])}
         if not found:
             raise NotFound(f"no signed checkpoint of chain {chain!r} in {self.anchor.sink.directory}")
@@ -253,7 +255,10 @@ class Compliance:
         if old > new:
             raise Invalid("the older checkpoint must be the smaller", {"from": [f"{old} > {new}"]})
         with self.uow.reading() as session:
-            proof = anchoring.consistency(session, chain, old, new)
+            try:
+                proof = anchoring.consistency(session, chain, old, new)
+            except LookupError as exc:  # the tree lacks nodes: it was never extended that far here
+                raise Conflict(f"cannot prove: {exc}") from None
         holds = merkle.verify_consistency(old, new, bytes.fromhex(found[old]["root"]), bytes.fromhex(found[new]["root"]),
                                           [bytes.fromhex(h) for h in proof])
         return {"chain": chain, "old": found[old], "new": found[new], "consistency_proof": proof, "consistent": holds}
@@ -268,13 +273,16 @@ class Compliance:
         from .store import reconcile
 
         sink = sink or (self.anchor.sink if self.anchor else None)
-        public_key = public_key or (self.anchor.signer.public if self.anchor else None)
+        public_key = public_key or (self.anchor.trusted if self.anchor else None)
         statements: dict[str, list[dict[str, Any]]] = {}
         findings: list[dict[str, Any]] = []
         if sink is not None and public_key is not None:
             with self.uow.reading() as session:
                 trail = anchoring.trail_id(session)
             statements, findings = anchoring.signed_statements(sink, public_key, trail)
+            if trail is None:
+                findings.append({"chain": "*", "table": "audit_trail", "row": {}, "problem": "missing",
+                                 "detail": "the database holds no trail id (audit_trail is empty): it was deleted"})
         if portfolios is not None:
             statements = {c: s for c, s in statements.items() if c in portfolios}
             findings = [f for f in findings if f["chain"] in portfolios]

@@ -80,14 +80,15 @@ def register_service(app: Flask, settings: Settings, clock: Callable[[], datetim
     app.extensions["rpm"] = services
     app.extensions["rpm_keys"] = KeyStore(uow, settings.auth_cache_seconds,
                                           failures_per_minute=settings.auth_failures_per_minute)
-    from .anchor import Anchor, Signer, Sink
+    from .anchor import Anchor, Signer, Sink, load_public_key
     from .compliance import Compliance
 
     instance = Path(app.instance_path)
     signer = Signer.from_file(settings.audit_signing_key or instance / "audit-signing-key.pem",
                               create=settings.audit_signing_key is None)
     anchor = Anchor(uow, signer, Sink(settings.audit_sink or instance / "checkpoints"),
-                    settings.checkpoint_every_records, settings.checkpoint_every_seconds)
+                    settings.checkpoint_every_records, settings.checkpoint_every_seconds,
+                    [load_public_key(path) for path in settings.audit_trusted_keys])
     app.extensions["rpm_anchor"] = anchor
     app.extensions["rpm_compliance"] = Compliance(uow, anchor)
 

@@ -56,6 +56,8 @@ class Settings:
     # the Ed25519 private key (PEM, PKCS8) checkpoints are signed with; unset: the instance folder's
     # audit-signing-key.pem, made at first start (its public key beside it, .pub)
     audit_signing_key: str | None = None
+    # earlier public keys (PEM files, separated by ":") whose checkpoints verify still accepts: a key rotated
+    audit_trusted_keys: tuple[str, ...] = ()
     # where signed checkpoints are appended (a directory; put it on WORM storage); unset: the instance folder's
     # checkpoints/
     audit_sink: str | None = None
@@ -92,6 +94,7 @@ class Settings:
             max_body_bytes=_int("RPM_MAX_BODY_BYTES", d.max_body_bytes),
             audit_signing_key=os.environ.get("RPM_AUDIT_SIGNING_KEY") or None,
             audit_sink=os.environ.get("RPM_AUDIT_SINK") or None,
+            audit_trusted_keys=tuple(p for p in os.environ.get("RPM_AUDIT_TRUSTED_KEYS", "").split(os.pathsep) if p),
             checkpoint_every_records=_int("RPM_CHECKPOINT_EVERY_RECORDS", d.checkpoint_every_records),
             checkpoint_every_seconds=_float("RPM_CHECKPOINT_EVERY_SECONDS", d.checkpoint_every_seconds),
             unsafe_disable_portfolio_lock=os.environ.get("RPM_TEST_UNSAFE_DISABLE_PORTFOLIO_LOCK") == "1",

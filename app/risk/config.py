@@ -114,7 +114,7 @@ class RPMConfig:
             instruments[symbol] = spec if isinstance(spec, Instrument) else _instrument_from(symbol, spec)
         object.__setattr__(self, "instruments", _frozen(instruments))
         _validate(self)
-        digest = hashlib.sha256(self.canonical_json().encode()).hexdigest()
+        digest = body_hash(self.to_dict())
         object.__setattr__(self, "_hash", digest)
         object.__setattr__(self, "_hash_int", hash(digest))
         object.__setattr__(self, "_decimals", {})
@@ -185,6 +185,11 @@ class RPMConfig:
 
 def canonical_json(data: Any) -> str:
     return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+
+
+def body_hash(body: Any) -> str:
+    """A configuration's hash, which decisions record: the sha256 of its body's canonical JSON."""
+    return hashlib.sha256(canonical_json(body).encode()).hexdigest()
 
 
 def _instrument_from(symbol: str, spec: Any) -> Instrument:

@@ -22,7 +22,7 @@ import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from decimal import ROUND_HALF_EVEN, Context, Decimal
+from decimal import ROUND_HALF_UP, Context, Decimal
 from typing import Any
 
 import orjson
@@ -70,7 +70,9 @@ def to_scale(value: Any, unit: Decimal) -> Decimal:
     """
     number = value if isinstance(value, Decimal) else Decimal(value) if isinstance(value, int) else \
         Decimal(repr(float(value)))
-    return number.quantize(unit, rounding=ROUND_HALF_EVEN, context=_WIDE)
+    # PostgreSQL rounds NUMERIC halves away from zero (ROUND_HALF_UP): a value rounded here and the same value
+    # rounded by the server (a position's average price, and its ledger entry's) are equal
+    return number.quantize(unit, rounding=ROUND_HALF_UP, context=_WIDE)
 
 
 KIND = {m.Decision: "decision", m.SwitchEventRow: "switch_event", m.AdminAction: "admin_action",
@@ -238,9 +240,14 @@ class ChainReport:
         return out
 
 
-def _rows(session: Session, model: type, chain: str) -> Iterator[tuple[int, str, type, dict[str, Any]]]:
+def on_chain(model: type, chain: str) -> Any:
+    """The rows of a chained table that are on ``chain``: the portfolio's, or for `_system`, those of no portfolio."""
     owner = model.portfolio_id
-    cond = owner.is_(None) if chain == SYSTEM_CHAIN else owner == chain
+    return owner.is_(None) if chain == SYSTEM_CHAIN else owner == chain
+
+
+def _rows(session: Session, model: type, chain: str) -> Iterator[tuple[int, str, type, dict[str, Any]]]:
+    cond = on_chain(model, chain)
     columns = [getattr(model, c) for c in COLUMNS[model]] + [model.row_hash]
     # (rows of tables chained later, written before they were, hold no place: NULL)
     query = select(*columns).where(cond, model.audit_seq.isnot(None)).order_by(model.audit_seq).execution_options(

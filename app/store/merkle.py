@@ -260,3 +260,31 @@ def append_nodes(size: int, new_leaf_hashes: list[bytes], get: Getter) -> dict[N
             created[(level, idx)] = node_hash(left_hash, created[(level - 1, 2 * idx + 1)])
         level += 1
     return created
+
+
+class Frontier:
+    """A tree grown one leaf at a time, held as its perfect subtrees (at most one per level): the root of the
+    first n leaves for any n, without storing the leaves (what a verifier walking a chain needs)."""
+
+    def __init__(self) -> None:
+        self.size = 0
+        self._stack: list[tuple[int, bytes]] = []  # (level, hash), largest first
+
+    def append(self, leaf_hash_: bytes) -> None:
+        level, node = 0, leaf_hash_
+        stack = self._stack
+        while stack and stack[-1][0] == level:
+            node = node_hash(stack.pop()[1], node)
+            level += 1
+        stack.append((level, node))
+        self.size += 1
+
+    def root(self) -> bytes:
+        """MTH of the leaves appended so far."""
+        if not self._stack:
+            return EMPTY_ROOT
+        root = self._stack[-1][1]
+        for _, left in reversed(self._stack[:-1]):
+            root = node_hash(left, root)
+        return root
+

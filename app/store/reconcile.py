@@ -14,7 +14,6 @@ it reads but what it recomputes.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -22,13 +21,18 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from app.risk.config import canonical_json
+from app.risk.config import body_hash
+from app.risk.kill_switches import MANUAL
+from app.risk.model import iso
 
 from . import models as m
 from .audit import to_scale
 from .repository import mark_history_hash
 
 _MARK_UNIT = Decimal(1).scaleb(-m.Mark.__table__.c.price.type.scale)
+_MONEY_UNIT = Decimal(1).scaleb(-m.Portfolio.__table__.c.realised_pnl.type.scale)
+# the tables chained since 0012, whose older rows have no place on a chain
+_LATER_CHAINED = [model.__tablename__ for model in (m.ConfigVersion, m.LedgerEntry, m.Fill, m.EquityPoint)]
 # at most this many findings of one kind per portfolio (the first, by sequence number)
 _FIRST = 5
 
@@ -46,11 +50,6 @@ class Finding:
                 "detail": self.detail}
 
 
-def config_body_hash(body: Any) -> str:
-    """What a configuration version's ``config_hash`` is: the sha256 of its body's canonical JSON."""
-    return hashlib.sha256(canonical_json(body).encode()).hexdigest()
-
-
 def _rows(session: Session, sql: str, **params: Any) -> list[Any]:
     return session.execute(text(sql), params).all()
 
@@ -65,14 +64,24 @@ def portfolio_findings(session: Session, portfolio_id: str) -> list[Finding]:
 
     p = {"p": portfolio_id}
     portfolio = session.execute(text(
-        "SELECT config_version, realised_pnl, peak_equity, trading_state, switches FROM portfolios WHERE id = :p"),
-        {"p": portfolio_id}).one()
+        "SELECT config_version, starting_capital, realised_pnl, peak_equity, trading_state, switches FROM portfolios "
+        "WHERE id = :p"), {"p": portfolio_id}).one()
+    # a portfolio made since every record is chained (its first configuration is): no row of it may be unchained
+    born_chained = session.execute(text("SELECT audit_seq IS NOT NULL FROM config_versions WHERE portfolio_id = :p "
+                                        "AND version = 1"), p).scalar()
+    if born_chained:
+        for table in _LATER_CHAINED:
+            count = session.execute(text(f"SELECT count(*) FROM {table} WHERE portfolio_id = :p AND audit_seq IS NULL"),
+                                    p).scalar()
+            if count:
+                finding(table, {"portfolio_id": portfolio_id}, "unchained",
+                        f"{count} row(s) with no place on the chain (every row of this portfolio has one)")
 
     # configuration versions: each body hashes to its config_hash; the portfolio names the last
     versions = _rows(session, "SELECT version, body, config_hash FROM config_versions WHERE portfolio_id = :p "
                               "ORDER BY version", p=portfolio_id)
     for version, body, stored in versions:
-        recomputed = config_body_hash(body)
+        recomputed = body_hash(body)
         if recomputed != stored:
             finding("config_versions", {"version": version}, "edited",
                     f"configuration version {version}: its body hashes to {recomputed[:16]}..., "
@@ -81,6 +90,11 @@ def portfolio_findings(session: Session, portfolio_id: str) -> list[Finding]:
     if last is not None and portfolio.config_version != last:
         finding("portfolios", {"id": portfolio_id}, "differs",
                 f"config_version is {portfolio.config_version}; the last configuration version is {last}")
+    if versions and "total_capital" in versions[-1][1]:
+        capital = Decimal(repr(float(versions[-1][1]["total_capital"])))
+        if portfolio.starting_capital != capital:
+            finding("portfolios", {"id": portfolio_id}, "differs",
+                    f"starting_capital is {portfolio.starting_capital}; its configuration says {capital}")
 
     # decisions name a configuration version and its hash: they must agree with the version stored
     for seq, decision_id, version, recorded, stored in _rows(
@@ -104,9 +118,11 @@ def portfolio_findings(session: Session, portfolio_id: str) -> list[Finding]:
         if want != have:
             finding("positions", {"portfolio_id": portfolio_id, "symbol": symbol}, "differs",
                     f"{symbol}: stored {_position(have)}; the ledger says {_position(want)}")
-    (realised,) = session.execute(text("SELECT coalesce(sum(realised_pnl), 0) FROM ledger_entries "
-                                       "WHERE portfolio_id = :p"), p).one()
-    if Decimal(realised) != portfolio.realised_pnl:
+    realised, entries = session.execute(text("SELECT coalesce(sum(realised_pnl), 0), count(*) FROM ledger_entries "
+                                             "WHERE portfolio_id = :p"), p).one()
+    # each entry's realised PnL is stored rounded to the column's scale, the running total once: they may differ
+    # by half a unit of the last digit per entry
+    if abs(Decimal(realised) - portfolio.realised_pnl) > _MONEY_UNIT * (entries + 1) / 2:
         finding("portfolios", {"id": portfolio_id}, "differs",
                 f"realised_pnl is {portfolio.realised_pnl}; the ledger's entries sum to {realised}")
 
@@ -115,11 +131,16 @@ def portfolio_findings(session: Session, portfolio_id: str) -> list[Finding]:
         session, "SELECT DISTINCT ON (e.symbol) e.symbol, e.price, u.history_hashes ->> e.symbol FROM mark_updates u, "
                  "jsonb_each_text(u.prices) AS e(symbol, price) WHERE u.portfolio_id = :p "
                  "ORDER BY e.symbol, u.audit_seq DESC", p=portfolio_id)}  # (prices as the marks table stores them)
-    for symbol, price, history, digest in _rows(
-            session, "SELECT symbol, price, history, history_hash FROM marks WHERE portfolio_id = :p ORDER BY symbol",
-            p=portfolio_id):
+    marks = _rows(session, "SELECT symbol, price, history, history_hash FROM marks WHERE portfolio_id = :p "
+                           "ORDER BY symbol", p=portfolio_id)
+    for symbol in sorted(posted.keys() - {symbol for symbol, *_ in marks}):
+        finding("marks", {"portfolio_id": portfolio_id, "symbol": symbol}, "differs",
+                f"{symbol}: no mark stored; the last price posted is {posted[symbol][0]}")
+    for symbol, price, history, digest in marks:
         row = {"portfolio_id": portfolio_id, "symbol": symbol}
         if symbol not in posted:
+            if born_chained:
+                finding("marks", row, "differs", f"{symbol}: a mark of {price} that was never posted")
             continue  # (posted before marks were chained: nothing to derive it from)
         want_price, want_hash = posted[symbol]
         if price != want_price:
@@ -136,22 +157,28 @@ def portfolio_findings(session: Session, portfolio_id: str) -> list[Finding]:
                 f"peak_equity is {portfolio.peak_equity}; the last equity point (sequence {point.audit_seq}) "
                 f"says {point.peak_equity}")
 
-    # the switches: what the switch events left tripped, and the trading state it makes
-    tripped: set[tuple[str, str | None]] = set()
-    for switch, action, symbol in _rows(session, "SELECT switch, action, symbol FROM switch_events "
-                                                 "WHERE portfolio_id = :p ORDER BY audit_seq", p=portfolio_id):
-        key = ("symbol", symbol) if symbol is not None else ("portfolio", switch)
+    # the switches: what the switch events left tripped (when, until when, why), and the trading state
+    tripped: dict[tuple[str, str | None], dict[str, Any]] = {}
+    for switch, action, symbol, at, until, reason in _rows(
+            session, "SELECT switch, action, symbol, at, cooldown_until, reason FROM switch_events "
+                     "WHERE portfolio_id = :p ORDER BY audit_seq", p=portfolio_id):
+        key = ("symbols", symbol) if symbol is not None else ("portfolio", switch)
         if action == "TRIPPED":
-            tripped.add(key)
+            tripped[key] = {"switch": switch, "tripped_at": iso(at), "cooldown_until": iso(until), "reason": reason,
+                            "automatic": switch != MANUAL}
         elif action == "CLEARED":
-            tripped.discard(key)
+            tripped.pop(key, None)
     switches = portfolio.switches or {}
-    stored_switches = ({("portfolio", k) for k in switches.get("portfolio", {})}
-                       | {("symbol", k) for k in switches.get("symbols", {})})
-    if stored_switches != tripped:
+    stored = {(kind, k): v for kind in ("portfolio", "symbols") for k, v in (switches.get(kind) or {}).items()}
+    if stored.keys() != tripped.keys():
         finding("portfolios", {"id": portfolio_id}, "differs",
-                f"switches tripped: stored {_switches(stored_switches)}; the switch events leave "
-                f"{_switches(tripped)}")
+                f"switches tripped: stored {_switches(set(stored))}; the switch events leave {_switches(set(tripped))}")
+    for key in sorted(stored.keys() & tripped.keys(), key=str):
+        differing = [f for f, v in tripped[key].items() if stored[key].get(f) != v]
+        if differing:
+            finding("portfolios", {"id": portfolio_id}, "differs",
+                    f"switch {key[1]}: stored {', '.join(f'{f} {stored[key].get(f)!r}' for f in differing)}; the "
+                    f"event that tripped it says {', '.join(f'{f} {tripped[key][f]!r}' for f in differing)}")
     halted = any(kind == "portfolio" for kind, _ in tripped)
     if portfolio.trading_state != ("HALTED" if halted else "ACTIVE"):
         finding("portfolios", {"id": portfolio_id}, "differs",

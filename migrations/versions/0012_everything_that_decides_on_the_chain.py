@@ -2,7 +2,7 @@
 marks chained; Merkle nodes and signed checkpoints; a chain head that moves only to the row appended last
 
 Configuration versions, fills, ledger entries and equity points take a place on their portfolio's chain
-(rows written before keep none: NULL); marks posted are recorded in `mark_updates`, chained, and the
+(rows written before keep none: NULL; a trigger refuses a new row without one); marks posted are recorded in `mark_updates`, chained, and the
 `marks` table is derived from them. Equity points carry the peak equity the portfolio's is reconciled with.
 
 `merkle_nodes` keeps the hashes of the perfect subtrees of each chain's Merkle tree (RFC 6962) and
@@ -81,6 +81,20 @@ def upgrade() -> None:
             batch_op.add_column(sa.Column('prev_hash', sa.String(length=64), nullable=True))
             batch_op.add_column(sa.Column('row_hash', sa.String(length=64), nullable=True))
             batch_op.create_index(f'ix_{table}_portfolio_audit', ['portfolio_id', 'audit_seq'], unique=False)
+    # every row from now on has its place on the chain (rows written before keep none: a trigger, not a CHECK,
+    # which could only be NOT VALID, and SQLAlchemy cannot reflect that)
+    op.execute("""
+        CREATE OR REPLACE FUNCTION rpm_refuse_unchained() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            RAISE EXCEPTION 'rpm: a row of % off the chain refused: every row has its place on its chain',
+                TG_TABLE_NAME USING ERRCODE = 'check_violation';
+        END $$
+    """)
+    for table in NEWLY_CHAINED:
+        op.execute(f"CREATE TRIGGER {table}_chained BEFORE INSERT ON {table} FOR EACH ROW "
+                   "WHEN (NEW.audit_seq IS NULL OR NEW.prev_hash IS NULL OR NEW.row_hash IS NULL) "
+                   "EXECUTE FUNCTION rpm_refuse_unchained()")
+        op.execute(f"ALTER TABLE {table} ENABLE ALWAYS TRIGGER {table}_chained")
     with op.batch_alter_table('equity_points', schema=None) as batch_op:
         batch_op.add_column(sa.Column('peak_equity', sa.Numeric(28, 10), nullable=True))
     op.create_table(
@@ -129,6 +143,12 @@ def upgrade() -> None:
                    f"FOR EACH STATEMENT EXECUTE FUNCTION rpm_refuse_change()")
         op.execute(f"ALTER TABLE {table} ENABLE ALWAYS TRIGGER {table}_append_only")
         op.execute(f"ALTER TABLE {table} ENABLE ALWAYS TRIGGER {table}_no_truncate")
+    # the new JSON columns compressed as the others are (0009), when this PostgreSQL has lz4
+    has_lz4 = op.get_bind().execute(sa.text(
+        "SELECT enumvals FROM pg_settings WHERE name = 'default_toast_compression'")).scalar()
+    if has_lz4 is not None and "lz4" in has_lz4:
+        for column in ("prices", "history_hashes"):
+            op.execute(f"ALTER TABLE mark_updates ALTER COLUMN {column} SET COMPRESSION lz4")
     op.execute(_HASH_AT)
     op.execute(_GUARD)
     for table in ("portfolios", "audit_heads"):
@@ -145,6 +165,7 @@ def downgrade() -> None:
         op.execute(f"DROP TRIGGER IF EXISTS {table}_chain_head ON {table}")
     op.execute("DROP FUNCTION IF EXISTS rpm_chain_head_guard()")
     op.execute("DROP FUNCTION IF EXISTS rpm_chain_hash_at(text, bigint)")
+    op.execute("DROP FUNCTION IF EXISTS rpm_refuse_unchained() CASCADE")
     op.execute("DROP TRIGGER IF EXISTS equity_points_append_only ON equity_points")
     op.execute("DROP TRIGGER IF EXISTS equity_points_no_truncate ON equity_points")
     op.drop_table('audit_trail')
@@ -155,6 +176,7 @@ def downgrade() -> None:
     with op.batch_alter_table('equity_points', schema=None) as batch_op:
         batch_op.drop_column('peak_equity')
     for table in NEWLY_CHAINED:
+        op.execute(f"DROP TRIGGER IF EXISTS {table}_chained ON {table}")
         with op.batch_alter_table(table, schema=None) as batch_op:
             batch_op.drop_index(f'ix_{table}_portfolio_audit')
             batch_op.drop_column('row_hash')

@@ -6,6 +6,7 @@ table, the row, what is wrong. The table of the README is printed from these run
 
 import json
 import time
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -99,6 +100,18 @@ TAMPERING = [
      {"finding": ("portfolios", "differs")}),
     ("peak equity edited", "portfolios", "UPDATE portfolios SET peak_equity = peak_equity + 5000",
      {"finding": ("portfolios", "differs")}),
+    ("starting capital edited", "portfolios", "UPDATE portfolios SET starting_capital = starting_capital * 10",
+     {"finding": ("portfolios", "differs")}),
+    ("a halt's cooldown extended", "portfolios",
+     "UPDATE portfolios SET switches = jsonb_set(switches, '{portfolio,manual_halt,cooldown_until}', "
+     "'\"2099-01-01T00:00:00.000000+00:00\"')",
+     {"finding": ("portfolios", "differs"), "halted_first": True}),
+    ("a mark made up for a symbol never posted", "marks",
+     "INSERT INTO marks (portfolio_id, symbol, price, history, history_hash, updated_at) "
+     "SELECT portfolio_id, 'USDCHF', 0.9, history, history_hash, updated_at FROM marks WHERE symbol = 'GBPUSD'",
+     {"finding": ("marks", "differs")}),
+    ("a posted mark's row deleted", "marks", "DELETE FROM marks WHERE symbol = 'GBPUSD'",
+     {"finding": ("marks", "differs")}),
     ("a tripped switch removed", "portfolios",
      "UPDATE portfolios SET switches = '{\"portfolio\": {}, \"symbols\": {}}', trading_state = 'ACTIVE'",
      {"finding": ("portfolios", "differs"), "halted_first": True}),
@@ -309,3 +322,98 @@ def test_a_sink_serves_one_trail_and_a_changed_trail_id_is_caught(app, client, b
     assert report["ok"] is False and report["checkpoints"] == 0
     assert {f["problem"] for f in report["findings"]} == {"another trail"}
     print(f"\n[tamper] the trail id changed: {report['findings'][0]['detail']}")
+
+
+def test_the_application_role_cannot_write_a_row_off_the_chain(books, superuser):
+    """Rows of the tables chained since 0012 must have their place: an unchained fill, ledger entry, equity point
+    or configuration version is refused, whoever inserts it."""
+    with superuser.connect() as conn:
+        for table, columns in [
+            ("fills", "portfolio_id, decision_id, filled_units, fill_price, realised_delta, at"),
+            ("ledger_entries", "portfolio_id, seq, kind, symbol, units, price, realised_pnl, position_units, at"),
+            ("equity_points", "portfolio_id, at, equity, drawdown"),
+            ("config_versions", "portfolio_id, version, body, config_hash, created_at"),
+        ]:
+            values = {"fills": "'default', (SELECT id FROM decisions WHERE symbol = 'GBPUSD'), 1, 1, 0, now()",
+                      "ledger_entries": "'default', 99, 'close', 'EURUSD', 1, 1, 2727, 0, now()",
+                      "equity_points": "'default', now(), 1, 0", "config_versions":
+                      "'default', 9, '{}', repeat('0', 64), now()"}[table]
+            conn.execute(text("BEGIN"))
+            conn.execute(text("SET LOCAL ROLE rpm_app"))
+            with pytest.raises(DBAPIError, match=f"a row of {table} off the chain refused"):
+                conn.execute(text(f"INSERT INTO {table} ({columns}) VALUES ({values})"))
+            conn.execute(text("ROLLBACK"))
+
+
+def test_values_at_half_a_unit_of_the_last_digit_reconcile(client, clock):
+    """Chained rows are rounded to their columns' scale before hashing, the state by PostgreSQL: both round a half
+    away from zero, so a price of 1.10000000005 is 1.1000000001 in the position and in its ledger entry."""
+    clock.advance(seconds=1)
+    d = client.post("/process_trade", json={**SEED_INTENT, "current_price": 1.10000000005}).json["decision"]
+    assert d["status"] == "APPROVED"
+    assert client.post("/marks", json={"prices": {"GBPUSD": 1.00000000005}}).status_code == 200
+    assert client.post("/fills", json={"decision_id": d["id"], "filled_units": 0.5, "fill_price": 1.1}).status_code == 200
+    assert client.post("/positions/EURUSD/close", json={"price": 1.1000000001}).status_code == 200
+    report = verify(client)
+    assert report["ok"] is True, report.get("findings")
+
+
+def test_one_broken_chain_does_not_stop_the_others_being_anchored(app, client, clock, books, superuser, sql):
+    tamper(superuser, "decisions", "DELETE FROM decisions WHERE symbol = 'GBPUSD'")
+    made = {c["statement"]["chain"] for c in app.extensions["rpm_anchor"].checkpoint(force=True)}
+    assert made == {"_system"}  # default's is refused at its gap; _system's is still made
+    assert sql("SELECT chain FROM audit_checkpoints") == [("_system",)]
+    lines = [json.loads(line) for f in (Path(app.instance_path) / "checkpoints").glob("*.jsonl")
+             for line in f.read_text().splitlines()]
+    assert [c["statement"]["chain"] for c in lines] == ["_system"]  # the sink holds only what was committed
+    r = client.get(f"/decisions/{books[0]}/proof")
+    assert r.status_code == 409 and "is broken between sequence numbers" in r.json["message"], r.json
+
+
+def test_a_sink_with_lines_that_are_not_checkpoints_is_reported_not_a_crash(app, client, books):
+    _checkpoint(app)
+    day = next((Path(app.instance_path) / "checkpoints").glob("*.jsonl"))
+    with day.open("a") as f:
+        f.write('123\n{"statement": "x", "signature": "y"}\nnot json\n')
+    report = verify(client)
+    assert report["ok"] is False and report["checkpoints"] == 2
+    assert [f["problem"] for f in report["findings"]] == ["bad signature"] * 3
+
+
+def test_check_proof_refuses_what_is_not_a_proof(tmp_path, app):
+    public = tmp_path / "rpm.pub"
+    public.write_text(public_pem(app.extensions["rpm_anchor"].signer.public))
+    for content in ("[]", '"x"', "null", "{}", '{"format": "rpm-decision-proof/1"}', "not json"):
+        path = tmp_path / "p.json"
+        path.write_text(content)
+        result = CliRunner().invoke(main, ["audit", "check-proof", str(path), "--public-key", str(public)])
+        assert result.exit_code == 1 and result.output.startswith("INVALID"), (content, result.output)
+    bad_key = tmp_path / "bad.pem"
+    bad_key.write_text("not a key")
+    result = CliRunner().invoke(main, ["audit", "check-proof", str(path), "--public-key", str(bad_key)])
+    assert result.exit_code == 1 and "not a PEM Ed25519 key" in result.output
+
+
+def test_checkpoints_of_a_rotated_key_still_verify_when_it_is_trusted(app, client, books, settings, clock, tmp_path):
+    """A new signing key: the checkpoints signed with the old one are accepted when the old public key is listed
+    in RPM_AUDIT_TRUSTED_KEYS, reported otherwise."""
+    import dataclasses
+
+    from app import create_app
+
+    _checkpoint(app)
+    old_public = tmp_path / "old.pub"
+    old_public.write_text(public_pem(app.extensions["rpm_anchor"].signer.public))
+    new_key = tmp_path / "new.pem"
+    from app.anchor import Signer
+
+    Signer.from_file(new_key, create=True)
+    sink = str(Path(app.instance_path) / "checkpoints")
+    for trusted, ok in (((), False), ((str(old_public),), True)):
+        rotated = create_app(dataclasses.replace(settings, audit_signing_key=str(new_key), audit_sink=sink,
+                                                 audit_trusted_keys=trusted), clock=clock)
+        try:
+            report = rotated.extensions["rpm_compliance"].verify()
+        finally:
+            rotated.extensions["rpm"].db.dispose()
+        assert report["ok"] is ok, report.get("findings")

@@ -337,3 +337,15 @@ def test_verifiers_reject_malformed_input():
     assert mk.verify_consistency(0, 0, mk.EMPTY_ROOT, mk.EMPTY_ROOT, [])
     assert mk.verify_consistency(0, 5, mk.EMPTY_ROOT, root5, [])
     assert mk.verify_consistency(5, 5, root5, root5, [])
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.binary(max_size=8), max_size=130))
+def test_a_frontier_gives_the_root_of_every_prefix(entries):
+    """The verifier's incremental root (a chain's rows walked once) is RFC 6962's MTH of every prefix."""
+    frontier = mk.Frontier()
+    assert frontier.root() == naive_mth([])
+    for n, entry in enumerate(entries, 1):
+        frontier.append(mk.leaf_hash(entry))
+        assert frontier.size == n
+        assert frontier.root() == naive_mth(entries[:n])
