@@ -491,3 +491,56 @@ def status(portfolio_id: str, as_json: bool) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+@main.group()
+def instruments() -> None:
+    """The instrument table of a portfolio (part of its configuration)."""
+
+
+@instruments.command("list")
+@click.option("--portfolio", "portfolio_id", default="default", show_default=True)
+def instruments_list(portfolio_id: str) -> None:
+    """Print the instruments a portfolio lists, with its configuration version."""
+    from .errors import ServiceError
+    from .services import reading
+
+    try:
+        table = reading.get_instruments(_uow(), portfolio_id)
+    except ServiceError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"{portfolio_id}: configuration version {table['version']} ({table['config_hash'][:16]}...)")
+    for symbol, spec in sorted(table["instruments"].items()):
+        number = lambda v: f"{v:,.8f}".rstrip("0").rstrip(".")  # noqa: E731  (1e-08 as 0.00000001)
+        extra = ", ".join(f"{k} {number(v)}" for k, v in spec.items()
+                          if k not in ("asset_class", "currency", "multiplier"))
+        click.echo(f"  {symbol:<10} {spec['asset_class']:<8} {spec['currency']}  x{number(spec['multiplier'])}"
+                   + (f"  {extra}" if extra else ""))
+    click.echo(f"  (others: {table['unlisted']})")
+
+
+@instruments.command("set")
+@click.argument("table_file", type=click.Path(exists=True, dir_okay=False, allow_dash=True))
+@click.option("--reason", required=True, help="why (audited)")
+@click.option("--portfolio", "portfolio_id", default="default", show_default=True)
+def instruments_set(table_file: str, reason: str, portfolio_id: str) -> None:
+    """Replace a portfolio's instrument table with a JSON file's ({symbol: {asset_class, currency, ...}}): a new
+    configuration version."""
+    from .errors import Invalid, ServiceError
+    from .services import operator
+
+    try:
+        with click.open_file(table_file) as f:
+            table = json.load(f)
+    except ValueError as exc:
+        raise click.ClickException(f"{table_file}: not JSON ({exc})") from None
+    if not isinstance(table, dict):
+        raise click.ClickException(f"{table_file}: must be a JSON object of symbol -> instrument")
+    try:
+        out = operator.put_instruments(_uow(), portfolio_id, table, reason, _operator())
+    except Invalid as exc:
+        raise click.ClickException(f"{exc.message}: {json.dumps(exc.errors)}") from None
+    except ServiceError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"{portfolio_id}: configuration version {out['version']} ({out['config_hash'][:16]}...), "
+               f"{len(table)} instrument(s)")

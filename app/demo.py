@@ -1,4 +1,4 @@
-"""`rpm demo`: the nine scenarios of the original design, run through the HTTP API of a live RPM
+"""`rpm demo`: the nine scenarios of the original design, and instruments beyond FX spot, run through the HTTP API of a live RPM
 (a URL and keys) or of an embedded one on a throw-away database. Each scenario has its own portfolio."""
 
 from __future__ import annotations
@@ -83,9 +83,9 @@ class Demo:
         self.run_id = uuid.uuid4().hex[:6]
 
     # -- helpers ---------------------------------------------------------------------
-    def portfolio(self, n: int, config: dict[str, Any] | None = None) -> str:
+    def portfolio(self, n: int, config: dict[str, Any] | None = None, capital: float = 100000.0) -> str:
         pid = f"demo{n}-{self.run_id}"
-        body: dict[str, Any] = {"portfolio_id": pid, "capital": 100000.0}
+        body: dict[str, Any] = {"portfolio_id": pid, "capital": capital}
         if config:
             _, defaults = self.rpm.call("GET", "/config", role="admin")
             body["config"] = {**defaults["config"], **config}
@@ -127,7 +127,7 @@ class Demo:
         self.echo(f"RPM demo against {self.rpm.where}")
         for scenario in (self.normal_approval, self.confidence_sizing, self.regime_sizing, self.max_drawdown,
                          self.daily_loss, self.confidence_collapse, self.symbol_exposure, self.manual_halt,
-                         self.health_status):
+                         self.health_status, self.instruments):
             scenario()
         self.echo("")
         self.echo("Demo complete: every decision above is stored, with its breakdown, in the audit trail.")
@@ -239,3 +239,27 @@ class Demo:
                 self.echo(f"  {name:<20} {sw['state']:<8} current {current:>12}  threshold {sw['threshold']:,.4f}")
             else:
                 self.echo(f"  {name:<20} {sw['state']}")
+
+    def instruments(self) -> None:
+        self.title(10, "instruments beyond FX spot: an equity, a future, a crypto pair (config/instruments)")
+        pid = self.portfolio(10, capital=10_000_000.0)
+        self.echo("  a 10,000,000 USD portfolio; risk 1% = 100,000, x1.25 (confidence 0.75) x1.2 (TRENDING)")
+        cases = [
+            ("AAPL at 190.00, ATR 2.00", dict(symbol="AAPL", current_price=190.0, atr=2.0), "shares (lot 1)"),
+            ("ES at 5,000.00, ATR 20.00", dict(symbol="ES", current_price=5000.0, atr=20.0),
+             "contracts (x50: 250,000 USD each)"),
+            ("BTCUSD at 60,000.00, ATR 6,000", dict(symbol="BTCUSD", current_price=60000.0, atr=6000.0),
+             "BTC (lot 1e-8)"),
+            ("ES at 5,000.10 (tick 0.25)", dict(symbol="ES", current_price=5000.1, atr=20.0), ""),
+        ]
+        for label, intent, unit in cases:
+            d = self.trade(pid, **intent)
+            if d["status"] == "APPROVED":
+                units = f"{d['approved_trade']['position_units']:,.8f}".rstrip("0").rstrip(".")
+                adjusted = [c["name"] for c in d["breakdown"]["constraints"] if c["result"] == "ADJUSTED"]
+                self.echo(f"  {label:<32}APPROVED  {units:>14} {unit}"
+                          + (f", capped by {', '.join(adjusted)}" if adjusted else ""))
+            else:
+                self.echo(f"  {label:<32}REJECTED  {d['rejected_trade']['reason_code']}: "
+                          f"{d['rejected_trade']['rejection_reason']}")
+

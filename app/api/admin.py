@@ -1,4 +1,4 @@
-"""Operating: halt, resume, configuration."""
+"""Operating: halt, resume, configuration, instruments."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ from app.services import operator, reading
 
 from .auth import ANY, roles
 from .common import Blueprint, actor, documented_errors, ok, portfolio_query, uow
-from .schemas import AnyObjectSchema, ConfigPutSchema, HaltSchema, ResumeSchema
+from .schemas import AnyObjectSchema, ConfigPutSchema, HaltSchema, InstrumentsPutSchema, ResumeSchema
 from .scope import ONE, acts_on, current
 
-blp = Blueprint("admin", __name__, description="Halt, resume and configuration")
+blp = Blueprint("admin", __name__, description="Halt, resume, configuration and instruments")
 
 
 _errors = documented_errors(blp)
@@ -63,3 +63,26 @@ class Config(MethodView):
     def put(self, body, **_query):
         """Replace the configuration (validated; a new version; audited)"""
         return ok(operator.put_config(uow(), current().portfolio, body["config"], body.get("reason"), actor()))
+
+
+@blp.route("/instruments")
+class Instruments(MethodView):
+    @roles(*ANY)
+    @acts_on(ONE)
+    @portfolio_query(blp)
+    @blp.response(200, AnyObjectSchema)
+    @_errors
+    def get(self, **_query):
+        """The portfolio's instruments (part of its configuration: its version and hash)"""
+        return ok(reading.get_instruments(uow(), current().portfolio))
+
+    @roles("admin")
+    @acts_on(ONE)
+    @portfolio_query(blp)
+    @blp.arguments(InstrumentsPutSchema())
+    @blp.response(200, AnyObjectSchema)
+    @_errors
+    def put(self, body, **_query):
+        """Replace the instrument table (validated; a new configuration version; audited)"""
+        return ok(operator.put_instruments(uow(), current().portfolio, body["instruments"], body.get("reason"),
+                                           actor()))

@@ -164,6 +164,15 @@ class ConfigPutSchema(Schema):
     portfolio_id = portfolio_field()
 
 
+class InstrumentsPutSchema(Schema):
+    instruments = fields.Dict(required=True, metadata={
+        "description": "symbol -> {asset_class, currency, multiplier, lot_size, min_quantity, tick_size, max_units, "
+                       "max_notional_order, max_notional_position, price_band}: the whole table (a symbol absent is "
+                       "no longer listed)"})
+    reason = fields.String(validate=validate.Length(1, 1000))
+    portfolio_id = portfolio_field()
+
+
 # -- responses (documentation; the payloads are built by the services) ------------------
 
 class DecisionSchema(Schema):

@@ -20,7 +20,12 @@ from typing import Any
 from . import domain
 
 REGIMES = ("TRENDING", "RANGING", "VOLATILE", "STRESSED")
-ASSET_CLASSES = ("fx", "equity", "crypto", "future", "commodity", "index")
+# "fx" is FX spot (the name configurations written before used; "fx_spot" is the same class)
+ASSET_CLASSES = ("fx", "fx_spot", "equity", "future", "crypto", "cfd", "commodity", "index")
+# the optional fields of an instrument, in the order they are written; absent ones are not written (so that an
+# instrument written before they existed keeps its configuration's hash)
+INSTRUMENT_LIMITS = ("lot_size", "min_quantity", "tick_size", "max_units", "max_notional_order",
+                     "max_notional_position", "price_band")
 
 
 class ConfigError(ValueError):
@@ -34,14 +39,27 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class Instrument:
-    """A non-FX instrument (or an FX pair overriding the defaults)."""
+    """An instrument: its class, the currency its prices are in, its contract multiplier, and optionally its
+    lot size (quantity increment; default 0.01), minimum quantity (default the configuration's
+    min_position_units), tick size (price increment), caps (units and notional per order, notional per
+    position, in the account currency) and price band (the largest deviation from the last mark, a fraction)."""
 
     asset_class: str = "equity"
     currency: str = "USD"
     multiplier: float = 1.0
+    lot_size: float | None = None
+    min_quantity: float | None = None
+    tick_size: float | None = None
+    max_units: float | None = None
+    max_notional_order: float | None = None
+    max_notional_position: float | None = None
+    price_band: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"asset_class": self.asset_class, "currency": self.currency, "multiplier": self.multiplier}
+        out: dict[str, Any] = {"asset_class": self.asset_class, "currency": self.currency,
+                               "multiplier": self.multiplier}
+        out.update({name: getattr(self, name) for name in INSTRUMENT_LIMITS if getattr(self, name) is not None})
+        return out
 
 
 DEFAULT_REGIME_MULTIPLIERS = {"TRENDING": 1.2, "RANGING": 1.0, "VOLATILE": 0.7, "STRESSED": 0.3}
@@ -195,13 +213,14 @@ def body_hash(body: Any) -> str:
 def _instrument_from(symbol: str, spec: Any) -> Instrument:
     if not isinstance(spec, Mapping):
         raise ConfigError(f"instruments.{symbol}", "must be an object")
-    unknown = set(spec) - {"asset_class", "currency", "multiplier"}
+    unknown = set(spec) - {"asset_class", "currency", "multiplier", *INSTRUMENT_LIMITS}
     if unknown:
         raise ConfigError(f"instruments.{symbol}.{sorted(unknown)[0]}", "unknown field")
     return Instrument(
         asset_class=spec.get("asset_class", "equity"),
         currency=spec.get("currency", "USD"),
         multiplier=spec.get("multiplier", 1.0),
+        **{name: spec.get(name) for name in INSTRUMENT_LIMITS},
     )
 
 
@@ -302,3 +321,8 @@ def _validate(cfg: RPMConfig) -> None:
             raise ConfigError(f"instruments.{symbol}.asset_class", f"must be one of {', '.join(ASSET_CLASSES)}")
         _identifier(f"instruments.{symbol}.currency", inst.currency, domain.CURRENCY)
         _within(f"instruments.{symbol}.multiplier", inst.multiplier, domain.MULTIPLIER)
+        for name, bounds in (("lot_size", domain.LOT), ("min_quantity", domain.UNITS), ("tick_size", domain.LOT),
+                             ("max_units", domain.UNITS), ("max_notional_order", domain.NOTIONAL),
+                             ("max_notional_position", domain.NOTIONAL), ("price_band", domain.UNIT_INTERVAL)):
+            if getattr(inst, name) is not None:
+                _within(f"instruments.{symbol}.{name}", getattr(inst, name), bounds)

@@ -30,8 +30,9 @@ def _room_signed(current: Decimal, per_unit: Decimal, limit: Decimal) -> Decimal
 
 
 class _Steps:
-    def __init__(self, units: Decimal):
+    def __init__(self, units: Decimal, lot: Decimal):
         self.units = units
+        self.lot = lot  # the instrument's: every size is a multiple of it
         self.steps: list[dict[str, Any]] = []
 
     def cap(
@@ -39,12 +40,12 @@ class _Steps:
     ) -> Rejection | None:
         before = self.units
         step = {"name": name, "limit": float(limit), "current": float(current), "before": float(before), **extra}
-        if room is not None and floor_units(room) <= 0:
+        if room is not None and floor_units(room, self.lot) <= 0:
             step.update(after=0.0, result="REJECTED")
             self.steps.append(step)
             return Rejection(code, f"{name.replace('_', ' ')} limit reached: {float(current):,.2f} of {float(limit):,.2f}", step)
         if room is not None and room < before:
-            self.units = floor_units(room)
+            self.units = floor_units(room, self.lot)
             step.update(after=float(self.units), result="ADJUSTED")
         else:
             step.update(after=float(before), result="PASS")
@@ -63,7 +64,8 @@ def apply_constraints(
 ) -> tuple[Decimal, list[dict[str, Any]], Rejection | None]:
     """``per_unit`` is the account-currency notional of one unit at the intent's price."""
     symbol, direction = intent.symbol, intent.direction
-    steps = _Steps(units)
+    info = instrument(symbol, config)
+    steps = _Steps(units, info.lot)
     existing = state.positions.get(symbol)
 
     # max concurrent positions: a new symbol beyond it is rejected
@@ -83,14 +85,27 @@ def apply_constraints(
     if rejection:
         return ZERO, steps.steps, rejection
 
-    symbol_limit = equity * config.dec("max_symbol_exposure_pct")
+    # the instrument's own caps: units and notional per order, notional per position
     symbol_now = abs(exp.by_symbol.get(symbol, ZERO))
+    for name, limit, current in (("instrument_order_units", info.max_units, None),
+                                 ("instrument_order_notional", info.max_notional_order, None),
+                                 ("instrument_position_notional", info.max_notional_position, symbol_now)):
+        if limit is None:
+            continue
+        if name == "instrument_order_units":
+            room = limit
+        else:
+            room = div_floor(limit - (current or ZERO), per_unit)
+        rejection = steps.cap(name, room, ReasonCode.INSTRUMENT_LIMIT, limit, current or ZERO)
+        if rejection:
+            return ZERO, steps.steps, rejection
+
+    symbol_limit = equity * config.dec("max_symbol_exposure_pct")
     rejection = steps.cap("symbol_exposure", div_floor(symbol_limit - symbol_now, per_unit), ReasonCode.SYMBOL_EXPOSURE,
                           symbol_limit, symbol_now)
     if rejection:
         return ZERO, steps.steps, rejection
 
-    info = instrument(symbol, config)
     currency_limit = equity * config.dec("max_currency_exposure_pct")
     for currency, sign in info.legs:
         if currency == config.account_currency:
@@ -117,7 +132,7 @@ def apply_constraints(
     correlated = find_correlated(symbol, direction, info, state, config)
     before = steps.units
     if correlated is not None:
-        steps.units = floor_units(before * config.dec("correlation_size_multiplier"))
+        steps.units = floor_units(before * config.dec("correlation_size_multiplier"), steps.lot)
     steps.steps.append({
         "name": "correlation", "limit": config.correlation_threshold, "before": float(before),
         "after": float(steps.units), "result": "ADJUSTED" if correlated else "PASS",

@@ -174,7 +174,7 @@ class _Decider:
             self.breakdown["sizing"] = {"result": "REJECTED", "missing_rate": needed}
             return self.reject(ReasonCode.NO_FX_RATE, f"no mark for {needed} to convert {info.currency}",
                                {"currency": info.currency, "needed": needed})
-        units, self.risk_capital, factors = size_position(intent, self.equity, rate, info.multiplier, config)
+        units, self.risk_capital, factors = size_position(intent, self.equity, rate, info.multiplier, config, info.lot)
         self.breakdown["sizing"] = factors
 
         # 5. portfolio constraints
@@ -186,7 +186,7 @@ class _Decider:
             return self.reject(rejection.code, rejection.message, rejection.context)
 
         # 6. final validation
-        minimum = config.dec("min_position_units")
+        minimum = info.min_quantity if info.min_quantity is not None else config.dec("min_position_units")
         if units < minimum or units <= 0:
             return self.reject(
                 ReasonCode.SIZE_BELOW_MINIMUM,
@@ -285,17 +285,29 @@ class _Decider:
             return self.reject(ReasonCode.THROTTLED, f"more than {limit} intents in the last second",
                                {"count": count, "limit": limit})
 
+        info = instrument(intent.symbol, config)
+        if info.tick is not None:
+            off_tick = intent.current_price % info.tick != 0
+            checks.append({"name": "tick_size", "price": float(intent.current_price), "tick_size": float(info.tick),
+                           "result": "REJECTED" if off_tick else "PASS"})
+            if off_tick:
+                return self.reject(ReasonCode.INSTRUMENT_LIMIT, f"price {intent.current_price} is not a multiple of "
+                                   f"{intent.symbol}'s tick size {info.tick}",
+                                   {"price": float(intent.current_price), "tick_size": float(info.tick)})
         mark = s.marks.get(intent.symbol)
         if mark is not None:
+            # the instrument's price band where it is tighter than the configuration's collar
+            limit = config.price_collar_pct if info.price_band is None else min(config.price_collar_pct,
+                                                                               float(info.price_band))
             deviation = float(abs(intent.current_price - mark) / mark)
-            collar = deviation > config.price_collar_pct
+            collar = deviation > limit
             checks.append({"name": "price_collar", "mark": float(mark), "deviation": deviation,
-                           "limit": config.price_collar_pct, "result": "REJECTED" if collar else "PASS"})
+                           "limit": limit, "result": "REJECTED" if collar else "PASS"})
             if collar:
                 return self.reject(
                     ReasonCode.PRICE_COLLAR,
                     f"price {float(intent.current_price)} is {deviation:.2%} from the latest mark {float(mark)}",
-                    {"mark": float(mark), "deviation": deviation, "limit": config.price_collar_pct},
+                    {"mark": float(mark), "deviation": deviation, "limit": limit},
                 )
         else:
             checks.append({"name": "price_collar", "mark": None, "result": "PASS"})

@@ -49,6 +49,7 @@ class ReasonCode(StrEnum):
     SIZE_BELOW_MINIMUM = "SIZE_BELOW_MINIMUM"
     NO_FX_RATE = "NO_FX_RATE"
     OUT_OF_RANGE = "OUT_OF_RANGE"
+    INSTRUMENT_LIMIT = "INSTRUMENT_LIMIT"
 
     def __str__(self) -> str:
         return self.value
@@ -96,6 +97,7 @@ REASON_CATEGORY = {
     ReasonCode.SIZE_BELOW_MINIMUM: "sizing",
     ReasonCode.NO_FX_RATE: "sizing",
     ReasonCode.OUT_OF_RANGE: "sizing",
+    ReasonCode.INSTRUMENT_LIMIT: "instrument",
 }
 
 
@@ -113,11 +115,14 @@ def to_decimal(value: Any) -> Decimal:
 _WIDE = Context(prec=64, rounding=ROUND_FLOOR)
 
 
-def floor_units(value: Decimal) -> Decimal:
-    """Units are floored to 0.01: never rounded up past a limit."""
+def floor_units(value: Decimal, lot: Decimal = CENT) -> Decimal:
+    """Units are floored to a multiple of the instrument's lot size (0.01 by default): never rounded up past a
+    limit."""
+    if lot == CENT:
+        return ZERO.quantize(CENT) if value <= 0 else value.quantize(CENT, context=_WIDE)
     if value <= 0:
-        return ZERO.quantize(CENT)
-    return value.quantize(CENT, context=_WIDE)
+        return ZERO * lot
+    return _WIDE.divide_int(value, lot) * lot
 
 
 _FLOOR = Context(prec=28, rounding=ROUND_FLOOR)

@@ -6,7 +6,7 @@ from decimal import Decimal
 from typing import Any
 
 from .config import RPMConfig
-from .model import TradeIntent, div_floor, floor_units, to_decimal
+from .model import CENT, TradeIntent, div_floor, floor_units, to_decimal
 
 
 def confidence_multiplier(confidence: float, config: RPMConfig) -> float:
@@ -22,9 +22,11 @@ def vol_multiplier(vol_percentile: float, config: RPMConfig) -> float:
 
 
 def size_position(
-    intent: TradeIntent, equity: Decimal, quote_to_account: Decimal, multiplier: Decimal, config: RPMConfig
+    intent: TradeIntent, equity: Decimal, quote_to_account: Decimal, multiplier: Decimal, config: RPMConfig,
+    lot: Decimal = CENT,
 ) -> tuple[Decimal, Decimal, dict[str, Any]]:
-    """Units to trade before portfolio constraints, the risk capital, and the factors."""
+    """Units to trade before portfolio constraints (rounded down to the instrument's lot), the risk capital, and
+    the factors."""
     risk_capital = equity * config.dec("risk_per_trade")
     risk_per_unit = intent.atr * config.dec("atr_multiplier") * quote_to_account * multiplier
     base_units = risk_capital / risk_per_unit if risk_capital > 0 else Decimal(0)
@@ -33,7 +35,7 @@ def size_position(
     vol = vol_multiplier(intent.vol_percentile, config)
     # multiply first and divide once, rounding down: 1,000 x 1.25 x 1.2 / 0.075 is exactly 20,000
     scaled_risk = risk_capital * to_decimal(conf) * to_decimal(regime) * to_decimal(vol)
-    units = floor_units(div_floor(scaled_risk, risk_per_unit)) if risk_capital > 0 else floor_units(Decimal(0))
+    units = floor_units(div_floor(scaled_risk, risk_per_unit) if risk_capital > 0 else Decimal(0), lot)
     factors = {
         "equity": float(equity),
         "risk_per_trade": config.risk_per_trade,
@@ -47,6 +49,7 @@ def size_position(
         "confidence_mult": conf,
         "regime_mult": regime,
         "vol_mult": vol,
+        "lot_size": float(lot),
         "units": float(units),
     }
     return units, risk_capital, factors

@@ -10,7 +10,7 @@ from app.risk import ConfigError, CooldownActive, ResumeError, RPMConfig, engine
 from app.store import models as m
 
 from .payloads import config_payload, trading_payload
-from .unit_of_work import Actor, UnitOfWork
+from .unit_of_work import Actor, Portfolio, UnitOfWork
 
 
 def halt(uow: UnitOfWork, portfolio_id: str, reason: str, actor: Actor) -> dict[str, Any]:
@@ -72,17 +72,30 @@ def put_config(uow: UnitOfWork, portfolio_id: str, body: dict[str, Any], reason:
                actor: Actor) -> dict[str, Any]:
     """Replace the configuration: a new version, which decisions from now on name."""
     with uow.portfolio(portfolio_id) as p:
-        config = parsed_config(body, p.config)
-        now = uow.clock()
-        row = p.row
-        before = {"version": row.config_version, "config_hash": p.config.config_hash}
-        row.config_version += 1
-        version = dict(portfolio_id=portfolio_id, version=row.config_version, body=config.to_dict(),
-                       config_hash=config.config_hash, created_at=now, created_by=actor.name, reason=reason)
-        p.add((m.ConfigVersion, p.sealed(m.ConfigVersion, version)))
-        old, new = p.config.to_dict(), config.to_dict()
-        changed = {k: {"before": old[k], "after": new[k]} for k in new if old.get(k) != new[k]}
-        p.admin_action(actor, "config_change", now, reason, before=before,
-                       after={"version": row.config_version, "config_hash": config.config_hash, "changed": changed})
-        p.commit(p.state, now)
-        return config_payload(version)
+        return _new_version(uow, p, parsed_config(body, p.config), reason, actor, "config_change")
+
+
+def put_instruments(uow: UnitOfWork, portfolio_id: str, instruments: dict[str, Any], reason: str | None,
+                    actor: Actor) -> dict[str, Any]:
+    """Replace the instrument table: a new configuration version like any other (in the hash decisions record)."""
+    with uow.portfolio(portfolio_id) as p:
+        config = parsed_config({**p.config.to_dict(), "instruments": instruments}, p.config)
+        return _new_version(uow, p, config, reason, actor, "instruments_change")
+
+
+def _new_version(uow: UnitOfWork, p: Portfolio, config: RPMConfig, reason: str | None, actor: Actor,
+                 action: str) -> dict[str, Any]:
+    """A new configuration version of the locked portfolio ``p``, its admin action, and the commit."""
+    now = uow.clock()
+    row = p.row
+    before = {"version": row.config_version, "config_hash": p.config.config_hash}
+    row.config_version += 1
+    version = dict(portfolio_id=p.id, version=row.config_version, body=config.to_dict(),
+                   config_hash=config.config_hash, created_at=now, created_by=actor.name, reason=reason)
+    p.add((m.ConfigVersion, p.sealed(m.ConfigVersion, version)))
+    old, new = p.config.to_dict(), config.to_dict()
+    changed = {k: {"before": old.get(k), "after": new[k]} for k in new if old.get(k) != new[k]}
+    p.admin_action(actor, action, now, reason, before=before,
+                   after={"version": row.config_version, "config_hash": config.config_hash, "changed": changed})
+    p.commit(p.state, now)
+    return config_payload(version)

@@ -6,7 +6,7 @@ from decimal import Decimal
 from typing import Any
 
 from app.errors import Conflict, Invalid
-from app.presets import load_preset
+from app.presets import load_preset, with_shared_instruments
 from app.risk import ConfigError, RPMConfig
 from app.store.audit import SYSTEM_CHAIN
 
@@ -17,7 +17,8 @@ from .unit_of_work import Actor, UnitOfWork, check_portfolio_id
 def new_config(capital: float | None, preset: str | None, config: dict[str, Any] | None) -> RPMConfig:
     """A new portfolio's configuration: given, or a preset's (balanced by default); ``capital`` its capital."""
     try:
-        cfg = RPMConfig.from_dict(config) if config is not None else load_preset(preset or "balanced")
+        cfg = (RPMConfig.from_dict(with_shared_instruments(config)) if config is not None
+               else load_preset(preset or "balanced"))
         return cfg if capital is None else cfg.replace(total_capital=capital)
     except ConfigError as exc:
         raise Invalid("invalid configuration", {"config": {exc.field: [exc.message]}}) from None

@@ -48,6 +48,16 @@ def metrics(uow: UnitOfWork, portfolio_id: str) -> dict[str, Any]:
         return {"portfolio_id": portfolio_id, **_metrics(p).to_dict()}
 
 
+def get_instruments(uow: UnitOfWork, portfolio_id: str) -> dict[str, Any]:
+    """The portfolio's instrument table, from the configuration in force."""
+    with uow.portfolio(portfolio_id, lock=False) as p:
+        version = config_payload(p.config_version())
+    return {"portfolio_id": portfolio_id, "version": version["version"], "config_hash": version["config_hash"],
+            "instruments": version["config"].get("instruments", {}),
+            "unlisted": "a six-letter pair not listed is FX spot: lot 0.01, minimum min_position_units; any other "
+                        "symbol not listed is refused"}
+
+
 def get_config(uow: UnitOfWork, portfolio_id: str) -> dict[str, Any]:
     """The portfolio's configuration now: its version, hash, body, and who made it when and why."""
     with uow.portfolio(portfolio_id, lock=False) as p:

@@ -28,6 +28,8 @@ MATRIX = [
     ("POST", "/resume", {}, {ADMIN}),
     ("GET", "/config", None, ANY),
     ("PUT", "/config", {"config": {}, "reason": "matrix"}, {ADMIN}),
+    ("GET", "/instruments", None, ANY),
+    ("PUT", "/instruments", {"instruments": {}, "reason": "matrix"}, {ADMIN}),
     ("GET", "/portfolios", None, ANY),
     ("POST", "/portfolios", {"portfolio_id": "made-by-matrix"}, {ADMIN}),
     ("GET", "/decisions", None, {COMPLIANCE, ADMIN}),

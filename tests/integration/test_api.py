@@ -291,15 +291,16 @@ def test_queued_rows_are_written_in_order_with_their_values(app, client, sql):
 def test_an_intent_checked_before_the_lock_is_checked_again_under_a_newer_configuration(client):
     """Group commit validates an intent early under the last configuration the process saw; a
     configuration changed since is the one that counts."""
-    aapl = {**SEED_INTENT, "symbol": "AAPL", "current_price": 190.0, "atr": 2.0}
+    tsla = {**SEED_INTENT, "symbol": "TSLA", "current_price": 190.0, "atr": 2.0}
     assert post(client, "/process_trade", SEED_INTENT).status_code == 200  # the process now knows version 1
     config = client.get("/config").json["config"]
-    with_aapl = {**config, "instruments": {"AAPL": {"asset_class": "equity", "currency": "USD"}}}
-    assert client.put("/config", json={"config": with_aapl, "reason": "list AAPL"}).status_code == 200
-    r = post(client, "/process_trade", aapl)  # refused under version 1, accepted under version 2
+    # (TSLA is not among the shared instruments a new portfolio lists)
+    with_tsla = {**config, "instruments": {**config["instruments"], "TSLA": {"asset_class": "equity", "currency": "USD"}}}
+    assert client.put("/config", json={"config": with_tsla, "reason": "list TSLA"}).status_code == 200
+    r = post(client, "/process_trade", tsla)  # refused under version 1, accepted under version 2
     assert r.status_code == 200 and r.json["decision"]["config_version"] == 2
-    assert client.put("/config", json={"config": config, "reason": "delist AAPL"}).status_code == 200
-    r = post(client, "/process_trade", aapl)  # accepted under version 2, refused under version 3
+    assert client.put("/config", json={"config": config, "reason": "delist TSLA"}).status_code == 200
+    r = post(client, "/process_trade", tsla)  # accepted under version 2, refused under version 3
     assert r.status_code == 422 and "symbol" in r.json["errors"]
 
 

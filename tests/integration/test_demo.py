@@ -1,4 +1,5 @@
-"""`rpm demo`: the nine scenarios, run on PostgreSQL, each with the outcome the original design describes."""
+"""`rpm demo`: the nine scenarios and instruments beyond FX spot, run on PostgreSQL, each with the outcome
+the original design describes."""
 
 import re
 
@@ -7,11 +8,11 @@ from click.testing import CliRunner
 from app.cli import main
 
 
-def test_rpm_demo_runs_the_nine_scenarios_with_their_outcomes(empty_database_url):
+def test_rpm_demo_runs_the_ten_scenarios_with_their_outcomes(empty_database_url):
     result = CliRunner().invoke(main, ["demo", "--database-url", empty_database_url])
     assert result.exit_code == 0, result.output
     out = result.output
-    assert len(re.findall(r"SCENARIO \d:", out)) == 9
+    assert len(re.findall(r"SCENARIO \d+:", out)) == 10
     assert "APPROVED     27,272.72 units" in out  # 1: the SPEC example
     assert "constraint symbol_exposure: 200,000.00 -> 27,272.72 units" in out
     assert "confidence 0.55 (x1.05)     REJECTED  CONFIDENCE_TOO_LOW" in out  # 2
@@ -27,3 +28,11 @@ def test_rpm_demo_runs_the_nine_scenarios_with_their_outcomes(empty_database_url
     assert "intent while halted         REJECTED  HALTED" in out  # 8
     assert "intent after resume         APPROVED     27,272.72 units" in out
     assert "drawdown             TRIPPED  current       0.1500  threshold 0.1000" in out  # 9
+    # 10: instruments. 150,000 / (2 x 1.5) = 50,000 shares -> 30% of 10,000,000 / 190 = 15,789.47 -> 15,789
+    # (the order cap, 5,000,000 USD = 26,315 shares, first)
+    assert ("AAPL at 190.00, ATR 2.00        APPROVED          15,789 shares (lot 1), capped by "
+            "instrument_order_notional, symbol_exposure") in out
+    assert "ES at 5,000.00, ATR 20.00       APPROVED              12 contracts" in out  # 3,000,000 / 250,000
+    assert "BTCUSD at 60,000.00, ATR 6,000  APPROVED     16.66666666 BTC (lot 1e-8)" in out  # 150,000 / 9,000
+    assert "ES at 5,000.10 (tick 0.25)      REJECTED  INSTRUMENT_LIMIT: price 5000.1 is not a multiple" in out
+

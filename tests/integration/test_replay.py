@@ -82,13 +82,18 @@ def test_replay_of_the_demo_under_the_conservative_preset_lists_exactly_the_deci
     # the SPEC request (scenarios 1, 5 and 8): 27,272.72 -> 20,000 / 1.1 = 18,181.81
     # scenario 4's 200,000-unit open (its own 250% symbol limit) -> 18,181.81 under 20%
     # scenario 7: 500 x 1.25 / 0.075 = 8,333.33; the second is then over 20% and rejected
+    # scenario 10 (10,000,000 USD: 50,000 x 1.25 = 62,500 of scaled risk): AAPL 20% = 2,000,000 / 190 = 10,526;
+    # ES 62,500 / 1,500 = 41, 2,000,000 / 250,000 = 8; BTCUSD 62,500 / 9,000 = 6.94444444 (lot 1e-8)
     assert sorted(changed) == sorted({
         ("EURUSD", "APPROVED", 27272.72, "APPROVED", 18181.81, None),
         ("EURUSD", "APPROVED", 200000.0, "APPROVED", 18181.81, None),
         ("EURUSD", "APPROVED", 20000.0, "APPROVED", 8333.33, None),
         ("EURUSD", "APPROVED", 7272.72, "REJECTED", 0.0, "SYMBOL_EXPOSURE"),
+        ("AAPL", "APPROVED", 15789.0, "APPROVED", 10526.0, None),
+        ("ES", "APPROVED", 12.0, "APPROVED", 8.0, None),
+        ("BTCUSD", "APPROVED", 16.66666666, "APPROVED", 6.94444444, None),
     })
-    assert len([d for d in items if d["type"] == "difference"]) == 6  # the SPEC request three times
+    assert len([d for d in items if d["type"] == "difference"]) == 9  # the SPEC request three times
     # halted and confidence-rejected decisions stay as they were: they saw the same switches
     as_recorded = runner.invoke(main, ["replay"])
     assert as_recorded.exit_code == 0 and as_recorded.output.strip().endswith("0 decision(s) would differ")

@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from app.presets import load_preset, preset_names
+from app.presets import load_preset, preset_names, shared_instruments
 from app.risk import ConfigError, RPMConfig
 
 
@@ -82,7 +82,9 @@ def test_round_trip_through_dict_and_json():
 
 def test_presets_follow_the_spec_table():
     assert preset_names() == ["aggressive", "balanced", "conservative"]
-    assert load_preset("balanced") == RPMConfig()
+    # the balanced preset is the defaults, with the shared instruments (config/instruments/shared.json)
+    assert load_preset("balanced") == RPMConfig(instruments=shared_instruments())
+    assert {"AAPL", "ES", "BTCUSD"} <= set(load_preset("conservative").instruments)
     cons, aggr = load_preset("conservative"), load_preset("aggressive")
     assert (cons.risk_per_trade, cons.max_drawdown, cons.daily_loss_limit, cons.weekly_loss_limit,
             cons.max_symbol_exposure_pct) == (0.005, 0.05, 0.01, 0.03, 0.20)
