@@ -111,6 +111,11 @@ class TradeIntentSchema(Schema):
     current_price = within(domain.PRICE, required=True, metadata={"example": 1.1})
     intent_id = identifier(domain.INTENT_ID, metadata={
         "description": "the client's id: a retry with it returns the stored decision", "example": "sig-20261203-0001"})
+    units = within(domain.QUANTITY, metadata={
+        "description": "the quantity asked for: at most this much is approved; on a reduction, at most this much of "
+                       "the position is closed (a position never flips in one intent)"})
+    reduce_only = StrictBoolean(metadata={"description": "only a reduction of an opposite position may be approved "
+                                                         "(else NOTHING_TO_REDUCE)"})
     portfolio_id = portfolio_field()
 
 
@@ -134,6 +139,8 @@ class FillSchema(Schema):
 
 class CloseSchema(Schema):
     price = within(domain.PRICE, required=True)
+    units = within(domain.QUANTITY, metadata={"description": "close only this much of the position (rounded down to "
+                                                             "the lot); absent: all of it"})
     portfolio_id = portfolio_field()
 
 

@@ -140,4 +140,4 @@ class ClosePosition(MethodView):
         """Close a whole position at a price, realising its PnL"""
         if not domain.SYMBOL.matches(symbol):
             raise Invalid("invalid symbol", {"symbol": [f"must be {domain.SYMBOL.description}"]})
-        return ok(books.close_position(uow(), current().portfolio, symbol, body["price"], actor()))
+        return ok(books.close_position(uow(), current().portfolio, symbol, body["price"], actor(), body.get("units")))

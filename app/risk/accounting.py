@@ -117,11 +117,20 @@ def book_open(state: PortfolioState, symbol: str, direction: int, units: Decimal
     state.positions[symbol] = Position(symbol, new * direction, avg.quantize(MONEY), pos.opened_at)
 
 
-def realise_close(state: PortfolioState, symbol: str, price: Decimal, config: RPMConfig) -> tuple[Decimal, Position]:
-    """Close a whole position at ``price``; returns the realised PnL (account currency) and the position."""
-    pos = state.positions.pop(symbol)
+def realise_close(state: PortfolioState, symbol: str, price: Decimal, config: RPMConfig,
+                  units: Decimal | None = None) -> tuple[Decimal, Position]:
+    """Close ``units`` of a position (all of it when None, or when they are as many or more: a position never
+    flips) at ``price``; returns the realised PnL (account currency) and the position as it was."""
+    pos = state.positions[symbol]
+    size = abs(pos.units)
+    closed = size if units is None else min(units, size)
     info = instrument(symbol, config)
-    pnl = (price - pos.avg_price) * pos.units * info.multiplier * account_rate(state, symbol, price, config)
+    pnl = ((price - pos.avg_price) * closed * pos.direction * info.multiplier
+           * account_rate(state, symbol, price, config))
+    if closed == size:
+        del state.positions[symbol]
+    else:
+        state.positions[symbol] = Position(symbol, (size - closed) * pos.direction, pos.avg_price, pos.opened_at)
     state.realised_pnl += pnl
     return pnl, pos
 

@@ -88,6 +88,8 @@ class Bounds:
 PRICE = Bounds(1e-6, 1e9)
 ATR = Bounds(1e-10, 1e9)
 UNITS = Bounds(0, 1e12)
+# a quantity asked for (an intent's units, a partial close): more than nothing
+QUANTITY = Bounds(0, 1e12, low_open=True)
 CAPITAL = Bounds(1, 1e12)
 MULTIPLIER = Bounds(1e-6, 1e6)
 # an instrument's quantity or price increment (1e-8: a satoshi)

@@ -27,6 +27,7 @@ from .model import (
     SwitchEvent,
     TradeApprovalStatus,
     TradeIntent,
+    floor_units,
     throttle_bucket,
     throttle_window,
     to_decimal,
@@ -129,6 +130,10 @@ class _Decider:
         self.breakdown["reducing"] = reducing
         if reducing:
             return self.reduce(position)
+        if intent.reduce_only:
+            held = "no position" if position is None else f"a {'long' if position.direction > 0 else 'short'} position"
+            return self.reject(ReasonCode.NOTHING_TO_REDUCE, f"reduce_only, and {intent.symbol} has {held} that this "
+                               "intent would reduce", {"position": position.to_dict() if position else None})
 
         self.events += kill_switches.expire(s, self.equity, self.now, config)
         window = config.confidence_collapse_window
@@ -175,6 +180,11 @@ class _Decider:
             return self.reject(ReasonCode.NO_FX_RATE, f"no mark for {needed} to convert {info.currency}",
                                {"currency": info.currency, "needed": needed})
         units, self.risk_capital, factors = size_position(intent, self.equity, rate, info.multiplier, config, info.lot)
+        if intent.units is not None:  # what was asked for, at most
+            requested = floor_units(intent.units, info.lot)
+            factors["requested_units"] = float(requested)
+            if requested < units:
+                units = factors["units"] = requested
         self.breakdown["sizing"] = factors
 
         # 5. portfolio constraints
@@ -210,14 +220,27 @@ class _Decider:
             "symbol_halted": intent.symbol in s.symbol_halts,
             "result": "REDUCE_ONLY" if s.switches or intent.symbol in s.symbol_halts else "PASS",
         }
-        units = abs(position.units)
+        held = abs(position.units)
+        units = held
+        message = "approved: closes the open position"
+        if intent.units is not None:  # a partial reduction: at most what was asked, never past flat
+            asked = floor_units(intent.units, instrument(intent.symbol, self.config).lot)
+            if asked <= 0:
+                return self.reject(ReasonCode.SIZE_BELOW_MINIMUM, f"{intent.units} units is less than one lot",
+                                   {"units": float(intent.units)})
+            if asked < held:
+                units, message = asked, f"approved: reduces the position by {asked} of {held}"
+            elif asked > held:
+                message = (f"approved: closes the open position ({held}); the {asked - held} units asked beyond it "
+                           "are not traded: a position never flips in one intent")
         undo = self.undo_of(intent.symbol)
-        realised, closed = accounting.realise_close(s, intent.symbol, intent.current_price, self.config)
+        realised, closed = accounting.realise_close(s, intent.symbol, intent.current_price, self.config, units)
         booked = self.held_or_undone(undo)
         if booked is None:
             return self.out_of_range(units)
         self.breakdown["reduce"] = {
             "closed_units": float(units),
+            "position_units": float(held),
             "entry_price": float(closed.avg_price),
             "exit_price": float(intent.current_price),
             "realised_pnl": float(realised),
@@ -225,7 +248,7 @@ class _Decider:
         self.breakdown["final"] = {"result": "APPROVED", "units": float(units)}
         booking = Booking(self.decision_id, intent.symbol, "reduce", intent.direction, units,
                           intent.current_price, closed.avg_price)
-        return self.finish(TradeApprovalStatus.APPROVED, units, None, "approved: closes the open position",
+        return self.finish(TradeApprovalStatus.APPROVED, units, None, message,
                            reducing=True, booking=booking, realised=realised, booked_equity=booked)
 
     # -- the books' range (app/risk/domain.py) -------------------------------------------
@@ -406,14 +429,18 @@ def fill(state: PortfolioState, booking: Booking, booked_at: datetime, units: An
     return Outcome(s, events, eq, realised_pnl=delta)
 
 
-def close(state: PortfolioState, symbol: str, price: Any, config: RPMConfig, now: datetime) -> Outcome:
-    """Close a whole position at a price, realising its PnL. KeyError when there is none."""
+def close(state: PortfolioState, symbol: str, price: Any, config: RPMConfig, now: datetime,
+          units: Any = None) -> Outcome:
+    """Close a position at a price — ``units`` of it (rounded down to the lot), or all of it — realising its PnL.
+    KeyError when there is none."""
     if symbol not in state.positions:
         raise KeyError(symbol)
     s, _eq, events = _begin(state, now, config)
-    pnl, closed = accounting.realise_close(s, symbol, to_decimal(price), config)
+    closing = None if units is None else floor_units(to_decimal(units), instrument(symbol, config).lot)
+    pnl, closed = accounting.realise_close(s, symbol, to_decimal(price), config, closing)
     eq = _settle(s, now, config, events, _held(s, config))
-    return Outcome(s, events, eq, realised_pnl=pnl, extra={"closed": closed.to_dict()})
+    done = abs(closed.units) if closing is None else min(closing, abs(closed.units))
+    return Outcome(s, events, eq, realised_pnl=pnl, extra={"closed": closed.to_dict(), "closed_units": done})
 
 
 def halt(state: PortfolioState, reason: str, config: RPMConfig, now: datetime) -> Outcome:

@@ -85,8 +85,9 @@ class RiskPortfolioManager:
         del self.bookings[decision_id]
         return events
 
-    def close_position(self, symbol: str, price: Any) -> float:
-        outcome = engine.close(self.state, symbol, price, self.config, self.clock())
+    def close_position(self, symbol: str, price: Any, units: Any = None) -> float:
+        """Close a position (``units`` of it, or all of it) at ``price``; the PnL realised."""
+        outcome = engine.close(self.state, symbol, price, self.config, self.clock(), units)
         self._apply(outcome)
         return float(outcome.realised_pnl)
 

@@ -50,6 +50,7 @@ class ReasonCode(StrEnum):
     NO_FX_RATE = "NO_FX_RATE"
     OUT_OF_RANGE = "OUT_OF_RANGE"
     INSTRUMENT_LIMIT = "INSTRUMENT_LIMIT"
+    NOTHING_TO_REDUCE = "NOTHING_TO_REDUCE"
 
     def __str__(self) -> str:
         return self.value
@@ -98,6 +99,7 @@ REASON_CATEGORY = {
     ReasonCode.NO_FX_RATE: "sizing",
     ReasonCode.OUT_OF_RANGE: "sizing",
     ReasonCode.INSTRUMENT_LIMIT: "instrument",
+    ReasonCode.NOTHING_TO_REDUCE: "intent",
 }
 
 
@@ -151,9 +153,9 @@ class IntentError(ValueError):
 
 REQUIRED_INTENT_FIELDS = ("symbol", "direction", "confidence_score", "regime", "atr", "vol_percentile",
                           "current_price")
-INTENT_FIELDS = frozenset(REQUIRED_INTENT_FIELDS) | {"intent_id", "portfolio_id"}
+INTENT_FIELDS = frozenset(REQUIRED_INTENT_FIELDS) | {"intent_id", "portfolio_id", "units", "reduce_only"}
 _INTENT_NUMBERS = (("confidence_score", domain.UNIT_INTERVAL), ("vol_percentile", domain.UNIT_INTERVAL),
-                   ("atr", domain.ATR), ("current_price", domain.PRICE))
+                   ("atr", domain.ATR), ("current_price", domain.PRICE), ("units", domain.QUANTITY))
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +169,10 @@ class TradeIntent:
     current_price: Decimal
     intent_id: str | None = None
     portfolio_id: str = domain.DEFAULT_PORTFOLIO
+    # the quantity asked for: at most this much is approved (a reduction: at most this much is closed)
+    units: Decimal | None = None
+    # only a reduction of an opposite position may be approved
+    reduce_only: bool = False
 
     @classmethod
     def create(cls, config: RPMConfig | None = None, **fields: Any) -> TradeIntent:
@@ -192,6 +198,8 @@ class TradeIntent:
         regime = fields.get("regime")
         if regime is not None and regime not in REGIMES:
             errors["regime"] = f"must be one of {', '.join(REGIMES)}"
+        if fields.get("reduce_only") not in (None, True, False):
+            errors["reduce_only"] = "must be true or false"
         intent_id = fields.get("intent_id")
         if intent_id is not None and not domain.INTENT_ID.matches(intent_id):
             errors["intent_id"] = f"must be {domain.INTENT_ID.description}"
@@ -213,6 +221,9 @@ class TradeIntent:
             "current_price": float(self.current_price),
             "intent_id": self.intent_id,
             "portfolio_id": self.portfolio_id,
+            # (written only when given: an intent without them keeps the request hash it had)
+            **({"units": float(self.units)} if self.units is not None else {}),
+            **({"reduce_only": True} if self.reduce_only else {}),
         }
 
     @classmethod
@@ -229,6 +240,8 @@ class TradeIntent:
             current_price=to_decimal(data["current_price"]),
             intent_id=data.get("intent_id"),
             portfolio_id=data.get("portfolio_id") or domain.DEFAULT_PORTFOLIO,
+            units=None if data.get("units") is None else to_decimal(data["units"]),
+            reduce_only=bool(data.get("reduce_only", False)),
         )
 
 

@@ -76,23 +76,27 @@ def record_fill(uow: UnitOfWork, portfolio_id: str, decision_id: str, units: Any
                 "realised_pnl_change": float(outcome.realised_pnl), **_changed(p, outcome)}
 
 
-def close_position(uow: UnitOfWork, portfolio_id: str, symbol: str, price: Any, actor: Actor) -> dict[str, Any]:
-    """Close a position at a price: its PnL realised."""
+def close_position(uow: UnitOfWork, portfolio_id: str, symbol: str, price: Any, actor: Actor,
+                   units: Any = None) -> dict[str, Any]:
+    """Close a position at a price — ``units`` of it, or all of it: its PnL realised."""
     with uow.portfolio(portfolio_id) as p:
         closed = p.state.positions.get(symbol)
         if closed is None:
             raise NotFound(f"no open position in {symbol!r}")
         now = uow.clock()
         try:
-            outcome = engine.close(p.state, symbol, price, p.config, now)
+            outcome = engine.close(p.state, symbol, price, p.config, now, units)
         except OutOfRange as exc:
             raise Invalid("close out of range", {"price": [f"at this price, {exc}"]}) from None
-        p.ledger(kind="close", symbol=symbol, units=-closed.units, price=Decimal(repr(price)),
+        done = outcome.extra["closed_units"]
+        if done <= 0:
+            raise Invalid("less than one lot", {"units": [f"{units} is less than one lot of {symbol}"]})
+        p.ledger(kind="close", symbol=symbol, units=-done * closed.direction, price=Decimal(repr(price)),
                  realised=outcome.realised_pnl, state=outcome.state, at=now, actor=actor.name)
         p.equity_point(outcome, now)
         p.events(outcome.events)
         p.commit(outcome.state, now)
-        return {"closed": outcome.extra["closed"], "price": float(price),
+        return {"closed": outcome.extra["closed"], "closed_units": float(done), "price": float(price),
                 "realised_pnl": float(outcome.realised_pnl), **_changed(p, outcome)}
 
 
