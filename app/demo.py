@@ -127,7 +127,8 @@ class Demo:
         self.echo(f"RPM demo against {self.rpm.where}")
         for scenario in (self.normal_approval, self.confidence_sizing, self.regime_sizing, self.max_drawdown,
                          self.daily_loss, self.confidence_collapse, self.symbol_exposure, self.manual_halt,
-                         self.health_status, self.instruments):
+                         self.health_status, self.instruments, self.partial_reduction, self.capital_change,
+                         self.correction):
             scenario()
         self.echo("")
         self.echo("Demo complete: every decision above is stored, with its breakdown, in the audit trail.")
@@ -262,4 +263,42 @@ class Demo:
             else:
                 self.echo(f"  {label:<32}REJECTED  {d['rejected_trade']['reason_code']}: "
                           f"{d['rejected_trade']['rejection_reason']}")
+
+    def partial_reduction(self) -> None:
+        self.title(11, "a partial reduction (units), then a partial close")
+        pid = self.portfolio(11)
+        self.show(self.trade(pid), "open EURUSD at 1.1000")
+        d = self.trade(pid, direction=-1, current_price=1.12, units=10000, reduce_only=True)
+        self.show(d, "sell 10,000 at 1.1200")
+        self.echo(f"  {d['message']}")
+        _, closed = self.rpm.call("POST", f"/positions/EURUSD/close?portfolio_id={pid}", {"price": 1.11, "units": 7272.72})
+        left = closed["portfolio_state"]["positions"][0]["units"]
+        self.echo(f"  close 7,272.72 at 1.1100: realised {closed['realised_pnl']:,.2f}; {left:,.2f} units left")
+        d = self.trade(pid, direction=-1, current_price=1.1, units=50000)
+        self.show(d, "sell 50,000 (> held)")
+        self.echo(f"  {d['message']}")
+
+    def capital_change(self) -> None:
+        self.title(12, "capital that moves: a deposit and a withdrawal are not PnL")
+        pid = self.portfolio(12)
+        self.trade(pid)
+        self.rpm.call("POST", "/marks", {"prices": {"EURUSD": 1.09}, "portfolio_id": pid})
+        for amount, reason in ((50000, "new money"), (-60000, "redemption")):
+            _, out = self.rpm.call("POST", "/capital", {"amount": amount, "reason": reason, "portfolio_id": pid},
+                                   role="admin")
+            p = out["portfolio_state"]
+            kind = "deposit" if amount > 0 else "withdraw"
+            self.echo(f"  {kind:<8} {abs(amount):>7,}: capital {p['starting_capital']:>11,.2f}, "
+                      f"equity {p['equity']:>11,.2f}, daily PnL {p['daily_pnl']:>8,.2f}, trading {p['trading_state']}")
+
+    def correction(self) -> None:
+        self.title(13, "a position corrected to the broker's")
+        pid = self.portfolio(13)
+        self.trade(pid)
+        _, out = self.rpm.call("POST", f"/positions/EURUSD/correct?portfolio_id={pid}",
+                               {"units": 25000, "avg_price": 1.1005, "reason": "broker statement"}, role="admin")
+        before, after = out["before"], out["after"]
+        self.echo(f"  EURUSD {float(before['units']):,.2f} at {float(before['avg_price'])} -> "
+                  f"{float(after['units']):,.2f} at {float(after['avg_price'])} ({out['difference_units']:+,.2f} "
+                  "units, on the ledger and the audit chain, no PnL realised)")
 

@@ -4,11 +4,21 @@ from __future__ import annotations
 
 from flask.views import MethodView
 
+from app.errors import Invalid
+from app.risk import domain
 from app.services import operator, reading
 
 from .auth import ANY, roles
 from .common import Blueprint, actor, documented_errors, ok, portfolio_query, uow
-from .schemas import AnyObjectSchema, ConfigPutSchema, HaltSchema, InstrumentsPutSchema, ResumeSchema
+from .schemas import (
+    AnyObjectSchema,
+    CapitalSchema,
+    ConfigPutSchema,
+    CorrectSchema,
+    HaltSchema,
+    InstrumentsPutSchema,
+    ResumeSchema,
+)
 from .scope import ONE, acts_on, current
 
 blp = Blueprint("admin", __name__, description="Halt, resume, configuration and instruments")
@@ -86,3 +96,37 @@ class Instruments(MethodView):
         """Replace the instrument table (validated; a new configuration version; audited)"""
         return ok(operator.put_instruments(uow(), current().portfolio, body["instruments"], body.get("reason"),
                                            actor()))
+
+
+@blp.route("/capital")
+class Capital(MethodView):
+    @roles("admin")
+    @acts_on(ONE)
+    @portfolio_query(blp)
+    @blp.arguments(CapitalSchema())
+    @blp.response(200, AnyObjectSchema)
+    @_errors
+    def post(self, body, **_query):
+        """A deposit or a withdrawal (reason required; audited): equity moves, not as PnL"""
+        if body["amount"] == 0:
+            raise Invalid("no amount", {"amount": ["must not be 0"]})
+        return ok(operator.move_capital(uow(), current().portfolio, body["amount"], body["reason"], actor()))
+
+
+@blp.route("/positions/<string:symbol>/correct")
+class CorrectPosition(MethodView):
+    @roles("admin")
+    @acts_on(ONE)
+    @portfolio_query(blp)
+    @blp.arguments(CorrectSchema())
+    @blp.response(200, AnyObjectSchema)
+    @_errors
+    def post(self, body, symbol, **_query):
+        """Set a position to the broker's units and average price (reason required; audited; no PnL realised)"""
+        if not domain.SYMBOL.matches(symbol):
+            raise Invalid("invalid symbol", {"symbol": [f"must be {domain.SYMBOL.description}"]})
+        if body["units"] != 0 and body.get("avg_price") is None:
+            raise Invalid("an average price is needed", {"avg_price": ["required unless units is 0"]})
+        return ok(operator.correct_position(uow(), current().portfolio, symbol, body["units"],
+                                            body.get("avg_price", 1.0), body["reason"], actor()))
+

@@ -144,6 +144,21 @@ class CloseSchema(Schema):
     portfolio_id = portfolio_field()
 
 
+class CapitalSchema(Schema):
+    amount = within(domain.SIGNED_AMOUNT, required=True, metadata={
+        "description": "a deposit (> 0) or a withdrawal (< 0), in the account currency", "example": 50000})
+    reason = fields.String(required=True, validate=validate.Length(1, 1000))
+    portfolio_id = portfolio_field()
+
+
+class CorrectSchema(Schema):
+    units = within(domain.SIGNED_AMOUNT, required=True, metadata={
+        "description": "the position as the broker holds it: signed units (> 0 long, < 0 short, 0: none)"})
+    avg_price = within(domain.PRICE, metadata={"description": "its average entry price (required unless units is 0)"})
+    reason = fields.String(required=True, validate=validate.Length(1, 1000))
+    portfolio_id = portfolio_field()
+
+
 class HaltSchema(Schema):
     reason = fields.String(required=True, validate=validate.Length(1, 1000))
     portfolio_id = portfolio_field()

@@ -3,7 +3,7 @@
     from app.risk import RiskPortfolioManager, RPMConfig, TradeApprovalStatus
 """
 
-from .accounting import FillError, OutOfRange
+from .accounting import CapitalError, FillError, OutOfRange
 from .config import ConfigError, Instrument, RPMConfig
 from .engine import Outcome, decide, health, portfolio_summary
 from .facade import RiskPortfolioManager, RPMOutput
@@ -22,7 +22,7 @@ from .model import (
 )
 
 __all__ = [
-    "Booking", "ConfigError", "CooldownActive", "Decision", "FillError", "Instrument", "IntentError",
+    "Booking", "CapitalError", "ConfigError", "CooldownActive", "Decision", "FillError", "Instrument", "IntentError",
     "OutOfRange", "Outcome", "PortfolioState", "Position", "RPMConfig", "RPMOutput", "ReasonCode", "ResumeError",
     "RiskPortfolioManager", "Switch", "SwitchEvent", "TradeApprovalStatus", "TradeIntent",
     "decide", "health", "portfolio_summary",

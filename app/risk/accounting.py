@@ -20,6 +20,10 @@ class FillError(ValueError):
     """A fill that cannot be reconciled with its decision (over-fill, position changed...)."""
 
 
+class CapitalError(ValueError):
+    """A capital change the books cannot take (a withdrawal of more than the equity)."""
+
+
 class OutOfRange(ValueError):
     """A change that would take equity or realised PnL beyond what the books may hold (app/risk/domain.py)."""
 

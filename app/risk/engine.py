@@ -443,6 +443,43 @@ def close(state: PortfolioState, symbol: str, price: Any, config: RPMConfig, now
     return Outcome(s, events, eq, realised_pnl=pnl, extra={"closed": closed.to_dict(), "closed_units": done})
 
 
+def move_capital(state: PortfolioState, amount: Any, config: RPMConfig, now: datetime) -> Outcome:
+    """A deposit (> 0) or a withdrawal (< 0): capital moves, equity with it, and it is not performance.
+
+    As a fund administrator adjusts for flows: the references the drawdown and loss switches measure from (the
+    peak, the day's start and peak, the week's start) move by the same amount, so daily and weekly PnL and the
+    drawdown in the account currency are what they were; the loss limits, a fraction of the capital, follow it.
+    CapitalError for a withdrawal that would leave no equity.
+    """
+    amount = to_decimal(amount)
+    s, eq, events = _begin(state, now, config)
+    if eq + amount <= 0:
+        raise accounting.CapitalError(f"a withdrawal of {-amount} would leave no equity (equity {eq})")
+    s.starting_capital += amount
+    for name in ("peak_equity", "day_start_equity", "day_peak_equity", "week_start_equity"):
+        if getattr(s, name) is not None:
+            setattr(s, name, getattr(s, name) + amount)
+    eq = _settle(s, now, config, events, _held(s, config))
+    return Outcome(s, events, eq, extra={"capital_before": state.starting_capital, "capital_after": s.starting_capital})
+
+
+def correct(state: PortfolioState, symbol: str, units: Any, avg_price: Any, config: RPMConfig,
+            now: datetime) -> Outcome:
+    """Set a position to the broker's (``units`` signed, 0: none; ``avg_price`` its entry): no PnL is realised, the
+    equity and every switch follow."""
+    units, price = to_decimal(units), to_decimal(avg_price)
+    s, _eq, events = _begin(state, now, config)
+    before = s.positions.get(symbol)
+    if units == 0:
+        s.positions.pop(symbol, None)
+    else:
+        opened = before.opened_at if before is not None and before.direction == (1 if units > 0 else -1) else now
+        s.positions[symbol] = Position(symbol, units, price, opened)
+    eq = _settle(s, now, config, events, _held(s, config))
+    return Outcome(s, events, eq, extra={"before": before.to_dict() if before else None,
+                                         "after": s.positions[symbol].to_dict() if units != 0 else None})
+
+
 def halt(state: PortfolioState, reason: str, config: RPMConfig, now: datetime) -> Outcome:
     s, _eq, events = _begin(state, now, config)
     events += kill_switches.halt(s, reason, now)

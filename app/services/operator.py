@@ -1,12 +1,15 @@
-"""The risk officer's actions: halt, resume, a new configuration. Each is one portfolio transaction whose
-admin action (who, when, why, before and after) is sealed on the portfolio's audit chain with it."""
+"""The risk officer's actions: halt, resume, a new configuration, capital moved, a position corrected. Each
+is one portfolio transaction whose admin action (who, when, why, before and after) is sealed on the portfolio's
+audit chain with it."""
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
 
 from app.errors import Conflict, Invalid
-from app.risk import ConfigError, CooldownActive, ResumeError, RPMConfig, engine
+from app.risk import CapitalError, ConfigError, CooldownActive, OutOfRange, ResumeError, RPMConfig, engine
+from app.risk.model import symbol_error
 from app.store import models as m
 
 from .payloads import config_payload, trading_payload
@@ -59,7 +62,7 @@ def parsed_config(body: dict[str, Any], current: RPMConfig) -> RPMConfig:
     if given != current.total_capital:
         raise Invalid("invalid configuration", {"config": {"total_capital": [
             f"is the starting capital the portfolio was created with ({current.total_capital:,.2f}); "
-            "a configuration cannot change it"]}})
+            "a configuration cannot change it: capital moves by POST /capital"]}})
     try:
         return RPMConfig.from_dict({**body, "total_capital": current.total_capital})
     except ConfigError as exc:
@@ -99,3 +102,60 @@ def _new_version(uow: UnitOfWork, p: Portfolio, config: RPMConfig, reason: str |
                    after={"version": row.config_version, "config_hash": config.config_hash, "changed": changed})
     p.commit(p.state, now)
     return config_payload(version)
+
+
+def move_capital(uow: UnitOfWork, portfolio_id: str, amount: Any, reason: str, actor: Actor) -> dict[str, Any]:
+    """A deposit (> 0) or a withdrawal (< 0): the capital, and the references the loss switches measure from,
+    move by it (not PnL); recorded as an admin action on the chain, with before and after."""
+    with uow.portfolio(portfolio_id) as p:
+        now = uow.clock()
+        try:
+            outcome = engine.move_capital(p.state, amount, p.config, now)
+        except CapitalError as exc:
+            raise Invalid(str(exc), {"amount": [str(exc)]}) from None
+        except OutOfRange as exc:
+            raise Invalid("capital out of range", {"amount": [f"after it, {exc}"]}) from None
+        before, after = _capital(p.state), _capital(outcome.state)
+        p.admin_action(actor, "capital_change", now, reason, before=before,
+                       after={**after, "amount": str(Decimal(repr(amount)))})
+        p.events(outcome.events)
+        p.commit(outcome.state, now)
+        return {"portfolio_id": portfolio_id, "amount": float(amount), "before": before, "after": after,
+                "portfolio_state": engine.portfolio_summary(outcome.state, p.config),
+                "events": [e.to_dict() for e in outcome.events]}
+
+
+def _capital(state: Any) -> dict[str, Any]:
+    """What a capital change moves, as exact text."""
+    return {name: None if getattr(state, name) is None else str(getattr(state, name))
+            for name in ("starting_capital", "peak_equity", "day_start_equity", "day_peak_equity", "week_start_equity")}
+
+
+def correct_position(uow: UnitOfWork, portfolio_id: str, symbol: str, units: Any, avg_price: Any, reason: str,
+                     actor: Actor) -> dict[str, Any]:
+    """Set a position to the broker's: a ledger entry of kind `correct` with the difference, an admin action with
+    before, after and why, both on the chain; the switches re-evaluated."""
+    with uow.portfolio(portfolio_id) as p:
+        errors = symbol_error(symbol, p.config)
+        if errors:
+            raise Invalid("invalid symbol", {"symbol": [errors]})
+        now = uow.clock()
+        try:
+            outcome = engine.correct(p.state, symbol, units, avg_price, p.config, now)
+        except OutOfRange as exc:
+            raise Invalid("correction out of range", {"units": [f"after it, {exc}"]}) from None
+        before, after = outcome.extra["before"], outcome.extra["after"]
+        held = Decimal(before["units"]) if before else Decimal(0)
+        new = Decimal(repr(units))
+        p.ledger(kind="correct", symbol=symbol, units=new - held, price=Decimal(repr(avg_price)), realised=Decimal(0),
+                 state=outcome.state, at=now, actor=actor.name)
+        p.admin_action(actor, "position_correct", now, reason, before={"symbol": symbol, "position": before},
+                       after={"symbol": symbol, "position": after})
+        p.equity_point(outcome, now)
+        p.events(outcome.events)
+        p.commit(outcome.state, now)
+        return {"portfolio_id": portfolio_id, "symbol": symbol, "before": before, "after": after,
+                "difference_units": float(new - held),
+                "portfolio_state": engine.portfolio_summary(outcome.state, p.config),
+                "events": [e.to_dict() for e in outcome.events]}
+

@@ -90,11 +90,19 @@ def portfolio_findings(session: Session, portfolio_id: str) -> list[Finding]:
     if last is not None and portfolio.config_version != last:
         finding("portfolios", {"id": portfolio_id}, "differs",
                 f"config_version is {portfolio.config_version}; the last configuration version is {last}")
-    if versions and "total_capital" in versions[-1][1]:
-        capital = Decimal(repr(float(versions[-1][1]["total_capital"])))
-        if portfolio.starting_capital != capital:
-            finding("portfolios", {"id": portfolio_id}, "differs",
-                    f"starting_capital is {portfolio.starting_capital}; its configuration says {capital}")
+    # the capital: the last capital change's, or the configuration's it was created with
+    moved = session.execute(text("SELECT audit_seq, after ->> 'starting_capital' FROM admin_actions WHERE "
+                                 "portfolio_id = :p AND action = 'capital_change' ORDER BY audit_seq DESC LIMIT 1"),
+                            p).one_or_none()
+    if moved is not None:
+        capital, said = Decimal(moved[1]), f"the capital change at sequence {moved[0]} says"
+    elif versions and "total_capital" in versions[-1][1]:
+        capital, said = Decimal(repr(float(versions[-1][1]["total_capital"]))), "its configuration says"
+    else:
+        capital = None
+    if capital is not None and portfolio.starting_capital != capital:
+        finding("portfolios", {"id": portfolio_id}, "differs",
+                f"starting_capital is {portfolio.starting_capital}; {said} {capital}")
 
     # decisions name a configuration version and its hash: they must agree with the version stored
     for seq, decision_id, version, recorded, stored in _rows(

@@ -132,6 +132,7 @@ class Changes:
 
 def state_changes(old: PortfolioState, new: PortfolioState) -> Changes:
     portfolio = {
+        "starting_capital": new.starting_capital,  # (capital changes)
         "realised_pnl": new.realised_pnl, "peak_equity": new.peak_equity, "day_key": new.day_key,
         "day_start_equity": new.day_start_equity, "day_peak_equity": new.day_peak_equity,
         "week_key": new.week_key, "week_start_equity": new.week_start_equity,

@@ -89,7 +89,7 @@ _SELECT_STATE = (
 _GENERIC_PLANS = "SET LOCAL plan_cache_mode = force_generic_plan"
 _SELECT_HEAD = ("SELECT last_seq, last_ledger_seq, audit_seq, audit_head, counters, config_version FROM portfolios "
                 "WHERE id = %s FOR UPDATE")
-_MUTABLE = ["realised_pnl", "peak_equity", "day_key", "day_start_equity", "day_peak_equity", "week_key",
+_MUTABLE = ["starting_capital", "realised_pnl", "peak_equity", "day_key", "day_start_equity", "day_peak_equity", "week_key",
             "week_start_equity", "trading_state", "switches", "memory", "counters", "last_seq",
             "last_ledger_seq", "audit_seq", "audit_head", "config_version", "updated_at"]
 _JSON_COLUMNS = {c.name for c in m.Portfolio.__table__.columns if isinstance(c.type, JSON)}

@@ -21,6 +21,8 @@ MATRIX = [
     ("POST", "/marks", {"prices": {"EURUSD": 1.1}}, {TRADER}),
     ("POST", "/fills", {"decision_id": "nope", "filled_units": 1, "fill_price": 1.1}, {TRADER}),
     ("POST", "/positions/EURUSD/close", {"price": 1.1}, {TRADER}),
+    ("POST", "/positions/EURUSD/correct", {"units": 0, "reason": "matrix"}, {ADMIN}),
+    ("POST", "/capital", {"amount": 1, "reason": "matrix"}, {ADMIN}),
     ("GET", "/portfolio", None, ANY),
     ("GET", "/health", None, ANY),
     ("GET", "/metrics", None, ANY),

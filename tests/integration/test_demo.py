@@ -8,11 +8,11 @@ from click.testing import CliRunner
 from app.cli import main
 
 
-def test_rpm_demo_runs_the_ten_scenarios_with_their_outcomes(empty_database_url):
+def test_rpm_demo_runs_its_scenarios_with_their_outcomes(empty_database_url):
     result = CliRunner().invoke(main, ["demo", "--database-url", empty_database_url])
     assert result.exit_code == 0, result.output
     out = result.output
-    assert len(re.findall(r"SCENARIO \d+:", out)) == 10
+    assert len(re.findall(r"SCENARIO \d+:", out)) == 13
     assert "APPROVED     27,272.72 units" in out  # 1: the SPEC example
     assert "constraint symbol_exposure: 200,000.00 -> 27,272.72 units" in out
     assert "confidence 0.55 (x1.05)     REJECTED  CONFIDENCE_TOO_LOW" in out  # 2
@@ -35,4 +35,11 @@ def test_rpm_demo_runs_the_ten_scenarios_with_their_outcomes(empty_database_url)
     assert "ES at 5,000.00, ATR 20.00       APPROVED              12 contracts" in out  # 3,000,000 / 250,000
     assert "BTCUSD at 60,000.00, ATR 6,000  APPROVED     16.66666666 BTC (lot 1e-8)" in out  # 150,000 / 9,000
     assert "ES at 5,000.10 (tick 0.25)      REJECTED  INSTRUMENT_LIMIT: price 5000.1 is not a multiple" in out
+    # 11: a partial reduction, a partial close, a reduction past flat
+    assert "sell 10,000 at 1.1200       APPROVED     10,000.00 units" in out
+    assert "close 7,272.72 at 1.1100: realised 72.73; 10,000.00 units left" in out
+    assert "sell 50,000 (> held)        APPROVED     10,000.00 units" in out and "never flips in one intent" in out
+    # 12: flows are not PnL; 13: a correction
+    assert "withdraw  60,000: capital   90,000.00, equity   89,727.27, daily PnL  -272.73, trading ACTIVE" in out
+    assert "EURUSD 27,272.72 at 1.1 -> 25,000.00 at 1.1005 (-2,272.72 units" in out
 

@@ -1,0 +1,103 @@
+"""Capital that moves (deposits, withdrawals: not PnL) and positions corrected to the broker's, over HTTP: chained,
+audited, reconciled by verify, and the switches measured on performance, not on flows."""
+
+from decimal import Decimal
+
+import pytest
+
+from ..conftest import SEED_INTENT
+
+
+def portfolio(client):
+    return client.get("/portfolio").json
+
+
+@pytest.fixture
+def marked(client):
+    """27,272.72 EURUSD long at 1.1, marked at 1.09: equity 99,727.27, daily PnL -272.73."""
+    assert client.post("/process_trade", json=SEED_INTENT).json["decision"]["status"] == "APPROVED"
+    client.post("/marks", json={"prices": {"EURUSD": 1.09}})
+    p = portfolio(client)
+    assert (round(p["equity"], 2), round(p["daily_pnl"], 2)) == (99727.27, -272.73)
+    return p
+
+
+def test_a_deposit_and_a_withdrawal_move_equity_and_not_the_loss_switches(client, marked, sql):
+    r = client.post("/capital", json={"amount": 50000, "reason": "new money"})
+    assert r.status_code == 200, r.json
+    p = r.json["portfolio_state"]
+    assert (p["starting_capital"], round(p["equity"], 2), round(p["daily_pnl"], 2)) == (150000.0, 149727.27, -272.73)
+    # a withdrawal of 60,000 is 40% of the capital: as PnL it would trip the daily loss (2%) and drawdown (10%)
+    r = client.post("/capital", json={"amount": -60000, "reason": "redemption"})
+    p = r.json["portfolio_state"]
+    assert (p["starting_capital"], round(p["equity"], 2), round(p["daily_pnl"], 2)) == (90000.0, 89727.27, -272.73)
+    assert r.json["events"] == [] and portfolio(client)["trading_state"] == "ACTIVE"
+    assert round(p["peak_equity"], 2) == 90000.0  # the peak moved with the flows: the drawdown is still 272.73
+    # sizing follows the capital: the symbol limit is 30% of 89,727.27 = 26,918.18 USD / 1.25 = 21,534.54, halved
+    # for the USD leg it shares with the EURUSD long (correlation_size_multiplier 0.5)
+    d = client.post("/process_trade", json={**SEED_INTENT, "symbol": "GBPUSD", "current_price": 1.25}).json
+    assert d["decision"]["approved_trade"]["position_units"] == 10767.27
+    actions = sql("SELECT action, reason, after ->> 'amount' FROM admin_actions WHERE action = 'capital_change' "
+                  "ORDER BY audit_seq")
+    assert [(a, r, float(x)) for a, r, x in actions] == [("capital_change", "new money", 50000.0),
+                                                       ("capital_change", "redemption", -60000.0)]
+    assert client.get("/audit/verify").json["ok"] is True
+    print(f"\n[capital] +50,000 then -60,000: equity {p['equity']:,.2f}, daily PnL {p['daily_pnl']:,.2f}, "
+          f"no switch tripped")
+
+
+def test_capital_changes_that_cannot_be_are_refused(client, marked):
+    for body, field in [({"amount": -100000, "reason": "too much"}, "amount"), ({"amount": 0, "reason": "x"}, "amount"),
+                        ({"amount": 100}, "reason"), ({"amount": 2e12, "reason": "x"}, "amount")]:
+        r = client.post("/capital", json=body)
+        assert r.status_code == 422 and field in r.json["errors"], (body, r.json)
+    config = client.get("/config").json["config"]
+    r = client.put("/config", json={"config": {**config, "total_capital": 500000}, "reason": "more"})
+    assert r.status_code == 422 and "POST /capital" in str(r.json["errors"])
+    assert portfolio(client)["starting_capital"] == 100000.0
+
+
+def test_a_tampered_capital_is_reported_after_changes(client, marked, database_url):
+    from sqlalchemy import create_engine, text
+
+    client.post("/capital", json={"amount": 25000, "reason": "top-up"})
+    engine = create_engine(database_url, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("UPDATE portfolios SET starting_capital = 200000"))
+    finally:
+        engine.dispose()
+    found = [f["detail"] for f in client.get("/audit/verify").json["findings"]]
+    assert any("starting_capital is 200000" in f and "125000" in f for f in found), found
+
+
+def test_a_position_corrected_to_the_brokers(client, marked, sql):
+    r = client.post("/positions/EURUSD/correct", json={"units": 25000, "avg_price": 1.1005,
+                                                       "reason": "broker statement 2026-03-02"})
+    assert r.status_code == 200, r.json
+    assert (Decimal(r.json["before"]["units"]), Decimal(r.json["after"]["units"])) == (Decimal("27272.72"), 25000)
+    assert r.json["difference_units"] == -2272.72
+    pos = portfolio(client)["positions"]
+    assert [(x["symbol"], x["units"], x["avg_price"]) for x in pos] == [("EURUSD", 25000.0, 1.1005)]
+    # a position the books did not have, and one they should not have
+    client.post("/positions/GBPUSD/correct", json={"units": -10000, "avg_price": 1.25, "reason": "missed fill"})
+    client.post("/positions/EURUSD/correct", json={"units": 0, "reason": "closed at the broker"})
+    assert [(x["symbol"], x["units"]) for x in portfolio(client)["positions"]] == [("GBPUSD", -10000.0)]
+    ledger = [(k, s, float(u)) for k, s, u in sql("SELECT kind, symbol, units FROM ledger_entries WHERE kind = "
+                                                  "'correct' ORDER BY seq")]
+    assert ledger == [("correct", "EURUSD", -2272.72), ("correct", "GBPUSD", -10000.0), ("correct", "EURUSD", -25000.0)]
+    assert [a for (a,) in sql("SELECT reason FROM admin_actions WHERE action = 'position_correct' ORDER BY audit_seq")] \
+        == ["broker statement 2026-03-02", "missed fill", "closed at the broker"]
+    assert client.get("/audit/verify").json["ok"] is True
+    print(f"\n[correct] EURUSD 27,272.72 @ 1.1 -> 25,000 @ 1.1005: {r.json['difference_units']} units, verify ok")
+
+
+def test_a_correction_is_the_admins_and_reevaluates_the_switches(client, marked, keys):
+    trader = client.post("/positions/EURUSD/correct", json={"units": 1, "avg_price": 1.1, "reason": "x"},
+                         headers={"Authorization": f"Bearer {keys['trader']}"})
+    assert trader.status_code == 403
+    assert client.post("/positions/EURUSD/correct", json={"units": 5, "reason": "no price"}).status_code == 422
+    # the broker holds a position bought far above the mark: a loss the drawdown switch sees at once
+    r = client.post("/positions/EURUSD/correct", json={"units": 1000000, "avg_price": 1.1, "reason": "fat finger"})
+    assert "drawdown" in [e["switch"] for e in r.json["events"] if e["action"] == "TRIPPED"]
+    assert portfolio(client)["trading_state"] == "HALTED"
