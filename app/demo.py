@@ -128,7 +128,7 @@ class Demo:
         for scenario in (self.normal_approval, self.confidence_sizing, self.regime_sizing, self.max_drawdown,
                          self.daily_loss, self.confidence_collapse, self.symbol_exposure, self.manual_halt,
                          self.health_status, self.instruments, self.partial_reduction, self.capital_change,
-                         self.correction):
+                         self.correction, self.expiry):
             scenario()
         self.echo("")
         self.echo("Demo complete: every decision above is stored, with its breakdown, in the audit trail.")
@@ -301,4 +301,20 @@ class Demo:
         self.echo(f"  EURUSD {float(before['units']):,.2f} at {float(before['avg_price'])} -> "
                   f"{float(after['units']):,.2f} at {float(after['avg_price'])} ({out['difference_units']:+,.2f} "
                   "units, on the ledger and the audit chain, no PnL realised)")
+
+    def expiry(self) -> None:
+        import time
+
+        self.title(14, "an approval that expires unfilled (time in force 1 s)")
+        pid = self.portfolio(14, {"approval_ttl_seconds": 60})
+        d = self.trade(pid, time_in_force_seconds=1)
+        self.show(d, "open EURUSD, 1 s to fill")
+        self.echo(f"  expires at {d['approved_trade']['expires_at']}")
+        _, before = self.rpm.call("GET", f"/portfolio?portfolio_id={pid}")
+        self.echo(f"  open approvals: {[(a['symbol'], a['units']) for a in before['open_approvals']]}")
+        time.sleep(1.2)
+        _, marked = self.rpm.call("POST", "/marks", {"prices": {"EURUSD": 1.1}, "portfolio_id": pid})
+        self.echo(f"  1.2 s later, a mark: positions {marked['portfolio_state']['positions']}, open approvals "
+                  f"{marked['portfolio_state']['open_approvals']} (released: a fill of 0, an 'expire' ledger entry)")
+        self.show(self.trade(pid), "the same intent again")
 

@@ -114,6 +114,9 @@ class TradeIntentSchema(Schema):
     units = within(domain.QUANTITY, metadata={
         "description": "the quantity asked for: at most this much is approved; on a reduction, at most this much of "
                        "the position is closed (a position never flips in one intent)"})
+    time_in_force_seconds = within(domain.TIME_IN_FORCE, metadata={
+        "description": "unfilled after this many seconds, the approval is released (at most the configuration's "
+                       "approval_ttl_seconds)"})
     reduce_only = StrictBoolean(metadata={"description": "only a reduction of an opposite position may be approved "
                                                          "(else NOTHING_TO_REDUCE)"})
     portfolio_id = portfolio_field()

@@ -62,6 +62,9 @@ class Instrument:
         return out
 
 
+# parameters added after configurations were first stored: written only when set
+_WRITTEN_WHEN_SET = frozenset({"approval_ttl_seconds"})
+
 DEFAULT_REGIME_MULTIPLIERS = {"TRENDING": 1.2, "RANGING": 1.0, "VOLATILE": 0.7, "STRESSED": 0.3}
 
 
@@ -120,6 +123,9 @@ class RPMConfig:
     trading_week_start: int = 0  # weekday the trading week starts on, Monday = 0
     # instruments that are not six-letter FX pairs
     instruments: Mapping[str, Instrument] = field(default_factory=lambda: _frozen({}))
+    # an approval not filled within this many seconds is released (None: approvals do not expire); an intent's
+    # time_in_force_seconds may shorten it
+    approval_ttl_seconds: float | None = None
 
     def __post_init__(self) -> None:
         # normalise containers so that equal configurations compare and hash equal
@@ -148,6 +154,8 @@ class RPMConfig:
                 value = dict(sorted(value.items()))
             elif isinstance(value, tuple):
                 value = list(value)
+            if f.name in _WRITTEN_WHEN_SET and value is None:
+                continue  # (a parameter added later, unset: a configuration stored before keeps its hash)
             out[f.name] = value
         return out
 
@@ -272,6 +280,8 @@ def _validate(cfg: RPMConfig) -> None:
     _number(cfg, "min_confidence_threshold", 0, 1)
     _number(cfg, "max_intents_per_second", 1, 1_000_000, integer=True)
     _number(cfg, "price_collar_pct", 0, 1, lo_open=True)
+    if cfg.approval_ttl_seconds is not None:
+        _within("approval_ttl_seconds", cfg.approval_ttl_seconds, domain.TIME_IN_FORCE)
     for symbol in cfg.restricted_symbols:
         _identifier("restricted_symbols", symbol, domain.SYMBOL)
     _number(cfg, "volatility_shock_multiplier", 1, 1000)

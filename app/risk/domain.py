@@ -90,6 +90,8 @@ ATR = Bounds(1e-10, 1e9)
 UNITS = Bounds(0, 1e12)
 # money moved in or out of a portfolio, or a position's signed units as a broker reports them
 SIGNED_AMOUNT = Bounds(-1e12, 1e12)
+# how long an approval stands unfilled: a second to a year
+TIME_IN_FORCE = Bounds(1, 366 * 86400)
 # a quantity asked for (an intent's units, a partial close): more than nothing
 QUANTITY = Bounds(0, 1e12, low_open=True)
 CAPITAL = Bounds(1, 1e12)

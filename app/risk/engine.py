@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -19,11 +19,13 @@ from .constraints import apply_constraints
 from .instruments import instrument, notional_per_unit, quote_to_account_rate
 from .model import (
     ZERO,
+    Approval,
     Booking,
     Decision,
     PortfolioState,
     Position,
     ReasonCode,
+    Release,
     SwitchEvent,
     TradeApprovalStatus,
     TradeIntent,
@@ -49,12 +51,33 @@ class Outcome:
 
 
 def _begin(state: PortfolioState, now: datetime, config: RPMConfig) -> tuple[PortfolioState, Decimal, list[SwitchEvent]]:
-    """A private copy of the state, its equity, and the calendar rolled to ``now``."""
+    """A private copy of the state, the approvals due released, its equity, and the calendar rolled to ``now``."""
     s = state.clone()
+    _expire(s, now, config)
     eq = accounting.equity(s, config)
     events = kill_switches.roll_calendar(s, eq, now, config)
     kill_switches.update_peaks(s, eq)
     return s, eq, events
+
+
+def _expire(s: PortfolioState, now: datetime, config: RPMConfig) -> None:
+    """Release the approvals whose time is up: their units given back as a fill of nothing would (``released``)."""
+    due = [a for a in s.open_approvals if a.expires_at <= now]
+    if not due:
+        return
+    s.open_approvals = tuple(a for a in s.open_approvals if a.expires_at > now)
+    for approval in due:
+        try:
+            delta = accounting.apply_fill(s, approval.booking, approval.booked_at, ZERO, approval.booking.price, config)
+            s.released.append(Release(approval, delta))
+        except accounting.FillError as exc:  # the books moved past it since (a correction): nothing to give back
+            s.released.append(Release(approval, ZERO, f"nothing released: {exc}"))
+
+
+def expires_at(intent: TradeIntent, config: RPMConfig, now: datetime) -> datetime | None:
+    """When an approval of ``intent`` expires: the configuration's time to live, or the intent's, if shorter."""
+    limits = [t for t in (config.approval_ttl_seconds, intent.time_in_force_seconds) if t is not None]
+    return now + timedelta(seconds=min(limits)) if limits else None
 
 
 def _settle(s: PortfolioState, now: datetime, config: RPMConfig, events: list[SwitchEvent],
@@ -102,6 +125,10 @@ class _Decider:
                realised: Decimal = ZERO, booked_equity: Decimal | None = None) -> Outcome:
         # only a booking changes the books; a rejection was evaluated before the pipeline ran
         eq = _settle(self.s, self.now, self.config, self.events, booked_equity) if booking is not None else self.equity
+        until = expires_at(self.intent, self.config, self.now) if booking is not None else None
+        if until is not None:  # unfilled at ``until``, it is released
+            self.s.open_approvals += (Approval(booking, self.now, until),)
+            self.breakdown["final"]["expires_at"] = until.isoformat()
         decision = Decision(
             id=self.decision_id,
             status=status,
@@ -424,6 +451,9 @@ def mark(state: PortfolioState, prices: Mapping[str, Any], config: RPMConfig, no
 def fill(state: PortfolioState, booking: Booking, booked_at: datetime, units: Any, price: Any,
          config: RPMConfig, now: datetime) -> Outcome:
     s, _eq, events = _begin(state, now, config)
+    if any(r.approval.booking.decision_id == booking.decision_id for r in s.released):
+        raise accounting.FillError("this approval expired before its fill: its units were released")
+    s.open_approvals = tuple(a for a in s.open_approvals if a.booking.decision_id != booking.decision_id)
     delta = accounting.apply_fill(s, booking, booked_at, units, price, config)
     eq = _settle(s, now, config, events, _held(s, config))
     return Outcome(s, events, eq, realised_pnl=delta)
@@ -535,6 +565,11 @@ def portfolio_summary(state: PortfolioState, config: RPMConfig) -> dict[str, Any
         "trading_state": trading_state(state),
         "open_positions": len(state.positions),
         "positions": positions,
+        # approvals that expire, not yet filled: what is still booked of each, and until when
+        "open_approvals": [{"decision_id": a.booking.decision_id, "symbol": a.booking.symbol, "kind": a.booking.kind,
+                            "direction": a.booking.direction, "units": float(a.booking.units),
+                            "booked_at": a.booked_at.isoformat(), "expires_at": a.expires_at.isoformat()}
+                           for a in state.open_approvals],
         "exposures": {
             "symbol": {k: float(v) for k, v in sorted(exp.by_symbol.items())},
             "currency": {k: float(v) for k, v in sorted(exp.by_currency.items())},

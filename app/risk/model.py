@@ -153,9 +153,11 @@ class IntentError(ValueError):
 
 REQUIRED_INTENT_FIELDS = ("symbol", "direction", "confidence_score", "regime", "atr", "vol_percentile",
                           "current_price")
-INTENT_FIELDS = frozenset(REQUIRED_INTENT_FIELDS) | {"intent_id", "portfolio_id", "units", "reduce_only"}
+INTENT_FIELDS = frozenset(REQUIRED_INTENT_FIELDS) | {"intent_id", "portfolio_id", "units", "reduce_only",
+                                                     "time_in_force_seconds"}
 _INTENT_NUMBERS = (("confidence_score", domain.UNIT_INTERVAL), ("vol_percentile", domain.UNIT_INTERVAL),
-                   ("atr", domain.ATR), ("current_price", domain.PRICE), ("units", domain.QUANTITY))
+                   ("atr", domain.ATR), ("current_price", domain.PRICE), ("units", domain.QUANTITY),
+                   ("time_in_force_seconds", domain.TIME_IN_FORCE))
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,6 +175,8 @@ class TradeIntent:
     units: Decimal | None = None
     # only a reduction of an opposite position may be approved
     reduce_only: bool = False
+    # the approval stands unfilled this long at most (shorter than the configuration's approval_ttl_seconds)
+    time_in_force_seconds: float | None = None
 
     @classmethod
     def create(cls, config: RPMConfig | None = None, **fields: Any) -> TradeIntent:
@@ -224,6 +228,7 @@ class TradeIntent:
             # (written only when given: an intent without them keeps the request hash it had)
             **({"units": float(self.units)} if self.units is not None else {}),
             **({"reduce_only": True} if self.reduce_only else {}),
+            **({"time_in_force_seconds": self.time_in_force_seconds} if self.time_in_force_seconds is not None else {}),
         }
 
     @classmethod
@@ -242,6 +247,8 @@ class TradeIntent:
             portfolio_id=data.get("portfolio_id") or domain.DEFAULT_PORTFOLIO,
             units=None if data.get("units") is None else to_decimal(data["units"]),
             reduce_only=bool(data.get("reduce_only", False)),
+            time_in_force_seconds=None if data.get("time_in_force_seconds") is None
+            else float(data["time_in_force_seconds"]),
         )
 
 
@@ -402,6 +409,31 @@ class Booking:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class Approval:
+    """An approval not yet filled, which expires: what it booked, when, and until when it stands."""
+
+    booking: Booking
+    booked_at: datetime
+    expires_at: datetime
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"booking": self.booking.to_dict(), "booked_at": iso(self.booked_at), "expires_at": iso(self.expires_at)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Approval:
+        return cls(Booking.from_dict(data["booking"]), parse_ts(data["booked_at"]), parse_ts(data["expires_at"]))
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    """An approval released at its expiry: its units given back (a fill of nothing), the PnL that moved."""
+
+    approval: Approval
+    realised_delta: Decimal
+    note: str = ""
+
+
 THROTTLE_BUCKETS_PER_SECOND = 100  # the throttle counts intents in 10 ms buckets
 
 
@@ -463,6 +495,10 @@ class PortfolioState:
     recent_intents: tuple[tuple[int, int], ...] = ()
     switches: dict[str, SwitchState] = field(default_factory=dict)
     symbol_halts: dict[str, SwitchState] = field(default_factory=dict)
+    # approvals that expire, not yet filled, by expiry
+    open_approvals: tuple[Approval, ...] = ()
+    # the approvals released at their expiry in this transaction (not kept: the transaction writes them)
+    released: list[Release] = field(default_factory=list, compare=False)
 
     @classmethod
     def new(cls, config: RPMConfig, portfolio_id: str = domain.DEFAULT_PORTFOLIO, capital: Any = None) -> PortfolioState:
@@ -488,6 +524,8 @@ class PortfolioState:
             recent_intents=self.recent_intents,
             switches=dict(self.switches),
             symbol_halts=dict(self.symbol_halts),
+            open_approvals=self.open_approvals,
+            released=list(self.released),  # (a transaction's releases, whichever of its operations made them)
         )
 
     @property
@@ -516,6 +554,8 @@ class PortfolioState:
             "recent_intents": [list(p) for p in self.recent_intents],
             "switches": {k: s.to_dict() for k, s in sorted(self.switches.items())},
             "symbol_halts": {k: s.to_dict() for k, s in sorted(self.symbol_halts.items())},
+            # (only when some: the document of a state without them is as it was)
+            **({"open_approvals": [a.to_dict() for a in self.open_approvals]} if self.open_approvals else {}),
         }
 
     @classmethod
@@ -541,6 +581,7 @@ class PortfolioState:
             recent_intents=recent_intents_of(data),
             switches={k: SwitchState.from_dict(v) for k, v in data.get("switches", {}).items()},
             symbol_halts={k: SwitchState.from_dict(v) for k, v in data.get("symbol_halts", {}).items()},
+            open_approvals=tuple(Approval.from_dict(a) for a in data.get("open_approvals", ())),
         )
 
 

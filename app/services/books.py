@@ -54,7 +54,8 @@ def record_fill(uow: UnitOfWork, portfolio_id: str, decision_id: str, units: Any
         if decision.status != "APPROVED" or decision.booking is None:
             raise Conflict("only an approved decision can be filled", decision_id=decision_id)
         if decision.filled:
-            raise Conflict("this decision was already filled: a fill is final", decision_id=decision_id)
+            raise Conflict("this decision was already filled, or expired unfilled: a fill is final",
+                           decision_id=decision_id)
         now = uow.clock()
         try:
             outcome = engine.fill(p.state, Booking.from_dict(decision.booking), decision.decided_at, units, price,

@@ -35,6 +35,8 @@ def decision_payload(row: Any, replay: bool = False) -> dict[str, Any]:
             "risk_per_trade": 0.0 if row.reducing else sizing.get("risk_capital", 0.0),
             "current_price": intent["current_price"],
             "reducing": row.reducing,
+            # unfilled then, it is released (None: it stands until filled)
+            "expires_at": ((breakdown or {}).get("final") or {}).get("expires_at"),
         }
         if approved
         else None,

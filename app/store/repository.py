@@ -18,8 +18,8 @@ from sqlalchemy.orm import Session
 from app.risk import PortfolioState, RPMConfig
 from app.risk.config import canonical_json
 from app.risk.kill_switches import drawdown
+from app.risk.model import Approval, SwitchEvent, SwitchState, recent_intents_of
 from app.risk.model import Position as EnginePosition
-from app.risk.model import SwitchEvent, SwitchState, recent_intents_of
 
 from . import models as m
 from .audit import Chain, document
@@ -108,6 +108,7 @@ def to_state(row: m.Portfolio, positions: dict[str, m.Position], marks: dict[str
         recent_intents=recent_intents_of(memory, unpack_times),
         switches={k: SwitchState.from_dict(v) for k, v in switches.get("portfolio", {}).items()},
         symbol_halts={k: SwitchState.from_dict(v) for k, v in switches.get("symbols", {}).items()},
+        open_approvals=tuple(Approval.from_dict(a) for a in memory.get("open_approvals", ())),
     )
 
 
@@ -140,7 +141,8 @@ def state_changes(old: PortfolioState, new: PortfolioState) -> Changes:
     }
     if new.switches != old.switches or new.symbol_halts != old.symbol_halts:
         portfolio["switches"] = switches_json(new)
-    if new.recent_confidences != old.recent_confidences or new.recent_intents != old.recent_intents:
+    if (new.recent_confidences != old.recent_confidences or new.recent_intents != old.recent_intents
+            or new.open_approvals != old.open_approvals):
         portfolio["memory"] = memory_json(new)
     marks = {}
     for symbol, price in new.marks.items():
@@ -167,6 +169,7 @@ def memory_json(state: PortfolioState) -> dict[str, Any]:
     return {
         "recent_confidences": list(state.recent_confidences),
         "recent_intents": [list(p) for p in state.recent_intents],
+        **({"open_approvals": [a.to_dict() for a in state.open_approvals]} if state.open_approvals else {}),
     }
 
 

@@ -28,6 +28,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from decimal import Decimal
 from functools import partial
 from types import SimpleNamespace
 from typing import Any
@@ -46,6 +47,7 @@ from .repository import (
     cached_histories,
     equity_point_values,
     forget_config,
+    ledger_values,
     mark_history_hash,
     state_changes,
     to_state,
@@ -409,6 +411,19 @@ class PortfolioTransaction:
             digest = mark_history_hash(symbol, history)
             self._send(_INSERT_SNAPSHOT, (digest, symbol, Jsonb(list(history)), now))
             self._send(_UPSERT_MARK, (row.id, symbol, price, Jsonb(list(history)), digest, now))
+        for release in loaded.state.released:
+            # an approval released at its expiry: a fill of nothing (so no later fill is taken) and a ledger entry
+            booking, chain = release.approval.booking, Chain(row)
+            self.add([(m.Fill, chain.seal(m.Fill, dict(
+                portfolio_id=row.id, decision_id=booking.decision_id, filled_units=Decimal(0), fill_price=booking.price,
+                realised_delta=release.realised_delta, at=now)))])
+            side = booking.direction if booking.kind == "open" else -booking.direction  # the position's
+            given_back = -booking.units * side if booking.kind == "open" else booking.units * side
+            self.add([(m.LedgerEntry, chain.seal(m.LedgerEntry, ledger_values(
+                row, kind="expire", symbol=booking.symbol, units=given_back, price=booking.price,
+                realised=release.realised_delta, state=loaded.state, at=now, actor="expiry",
+                decision_id=booking.decision_id)))])
+        loaded.state.released.clear()
         if loaded.state.peak_equity != locked.initial.peak_equity and row.id not in self._pointed:
             # the peak moved (a decision's booking, a resume's re-basing): a point says where to, on the chain,
             # so that the stored peak is derived from the chain

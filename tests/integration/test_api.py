@@ -19,7 +19,7 @@ def test_spec_request_is_approved_with_27272_72_units_and_stored(client, sql):
     assert d["status"] == "APPROVED" and d["reason"] is None and d["rejected_trade"] is None
     assert d["approved_trade"] == {"symbol": "EURUSD", "direction": 1, "position_units": 27272.72,
                                    "confidence_score": 0.75, "regime": "TRENDING", "atr": 0.001,
-                                   "risk_per_trade": 1000.0, "current_price": 1.1, "reducing": False}
+                                   "risk_per_trade": 1000.0, "current_price": 1.1, "reducing": False, "expires_at": None}
     assert set(d["breakdown"]) >= {"kill_switches", "sizing", "constraints"}
     assert len(d["config_hash"]) == 64
     assert r.json["portfolio_state"]["open_positions"] == 1

@@ -42,6 +42,7 @@ def test_a_deposit_and_a_withdrawal_move_equity_and_not_the_loss_switches(client
     assert [(a, r, float(x)) for a, r, x in actions] == [("capital_change", "new money", 50000.0),
                                                        ("capital_change", "redemption", -60000.0)]
     assert client.get("/audit/verify").json["ok"] is True
+    assert client.post("/replay", json={}).json["differences"] == []  # decided again under the capital they saw
     print(f"\n[capital] +50,000 then -60,000: equity {p['equity']:,.2f}, daily PnL {p['daily_pnl']:,.2f}, "
           f"no switch tripped")
 

@@ -12,7 +12,7 @@ def test_rpm_demo_runs_its_scenarios_with_their_outcomes(empty_database_url):
     result = CliRunner().invoke(main, ["demo", "--database-url", empty_database_url])
     assert result.exit_code == 0, result.output
     out = result.output
-    assert len(re.findall(r"SCENARIO \d+:", out)) == 13
+    assert len(re.findall(r"SCENARIO \d+:", out)) == 14
     assert "APPROVED     27,272.72 units" in out  # 1: the SPEC example
     assert "constraint symbol_exposure: 200,000.00 -> 27,272.72 units" in out
     assert "confidence 0.55 (x1.05)     REJECTED  CONFIDENCE_TOO_LOW" in out  # 2
@@ -42,4 +42,8 @@ def test_rpm_demo_runs_its_scenarios_with_their_outcomes(empty_database_url):
     # 12: flows are not PnL; 13: a correction
     assert "withdraw  60,000: capital   90,000.00, equity   89,727.27, daily PnL  -272.73, trading ACTIVE" in out
     assert "EURUSD 27,272.72 at 1.1 -> 25,000.00 at 1.1005 (-2,272.72 units" in out
+    # 14: an approval that expires
+    assert "open approvals: [('EURUSD', 27272.72)]" in out
+    assert "a mark: positions [], open approvals [] (released" in out
+    assert "the same intent again       APPROVED     27,272.72 units" in out
 
