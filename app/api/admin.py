@@ -5,11 +5,10 @@ from __future__ import annotations
 from flask.views import MethodView
 
 from app.errors import Invalid
-from app.risk import domain
 from app.services import operator, reading
 
 from .auth import ANY, roles
-from .common import Blueprint, actor, documented_errors, ok, portfolio_query, uow
+from .common import Blueprint, actor, documented_errors, ok, path_symbol, portfolio_query, uow
 from .schemas import (
     AnyObjectSchema,
     CapitalSchema,
@@ -123,8 +122,7 @@ class CorrectPosition(MethodView):
     @_errors
     def post(self, body, symbol, **_query):
         """Set a position to the broker's units and average price (reason required; audited; no PnL realised)"""
-        if not domain.SYMBOL.matches(symbol):
-            raise Invalid("invalid symbol", {"symbol": [f"must be {domain.SYMBOL.description}"]})
+        path_symbol(symbol)
         if body["units"] != 0 and body.get("avg_price") is None:
             raise Invalid("an average price is needed", {"avg_price": ["required unless units is 0"]})
         return ok(operator.correct_position(uow(), current().portfolio, symbol, body["units"],

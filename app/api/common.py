@@ -92,3 +92,14 @@ def actor() -> Actor:
     from .auth import current_actor
 
     return current_actor()
+
+
+def path_symbol(symbol: str) -> str:
+    """A symbol named in a route's path (/positions/{symbol}/...), checked as a body's is: else 422."""
+    from app.errors import Invalid
+    from app.risk import domain
+
+    if not domain.SYMBOL.matches(symbol):
+        raise Invalid("invalid symbol", {"symbol": [f"must be {domain.SYMBOL.description}"]})
+    return symbol
+

@@ -7,12 +7,10 @@ import time
 from flask.views import MethodView
 from marshmallow import Schema, fields, validate
 
-from app.errors import Invalid
-from app.risk import domain
 from app.services import books
 
 from .auth import roles
-from .common import Blueprint, actor, documented_errors, ok, portfolio_query, services, uow
+from .common import Blueprint, actor, documented_errors, ok, path_symbol, portfolio_query, services, uow
 from .schemas import (
     MAX_BATCH,
     AnyObjectSchema,
@@ -138,6 +136,5 @@ class ClosePosition(MethodView):
     @_errors
     def post(self, body, symbol, **_query):
         """Close a whole position at a price, realising its PnL"""
-        if not domain.SYMBOL.matches(symbol):
-            raise Invalid("invalid symbol", {"symbol": [f"must be {domain.SYMBOL.description}"]})
+        path_symbol(symbol)
         return ok(books.close_position(uow(), current().portfolio, symbol, body["price"], actor(), body.get("units")))
