@@ -489,9 +489,6 @@ def status(portfolio_id: str, as_json: bool) -> None:
             click.echo(f"  {name:20} {sw['state']:8} current {current}  threshold {sw['threshold']:.6g}")
 
 
-if __name__ == "__main__":
-    main()
-
 
 @main.group()
 def instruments() -> None:
@@ -544,3 +541,7 @@ def instruments_set(table_file: str, reason: str, portfolio_id: str) -> None:
         raise click.ClickException(str(exc)) from None
     click.echo(f"{portfolio_id}: configuration version {out['version']} ({out['config_hash'][:16]}...), "
                f"{len(table)} instrument(s)")
+
+
+if __name__ == "__main__":
+    main()

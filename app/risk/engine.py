@@ -70,7 +70,7 @@ def _expire(s: PortfolioState, now: datetime, config: RPMConfig) -> None:
         try:
             delta = accounting.apply_fill(s, approval.booking, approval.booked_at, ZERO, approval.booking.price, config)
             s.released.append(Release(approval, delta))
-        except accounting.FillError as exc:  # the books moved past it since (a correction): nothing to give back
+        except accounting.FillError as exc:  # the position it opened was reduced or closed since: nothing is left
             s.released.append(Release(approval, ZERO, f"nothing released: {exc}"))
 
 
@@ -125,7 +125,8 @@ class _Decider:
                realised: Decimal = ZERO, booked_equity: Decimal | None = None) -> Outcome:
         # only a booking changes the books; a rejection was evaluated before the pipeline ran
         eq = _settle(self.s, self.now, self.config, self.events, booked_equity) if booking is not None else self.equity
-        until = expires_at(self.intent, self.config, self.now) if booking is not None else None
+        # only an approval that adds risk expires: releasing a reduction would put back risk no limit checked
+        until = expires_at(self.intent, self.config, self.now) if booking is not None and not reducing else None
         if until is not None:  # unfilled at ``until``, it is released
             self.s.open_approvals += (Approval(booking, self.now, until),)
             self.breakdown["final"]["expires_at"] = until.isoformat()
@@ -463,9 +464,9 @@ def close(state: PortfolioState, symbol: str, price: Any, config: RPMConfig, now
           units: Any = None) -> Outcome:
     """Close a position at a price — ``units`` of it (rounded down to the lot), or all of it — realising its PnL.
     KeyError when there is none."""
-    if symbol not in state.positions:
-        raise KeyError(symbol)
     s, _eq, events = _begin(state, now, config)
+    if symbol not in s.positions:  # (none, or only an approval that expired)
+        raise KeyError(symbol)
     closing = None if units is None else floor_units(to_decimal(units), instrument(symbol, config).lot)
     pnl, closed = accounting.realise_close(s, symbol, to_decimal(price), config, closing)
     eq = _settle(s, now, config, events, _held(s, config))
@@ -485,10 +486,19 @@ def move_capital(state: PortfolioState, amount: Any, config: RPMConfig, now: dat
     s, eq, events = _begin(state, now, config)
     if eq + amount <= 0:
         raise accounting.CapitalError(f"a withdrawal of {-amount} would leave no equity (equity {eq})")
+    if s.starting_capital + amount < 1:
+        raise accounting.CapitalError(f"a withdrawal of {-amount} would take the capital ({s.starting_capital}) "
+                                      "below 1")
     s.starting_capital += amount
-    for name in ("peak_equity", "day_start_equity", "day_peak_equity", "week_start_equity"):
+    # the day's and week's PnL are amounts: their references move by the flow; the drawdowns are fractions: the
+    # peaks scale with equity, so a flow changes neither
+    ratio = (eq + amount) / eq
+    for name in ("day_start_equity", "week_start_equity"):
         if getattr(s, name) is not None:
             setattr(s, name, getattr(s, name) + amount)
+    for name in ("peak_equity", "day_peak_equity"):
+        if getattr(s, name) is not None:
+            setattr(s, name, (getattr(s, name) * ratio).quantize(accounting.MONEY))
     eq = _settle(s, now, config, events, _held(s, config))
     return Outcome(s, events, eq, extra={"capital_before": state.starting_capital, "capital_after": s.starting_capital})
 
@@ -499,6 +509,10 @@ def correct(state: PortfolioState, symbol: str, units: Any, avg_price: Any, conf
     equity and every switch follow."""
     units, price = to_decimal(units), to_decimal(avg_price)
     s, _eq, events = _begin(state, now, config)
+    # the broker's position is the truth: the symbol's approvals still open are void (final, nothing given back)
+    void = [a for a in s.open_approvals if a.booking.symbol == symbol]
+    s.open_approvals = tuple(a for a in s.open_approvals if a.booking.symbol != symbol)
+    s.released += [Release(a, ZERO, "voided by a correction of the position") for a in void]
     before = s.positions.get(symbol)
     if units == 0:
         s.positions.pop(symbol, None)

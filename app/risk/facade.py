@@ -114,5 +114,6 @@ class RiskPortfolioManager:
 
     def _apply(self, outcome: engine.Outcome) -> list[SwitchEvent]:
         self.state = outcome.state
+        self.state.released.clear()  # (in-process, nothing writes them)
         self.events.extend(outcome.events)
         return list(outcome.events)

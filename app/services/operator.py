@@ -9,8 +9,10 @@ from typing import Any
 
 from app.errors import Conflict, Invalid
 from app.risk import CapitalError, ConfigError, CooldownActive, OutOfRange, ResumeError, RPMConfig, engine
+from app.risk.instruments import instrument
 from app.risk.model import symbol_error
 from app.store import models as m
+from app.store.audit import to_scale
 
 from .payloads import config_payload, trading_payload
 from .unit_of_work import Actor, Portfolio, UnitOfWork
@@ -88,7 +90,20 @@ def put_instruments(uow: UnitOfWork, portfolio_id: str, instruments: dict[str, A
 
 def _new_version(uow: UnitOfWork, p: Portfolio, config: RPMConfig, reason: str | None, actor: Actor,
                  action: str) -> dict[str, Any]:
-    """A new configuration version of the locked portfolio ``p``, its admin action, and the commit."""
+    """A new configuration version of the locked portfolio ``p``, its admin action, and the commit. Refused (409)
+    when it would change how an open position is valued (its instrument dropped, or its currency or multiplier
+    changed): close or correct the position first."""
+    changed_under = {}
+    for symbol in sorted(p.state.positions):
+        old, new = instrument(symbol, p.config), instrument(symbol, config)
+        gone = symbol_error(symbol, config)
+        if gone or (old.currency, old.multiplier, old.base, old.legs) != (new.currency, new.multiplier, new.base,
+                                                                          new.legs):
+            changed_under[symbol] = gone or (f"{old.asset_class} in {old.currency} x{old.multiplier} -> "
+                                             f"{new.asset_class} in {new.currency} x{new.multiplier}")
+    if changed_under:
+        raise Conflict("the new configuration would value open positions differently: close or correct them first",
+                       {"instruments": changed_under})
     now = uow.clock()
     row = p.row
     before = {"version": row.config_version, "config_hash": p.config.config_hash}
@@ -109,6 +124,7 @@ def move_capital(uow: UnitOfWork, portfolio_id: str, amount: Any, reason: str, a
     move by it (not PnL); recorded as an admin action on the chain, with before and after."""
     with uow.portfolio(portfolio_id) as p:
         now = uow.clock()
+        amount = to_scale(amount, _UNIT)  # as the books store it
         try:
             outcome = engine.move_capital(p.state, amount, p.config, now)
         except CapitalError as exc:
@@ -117,12 +133,16 @@ def move_capital(uow: UnitOfWork, portfolio_id: str, amount: Any, reason: str, a
             raise Invalid("capital out of range", {"amount": [f"after it, {exc}"]}) from None
         before, after = _capital(p.state), _capital(outcome.state)
         p.admin_action(actor, "capital_change", now, reason, before=before,
-                       after={**after, "amount": str(Decimal(repr(amount)))})
+                       after={**after, "amount": str(amount)})
         p.events(outcome.events)
         p.commit(outcome.state, now)
         return {"portfolio_id": portfolio_id, "amount": float(amount), "before": before, "after": after,
                 "portfolio_state": engine.portfolio_summary(outcome.state, p.config),
                 "events": [e.to_dict() for e in outcome.events]}
+
+
+# the unit of the books' last digit (NUMERIC(28, 10))
+_UNIT = Decimal(1).scaleb(-m.Portfolio.__table__.c.starting_capital.type.scale)
 
 
 def _capital(state: Any) -> dict[str, Any]:
@@ -140,14 +160,15 @@ def correct_position(uow: UnitOfWork, portfolio_id: str, symbol: str, units: Any
         if errors:
             raise Invalid("invalid symbol", {"symbol": [errors]})
         now = uow.clock()
+        units, avg_price = to_scale(units, _UNIT), to_scale(avg_price, _UNIT)  # as the books store them
         try:
             outcome = engine.correct(p.state, symbol, units, avg_price, p.config, now)
         except OutOfRange as exc:
             raise Invalid("correction out of range", {"units": [f"after it, {exc}"]}) from None
         before, after = outcome.extra["before"], outcome.extra["after"]
         held = Decimal(before["units"]) if before else Decimal(0)
-        new = Decimal(repr(units))
-        p.ledger(kind="correct", symbol=symbol, units=new - held, price=Decimal(repr(avg_price)), realised=Decimal(0),
+        new = units
+        p.ledger(kind="correct", symbol=symbol, units=new - held, price=avg_price, realised=Decimal(0),
                  state=outcome.state, at=now, actor=actor.name)
         p.admin_action(actor, "position_correct", now, reason, before={"symbol": symbol, "position": before},
                        after={"symbol": symbol, "position": after})

@@ -165,6 +165,24 @@ def portfolio_findings(session: Session, portfolio_id: str) -> list[Finding]:
                 f"peak_equity is {portfolio.peak_equity}; the last equity point (sequence {point.audit_seq}) "
                 f"says {point.peak_equity}")
 
+    # the approvals that expire, kept on the portfolio: each an approved, unfilled decision of its chain that booked
+    # what the entry says (an entry made up would be released into the books)
+    kept = session.execute(text("SELECT memory -> 'open_approvals' FROM portfolios WHERE id = :p"), p).scalar() or []
+    if kept:
+        stored = {row.id: row for row in session.execute(text(
+            "SELECT d.id, d.status, d.reducing, d.booking, EXISTS (SELECT 1 FROM fills f WHERE f.decision_id = d.id) "
+            "AS filled FROM decisions d WHERE d.portfolio_id = :p AND d.id = ANY(:ids)"),
+            {"p": portfolio_id, "ids": [a.get("booking", {}).get("decision_id") for a in kept]})}
+        for approval in kept:
+            booking = approval.get("booking") or {}
+            row = stored.get(booking.get("decision_id"))
+            if (row is None or row.status != "APPROVED" or row.reducing or row.filled or row.booking is None
+                    or Decimal(row.booking["units"]) != Decimal(booking.get("units", "NaN"))
+                    or row.booking["symbol"] != booking.get("symbol")):
+                finding("portfolios", {"id": portfolio_id}, "differs",
+                        f"an open approval of decision {booking.get('decision_id')} is not an approved, unfilled "
+                        "decision of this portfolio that booked it")
+
     # the switches: what the switch events left tripped (when, until when, why), and the trading state
     tripped: dict[tuple[str, str | None], dict[str, Any]] = {}
     for switch, action, symbol, at, until, reason in _rows(

@@ -412,13 +412,15 @@ class PortfolioTransaction:
             self._send(_INSERT_SNAPSHOT, (digest, symbol, Jsonb(list(history)), now))
             self._send(_UPSERT_MARK, (row.id, symbol, price, Jsonb(list(history)), digest, now))
         for release in loaded.state.released:
-            # an approval released at its expiry: a fill of nothing (so no later fill is taken) and a ledger entry
+            # an approval released at its expiry (or voided): a fill of nothing (so no later fill is taken) and a ledger
+            # entry of what it gave back
             booking, chain = release.approval.booking, Chain(row)
             self.add([(m.Fill, chain.seal(m.Fill, dict(
                 portfolio_id=row.id, decision_id=booking.decision_id, filled_units=Decimal(0), fill_price=booking.price,
                 realised_delta=release.realised_delta, at=now)))])
-            side = booking.direction if booking.kind == "open" else -booking.direction  # the position's
-            given_back = -booking.units * side if booking.kind == "open" else booking.units * side
+            if release.note:  # nothing was given back (the position was closed since, or corrected)
+                continue
+            given_back = -booking.units * booking.direction  # (only approvals that add risk expire)
             self.add([(m.LedgerEntry, chain.seal(m.LedgerEntry, ledger_values(
                 row, kind="expire", symbol=booking.symbol, units=given_back, price=booking.price,
                 realised=release.realised_delta, state=loaded.state, at=now, actor="expiry",

@@ -32,7 +32,8 @@ def test_a_deposit_and_a_withdrawal_move_equity_and_not_the_loss_switches(client
     p = r.json["portfolio_state"]
     assert (p["starting_capital"], round(p["equity"], 2), round(p["daily_pnl"], 2)) == (90000.0, 89727.27, -272.73)
     assert r.json["events"] == [] and portfolio(client)["trading_state"] == "ACTIVE"
-    assert round(p["peak_equity"], 2) == 90000.0  # the peak moved with the flows: the drawdown is still 272.73
+    # the peak scaled with the flows: the drawdown, a fraction, is what it was (272.73 of 100,000)
+    assert p["drawdown"] == pytest.approx(marked["drawdown"], abs=1e-9) and round(p["peak_equity"], 2) == 89972.65
     # sizing follows the capital: the symbol limit is 30% of 89,727.27 = 26,918.18 USD / 1.25 = 21,534.54, halved
     # for the USD leg it shares with the EURUSD long (correlation_size_multiplier 0.5)
     d = client.post("/process_trade", json={**SEED_INTENT, "symbol": "GBPUSD", "current_price": 1.25}).json
@@ -102,3 +103,49 @@ def test_a_correction_is_the_admins_and_reevaluates_the_switches(client, marked,
     r = client.post("/positions/EURUSD/correct", json={"units": 1000000, "avg_price": 1.1, "reason": "fat finger"})
     assert "drawdown" in [e["switch"] for e in r.json["events"] if e["action"] == "TRIPPED"]
     assert portfolio(client)["trading_state"] == "HALTED"
+
+
+def test_capital_below_one_and_amounts_finer_than_the_books_are_handled(client, marked):
+    r = client.post("/capital", json={"amount": 0.123456789012, "reason": "odd"})
+    assert r.status_code == 200 and r.json["after"]["starting_capital"] == "100000.1234567890"
+    assert client.get("/audit/verify").json["ok"] is True  # stored as the books store it, reconciled
+    client.post("/positions/EURUSD/close", json={"price": 1.5})  # +10,909 realised: equity above capital
+    r = client.post("/capital", json={"amount": -100000.12, "reason": "all the capital"})
+    assert r.status_code == 422 and "below 1" in str(r.json["errors"]["amount"])
+    c = client.post("/positions/GBPUSD/correct", json={"units": 1e-11, "avg_price": 1.25, "reason": "dust"})
+    assert c.status_code == 200 and c.json["after"] is None  # finer than the books: none
+    assert client.get("/audit/verify").json["ok"] is True
+
+
+def test_an_instrument_change_that_would_revalue_an_open_position_is_refused(client):
+    es = {**SEED_INTENT, "symbol": "ES", "current_price": 5000.0, "atr": 20.0}
+    client.post("/capital", json={"amount": 9_900_000, "reason": "room for a future"})
+    assert client.post("/process_trade", json=es).json["decision"]["status"] == "APPROVED"
+    table = client.get("/instruments").json["instruments"]
+    for changed in ({k: v for k, v in table.items() if k != "ES"}, {**table, "ES": {**table["ES"], "multiplier": 5}}):
+        r = client.put("/instruments", json={"instruments": changed, "reason": "x"})
+        assert r.status_code == 409 and "ES" in r.json["errors"]["instruments"], r.json
+    ok = client.put("/instruments", json={"instruments": {**table, "ES": {**table["ES"], "max_units": 5}},
+                                          "reason": "a tighter cap is fine"})
+    assert ok.status_code == 200
+
+
+def test_a_made_up_open_approval_is_found_by_verify(client, database_url):
+    import json
+
+    from sqlalchemy import create_engine, text
+
+    client.post("/process_trade", json={**SEED_INTENT, "confidence_score": 0.1})  # a rejected decision
+    rejected = client.get("/decisions").json["decisions"][-1]["id"]
+    fake = {"booking": {"decision_id": rejected, "symbol": "EURUSD", "kind": "open", "direction": -1,
+                        "units": "1000000", "price": "1.1", "entry_price": None},
+            "booked_at": "2026-03-02T12:00:00+00:00", "expires_at": "2026-03-02T12:01:00+00:00"}
+    engine = create_engine(database_url, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("UPDATE portfolios SET memory = jsonb_set(memory, '{open_approvals}', CAST(:a AS jsonb))"),
+                         {"a": json.dumps([fake])})
+    finally:
+        engine.dispose()
+    found = [f["detail"] for f in client.get("/audit/verify").json["findings"]]
+    assert any(f"an open approval of decision {rejected}" in f for f in found), found

@@ -71,3 +71,10 @@ def test_a_time_in_force_longer_than_the_configuration_is_cut_to_it(client, cloc
     assert datetime.fromisoformat(short["approved_trade"]["expires_at"]) == decided + timedelta(seconds=5)
     bad = client.post("/process_trade", json={**SEED_INTENT, "time_in_force_seconds": 0})
     assert bad.status_code == 422 and "time_in_force_seconds" in bad.json["errors"]
+
+
+def test_closing_a_position_only_an_expired_approval_held_is_a_404(client, clock, ttl):
+    client.post("/process_trade", json=SEED_INTENT)
+    clock.advance(seconds=61)
+    r = client.post("/positions/EURUSD/close", json={"price": 1.1})
+    assert r.status_code == 404 and "no open position" in r.json["message"]

@@ -56,16 +56,42 @@ def test_without_a_time_to_live_approvals_stand():
     assert "EURUSD" in rpm.state.positions
 
 
-def test_a_released_reduction_gives_its_units_back_and_its_pnl_too():
+def test_a_reduction_does_not_expire():
+    """Releasing an unfilled reduction would put back risk that no limit checked: a reduction stands until filled."""
     clock = Clock()
     rpm = make(clock=clock)
     rpm.record_fill(rpm.process_trade_intent(**intent()).decision.id, 27272.72, 1.1)
     reduce = rpm.process_trade_intent(**intent(direction=-1, current_price=1.12, units=10000)).decision
-    assert rpm.state.realised_pnl == Decimal("200.00")
-    clock.advance(seconds=61)
+    assert reduce.status == TradeApprovalStatus.APPROVED and "expires_at" not in reduce.breakdown["final"]
+    clock.advance(seconds=3600)
     rpm.update_marks({"EURUSD": 1.12})
-    assert rpm.state.positions["EURUSD"].units == Decimal("27272.72") and rpm.state.realised_pnl == 0
-    assert reduce.status == TradeApprovalStatus.APPROVED
+    assert rpm.state.positions["EURUSD"].units == Decimal("17272.72") and rpm.state.realised_pnl == Decimal("200.00")
+
+
+def test_an_open_closed_since_by_a_reduction_releases_nothing():
+    """The reviewer's case: an unfilled open, then an unfilled reduction closing it: at the open's expiry nothing is
+    given back (the books are flat, as the broker is), and nothing is created."""
+    clock = Clock()
+    rpm = make(clock=clock)
+    rpm.process_trade_intent(**intent())
+    rpm.process_trade_intent(**intent(direction=-1))
+    clock.advance(seconds=61)
+    rpm.update_marks({"EURUSD": 1.1})
+    assert rpm.state.positions == {} and rpm.state.open_approvals == ()
+
+
+def test_a_correction_voids_the_symbols_open_approvals():
+    clock = Clock()
+    rpm = make(clock=clock)
+    rpm.process_trade_intent(**intent())
+    from app.risk import engine
+
+    outcome = engine.correct(rpm.state, "EURUSD", 40000, 1.1, rpm.config, clock())
+    assert outcome.state.open_approvals == () and [r.note for r in outcome.state.released] == [
+        "voided by a correction of the position"]
+    clock.advance(seconds=61)
+    later = engine.mark(outcome.state, {"EURUSD": 1.1}, rpm.config, clock())
+    assert later.state.positions["EURUSD"].units == 40000  # the broker's, untouched by the expiry
 
 
 @settings(max_examples=60, deadline=None)
