@@ -182,7 +182,10 @@ class Compliance:
     def events(self, chain: str, start: datetime | None, end: datetime | None, kind: str | None,
                actor: str | None, limit: int, after_seq: int | None, newest_first: bool = False) -> dict[str, Any]:
         """Kill-switch events and admin actions of one chain (a portfolio, or `_system`), in chain order
-        (``newest_first``: reversed, ``after_seq`` then meaning before it)."""
+        (``newest_first``: reversed, ``after_seq`` then meaning before it). 404 for a portfolio that does not
+        exist (as every route naming one)."""
+        if chain != audit.SYSTEM_CHAIN:
+            self.uow.known(chain)
         with self.uow.reading() as session:
             out: list[dict[str, Any]] = []
             for model, label in ((m.SwitchEventRow, "switch_event"), (m.AdminAction, "admin_action")):

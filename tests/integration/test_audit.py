@@ -379,3 +379,9 @@ def test_rpm_audit_verify_and_checkpoint_on_the_command_line(history, database_u
     assert {c["statement"]["chain"] for c in lines} == {"default", "_system"}
     again = CliRunner().invoke(main, ["audit", "verify"])
     assert again.exit_code == 0 and "against 2 signed checkpoint(s)" in again.output
+
+
+def test_the_events_of_a_portfolio_that_does_not_exist_are_a_404(client):
+    r = client.get("/audit/events", query_string={"portfolio_id": "no-such-desk"})
+    assert r.status_code == 404 and "no-such-desk" in r.json["message"]
+    assert client.get("/audit/events", query_string={"portfolio_id": "_system"}).status_code == 200
