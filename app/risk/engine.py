@@ -74,6 +74,13 @@ def _expire(s: PortfolioState, now: datetime, config: RPMConfig) -> None:
             s.released.append(Release(approval, ZERO, f"nothing released: {exc}"))
 
 
+def expire(state: PortfolioState, config: RPMConfig, now: datetime) -> PortfolioState:
+    """The state with the approvals due at ``now`` released (in its ``released``), before anything else happens."""
+    s = state.clone()
+    _expire(s, now, config)
+    return s
+
+
 def expires_at(intent: TradeIntent, config: RPMConfig, now: datetime) -> datetime | None:
     """When an approval of ``intent`` expires: the configuration's time to live, or the intent's, if shorter."""
     limits = [t for t in (config.approval_ttl_seconds, intent.time_in_force_seconds) if t is not None]

@@ -27,7 +27,7 @@ from app.store import models as m
 from app.store.audit import Chain
 from app.store.database import Database, DatabaseUnavailable, DataRejected
 from app.store.repository import equity_point_values, event_values, ledger_values, new_portfolio
-from app.store.transaction import Locked, PortfolioTransaction, Wanted
+from app.store.transaction import Locked, PortfolioTransaction, Wanted, release_rows
 
 Clock = Callable[[], datetime]
 
@@ -83,6 +83,13 @@ class Portfolio:
 
     def add(self, *rows: tuple[type, dict[str, Any]]) -> None:
         self.tx.add(list(rows))
+
+    def release_expired(self, now: datetime) -> None:
+        """The approvals due now released first, their rows ahead of the use case's on the chain."""
+        if any(a.expires_at <= now for a in self.state.open_approvals):
+            released = engine.expire(self.state, self.config, now)
+            self.add(*release_rows(self.row, released, now))
+            self.state = released
 
     def events(self, events: list[SwitchEvent], decision_id: str | None = None) -> None:
         """Switch events, on the chain."""
@@ -170,7 +177,12 @@ class UnitOfWork:
                 raise NotFound(f"unknown portfolio {unknown[0]!r}")
             if missing:  # `default`, which always exists
                 locked.update(self._made_default(tx, wanted[domain.DEFAULT_PORTFOLIO], lock))
-            yield Transaction(tx, {pid: Portfolio(tx, found) for pid, found in locked.items()})
+            opened = {pid: Portfolio(tx, found) for pid, found in locked.items()}
+            if lock:  # a change to come: what expired is released first
+                now = self.clock()
+                for portfolio in opened.values():
+                    portfolio.release_expired(now)
+            yield Transaction(tx, opened)
 
     @contextmanager
     def portfolio(self, portfolio_id: str, *, lock: bool = True) -> Iterator[Portfolio]:

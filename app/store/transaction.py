@@ -163,6 +163,26 @@ _SELECT_LATENCIES = ("SELECT latency_ms FROM (SELECT latency_ms FROM decisions W
                      "ORDER BY seq DESC LIMIT 10000) d WHERE latency_ms IS NOT NULL")
 
 
+def release_rows(row: Any, state: PortfolioState, now: datetime) -> list[tuple[type, dict[str, Any]]]:
+    """The rows of the approvals ``state`` released (then forgotten), on the chain of ``row``: for each, a fill of
+    nothing (so that no later fill is taken) and a ledger entry of what it gave back (none when it gave nothing
+    back: its position was closed since, or corrected)."""
+    rows: list[tuple[type, dict[str, Any]]] = []
+    chain = Chain(row)
+    for release in state.released:
+        booking = release.approval.booking
+        rows.append((m.Fill, chain.seal(m.Fill, dict(
+            portfolio_id=row.id, decision_id=booking.decision_id, filled_units=Decimal(0), fill_price=booking.price,
+            realised_delta=release.realised_delta, at=now))))
+        if not release.note:
+            rows.append((m.LedgerEntry, chain.seal(m.LedgerEntry, ledger_values(
+                row, kind="expire", symbol=booking.symbol, units=-booking.units * booking.direction,  # (opens only)
+                price=booking.price, realised=release.realised_delta, state=state, at=now, actor="expiry",
+                decision_id=booking.decision_id))))
+    state.released.clear()
+    return rows
+
+
 def _decided(cursor: Any) -> dict[str, SimpleNamespace]:
     """The stored decisions an intent-id lookup found (``_SELECT_DECIDED``), by intent id."""
     earlier = {}
@@ -411,21 +431,8 @@ class PortfolioTransaction:
             digest = mark_history_hash(symbol, history)
             self._send(_INSERT_SNAPSHOT, (digest, symbol, Jsonb(list(history)), now))
             self._send(_UPSERT_MARK, (row.id, symbol, price, Jsonb(list(history)), digest, now))
-        for release in loaded.state.released:
-            # an approval released at its expiry (or voided): a fill of nothing (so no later fill is taken) and a ledger
-            # entry of what it gave back
-            booking, chain = release.approval.booking, Chain(row)
-            self.add([(m.Fill, chain.seal(m.Fill, dict(
-                portfolio_id=row.id, decision_id=booking.decision_id, filled_units=Decimal(0), fill_price=booking.price,
-                realised_delta=release.realised_delta, at=now)))])
-            if release.note:  # nothing was given back (the position was closed since, or corrected)
-                continue
-            given_back = -booking.units * booking.direction  # (only approvals that add risk expire)
-            self.add([(m.LedgerEntry, chain.seal(m.LedgerEntry, ledger_values(
-                row, kind="expire", symbol=booking.symbol, units=given_back, price=booking.price,
-                realised=release.realised_delta, state=loaded.state, at=now, actor="expiry",
-                decision_id=booking.decision_id)))])
-        loaded.state.released.clear()
+        # (releases made after the transaction's start: those due then were written first, by the unit of work)
+        self.add(release_rows(row, loaded.state, now))
         if loaded.state.peak_equity != locked.initial.peak_equity and row.id not in self._pointed:
             # the peak moved (a decision's booking, a resume's re-basing): a point says where to, on the chain,
             # so that the stored peak is derived from the chain

@@ -43,6 +43,10 @@ def test_an_approval_is_shown_with_its_expiry_and_released_once(app, client, clo
     assert [(k, float(u)) for k, u in sql("SELECT kind, units FROM ledger_entries ORDER BY seq")] == [
         ("open", 27272.72), ("expire", -27272.72)]
     assert client.get("/portfolio").json["open_approvals"] == []
+    # on the chain, the release comes before the mark that found it due (released first, then the mark)
+    (expired_at,) = sql("SELECT audit_seq FROM ledger_entries WHERE kind = 'expire'")[0]
+    (first_mark,) = sql("SELECT min(audit_seq) FROM mark_updates")[0]
+    assert expired_at < first_mark
     late = client.post("/fills", json={"decision_id": d["id"], "filled_units": 1000, "fill_price": 1.1})
     assert late.status_code == 409 and "expired" in late.json["message"]
     assert client.get("/audit/verify").json["ok"] is True
