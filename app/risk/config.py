@@ -62,6 +62,7 @@ class Instrument:
         return out
 
 
+MAX_INSTRUMENTS = 10_000
 # parameters added after configurations were first stored: written only when set
 _WRITTEN_WHEN_SET = frozenset({"approval_ttl_seconds"})
 
@@ -192,6 +193,10 @@ class RPMConfig:
 
     def __hash__(self) -> int:
         return self._hash_int
+
+    def __eq__(self, other: object) -> bool:
+        """Equal when their canonical bodies are (their sha256): without comparing every field and instrument."""
+        return isinstance(other, RPMConfig) and self._hash == other._hash
 
     def dec(self, name: str) -> Decimal:
         """A numeric parameter as the exact Decimal of its written value (cached)."""
@@ -325,8 +330,17 @@ def _validate(cfg: RPMConfig) -> None:
     except Exception:  # zoneinfo raises several types for bad names
         raise ConfigError("trading_timezone", f"unknown time zone {cfg.trading_timezone!r}") from None
     _number(cfg, "trading_week_start", 0, 6, integer=True)
+    if len(cfg.instruments) > MAX_INSTRUMENTS:
+        raise ConfigError("instruments", f"at most {MAX_INSTRUMENTS:,} instruments")
     for symbol, inst in cfg.instruments.items():
         _identifier("instruments", symbol, domain.SYMBOL)
+        if inst.asset_class in ("fx", "fx_spot") and not (domain.FX_PAIR.matches(symbol) and inst.currency == symbol[3:]):
+            raise ConfigError(f"instruments.{symbol}.currency", "FX spot is a six-letter pair BASEQUOTE whose currency "
+                              "is its quote")
+        if inst.max_units is not None and inst.max_units <= 0:
+            raise ConfigError(f"instruments.{symbol}.max_units", "must be above 0")
+        if inst.min_quantity is not None and inst.max_units is not None and inst.min_quantity > inst.max_units:
+            raise ConfigError(f"instruments.{symbol}.min_quantity", "is above max_units: it could never trade")
         if inst.asset_class not in ASSET_CLASSES:
             raise ConfigError(f"instruments.{symbol}.asset_class", f"must be one of {', '.join(ASSET_CLASSES)}")
         _identifier(f"instruments.{symbol}.currency", inst.currency, domain.CURRENCY)

@@ -74,6 +74,39 @@ def _expire(s: PortfolioState, now: datetime, config: RPMConfig) -> None:
             s.released.append(Release(approval, ZERO, f"nothing released: {exc}"))
 
 
+def price_refusal(s: PortfolioState, symbol: str, price: Decimal, config: RPMConfig,
+                  checks: list[dict[str, Any]]) -> tuple[ReasonCode, str, dict[str, Any]] | None:
+    """Whether a price may trade: a multiple of the instrument's tick, and within the collar (or the instrument's
+    tighter band) of the latest mark. For openings, reductions and closes alike: a price far from the market
+    would book PnL that never was. The checks made are appended to ``checks``."""
+    info = instrument(symbol, config)
+    if info.tick is not None:
+        off_tick = price % info.tick != 0
+        checks.append({"name": "tick_size", "price": float(price), "tick_size": float(info.tick),
+                       "result": "REJECTED" if off_tick else "PASS"})
+        if off_tick:
+            return (ReasonCode.INSTRUMENT_LIMIT, f"price {price} is not a multiple of {symbol}'s tick size {info.tick}",
+                    {"price": float(price), "tick_size": float(info.tick)})
+    mark = s.marks.get(symbol)
+    if mark is None:
+        checks.append({"name": "price_collar", "mark": None, "result": "PASS"})
+        return None
+    # the instrument's price band where it is tighter than the configuration's collar
+    limit = config.price_collar_pct if info.price_band is None else min(config.price_collar_pct, float(info.price_band))
+    deviation = float(abs(price - mark) / mark)
+    collar = deviation > limit
+    checks.append({"name": "price_collar", "mark": float(mark), "deviation": deviation, "limit": limit,
+                   "result": "REJECTED" if collar else "PASS"})
+    if collar:
+        return (ReasonCode.PRICE_COLLAR, f"price {float(price)} is {deviation:.2%} from the latest mark {float(mark)}",
+                {"mark": float(mark), "deviation": deviation, "limit": limit})
+    return None
+
+
+class PriceRefused(ValueError):
+    """A close at a price that may not trade (off the tick, outside the collar)."""
+
+
 def expire(state: PortfolioState, config: RPMConfig, now: datetime) -> PortfolioState:
     """The state with the approvals due at ``now`` released (in its ``released``), before anything else happens."""
     s = state.clone()
@@ -255,6 +288,11 @@ class _Decider:
             "symbol_halted": intent.symbol in s.symbol_halts,
             "result": "REDUCE_ONLY" if s.switches or intent.symbol in s.symbol_halts else "PASS",
         }
+        checks: list[dict[str, Any]] = []
+        self.breakdown["intent_checks"] = checks
+        refused = price_refusal(s, intent.symbol, intent.current_price, self.config, checks)
+        if refused is not None:
+            return self.reject(*refused)
         held = abs(position.units)
         units = held
         message = "approved: closes the open position"
@@ -343,32 +381,9 @@ class _Decider:
             return self.reject(ReasonCode.THROTTLED, f"more than {limit} intents in the last second",
                                {"count": count, "limit": limit})
 
-        info = instrument(intent.symbol, config)
-        if info.tick is not None:
-            off_tick = intent.current_price % info.tick != 0
-            checks.append({"name": "tick_size", "price": float(intent.current_price), "tick_size": float(info.tick),
-                           "result": "REJECTED" if off_tick else "PASS"})
-            if off_tick:
-                return self.reject(ReasonCode.INSTRUMENT_LIMIT, f"price {intent.current_price} is not a multiple of "
-                                   f"{intent.symbol}'s tick size {info.tick}",
-                                   {"price": float(intent.current_price), "tick_size": float(info.tick)})
-        mark = s.marks.get(intent.symbol)
-        if mark is not None:
-            # the instrument's price band where it is tighter than the configuration's collar
-            limit = config.price_collar_pct if info.price_band is None else min(config.price_collar_pct,
-                                                                               float(info.price_band))
-            deviation = float(abs(intent.current_price - mark) / mark)
-            collar = deviation > limit
-            checks.append({"name": "price_collar", "mark": float(mark), "deviation": deviation,
-                           "limit": limit, "result": "REJECTED" if collar else "PASS"})
-            if collar:
-                return self.reject(
-                    ReasonCode.PRICE_COLLAR,
-                    f"price {float(intent.current_price)} is {deviation:.2%} from the latest mark {float(mark)}",
-                    {"mark": float(mark), "deviation": deviation, "limit": limit},
-                )
-        else:
-            checks.append({"name": "price_collar", "mark": None, "result": "PASS"})
+        refused = price_refusal(s, intent.symbol, intent.current_price, config, checks)
+        if refused is not None:
+            return self.reject(*refused)
 
         low = intent.confidence_score < config.min_confidence_threshold
         checks.append({"name": "confidence", "value": intent.confidence_score,
@@ -460,7 +475,7 @@ def fill(state: PortfolioState, booking: Booking, booked_at: datetime, units: An
          config: RPMConfig, now: datetime) -> Outcome:
     s, _eq, events = _begin(state, now, config)
     if any(r.approval.booking.decision_id == booking.decision_id for r in s.released):
-        raise accounting.FillError("this approval expired before its fill: its units were released")
+        raise accounting.FillError("this approval expired before its fill: what it still booked was released")
     s.open_approvals = tuple(a for a in s.open_approvals if a.booking.decision_id != booking.decision_id)
     delta = accounting.apply_fill(s, booking, booked_at, units, price, config)
     eq = _settle(s, now, config, events, _held(s, config))
@@ -474,6 +489,9 @@ def close(state: PortfolioState, symbol: str, price: Any, config: RPMConfig, now
     s, _eq, events = _begin(state, now, config)
     if symbol not in s.positions:  # (none, or only an approval that expired)
         raise KeyError(symbol)
+    refused = price_refusal(s, symbol, to_decimal(price), config, [])
+    if refused is not None:
+        raise PriceRefused(refused[1])
     closing = None if units is None else floor_units(to_decimal(units), instrument(symbol, config).lot)
     pnl, closed = accounting.realise_close(s, symbol, to_decimal(price), config, closing)
     eq = _settle(s, now, config, events, _held(s, config))
@@ -493,19 +511,19 @@ def move_capital(state: PortfolioState, amount: Any, config: RPMConfig, now: dat
     s, eq, events = _begin(state, now, config)
     if eq + amount <= 0:
         raise accounting.CapitalError(f"a withdrawal of {-amount} would leave no equity (equity {eq})")
-    if s.starting_capital + amount < 1:
-        raise accounting.CapitalError(f"a withdrawal of {-amount} would take the capital ({s.starting_capital}) "
-                                      "below 1")
+    if not domain.CAPITAL.contains(s.starting_capital + amount):
+        raise accounting.CapitalError(f"it would take the capital ({s.starting_capital}) to "
+                                      f"{s.starting_capital + amount}, outside {domain.CAPITAL.description}")
     s.starting_capital += amount
     # the day's and week's PnL are amounts: their references move by the flow; the drawdowns are fractions: the
     # peaks scale with equity, so a flow changes neither
-    ratio = (eq + amount) / eq
     for name in ("day_start_equity", "week_start_equity"):
         if getattr(s, name) is not None:
             setattr(s, name, getattr(s, name) + amount)
     for name in ("peak_equity", "day_peak_equity"):
-        if getattr(s, name) is not None:
-            setattr(s, name, (getattr(s, name) * ratio).quantize(accounting.MONEY))
+        value = getattr(s, name)
+        if value is not None:  # (with no equity left, a fraction cannot be kept: the peaks move by the amount)
+            setattr(s, name, (value * (eq + amount) / eq).quantize(accounting.MONEY) if eq > 0 else value + amount)
     eq = _settle(s, now, config, events, _held(s, config))
     return Outcome(s, events, eq, extra={"capital_before": state.starting_capital, "capital_after": s.starting_capital})
 

@@ -89,6 +89,8 @@ def close_position(uow: UnitOfWork, portfolio_id: str, symbol: str, price: Any, 
             outcome = engine.close(p.state, symbol, price, p.config, now, units)
         except KeyError:  # held only by an approval that expired now
             raise NotFound(f"no open position in {symbol!r}") from None
+        except engine.PriceRefused as exc:
+            raise Invalid("close price refused", {"price": [str(exc)]}) from None
         except OutOfRange as exc:
             raise Invalid("close out of range", {"price": [f"at this price, {exc}"]}) from None
         done = outcome.extra["closed_units"]

@@ -9,7 +9,7 @@ from typing import Any
 
 from app.errors import Conflict, Invalid
 from app.risk import CapitalError, ConfigError, CooldownActive, OutOfRange, ResumeError, RPMConfig, engine
-from app.risk.instruments import instrument
+from app.risk.instruments import instrument, quote_to_account_rate
 from app.risk.model import symbol_error
 from app.store import models as m
 from app.store.audit import to_scale
@@ -94,6 +94,9 @@ def _new_version(uow: UnitOfWork, p: Portfolio, config: RPMConfig, reason: str |
     when it would change how an open position is valued (its instrument dropped, or its currency or multiplier
     changed): close or correct the position first."""
     changed_under = {}
+    if p.state.positions and config.account_currency != p.config.account_currency:
+        changed_under["account_currency"] = (f"{p.config.account_currency} -> {config.account_currency} with "
+                                             f"{len(p.state.positions)} position(s) open")
     for symbol in sorted(p.state.positions):
         old, new = instrument(symbol, p.config), instrument(symbol, config)
         gone = symbol_error(symbol, config)
@@ -103,7 +106,7 @@ def _new_version(uow: UnitOfWork, p: Portfolio, config: RPMConfig, reason: str |
                                              f"{new.asset_class} in {new.currency} x{new.multiplier}")
     if changed_under:
         raise Conflict("the new configuration would value open positions differently: close or correct them first",
-                       {"instruments": changed_under})
+                       {"instruments": changed_under})  # (account_currency among them when it changes)
     now = uow.clock()
     row = p.row
     before = {"version": row.config_version, "config_hash": p.config.config_hash}
@@ -125,6 +128,8 @@ def move_capital(uow: UnitOfWork, portfolio_id: str, amount: Any, reason: str, a
     with uow.portfolio(portfolio_id) as p:
         now = uow.clock()
         amount = to_scale(amount, _UNIT)  # as the books store it
+        if amount == 0:
+            raise Invalid("no amount", {"amount": ["is 0 at the books' ten decimals"]})
         try:
             outcome = engine.move_capital(p.state, amount, p.config, now)
         except CapitalError as exc:
@@ -161,6 +166,10 @@ def correct_position(uow: UnitOfWork, portfolio_id: str, symbol: str, units: Any
             raise Invalid("invalid symbol", {"symbol": [errors]})
         now = uow.clock()
         units, avg_price = to_scale(units, _UNIT), to_scale(avg_price, _UNIT)  # as the books store them
+        info = instrument(symbol, p.config)
+        if units != 0 and quote_to_account_rate(info, avg_price, p.state.marks, p.config.account_currency) is None:
+            needed = f"{info.currency}{p.config.account_currency} or {p.config.account_currency}{info.currency}"
+            raise Invalid("no rate to value the position", {"symbol": [f"no mark for {needed}: post it first"]})
         try:
             outcome = engine.correct(p.state, symbol, units, avg_price, p.config, now)
         except OutOfRange as exc:

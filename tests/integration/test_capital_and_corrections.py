@@ -109,9 +109,11 @@ def test_capital_below_one_and_amounts_finer_than_the_books_are_handled(client, 
     r = client.post("/capital", json={"amount": 0.123456789012, "reason": "odd"})
     assert r.status_code == 200 and r.json["after"]["starting_capital"] == "100000.1234567890"
     assert client.get("/audit/verify").json["ok"] is True  # stored as the books store it, reconciled
-    client.post("/positions/EURUSD/close", json={"price": 1.5})  # +10,909 realised: equity above capital
+    client.post("/marks", json={"prices": {"EURUSD": 1.14}})  # +1,090.91 unrealised: equity above the capital
     r = client.post("/capital", json={"amount": -100000.12, "reason": "all the capital"})
-    assert r.status_code == 422 and "below 1" in str(r.json["errors"]["amount"])
+    assert r.status_code == 422 and "outside a number >= 1" in str(r.json["errors"]["amount"])
+    tiny = client.post("/capital", json={"amount": 1e-20, "reason": "dust"})
+    assert tiny.status_code == 422 and "ten decimals" in str(tiny.json["errors"]["amount"])
     c = client.post("/positions/GBPUSD/correct", json={"units": 1e-11, "avg_price": 1.25, "reason": "dust"})
     assert c.status_code == 200 and c.json["after"] is None  # finer than the books: none
     assert client.get("/audit/verify").json["ok"] is True
@@ -149,3 +151,34 @@ def test_a_made_up_open_approval_is_found_by_verify(client, database_url):
         engine.dispose()
     found = [f["detail"] for f in client.get("/audit/verify").json["findings"]]
     assert any(f"an open approval of decision {rejected}" in f for f in found), found
+
+
+def test_prices_far_from_the_market_cannot_book_made_up_profit(client, marked):
+    """The probe's attack: a reduction, or a close, at a price far from the latest mark would realise PnL that never
+    was; both go through the collar (and the instrument's tick and band), as openings do."""
+    far = client.post("/process_trade", json={**SEED_INTENT, "direction": -1, "units": 0.01, "current_price": 1e9})
+    assert far.json["decision"]["status"] == "REJECTED" and far.json["decision"]["reason"] == "PRICE_COLLAR"
+    r = client.post("/positions/EURUSD/close", json={"price": 1e9, "units": 0.01})
+    assert r.status_code == 422 and "from the latest mark" in str(r.json["errors"]["price"])
+    assert portfolio(client)["realised_pnl"] == 0.0
+    near = client.post("/process_trade", json={**SEED_INTENT, "direction": -1, "units": 100, "current_price": 1.09})
+    assert near.json["decision"]["status"] == "APPROVED"
+
+
+def test_a_capital_change_at_no_equity_or_below_it_is_handled(client, marked):
+    client.post("/positions/EURUSD/correct", json={"units": 1000000, "avg_price": 1.1, "reason": "broker"})
+    client.post("/marks", json={"prices": {"EURUSD": 1.0}})  # 100,000 - 100,000: no equity left
+    r = client.post("/capital", json={"amount": 50000, "reason": "top up"})
+    assert r.status_code == 200 and r.json["portfolio_state"]["equity"] == 50000.0
+    assert client.get("/audit/verify").json["ok"] is True
+
+
+def test_a_correction_needs_a_rate_and_the_account_currency_stays_while_positions_are_open(client, marked):
+    r = client.post("/positions/EURGBP/correct", json={"units": 100000, "avg_price": 0.85, "reason": "broker"})
+    assert r.status_code == 422 and "GBPUSD" in str(r.json["errors"]["symbol"])
+    config = client.get("/config").json["config"]
+    r = client.put("/config", json={"config": {**config, "account_currency": "EUR"}, "reason": "x"})
+    assert r.status_code == 409 and "account_currency" in r.json["errors"]["instruments"]
+    bad = {**config["instruments"], "EURGBP": {"asset_class": "fx_spot", "currency": "USD"}}
+    assert client.put("/instruments", json={"instruments": bad, "reason": "x"}).status_code == 422
+
