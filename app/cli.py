@@ -123,13 +123,17 @@ ENDPOINTS = [
     ("POST", "/what_if", "the decision an intent would get now, nothing stored"),
     ("POST", "/marks", "latest prices: revalue, evaluate kill switches"),
     ("POST", "/fills", "execution report for an approved decision"),
-    ("POST", "/positions/{symbol}/close", "close a position at a price"),
+    ("POST", "/positions/{symbol}/close", "close a position (or units of it) at a price"),
+    ("POST", "/positions/{symbol}/correct", "set a position to the broker's (admin)"),
+    ("POST", "/capital", "a deposit or a withdrawal (admin)"),
     ("GET", "/portfolio", "positions, exposures, equity, PnL, drawdown"),
     ("GET", "/health", "kill switches, trading state, metrics, database"),
     ("GET", "/health/live, /health/ready", "liveness, readiness"),
     ("GET", "/metrics", "decision counts, approval rate, rejections, latency"),
     ("POST", "/halt, /resume", "manual halt and resume (admin)"),
     ("GET/PUT", "/config", "configuration, versioned"),
+    ("GET/PUT", "/instruments", "the instrument table (part of the configuration)"),
+    ("GET", "/decisions/{id}/proof", "a decision's proof against a signed checkpoint"),
     ("GET", "/docs, /openapi.json", "API documentation"),
 ]
 
