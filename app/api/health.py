@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import current_app
+from flask import current_app, request
 from flask.views import MethodView
 from marshmallow import RAISE, Schema
 
@@ -74,6 +74,8 @@ class MetricsView(MethodView):
         from app.observability import prometheus_text, wants_prometheus
 
         if wants_prometheus():
+            if "portfolio_id" in request.args:  # one named: 404 unless it exists, as every route naming one
+                uow().known(current().portfolio)
             body, content_type = prometheus_text(uow(), current().portfolios)
             return Response(body, content_type=content_type)
         return ok(reading.metrics(uow(), current().portfolio))

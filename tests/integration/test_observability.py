@@ -89,3 +89,9 @@ def test_logs_are_one_json_event_per_line_with_the_key_name_never_the_key(client
     for key in keys.values():
         assert key not in text
     assert "Z" * 43 not in text
+
+
+def test_the_prometheus_scrape_of_a_portfolio_that_does_not_exist_is_a_404(client):
+    r = client.get("/metrics", query_string={"format": "prometheus", "portfolio_id": "no-such-desk"})
+    assert r.status_code == 404 and "no-such-desk" in r.json["message"]
+    assert client.get("/metrics", query_string={"format": "prometheus", "portfolio_id": "default"}).status_code == 200
