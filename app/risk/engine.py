@@ -16,7 +16,7 @@ from typing import Any
 from . import accounting, domain, kill_switches
 from .config import RPMConfig
 from .constraints import apply_constraints
-from .instruments import instrument, notional_per_unit, quote_to_account_rate
+from .instruments import instrument, notional_per_unit, quote_to_account_rate, rate_needed
 from .model import (
     ZERO,
     Approval,
@@ -243,7 +243,7 @@ class _Decider:
         info = instrument(intent.symbol, config)
         rate = quote_to_account_rate(info, intent.current_price, s.marks, config.account_currency)
         if rate is None:
-            needed = f"{info.currency}{config.account_currency} or {config.account_currency}{info.currency}"
+            needed = rate_needed(info, config.account_currency)
             self.breakdown["sizing"] = {"result": "REJECTED", "missing_rate": needed}
             return self.reject(ReasonCode.NO_FX_RATE, f"no mark for {needed} to convert {info.currency}",
                                {"currency": info.currency, "needed": needed})
@@ -489,11 +489,12 @@ def close(state: PortfolioState, symbol: str, price: Any, config: RPMConfig, now
     s, _eq, events = _begin(state, now, config)
     if symbol not in s.positions:  # (none, or only an approval that expired)
         raise KeyError(symbol)
-    refused = price_refusal(s, symbol, to_decimal(price), config, [])
+    price = to_decimal(price)
+    refused = price_refusal(s, symbol, price, config, [])
     if refused is not None:
         raise PriceRefused(refused[1])
     closing = None if units is None else floor_units(to_decimal(units), instrument(symbol, config).lot)
-    pnl, closed = accounting.realise_close(s, symbol, to_decimal(price), config, closing)
+    pnl, closed = accounting.realise_close(s, symbol, price, config, closing)
     eq = _settle(s, now, config, events, _held(s, config))
     done = abs(closed.units) if closing is None else min(closing, abs(closed.units))
     return Outcome(s, events, eq, realised_pnl=pnl, extra={"closed": closed.to_dict(), "closed_units": done})
@@ -502,10 +503,10 @@ def close(state: PortfolioState, symbol: str, price: Any, config: RPMConfig, now
 def move_capital(state: PortfolioState, amount: Any, config: RPMConfig, now: datetime) -> Outcome:
     """A deposit (> 0) or a withdrawal (< 0): capital moves, equity with it, and it is not performance.
 
-    As a fund administrator adjusts for flows: the references the drawdown and loss switches measure from (the
-    peak, the day's start and peak, the week's start) move by the same amount, so daily and weekly PnL and the
-    drawdown in the account currency are what they were; the loss limits, a fraction of the capital, follow it.
-    CapitalError for a withdrawal that would leave no equity.
+    As a fund administrator adjusts for flows: the day's and week's start equities move by the amount, so daily and
+    weekly PnL are what they were; the peaks scale with equity, so the drawdowns (fractions) are what they were;
+    the loss limits, fractions of the capital, follow it. CapitalError for a change that would leave no equity, or
+    a capital outside the domain.
     """
     amount = to_decimal(amount)
     s, eq, events = _begin(state, now, config)
@@ -525,7 +526,7 @@ def move_capital(state: PortfolioState, amount: Any, config: RPMConfig, now: dat
         if value is not None:  # (with no equity left, a fraction cannot be kept: the peaks move by the amount)
             setattr(s, name, (value * (eq + amount) / eq).quantize(accounting.MONEY) if eq > 0 else value + amount)
     eq = _settle(s, now, config, events, _held(s, config))
-    return Outcome(s, events, eq, extra={"capital_before": state.starting_capital, "capital_after": s.starting_capital})
+    return Outcome(s, events, eq)
 
 
 def correct(state: PortfolioState, symbol: str, units: Any, avg_price: Any, config: RPMConfig,

@@ -83,6 +83,11 @@ def quote_to_account_rate(
     return None
 
 
+def rate_needed(info: InstrumentInfo, account: str) -> str:
+    """The marks that would convert ``info``'s currency into the account currency (what is missing without one)."""
+    return f"{info.currency}{account} or {account}{info.currency}"
+
+
 def notional_per_unit(
     info: InstrumentInfo, price: Decimal, marks: Mapping[str, Decimal], account: str
 ) -> Decimal | None:

@@ -9,10 +9,10 @@ from typing import Any
 
 from app.errors import Conflict, Invalid
 from app.risk import CapitalError, ConfigError, CooldownActive, OutOfRange, ResumeError, RPMConfig, engine
-from app.risk.instruments import instrument, quote_to_account_rate
+from app.risk.instruments import instrument, quote_to_account_rate, rate_needed
 from app.risk.model import symbol_error
 from app.store import models as m
-from app.store.audit import to_scale
+from app.store.audit import column_unit, to_scale
 
 from .payloads import config_payload, trading_payload
 from .unit_of_work import Actor, Portfolio, UnitOfWork
@@ -147,7 +147,7 @@ def move_capital(uow: UnitOfWork, portfolio_id: str, amount: Any, reason: str, a
 
 
 # the unit of the books' last digit (NUMERIC(28, 10))
-_UNIT = Decimal(1).scaleb(-m.Portfolio.__table__.c.starting_capital.type.scale)
+_UNIT = column_unit(m.Portfolio.__table__.c.starting_capital)
 
 
 def _capital(state: Any) -> dict[str, Any]:
@@ -168,7 +168,7 @@ def correct_position(uow: UnitOfWork, portfolio_id: str, symbol: str, units: Any
         units, avg_price = to_scale(units, _UNIT), to_scale(avg_price, _UNIT)  # as the books store them
         info = instrument(symbol, p.config)
         if units != 0 and quote_to_account_rate(info, avg_price, p.state.marks, p.config.account_currency) is None:
-            needed = f"{info.currency}{p.config.account_currency} or {p.config.account_currency}{info.currency}"
+            needed = rate_needed(info, p.config.account_currency)
             raise Invalid("no rate to value the position", {"symbol": [f"no mark for {needed}: post it first"]})
         try:
             outcome = engine.correct(p.state, symbol, units, avg_price, p.config, now)
@@ -176,8 +176,7 @@ def correct_position(uow: UnitOfWork, portfolio_id: str, symbol: str, units: Any
             raise Invalid("correction out of range", {"units": [f"after it, {exc}"]}) from None
         before, after = outcome.extra["before"], outcome.extra["after"]
         held = Decimal(before["units"]) if before else Decimal(0)
-        new = units
-        p.ledger(kind="correct", symbol=symbol, units=new - held, price=avg_price, realised=Decimal(0),
+        p.ledger(kind="correct", symbol=symbol, units=units - held, price=avg_price, realised=Decimal(0),
                  state=outcome.state, at=now, actor=actor.name)
         p.admin_action(actor, "position_correct", now, reason, before={"symbol": symbol, "position": before},
                        after={"symbol": symbol, "position": after})
@@ -185,7 +184,7 @@ def correct_position(uow: UnitOfWork, portfolio_id: str, symbol: str, units: Any
         p.events(outcome.events)
         p.commit(outcome.state, now)
         return {"portfolio_id": portfolio_id, "symbol": symbol, "before": before, "after": after,
-                "difference_units": float(new - held),
+                "difference_units": float(units - held),
                 "portfolio_state": engine.portfolio_summary(outcome.state, p.config),
                 "events": [e.to_dict() for e in outcome.events]}
 

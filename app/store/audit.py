@@ -51,11 +51,15 @@ def _hashed_columns(model: type) -> list[str]:
 COLUMNS = {model: _hashed_columns(model) for model in AUDITED}
 
 
+def column_unit(column: Any) -> Decimal:
+    """The unit of a NUMERIC column's last digit (NUMERIC(28, 10): 1E-10)."""
+    return Decimal(1).scaleb(-column.type.scale)
+
+
 def _scaled_columns(model: type) -> dict[str, Decimal]:
-    """The NUMERIC columns with a scale, and the unit of their last digit (NUMERIC(28, 10): 1E-10)."""
+    """The NUMERIC columns with a scale, and the unit of their last digit."""
     table: Table = model.__table__
-    return {c.name: Decimal(1).scaleb(-c.type.scale) for c in table.columns
-            if isinstance(c.type, Numeric) and c.type.scale is not None}
+    return {c.name: column_unit(c) for c in table.columns if isinstance(c.type, Numeric) and c.type.scale is not None}
 
 
 SCALED = {model: _scaled_columns(model) for model in AUDITED}

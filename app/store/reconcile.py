@@ -26,11 +26,11 @@ from app.risk.kill_switches import MANUAL
 from app.risk.model import iso
 
 from . import models as m
-from .audit import to_scale
+from .audit import column_unit, to_scale
 from .repository import mark_history_hash
 
-_MARK_UNIT = Decimal(1).scaleb(-m.Mark.__table__.c.price.type.scale)
-_MONEY_UNIT = Decimal(1).scaleb(-m.Portfolio.__table__.c.realised_pnl.type.scale)
+_MARK_UNIT = column_unit(m.Mark.__table__.c.price)
+_MONEY_UNIT = column_unit(m.Portfolio.__table__.c.realised_pnl)
 # the tables chained since 0012, whose older rows have no place on a chain
 _LATER_CHAINED = [model.__tablename__ for model in (m.ConfigVersion, m.LedgerEntry, m.Fill, m.EquityPoint)]
 # at most this many findings of one kind per portfolio (the first, by sequence number)
