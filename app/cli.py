@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 
 from .gunicorn_conf import EMBEDDED_DATA
+from .keys import ROLES
 from .settings import Settings, default_instance_path, embedded_data
 
 
@@ -134,6 +135,12 @@ ENDPOINTS = [
     ("GET/PUT", "/config", "configuration, versioned"),
     ("GET/PUT", "/instruments", "the instrument table (part of the configuration)"),
     ("GET", "/decisions/{id}/proof", "a decision's proof against a signed checkpoint"),
+    ("GET", "/firm, /groups/{id}", "the firm's and a group's aggregate, limits used, switches"),
+    ("POST", "/groups, /groups/{id}/members", "groups and who is in them (admin)"),
+    ("PUT", "/groups/{id}/limits", "a group's or the firm's limits (admin)"),
+    ("POST", "/groups/{id}/halt, /resume", "halt and resume a group or the firm (admin)"),
+    ("POST", "/firm/marks", "firm-wide prices for every portfolio"),
+    ("GET", "/reports/eod?date=D", "the end-of-day report (JSON, CSV, HTML)"),
     ("GET", "/docs, /openapi.json", "API documentation"),
 ]
 
@@ -403,7 +410,7 @@ def keys() -> None:
 
 
 @keys.command("create")
-@click.option("--role", type=click.Choice(["trader", "compliance", "admin"]), required=True)
+@click.option("--role", type=click.Choice(list(ROLES)), required=True)
 @click.option("--portfolio", "portfolios", multiple=True, help="limit the key to this portfolio (repeatable)")
 @click.option("--name", default=None, help="who uses the key (recorded with every decision and action)")
 @click.option("--expires-in-days", type=int, default=None)
@@ -545,6 +552,51 @@ def instruments_set(table_file: str, reason: str, portfolio_id: str) -> None:
         raise click.ClickException(str(exc)) from None
     click.echo(f"{portfolio_id}: configuration version {out['version']} ({out['config_hash'][:16]}...), "
                f"{len(table)} instrument(s)")
+
+
+@main.group()
+def report() -> None:
+    """Reports a risk officer files."""
+
+
+@report.command("eod")
+@click.option("--date", "day", required=True, type=click.DateTime(formats=["%Y-%m-%d"]),
+              help="the firm's trading day (00:00 UTC to 00:00 UTC)")
+@click.option("--format", "fmt", type=click.Choice(["text", "json", "csv", "html"]), default="text", show_default=True)
+@click.option("--output", type=click.Path(dir_okay=False, writable=True), default=None, help="default: stdout")
+def report_eod(day, fmt: str, output: str | None) -> None:
+    """The end-of-day report: per portfolio, group and the firm, the books at the cut-off, the day's PnL, limits'
+    peak use, switches tripped, decisions by status and reason, admin actions. The same whenever it is made."""
+    from .errors import ServiceError
+    from .services import report as eod
+
+    try:
+        out = eod.eod(_uow(), day.date())
+    except ServiceError as exc:
+        raise click.ClickException(str(exc)) from None
+    text = (json.dumps(out, indent=2) if fmt == "json" else eod.as_csv(out) if fmt == "csv"
+            else eod.as_html(out) if fmt == "html" else eod.as_text(out))
+    if output is None:
+        click.echo(text, nl=not text.endswith("\n"))
+    else:
+        Path(output).write_text(text)
+        click.echo(f"end-of-day report of {out['trading_day']} written to {output}")
+
+
+@main.command("groups")
+def groups_tree() -> None:
+    """The firm, its groups and the portfolios under each, with their limits and trading states."""
+    from .services import firm
+
+    def show(node, depth=0):
+        limits = ", ".join(f"{k} {v:,g}" for k, v in node["limits"].items()) or "no limits"
+        click.echo(f"{'  ' * depth}{node['id']}  [{node['trading_state']}]  {limits}")
+        for child in node["groups"]:
+            show(child, depth + 1)
+        for pid in node["portfolios"]:
+            click.echo(f"{'  ' * (depth + 1)}- {pid}")
+
+    show(firm.tree(_uow()))
 
 
 if __name__ == "__main__":

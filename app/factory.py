@@ -77,6 +77,9 @@ def register_service(app: Flask, settings: Settings, clock: Callable[[], datetim
     if settings.unsafe_disable_portfolio_lock:
         app.logger.warning("RPM_TEST_UNSAFE_DISABLE_PORTFOLIO_LOCK: decisions are NOT serialized (tests only)")
         services.trading.unsafe_disable_portfolio_lock = True
+    if settings.unsafe_disable_group_lock:
+        app.logger.warning("RPM_TEST_UNSAFE_DISABLE_GROUP_LOCK: groups' limits are NOT serialized (tests only)")
+        uow.unsafe_groups = True
     app.extensions["rpm"] = services
     app.extensions["rpm_keys"] = KeyStore(uow, settings.auth_cache_seconds,
                                           failures_per_minute=settings.auth_failures_per_minute)

@@ -67,6 +67,8 @@ class Settings:
     checkpoint_every_seconds: float = 60.0
     # TEST ONLY: decide without the portfolio lock, to show that the race tests can fail
     unsafe_disable_portfolio_lock: bool = False
+    # TEST ONLY: decide without the groups' locks, to show that the group race test can fail
+    unsafe_disable_group_lock: bool = False
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -98,6 +100,7 @@ class Settings:
             checkpoint_every_records=_int("RPM_CHECKPOINT_EVERY_RECORDS", d.checkpoint_every_records),
             checkpoint_every_seconds=_float("RPM_CHECKPOINT_EVERY_SECONDS", d.checkpoint_every_seconds),
             unsafe_disable_portfolio_lock=os.environ.get("RPM_TEST_UNSAFE_DISABLE_PORTFOLIO_LOCK") == "1",
+            unsafe_disable_group_lock=os.environ.get("RPM_TEST_UNSAFE_DISABLE_GROUP_LOCK") == "1",
         )
 
     def resolved_database_url(self, instance_path: str) -> str:

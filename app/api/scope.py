@@ -10,6 +10,8 @@ Every protected view declares what it acts on (``acts_on``), beside its roles:
   of those that name none, and must agree with those that do.
 - ``VISIBLE``: no portfolio named; the answer covers every portfolio the key may see.
 - ``NONE``: no portfolio at all (who the key is).
+- ``FIRM``: the firm or a group above portfolios: keys not limited to portfolios only (a key limited to some
+  could otherwise see, halt or move what is not its own).
 
 ``resolve`` gives a ``Scope``: the portfolios the request acts on (each checked against the
 key's list: 403 before anything is read) and those it may show. Views read ``current()``, never
@@ -42,9 +44,10 @@ class Acts(StrEnum):
     BATCH = "batch"
     VISIBLE = "visible"
     NONE = "none"
+    FIRM = "firm"
 
 
-ONE, ONE_OR_ALL, CHAIN, BATCH, VISIBLE, NONE = Acts
+ONE, ONE_OR_ALL, CHAIN, BATCH, VISIBLE, NONE, FIRM = Acts
 
 
 def acts_on(kind: Acts | Callable[[Any], Acts]) -> Callable:
@@ -107,6 +110,10 @@ def resolve(kind: Acts, body: Any, query: Mapping[str, str], allowed: tuple[str,
         if named == SYSTEM_CHAIN and allowed is not None:
             raise Forbidden("the key-administration chain is for keys not limited to portfolios")
         scope = Scope(kind, None if named == EVERY else named, visible=allowed)
+    elif kind == FIRM:
+        if allowed is not None:
+            raise Forbidden("the firm and its groups are for keys not limited to portfolios")
+        scope = Scope(kind, None, visible=None)
     else:
         scope = Scope(kind, None, visible=allowed)
     if allowed is not None:

@@ -101,7 +101,7 @@ class WhatIf(MethodView):
 
 @blp.route("/marks")
 class Marks(MethodView):
-    @roles("trader")
+    @roles("trader", "market-data")
     @acts_on(ONE)
     @portfolio_query(blp)
     @blp.arguments(MarksSchema())

@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from . import accounting, domain, kill_switches
+from . import accounting, domain, firm, kill_switches
 from .config import RPMConfig
 from .constraints import apply_constraints
 from .instruments import instrument, notional_per_unit, quote_to_account_rate, rate_needed
@@ -57,7 +57,21 @@ def _begin(state: PortfolioState, now: datetime, config: RPMConfig) -> tuple[Por
     eq = accounting.equity(s, config)
     events = kill_switches.roll_calendar(s, eq, now, config)
     kill_switches.update_peaks(s, eq)
+    if s.levels:
+        events += _settle_levels(s, config, now)
     return s, eq, events
+
+
+def _settle_levels(s: PortfolioState, config: RPMConfig, now: datetime) -> list[SwitchEvent]:
+    """The groups and the firm above the portfolio measured with its book as it is now (app/risk/firm.py)."""
+    events: list[SwitchEvent] = []
+    own: dict[str, Any] = {}
+    for level in s.levels:
+        if level.held:
+            if level.currency not in own:
+                own[level.currency] = firm.book_of(s, config, level.currency)
+            events += firm.settle(level, own[level.currency], now)
+    return events
 
 
 def _expire(s: PortfolioState, now: datetime, config: RPMConfig) -> None:
@@ -127,6 +141,8 @@ def _settle(s: PortfolioState, now: datetime, config: RPMConfig, events: list[Sw
         eq = accounting.equity(s, config)
     kill_switches.update_peaks(s, eq)
     events += kill_switches.evaluate(s, eq, now, config)
+    if s.levels:
+        events += _settle_levels(s, config, now)
     return eq
 
 
@@ -222,6 +238,11 @@ class _Decider:
                 f"trading halted by {', '.join(tripped)}: only reducing trades are allowed",
                 {"tripped_switches": tripped, "switches": {k: s.switches[k].to_dict() for k in tripped}},
             )
+        stopped = firm.halted(s.levels)
+        if stopped is not None:
+            self.breakdown["kill_switches"].update(result="REJECTED", level=stopped.id,
+                                                   level_tripped=sorted(stopped.state.switches))
+            return self.reject(*firm.level_rejection(stopped))
         if symbol_halt is not None:
             return self.reject(
                 ReasonCode.SYMBOL_HALTED,
@@ -262,6 +283,13 @@ class _Decider:
         self.breakdown["constraints"] = steps
         if rejection is not None:
             return self.reject(rejection.code, rejection.message, rejection.context)
+        if s.levels:  # then each group's and the firm's, nearest first
+            units, steps, rejection = firm.level_constraints(intent.symbol, intent.direction, units, per_unit, info,
+                                                             s, config)
+            if steps:
+                self.breakdown["levels"] = steps
+            if rejection is not None:
+                return self.reject(rejection.code, rejection.message, rejection.context)
 
         # 6. final validation
         minimum = info.min_quantity if info.min_quantity is not None else config.dec("min_position_units")
@@ -286,7 +314,8 @@ class _Decider:
         self.breakdown["kill_switches"] = {
             "tripped": sorted(s.switches),
             "symbol_halted": intent.symbol in s.symbol_halts,
-            "result": "REDUCE_ONLY" if s.switches or intent.symbol in s.symbol_halts else "PASS",
+            "result": "REDUCE_ONLY" if s.switches or intent.symbol in s.symbol_halts or firm.halted(s.levels)
+            else "PASS",
         }
         checks: list[dict[str, Any]] = []
         self.breakdown["intent_checks"] = checks

@@ -434,6 +434,198 @@ class Release:
     note: str = ""
 
 
+FIRM = "firm"  # the root of the tree: every portfolio is under it
+
+
+def _money(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def _money_of(value: Any) -> Decimal | None:
+    return None if value is None else Decimal(value)
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """The limits of a group or of the firm, on the aggregate of the portfolios under it, in the firm's currency
+    (SPEC §12): exposures and the daily loss as amounts, the drawdown as a fraction of the level's peak equity,
+    the open positions as a count. None: no such limit."""
+
+    gross_exposure: Decimal | None = None
+    net_exposure: Decimal | None = None
+    currency_exposure: Decimal | None = None
+    symbol_exposure: Decimal | None = None
+    positions: int | None = None
+    daily_loss: Decimal | None = None
+    drawdown: float | None = None
+
+    AMOUNTS = ("gross_exposure", "net_exposure", "currency_exposure", "symbol_exposure", "daily_loss")
+
+    @property
+    def exposure(self) -> bool:
+        """Whether a decision has to add its size to the level's aggregate (an exposure or position limit)."""
+        return any(getattr(self, n) is not None for n in (*self.AMOUNTS[:4], "positions"))
+
+    @property
+    def any(self) -> bool:
+        return self.exposure or self.daily_loss is not None or self.drawdown is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The limits set, JSON-ready (amounts as numbers)."""
+        out: dict[str, Any] = {}
+        for name in (*self.AMOUNTS, "positions", "drawdown"):
+            value = getattr(self, name)
+            if value is not None:
+                out[name] = float(value) if isinstance(value, Decimal) else value
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None) -> Limits:
+        """Limits from their JSON form; ValueError naming what is wrong (unknown names, values out of range)."""
+        data = dict(data or {})
+        errors: dict[str, str] = {}
+        values: dict[str, Any] = {}
+        for name, value in data.items():
+            if name in cls.AMOUNTS:
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                        or not 0 < value <= float(domain.BOOKS_LIMIT):
+                    errors[name] = f"an amount above 0, at most {float(domain.BOOKS_LIMIT):.0e}, or null"
+                else:
+                    values[name] = Decimal(repr(float(value))) if isinstance(value, float) else Decimal(value)
+            elif name == "positions":
+                if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 1_000_000:
+                    errors[name] = "a whole number from 0 to 1,000,000, or null"
+                else:
+                    values[name] = value
+            elif name == "drawdown":
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+                    errors[name] = "a fraction above 0, at most 1, or null"
+                else:
+                    values[name] = float(value)
+            else:
+                errors[name] = f"unknown limit (known: {', '.join((*cls.AMOUNTS, 'positions', 'drawdown'))})"
+        if errors:
+            raise LimitsError(errors)
+        return cls(**values)
+
+
+class LimitsError(ValueError):
+    def __init__(self, errors: dict[str, str]):
+        super().__init__("; ".join(f"{k}: {v}" for k, v in errors.items()))
+        self.errors = errors
+
+
+@dataclass(frozen=True, slots=True)
+class Book:
+    """Positions and equity of some portfolios, in a level's currency: signed notional by symbol (netted across the
+    portfolios) and by currency leg (the level's currency left out), gross (not netted: the sum of every
+    position's size), net, open positions (one per portfolio and symbol), equity, capital and PnL. ``missing_rate``:
+    a currency that could not be converted (its amounts are left out)."""
+
+    by_symbol: Mapping[str, Decimal] = field(default_factory=dict)
+    by_currency: Mapping[str, Decimal] = field(default_factory=dict)
+    gross: Decimal = ZERO
+    net: Decimal = ZERO
+    positions: int = 0
+    equity: Decimal = ZERO
+    capital: Decimal = ZERO
+    realised: Decimal = ZERO
+    unrealised: Decimal = ZERO
+    missing_rate: str | None = None
+
+    def plus(self, other: Book) -> Book:
+        by_symbol = dict(self.by_symbol)
+        for k, v in other.by_symbol.items():
+            by_symbol[k] = by_symbol.get(k, ZERO) + v
+        by_currency = dict(self.by_currency)
+        for k, v in other.by_currency.items():
+            by_currency[k] = by_currency.get(k, ZERO) + v
+        return Book(by_symbol, by_currency, self.gross + other.gross, self.net + other.net,
+                    self.positions + other.positions, self.equity + other.equity, self.capital + other.capital,
+                    self.realised + other.realised, self.unrealised + other.unrealised,
+                    self.missing_rate or other.missing_rate)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"by_symbol": {k: str(v) for k, v in sorted(self.by_symbol.items())},
+                "by_currency": {k: str(v) for k, v in sorted(self.by_currency.items())},
+                "gross": str(self.gross), "net": str(self.net), "positions": self.positions,
+                "equity": str(self.equity), "capital": str(self.capital), "realised": str(self.realised),
+                "unrealised": str(self.unrealised), "missing_rate": self.missing_rate}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Book:
+        return cls({k: Decimal(v) for k, v in data["by_symbol"].items()},
+                   {k: Decimal(v) for k, v in data["by_currency"].items()}, Decimal(data["gross"]),
+                   Decimal(data["net"]), int(data["positions"]), Decimal(data["equity"]), Decimal(data["capital"]),
+                   Decimal(data["realised"]), Decimal(data["unrealised"]), data.get("missing_rate"))
+
+
+@dataclass(slots=True)
+class LevelState:
+    """A group's or the firm's kill-switch state: tripped switches and the references they measure from (the
+    attributes the portfolio switches' transitions read: app/risk/kill_switches.py works on either)."""
+
+    switches: dict[str, SwitchState] = field(default_factory=dict)
+    peak_equity: Decimal | None = None
+    day_key: str | None = None
+    day_start_equity: Decimal | None = None
+    day_peak_equity: Decimal | None = None
+    week_key: str | None = None
+    week_start_equity: Decimal | None = None
+    symbol_halts: dict[str, SwitchState] = field(default_factory=dict)  # (none at a level)
+    recent_confidences: tuple[float, ...] = ()  # (none at a level)
+
+    def clone(self) -> LevelState:
+        return LevelState(dict(self.switches), self.peak_equity, self.day_key, self.day_start_equity,
+                          self.day_peak_equity, self.week_key, self.week_start_equity)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"switches": {k: s.to_dict() for k, s in sorted(self.switches.items())},
+                "peak_equity": _money(self.peak_equity), "day_key": self.day_key,
+                "day_start_equity": _money(self.day_start_equity), "day_peak_equity": _money(self.day_peak_equity),
+                "week_key": self.week_key, "week_start_equity": _money(self.week_start_equity)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> LevelState:
+        return cls({k: SwitchState.from_dict(v) for k, v in (data.get("switches") or {}).items()},
+                   _money_of(data.get("peak_equity")), data.get("day_key"), _money_of(data.get("day_start_equity")),
+                   _money_of(data.get("day_peak_equity")), data.get("week_key"),
+                   _money_of(data.get("week_start_equity")))
+
+
+@dataclass(slots=True)
+class Level:
+    """A group, or the firm, above a portfolio, as a decision of that portfolio sees it: its limits, its switches,
+    and the aggregate of its other portfolios (``others``, as committed and as the transaction has them).
+
+    ``held``: the level is locked for the transaction (it has limits, or is a group): its aggregate is measured and
+    its drawdown and daily-loss switches evaluated. A level not held is read for its halts alone.
+    """
+
+    id: str
+    currency: str
+    limits: Limits
+    state: LevelState
+    others: Book
+    held: bool = True
+
+    @property
+    def name(self) -> str:
+        return "the firm" if self.id == FIRM else f"group {self.id}"
+
+    def clone(self) -> Level:
+        return Level(self.id, self.currency, self.limits, self.state.clone(), self.others, self.held)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "currency": self.currency, "limits": self.limits.to_dict(), "state": self.state.to_dict(),
+                "others": self.others.to_dict(), "held": self.held}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Level:
+        return cls(data["id"], data["currency"], Limits.from_dict(data["limits"]), LevelState.from_dict(data["state"]),
+                   Book.from_dict(data["others"]), data.get("held", True))
+
+
 THROTTLE_BUCKETS_PER_SECOND = 100  # the throttle counts intents in 10 ms buckets
 
 
@@ -499,6 +691,8 @@ class PortfolioState:
     open_approvals: tuple[Approval, ...] = ()
     # the approvals released at their expiry in this transaction (not kept: the transaction writes them)
     released: list[Release] = field(default_factory=list, compare=False)
+    # the groups and the firm above the portfolio, nearest first (SPEC §12)
+    levels: tuple[Level, ...] = ()
 
     @classmethod
     def new(cls, config: RPMConfig, portfolio_id: str = domain.DEFAULT_PORTFOLIO, capital: Any = None) -> PortfolioState:
@@ -526,6 +720,7 @@ class PortfolioState:
             symbol_halts=dict(self.symbol_halts),
             open_approvals=self.open_approvals,
             released=list(self.released),  # (a transaction's releases, whichever of its operations made them)
+            levels=tuple(level.clone() for level in self.levels),
         )
 
     @property
@@ -556,6 +751,7 @@ class PortfolioState:
             "symbol_halts": {k: s.to_dict() for k, s in sorted(self.symbol_halts.items())},
             # (only when some: the document of a state without them is as it was)
             **({"open_approvals": [a.to_dict() for a in self.open_approvals]} if self.open_approvals else {}),
+            **({"levels": [level.to_dict() for level in self.levels]} if self.levels else {}),
         }
 
     @classmethod
@@ -582,6 +778,7 @@ class PortfolioState:
             switches={k: SwitchState.from_dict(v) for k, v in data.get("switches", {}).items()},
             symbol_halts={k: SwitchState.from_dict(v) for k, v in data.get("symbol_halts", {}).items()},
             open_approvals=tuple(Approval.from_dict(a) for a in data.get("open_approvals", ())),
+            levels=tuple(Level.from_dict(level) for level in data.get("levels", ())),
         )
 
 

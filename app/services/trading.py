@@ -171,7 +171,7 @@ class Trading:
         """The decision an intent would get now: decided on the state as committed, nothing stored."""
         portfolio_id = check_portfolio_id(portfolio_of(fields))
         want = Wanted(symbols={fields["symbol"]} if isinstance(fields.get("symbol"), str) else set())
-        with self.uow.portfolios({portfolio_id: want}, lock=False) as opened:
+        with self.uow.portfolios({portfolio_id: want}, lock=False, levels=True) as opened:
             p = opened.portfolios[portfolio_id]
             intent = validated(p.config, fields, portfolio_id)
             decision = engine.decide(p.state, intent, p.config, self.uow.clock(), "what-if").decision
@@ -260,12 +260,16 @@ class Trading:
                                decision_id=stored.id)
             return stored, True
         now = self.uow.clock()
+        if tx.groups:  # the levels above as this transaction has them now (its other portfolios' decisions)
+            tx.give_levels(lk)
         outcome = engine.decide(loaded.state, intent, loaded.config, now, str(uuid.uuid4()))
         if unsafe:
             tx.refresh_head(loaded.row)
-        rows = decision_rows(loaded, intent, hashed, outcome, now, item.actor, item.started)
+        rows = decision_rows(loaded, intent, hashed, outcome, tx.level_events(outcome.events, outcome.decision.id),
+                             now, item.actor, item.started)
         tx.add(rows)
         loaded.state = outcome.state
+        tx.take_levels(outcome.state)
         row = SimpleNamespace(**rows[0][1])
         if intent.intent_id is not None:
             seen[key] = row
@@ -318,9 +322,10 @@ class Trading:
             return exc
 
 
-def decision_rows(loaded: Loaded, intent: TradeIntent, hashed: str, outcome: engine.Outcome, now: datetime,
-                  actor: Actor, started: float) -> list[tuple[type, dict[str, Any]]]:
-    """The rows a decision writes, on the portfolio's chain: the decision, its ledger entry, its events.
+def decision_rows(loaded: Loaded, intent: TradeIntent, hashed: str, outcome: engine.Outcome,
+                  events: list[Any], now: datetime, actor: Actor, started: float) -> list[tuple[type, dict[str, Any]]]:
+    """The rows a decision writes, on the portfolio's chain: the decision, its ledger entry, its ``events`` (the
+    portfolio's: a level's go to the `_system` chain).
 
     Advances the locked row's counters, sequence numbers and chain head.
     """
@@ -364,5 +369,5 @@ def decision_rows(loaded: Loaded, intent: TradeIntent, hashed: str, outcome: eng
         rows.append((m.LedgerEntry, chain.seal(m.LedgerEntry, ledger_values(
             row, kind=b.kind, symbol=b.symbol, units=b.units * b.direction, price=b.price, realised=outcome.realised_pnl,
             state=outcome.state, at=now, actor=actor.name, decision_id=d.id))))
-    rows += [(m.SwitchEventRow, chain.seal(m.SwitchEventRow, event_values(row.id, e, d.id))) for e in outcome.events]
+    rows += [(m.SwitchEventRow, chain.seal(m.SwitchEventRow, event_values(row.id, e, d.id))) for e in events]
     return rows

@@ -92,7 +92,8 @@ class Portfolio:
             self.state = released
 
     def events(self, events: list[SwitchEvent], decision_id: str | None = None) -> None:
-        """Switch events, on the chain."""
+        """Switch events, on the chain (a group's or the firm's on the `_system` chain, at commit)."""
+        events = self.tx.level_events(events, decision_id)
         self.add(*((m.SwitchEventRow, self.sealed(m.SwitchEventRow, event_values(self.id, e, decision_id)))
                    for e in events))
 
@@ -158,25 +159,30 @@ def check_portfolio_id(value: Any) -> str:
 
 
 class UnitOfWork:
+    # TEST ONLY (RPM_TEST_UNSAFE_DISABLE_GROUP_LOCK): the groups above portfolios read without their lock
+    unsafe_groups = False
+
     def __init__(self, db: Database, clock: Clock = system_clock, default_config: RPMConfig | None = None):
         self.db = db
         self.clock = clock
         self.default_config = default_config or RPMConfig()
 
     @contextmanager
-    def portfolios(self, wanted: dict[str, Wanted], *, lock: bool = True) -> Iterator[Transaction]:
+    def portfolios(self, wanted: dict[str, Wanted], *, lock: bool = True,
+                   levels: bool | None = None) -> Iterator[Transaction]:
         """A transaction on the portfolios of ``wanted`` (read what each needs; locked unless ``lock`` is
-        False), rolled back unless committed. 404 for a portfolio that does not exist."""
+        False), rolled back unless committed. 404 for a portfolio that does not exist. ``levels`` (by default when
+        locking): the groups and the firm above them read too (locked after them when locking)."""
         for portfolio_id in wanted:
             check_portfolio_id(portfolio_id)
         with self._transaction() as tx:
-            locked = tx.lock(wanted, lock=lock)
+            locked = tx.lock(wanted, lock=lock, levels=levels)
             missing = sorted(pid for pid, found in locked.items() if found is None)
             unknown = [pid for pid in missing if pid != domain.DEFAULT_PORTFOLIO]
             if unknown:
                 raise NotFound(f"unknown portfolio {unknown[0]!r}")
             if missing:  # `default`, which always exists
-                locked.update(self._made_default(tx, wanted[domain.DEFAULT_PORTFOLIO], lock))
+                locked.update(self._made_default(tx, wanted[domain.DEFAULT_PORTFOLIO], lock, levels))
             opened = {pid: Portfolio(tx, found) for pid, found in locked.items()}
             if lock:  # a change to come: what expired is released first
                 now = self.clock()
@@ -217,19 +223,26 @@ class UnitOfWork:
                 tx.commit()
 
     @contextmanager
+    def firm(self) -> Iterator[PortfolioTransaction]:
+        """A transaction on the groups and the firm (app/services/firm.py), rolled back unless committed."""
+        with self._transaction() as tx:
+            yield tx
+
+    @contextmanager
     def _transaction(self) -> Iterator[PortfolioTransaction]:
         """A portfolio transaction on a connection of the pool, rolled back unless committed (the seam the
         unit tests replace with a transaction in memory)."""
         with self._errors(), self.db.connection() as conn:
-            tx = PortfolioTransaction(conn, self.db.cache_key)
+            tx = PortfolioTransaction(conn, self.db.cache_key, unsafe_groups=self.unsafe_groups)
             try:
                 yield tx
             finally:
                 tx.forget_uncommitted()
 
-    def _made_default(self, tx: PortfolioTransaction, wanted: Wanted, lock: bool) -> dict[str, Locked | None]:
+    def _made_default(self, tx: PortfolioTransaction, wanted: Wanted, lock: bool,
+                      levels: bool | None) -> dict[str, Locked | None]:
         tx.create(*new_portfolio(domain.DEFAULT_PORTFOLIO, self.default_config, self.clock(), "system"))
-        return tx.lock({domain.DEFAULT_PORTFOLIO: wanted}, lock=lock)
+        return tx.lock({domain.DEFAULT_PORTFOLIO: wanted}, lock=lock, levels=levels)
 
     @contextmanager
     def session(self) -> Iterator[Any]:

@@ -21,6 +21,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -74,6 +75,7 @@ class Portfolio(Base):
     """One portfolio: its capital, equity bookkeeping, trading state, config version and audit head."""
 
     __tablename__ = "portfolios"
+    __table_args__ = (Index("ix_portfolios_group", "group_id"),)
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     account_currency: Mapped[str] = mapped_column(String(3), default="USD")
@@ -99,6 +101,42 @@ class Portfolio(Base):
     audit_seq: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     audit_head: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # the group it belongs to (None: directly under the firm)
+    group_id: Mapped[str | None] = mapped_column(ForeignKey("groups.id"))
+
+
+class Group(Base):
+    """A group of portfolios, or the firm (``firm``, the root): its limits on their aggregate and its kill-switch
+    state (app/risk/firm.py). Its records are on the `_system` chain."""
+
+    __tablename__ = "groups"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    parent_id: Mapped[str | None] = mapped_column(ForeignKey("groups.id"))
+    currency: Mapped[str] = mapped_column(String(3))
+    limits: Mapped[dict] = mapped_column(Json, default=dict)
+    switches: Mapped[dict] = mapped_column(Json, default=dict)
+    peak_equity: Mapped[Decimal | None] = mapped_column(Money)
+    day_key: Mapped[str | None] = mapped_column(String(10))
+    day_start_equity: Mapped[Decimal | None] = mapped_column(Money)
+    day_peak_equity: Mapped[Decimal | None] = mapped_column(Money)
+    week_key: Mapped[str | None] = mapped_column(String(10))
+    week_start_equity: Mapped[Decimal | None] = mapped_column(Money)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class FirmMark(Base):
+    """The latest firm-wide price of a symbol (POST /marks of no portfolio), which every portfolio reads unless its
+    own mark is newer; derived from the `_system` chain's mark updates."""
+
+    __tablename__ = "firm_marks"
+
+    symbol: Mapped[str] = mapped_column(String(32), primary_key=True)
+    price: Mapped[Decimal] = mapped_column(Money)
+    history: Mapped[list] = mapped_column(Json, default=list)
+    history_hash: Mapped[str] = mapped_column(String(64))
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
@@ -218,10 +256,12 @@ class SwitchEventRow(ChainedRecord, Base):
 
     __tablename__ = "switch_events"
     __table_args__ = (Index("ix_switch_events_portfolio_at", "portfolio_id", "at"),
-                      Index("ix_switch_events_portfolio_audit", "portfolio_id", "audit_seq"))
+                      Index("ix_switch_events_portfolio_audit", "portfolio_id", "audit_seq"),
+                      Index("ix_switch_events_system_audit", "audit_seq", postgresql_where=text("portfolio_id IS NULL")))
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
-    portfolio_id: Mapped[str] = mapped_column(ForeignKey("portfolios.id"))
+    # None: an event of a group or the firm (its id in ``detail["level"]``), on the `_system` chain
+    portfolio_id: Mapped[str | None] = mapped_column(ForeignKey("portfolios.id"))
     switch: Mapped[str] = mapped_column(String(32))
     action: Mapped[str] = mapped_column(String(16))
     symbol: Mapped[str | None] = mapped_column(String(32))
@@ -354,10 +394,12 @@ class MarkUpdate(ChainedRecord, Base):
     """Prices posted (POST /marks), on the portfolio's chain: the marks table is derived from these. Append-only."""
 
     __tablename__ = "mark_updates"
-    __table_args__ = (Index("ix_mark_updates_portfolio_audit", "portfolio_id", "audit_seq"),)
+    __table_args__ = (Index("ix_mark_updates_portfolio_audit", "portfolio_id", "audit_seq"),
+                      Index("ix_mark_updates_system_audit", "audit_seq", postgresql_where=text("portfolio_id IS NULL")))
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
-    portfolio_id: Mapped[str] = mapped_column(ForeignKey("portfolios.id"))
+    # None: firm marks, on the `_system` chain
+    portfolio_id: Mapped[str | None] = mapped_column(ForeignKey("portfolios.id"))
     at: Mapped[datetime] = mapped_column(UTCDateTime)
     # {symbol: price as its decimal text}, and {symbol: the hash of its mark history after it}
     prices: Mapped[dict] = mapped_column(Json)

@@ -38,14 +38,16 @@ from psycopg.rows import dict_row
 from psycopg.types import json as pg_json
 from sqlalchemy import JSON, Table
 
-from app.risk import PortfolioState, RPMConfig, accounting
+from app.risk import PortfolioState, RPMConfig, accounting, firm
+from app.risk.model import FIRM, Book, Level, LevelState, Limits, SwitchEvent, SwitchState
 
 from . import models as m
-from .audit import Chain, json_bytes
+from .audit import GENESIS, SYSTEM_CHAIN, Chain, json_bytes
 from .repository import (
     cached_config,
     cached_histories,
     equity_point_values,
+    event_values,
     forget_config,
     ledger_values,
     mark_history_hash,
@@ -76,8 +78,11 @@ _SELECT_STATE = (
     "decided.ids FROM "
     "(SELECT array_agg(symbol), array_agg(units), array_agg(avg_price), array_agg(opened_at) FROM positions "
     "WHERE portfolio_id = %(p)s) AS pos(symbols, units, avg_prices, opened), "
-    "(SELECT array_agg(symbol), array_agg(price), array_agg(history_hash) FROM marks WHERE portfolio_id = %(p)s) "
-    "AS mk(symbols, prices, hashes), "
+    # a symbol's mark: the newer of the portfolio's own and the firm's (the portfolio's on a tie), price and history
+    "(SELECT array_agg(symbol), array_agg(price), array_agg(history_hash) FROM (SELECT DISTINCT ON (symbol) symbol, "
+    "price, history_hash FROM (SELECT symbol, price, history_hash, updated_at, 1 AS own FROM marks "
+    "WHERE portfolio_id = %(p)s UNION ALL SELECT symbol, price, history_hash, updated_at, 0 FROM firm_marks) AS both_ "
+    "ORDER BY symbol, updated_at DESC, own DESC) AS newest) AS mk(symbols, prices, hashes), "
     "(SELECT jsonb_object_agg(symbol, history) FROM atr_histories WHERE portfolio_id = %(p)s AND symbol = ANY(%(s)s)) "
     "AS atr(histories), "
     f"(SELECT array_agg(d.intent_id) {_DECIDED}) AS decided(ids)")
@@ -163,6 +168,74 @@ _SELECT_LATENCIES = ("SELECT latency_ms FROM (SELECT latency_ms FROM decisions W
                      "ORDER BY seq DESC LIMIT 10000) d WHERE latency_ms IS NOT NULL")
 
 
+# -- the groups and the firm above the portfolios (app/risk/firm.py) ---------------------------------
+# A transaction that changes portfolios locks the groups above them, after the portfolios (so, in the same order
+# everywhere: portfolios by id, groups by id, the firm last): a group's members decide one transaction at a time,
+# which is what keeps two of them from breaching its limits together. The firm is locked the same way when it has
+# limits; without any it is only share-locked, for its halt: a halt waits for the decisions in flight, and every
+# decision after it sees it. (Its two statements choose by its limits as they are when each runs: one of them
+# finds it, unless its limits changed between the two, and then the transaction reads again.)
+_GROUP_COLUMNS = [c.name for c in m.Group.__table__.columns]
+_SELECT_GROUPS = f"SELECT {', '.join(_GROUP_COLUMNS)} FROM groups"
+_UP = ("WITH RECURSIVE up(id) AS (SELECT group_id FROM portfolios WHERE id = ANY(%(p)s) AND group_id IS NOT NULL "
+       "UNION SELECT g.parent_id FROM groups g JOIN up ON g.id = up.id WHERE g.parent_id IS NOT NULL) ")
+_LOCK_GROUPS = _UP + _SELECT_GROUPS + " WHERE id IN (SELECT id FROM up) AND id <> 'firm' ORDER BY id"
+_LOCK_FIRM_HELD = _SELECT_GROUPS + " WHERE id = 'firm' AND limits <> '{}'::jsonb"
+_LOCK_FIRM_SHARED = _SELECT_GROUPS + " WHERE id = 'firm' AND limits = '{}'::jsonb"
+_SELECT_TREE = "SELECT id, parent_id FROM groups"
+# the portfolios whose books the locked levels with limits measure: those under the same groups (and every one when
+# the firm has limits: one more round trip), read after the locks: what they show is what the other members committed
+_SELECT_MEMBERS = (
+    _UP + ", down(id) AS (SELECT id FROM up UNION SELECT g.id FROM groups g JOIN down ON g.parent_id = down.id) "
+    "SELECT id, group_id FROM portfolios WHERE group_id IN (SELECT id FROM down)")
+# (an index lookup above: a scan of the portfolios table reads every version of their rows not yet vacuumed, and
+# each transaction of a portfolio leaves one. Every portfolio is the firm's: read only when the firm has limits)
+_SELECT_EVERY_PORTFOLIO = "SELECT id, group_id FROM portfolios"
+_UPDATE_GROUP = ("UPDATE groups SET switches = %s, peak_equity = %s, day_key = %s, day_start_equity = %s, "
+                 "day_peak_equity = %s, week_key = %s, week_start_equity = %s, updated_at = %s WHERE id = %s")
+_LOCK_SYSTEM_HEAD = "SELECT audit_seq, audit_head FROM audit_heads WHERE chain = %s FOR UPDATE"
+_MAKE_SYSTEM_HEAD = ("INSERT INTO audit_heads (chain, audit_seq, audit_head) VALUES (%s, 0, %s) "
+                     "ON CONFLICT (chain) DO NOTHING")
+_UPDATE_SYSTEM_HEAD = "UPDATE audit_heads SET audit_seq = %s, audit_head = %s WHERE chain = %s"
+
+
+class LevelsChanged(Exception):
+    """The firm's limits changed between the two statements that lock it: the transaction reads again."""
+
+
+def _dec(value: Any) -> Decimal | None:
+    return None if value is None else Decimal(value).normalize()
+
+
+@dataclass
+class GroupRow:
+    """A group or the firm as a transaction read it: its place in the tree, limits, switch state (and the state it
+    read, to know what to write), and whether the transaction holds it for update."""
+
+    id: str
+    parent_id: str | None
+    currency: str
+    limits: Limits
+    state: LevelState
+    initial: LevelState
+    for_update: bool
+
+    @classmethod
+    def of(cls, values: tuple[Any, ...], for_update: bool) -> GroupRow:
+        row = dict(zip(_GROUP_COLUMNS, values, strict=True))
+        state = LevelState({k: SwitchState.from_dict(v) for k, v in (row["switches"] or {}).items()},
+                           _dec(row["peak_equity"]), row["day_key"], _dec(row["day_start_equity"]),
+                           _dec(row["day_peak_equity"]), row["week_key"], _dec(row["week_start_equity"]))
+        return cls(row["id"], row["parent_id"], row["currency"], Limits.from_dict(row["limits"]), state,
+                   state.clone(), for_update)
+
+    @property
+    def held(self) -> bool:
+        """Measured (its aggregate, its switches): it has limits. Its new state is written only when the transaction
+        holds it for update."""
+        return self.limits.any
+
+
 def release_rows(row: Any, state: PortfolioState, now: datetime) -> list[tuple[type, dict[str, Any]]]:
     """The rows of the approvals ``state`` released (then forgotten), on the chain of ``row``: for each, a fill of
     nothing (so that no later fill is taken) and a ledger entry of what it gave back (none when it gave nothing
@@ -244,22 +317,189 @@ class PortfolioTransaction:
     _created: list[str] = field(default_factory=list)  # portfolios this transaction inserted
     _pointed: set[str] = field(default_factory=set)  # portfolios given a point of their equity curve
     _committed: bool = False
+    # the groups and the firm above the portfolios locked, by id; the books of their other members, by level
+    groups: dict[str, GroupRow] = field(default_factory=dict)
+    _parents: dict[str, str | None] = field(default_factory=dict)
+    _group_of: dict[str, str | None] = field(default_factory=dict)  # portfolio -> its group (None: the firm)
+    _base: dict[str, Book] = field(default_factory=dict)
+    _mine: dict[str, Locked] = field(default_factory=dict)  # the portfolios this transaction locked
+    _level_events: list[tuple[SwitchEvent, str | None]] = field(default_factory=list)
+    _now: datetime | None = None
+    unsafe_groups: bool = False  # TEST ONLY: the groups read without their lock (the race tests)
 
-    def lock(self, requests: dict[str, Wanted], *, lock: bool = True) -> dict[str, Locked | None]:
-        """Lock the portfolios (in sorted order: no deadlock) and read them; None for one that does not exist."""
+    def lock(self, requests: dict[str, Wanted], *, lock: bool = True,
+             levels: bool | None = None) -> dict[str, Locked | None]:
+        """Lock the portfolios (in sorted order: no deadlock) and read them; None for one that does not exist.
+        ``levels`` (by default when locking): the groups and the firm above them too, locked after them, and the
+        books of their other members; each state is given its levels (``PortfolioState.levels``)."""
+        levels = lock if levels is None else levels
+        for _attempt in range(3):
+            try:
+                return self._lock(requests, lock, levels)
+            except LevelsChanged:
+                if self._created:  # (a portfolio made in this transaction would be lost with it)
+                    raise RuntimeError("the firm's limits changed while a portfolio was being made") from None
+                self.conn.rollback()
+        raise RuntimeError("the firm's limits kept changing")
+
+    def _lock(self, requests: dict[str, Wanted], lock: bool, levels: bool) -> dict[str, Locked | None]:
         conn = self.conn
         cursors = {}
         suffix = " FOR UPDATE" if lock else ""
+        ids = sorted(requests)
         with conn.pipeline():
             conn.execute(_GENERIC_PLANS)
-            for portfolio_id in sorted(requests):
+            for portfolio_id in ids:
                 wanted = requests[portfolio_id]
                 cursors[portfolio_id] = (
                     conn.execute(_SELECT_PORTFOLIO + suffix, (portfolio_id,)),
                     conn.execute(_SELECT_STATE, {"p": portfolio_id, "s": sorted(wanted.symbols),
                                                  "i": wanted.intent_ids}),
                 )
+            if levels:
+                held = lock and not self.unsafe_groups
+                found = (conn.execute(_LOCK_GROUPS + (" FOR NO KEY UPDATE" if held else ""), {"p": ids}),
+                         conn.execute(_LOCK_FIRM_HELD + (" FOR NO KEY UPDATE" if held else "")),
+                         conn.execute(_LOCK_FIRM_SHARED + (" FOR SHARE" if lock else "")),
+                         conn.execute(_SELECT_TREE), conn.execute(_SELECT_MEMBERS, {"p": ids}))
+        locked = {pid: self._locked(*found_) for pid, found_ in cursors.items()}
+        if levels:
+            self._read_levels(locked, *found, held=held)
+        return locked
+
+    def _read_levels(self, locked: dict[str, Locked | None], groups: Any, firm_held: Any, firm_shared: Any,
+                     tree: Any, members: Any, held: bool) -> None:
+        """The groups and the firm as locked, the books of their other members (one more round trip when a level
+        has limits), and each locked portfolio's levels."""
+        rows = [GroupRow.of(v, held) for v in groups.fetchall()]
+        rows += [GroupRow.of(v, held) for v in firm_held.fetchall()]
+        rows += [GroupRow.of(v, False) for v in firm_shared.fetchall()]
+        if sum(1 for r in rows if r.id == FIRM) != 1:
+            raise LevelsChanged
+        self._parents.update(tree.fetchall())
+        for row in rows:
+            self.groups.setdefault(row.id, row)
+        for lk in locked.values():
+            if lk is not None:
+                self._mine[lk.loaded.row.id] = lk
+                self._group_of[lk.loaded.row.id] = lk.loaded.row.group_id
+        found = members.fetchall()
+        if self.groups[FIRM].held:
+            found = self.conn.execute(_SELECT_EVERY_PORTFOLIO).fetchall()
+        others = {pid: gid for pid, gid in found if pid not in self._mine}
+        self._group_of.update(others)
+        measured = {g.id for g in self.groups.values() if g.held}
+        wanted = sorted(pid for pid in others if measured & set(self.ancestors(pid)))
+        if wanted:
+            read = self._read_states(wanted)
+            for pid, lk in read.items():
+                if lk is None:
+                    continue
+                for level_id in measured & set(self.ancestors(pid)):
+                    currency = self.groups[level_id].currency
+                    self._base[level_id] = self._base.get(level_id, Book()).plus(
+                        firm.book_of(lk.loaded.state, lk.loaded.config, currency))
+        for lk in self._mine.values():
+            self.give_levels(lk)
+
+    def _read_states(self, ids: list[str]) -> dict[str, Locked | None]:
+        """Portfolios' states as committed (their books, for a level's aggregate), in one round trip."""
+        conn = self.conn
+        cursors = {}
+        with conn.pipeline():
+            for portfolio_id in ids:
+                cursors[portfolio_id] = (conn.execute(_SELECT_PORTFOLIO, (portfolio_id,)),
+                                         conn.execute(_SELECT_STATE, {"p": portfolio_id, "s": [], "i": []}))
         return {pid: self._locked(*found) for pid, found in cursors.items()}
+
+    def ancestors(self, portfolio_id: str) -> list[str]:
+        """The groups above a portfolio, nearest first, and the firm."""
+        out: list[str] = []
+        node = self._group_of.get(portfolio_id)
+        while node is not None and node != FIRM and node not in out:
+            out.append(node)
+            node = self._parents.get(node)
+        return [*out, FIRM]
+
+    def give_levels(self, lk: Locked) -> None:
+        """Set a locked portfolio's levels from the transaction's: each level's state as it now is, and the books
+        of its other members (those read, and those of this transaction as they now are)."""
+        pid = lk.loaded.row.id
+        levels = []
+        for level_id in self.ancestors(pid):
+            row = self.groups.get(level_id)
+            if row is None:
+                continue
+            others = self._base.get(level_id, Book())
+            if row.held:
+                for other, olk in self._mine.items():
+                    if other != pid and level_id in self.ancestors(other):
+                        others = others.plus(firm.book_of(olk.loaded.state, olk.loaded.config, row.currency))
+            levels.append(Level(level_id, row.currency, row.limits, row.state, others, row.held))
+        lk.loaded.state.levels = tuple(levels)
+
+    def take_levels(self, state: PortfolioState) -> None:
+        """The levels' states after an operation of the engine on ``state``: the transaction's from now on."""
+        for level in state.levels:
+            row = self.groups.get(level.id)
+            if row is not None and row.for_update:
+                row.state = level.state
+
+    def level_events(self, events: list[SwitchEvent], decision_id: str | None) -> list[SwitchEvent]:
+        """Of ``events``, those of a portfolio; the levels' are kept, for the `_system` chain at commit."""
+        mine = []
+        for event in events:
+            if "level" in event.detail:
+                self._level_events.append((event, decision_id))
+            else:
+                mine.append(event)
+        return mine
+
+    # -- the firm's own use cases (app/services/firm.py) ---------------------------------------
+    def all_groups(self, lock: str | None = None) -> dict[str, GroupRow]:
+        """Every group and the firm, by id (the transaction's levels from now on); ``lock``: that one locked for
+        update first (empty when it does not exist)."""
+        if lock is not None and self.conn.execute("SELECT id FROM groups WHERE id = %s FOR NO KEY UPDATE",
+                                                  (lock,)).fetchone() is None:
+            return {}
+        rows = {v[0]: GroupRow.of(v, v[0] == lock) for v in self.conn.execute(_SELECT_GROUPS + " ORDER BY id")}
+        self.groups = rows
+        self._parents = {gid: row.parent_id for gid, row in rows.items()}
+        return rows
+
+    def all_portfolios(self) -> dict[str, Locked]:
+        """Every portfolio's state as committed, by id (their groups known to ``ancestors``)."""
+        ids = [pid for (pid,) in self.conn.execute("SELECT id FROM portfolios ORDER BY id")]
+        states = {pid: lk for pid, lk in self._read_states(ids).items() if lk is not None}
+        self._group_of.update({pid: lk.loaded.row.group_id for pid, lk in states.items()})
+        return states
+
+    def save_groups(self, now: datetime) -> None:
+        """Write what changed of the levels' states (inside ``writing``)."""
+        self._save_levels(now)
+
+    def _save_levels(self, now: datetime) -> None:
+        """The levels' states that changed, and their events on the `_system` chain."""
+        for row in self.groups.values():
+            if row.for_update and row.state.to_dict() != row.initial.to_dict():
+                st = row.state
+                self._send(_UPDATE_GROUP, (Jsonb({k: v.to_dict() for k, v in sorted(st.switches.items())}),
+                                           st.peak_equity, st.day_key, st.day_start_equity, st.day_peak_equity,
+                                           st.week_key, st.week_start_equity, now, row.id))
+                row.initial = st.clone()
+        if self._level_events:
+            self.add(self.system_rows([(m.SwitchEventRow, event_values(None, e, d)) for e, d in self._level_events]))
+            self._level_events.clear()
+
+    def system_rows(self, rows: list[tuple[type, dict[str, Any]]]) -> list[tuple[type, dict[str, Any]]]:
+        """``rows`` sealed on the `_system` chain, whose head this transaction locks (after everything else)."""
+        self.conn.execute(_MAKE_SYSTEM_HEAD, (SYSTEM_CHAIN, GENESIS))
+        seq, head = self.conn.execute(_LOCK_SYSTEM_HEAD, (SYSTEM_CHAIN,)).fetchone()
+        owner = SimpleNamespace(audit_seq=seq, audit_head=head)
+        chain = Chain(owner)
+        sealed = [(model, chain.seal(model, values)) for model, values in rows]
+        self._send(_UPDATE_SYSTEM_HEAD, (owner.audit_seq, owner.audit_head, SYSTEM_CHAIN))
+        return sealed
 
     def _locked(self, portfolio, state) -> Locked | None:
         values = portfolio.fetchone()
@@ -416,6 +656,8 @@ class PortfolioTransaction:
         and the portfolio row (its counters, sequence numbers, chain head, configuration version)."""
         loaded = locked.loaded
         row = loaded.row
+        self.take_levels(loaded.state)
+        self._now = now
         changes = state_changes(locked.initial, loaded.state)
         if changes.closed:
             self._send(_DELETE_POSITIONS, (row.id, sorted(changes.closed)))
@@ -447,6 +689,8 @@ class PortfolioTransaction:
 
     def commit(self) -> None:
         """COMMIT: the pipeline's last statement; its answer is the one round trip waited for."""
+        if self.groups:
+            self._save_levels(self._now or datetime.now(UTC))
         self.flush()
         self.conn.commit()
         self._committed = True

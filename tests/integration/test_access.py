@@ -10,7 +10,7 @@ from app.services import Actor
 
 from ..conftest import SEED_INTENT
 
-TRADER, COMPLIANCE, ADMIN = "trader", "compliance", "admin"
+TRADER, COMPLIANCE, ADMIN, MARKET = "trader", "compliance", "admin", "market-data"
 ANY = {TRADER, COMPLIANCE, ADMIN}
 
 # (method, path, body, roles admitted)
@@ -18,7 +18,7 @@ MATRIX = [
     ("POST", "/process_trade", SEED_INTENT, {TRADER}),
     ("POST", "/process_trades", {"intents": [SEED_INTENT]}, {TRADER}),
     ("POST", "/what_if", SEED_INTENT, {TRADER, ADMIN}),
-    ("POST", "/marks", {"prices": {"EURUSD": 1.1}}, {TRADER}),
+    ("POST", "/marks", {"prices": {"EURUSD": 1.1}}, {TRADER, MARKET}),
     ("POST", "/fills", {"decision_id": "nope", "filled_units": 1, "fill_price": 1.1}, {TRADER}),
     ("POST", "/positions/EURUSD/close", {"price": 1.1}, {TRADER}),
     ("POST", "/positions/EURUSD/correct", {"units": 0, "reason": "matrix"}, {ADMIN}),
@@ -42,6 +42,16 @@ MATRIX = [
     ("GET", "/whoami", None, ANY),
     ("GET", "/audit/verify", None, {COMPLIANCE}),
     ("POST", "/replay", {"preset": "conservative"}, {COMPLIANCE}),
+    ("GET", "/firm", None, ANY),
+    ("POST", "/firm/marks", {"prices": {"EURUSD": 1.1}}, {TRADER, MARKET, ADMIN}),
+    ("GET", "/groups", None, ANY),
+    ("POST", "/groups", {"group_id": "matrix"}, {ADMIN}),
+    ("GET", "/groups/firm", None, ANY),
+    ("PUT", "/groups/firm/limits", {"limits": {}}, {ADMIN}),
+    ("POST", "/groups/firm/members", {"portfolio_id": "default"}, {ADMIN}),
+    ("POST", "/groups/firm/halt", {"reason": "matrix"}, {ADMIN}),
+    ("POST", "/groups/firm/resume", {}, {ADMIN}),
+    ("GET", "/reports/eod", None, {COMPLIANCE, ADMIN}),
 ]
 PUBLIC = [("GET", "/health/live"), ("GET", "/health/ready"), ("GET", "/openapi.json"), ("GET", "/docs"),
           ("GET", "/docs/assets/swagger-ui.css"), ("GET", "/console")]
@@ -68,7 +78,8 @@ def test_the_matrix_covers_every_protected_route_with_its_declared_roles(app):
     for method, rule, endpoint in routes(app):
         is_public, admitted = declaration(app, endpoint, method)
         if not is_public:
-            path = rule.replace("<string:symbol>", "EURUSD").replace("<string:decision_id>", "nope")
+            path = rule.replace("<string:symbol>", "EURUSD").replace("<string:decision_id>", "nope").replace(
+                "<string:group_id>", "firm")
             declared[(method, path)] = set(admitted)
     assert declared == {(m, p): roles for m, p, _, roles in MATRIX}
 

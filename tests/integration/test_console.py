@@ -140,3 +140,42 @@ def test_console_drawdown_halt_audit_resume_and_what_a_compliance_key_sees(brows
     browser.find_element(By.ID, "key").send_keys("rpm_00000000_" + "A" * 43)
     browser.find_element(By.ID, "signin-button").click()
     wait_for(lambda: "Key refused (401): unknown API key" in text_of(browser, "signin-error"))
+
+
+def test_console_firm_tree_shows_groups_and_halts_a_group(browser, servers, database_url, keys):
+    """An admin key not limited to portfolios sees the firm, its groups and their portfolios, with each level's
+    equity and limits used; halting a group from the tree halts its portfolios' new risk."""
+    from selenium.webdriver.common.by import By
+
+    server = servers({"DATABASE_URL": database_url}, workers=2, threads=4)
+    admin, trader = keys["admin"], keys["trader"]
+    for desk in ("desk-a", "desk-b"):
+        assert http("POST", server.url + "/portfolios", {"portfolio_id": desk, "capital": 100000}, key=admin)[0] == 201
+    assert http("POST", server.url + "/groups", {"group_id": "fx", "limits": {"gross_exposure": 50000}},
+                key=admin)[0] == 201
+    for desk in ("desk-a", "desk-b"):
+        assert http("POST", server.url + "/groups/fx/members", {"portfolio_id": desk}, key=admin)[0] == 200
+    http("POST", server.url + "/firm/marks", {"prices": {"EURUSD": 1.1}}, key=trader)
+    for desk in ("desk-a", "desk-b"):
+        http("POST", server.url + "/process_trade", {**SEED_INTENT, "portfolio_id": desk}, key=trader)
+
+    sign_in(browser, server.url, admin)
+    wait_for(lambda: "Group fx" in text_of(browser, "tree") and "desk-b" in text_of(browser, "tree"))
+    wait_for(lambda: "gross_exposure 100%" in text_of(browser, "tree"))
+    browser.save_screenshot(str(SHOTS / "console-firm-tree.png"))
+    browser.find_element(By.CSS_SELECTOR, 'button[data-halt="fx"]').click()
+    wait_for(lambda: browser.switch_to.alert is not None)
+    assert "Halt group fx" in browser.switch_to.alert.text
+    browser.switch_to.alert.send_keys("desk review")
+    browser.switch_to.alert.accept()
+    wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, 'button[data-resume="fx"]'))
+    _, d = http("POST", server.url + "/process_trade", {**SEED_INTENT, "portfolio_id": "desk-a", "symbol": "GBPUSD",
+                                                        "current_price": 1.25}, key=trader)
+    assert d["decision"]["reason"] == "HALTED" and d["decision"]["rejected_trade"]["context"]["level"] == "fx"
+    browser.save_screenshot(str(SHOTS / "console-firm-halted.png"))
+
+    # a key limited to portfolios is not shown the firm
+    assert http("POST", server.url + "/portfolios", {"portfolio_id": "elsewhere"}, key=admin)[0] == 201
+    browser.find_element(By.ID, "signout").click()
+    sign_in(browser, server.url, keys["trader_elsewhere"])
+    assert not browser.find_element(By.ID, "firm-section").is_displayed()

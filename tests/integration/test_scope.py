@@ -78,6 +78,17 @@ ROUTES = [
     ("GET", "/audit/verify", None, "listing", {"compliance"}, lambda r: {c["chain"] for c in r.json["chains"]}),
     ("POST", "/replay", lambda p: {}, "body query", {"compliance"}, lambda r: {r.json["summary"]["portfolio_id"]}),
     ("GET", "/whoami", None, "none", set(ROLES), None),
+    # the firm and its groups: keys not limited to portfolios only
+    ("GET", "/firm", None, "firm", set(ROLES), None),
+    ("POST", "/firm/marks", lambda p: {"prices": {"EURUSD": 1.1}}, "firm", {"trader", "admin"}, None),
+    ("GET", "/groups", None, "firm", set(ROLES), None),
+    ("POST", "/groups", lambda p: {"group_id": "matrix"}, "firm", {"admin"}, None),
+    ("GET", "/groups/firm", None, "firm", set(ROLES), None),
+    ("PUT", "/groups/firm/limits", lambda p: {"limits": {}}, "firm", {"admin"}, None),
+    ("POST", "/groups/firm/members", lambda p: {"portfolio_id": "default"}, "firm", {"admin"}, None),
+    ("POST", "/groups/firm/halt", lambda p: {"reason": "matrix"}, "firm", {"admin"}, None),
+    ("POST", "/groups/firm/resume", lambda p: {}, "firm", {"admin"}, None),
+    ("GET", "/reports/eod?date=2026-03-02", None, "firm", {"compliance", "admin"}, None),
 ]
 
 
@@ -105,7 +116,7 @@ def test_every_protected_route_declares_what_it_acts_on_and_the_matrix_covers_it
             if not is_public:
                 assert scope_declared(app, rule.endpoint, method) is not None, (method, rule.rule)
                 declared.add((method, rule.rule.replace("<string:symbol>", "EURUSD")
-                              .replace("<string:decision_id>", "{id}")))
+                              .replace("<string:decision_id>", "{id}").replace("<string:group_id>", "firm")))
     assert declared == {(m, p.split("?")[0]) for m, p, *_ in ROUTES}
 
 
@@ -148,6 +159,10 @@ def _cell(client, key, ids, method, path, body_of, where, target, admitted, visi
     r = client.open(url, method=method, json=body, query_string=query, headers={"Authorization": f"Bearer {key}"})
     if not admitted:
         return r.status_code, 403
+    if where == "firm":  # (no portfolio named: the key must be one of every portfolio)
+        if visible is not None:
+            return r.status_code, 403
+        return ("allowed" if r.status_code < 500 and r.status_code not in (401, 403) else r.status_code), "allowed"
     if where == "none":
         return r.status_code, 200
     if listing:

@@ -48,11 +48,21 @@ class FakeTransaction:
         self.saved: dict[str, tuple[SimpleNamespace, PortfolioState]] = {}
         self.created: list[Stored] = []
 
+    # no groups in memory: every portfolio is directly under a firm without limits
+    groups: dict[str, Any] = {}
+
+    def level_events(self, events: list[Any], decision_id: str | None) -> list[Any]:
+        return list(events)
+
+    def take_levels(self, state: Any) -> None:
+        pass
+
     def _stored(self, portfolio_id: str) -> Stored | None:
         return next((s for s in self.created if s.row.id == portfolio_id), None) or self.store.portfolios.get(
             portfolio_id)
 
-    def lock(self, requests: dict[str, Wanted], *, lock: bool = True) -> dict[str, Locked | None]:
+    def lock(self, requests: dict[str, Wanted], *, lock: bool = True,
+             levels: bool | None = None) -> dict[str, Locked | None]:
         out: dict[str, Locked | None] = {}
         for portfolio_id in sorted(requests):
             stored = self._stored(portfolio_id)
