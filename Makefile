@@ -64,10 +64,15 @@ bench: install pg
 	@command -v wrk >/dev/null || apt-get install -y -q wrk
 	$(BIN)/python -m bench.engine
 	$(BIN)/python -m bench.service
+	$(BIN)/python -m bench.firm
 
 ## lone requests at 80/s from one keep-alive client: p50/p99 beside pgbench's naive transaction at the same rate
 bench-lone: install pg
 	$(BIN)/python -m bench.lone
+
+## what the groups and the firm above a portfolio cost a decision, beside the same decisions without them
+bench-firm: install pg
+	$(BIN)/python -m bench.firm
 
 bench-audit: install pg
 	$(BIN)/python -m bench.audit_scale

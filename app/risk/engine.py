@@ -50,22 +50,26 @@ class Outcome:
     extra: Mapping[str, Any] = field(default_factory=dict)
 
 
-def _begin(state: PortfolioState, now: datetime, config: RPMConfig) -> tuple[PortfolioState, Decimal, list[SwitchEvent]]:
-    """A private copy of the state, the approvals due released, its equity, and the calendar rolled to ``now``."""
+def _begin(state: PortfolioState, now: datetime, config: RPMConfig,
+           books: dict[str, Any] | None = None) -> tuple[PortfolioState, Decimal, list[SwitchEvent]]:
+    """A private copy of the state, the approvals due released, its equity, and the calendar rolled to ``now``
+    (``books``: given the portfolio's book in each level's currency, as it is now)."""
     s = state.clone()
     _expire(s, now, config)
     eq = accounting.equity(s, config)
     events = kill_switches.roll_calendar(s, eq, now, config)
     kill_switches.update_peaks(s, eq)
     if s.levels:
-        events += _settle_levels(s, config, now)
+        events += _settle_levels(s, config, now, books)
     return s, eq, events
 
 
-def _settle_levels(s: PortfolioState, config: RPMConfig, now: datetime) -> list[SwitchEvent]:
-    """The groups and the firm above the portfolio measured with its book as it is now (app/risk/firm.py)."""
+def _settle_levels(s: PortfolioState, config: RPMConfig, now: datetime,
+                   own: dict[str, Any] | None = None) -> list[SwitchEvent]:
+    """The groups and the firm above the portfolio measured with its book as it is now (app/risk/firm.py); ``own``
+    is given that book in each level's currency."""
     events: list[SwitchEvent] = []
-    own: dict[str, Any] = {}
+    own = {} if own is None else own
     for level in s.levels:
         if level.held:
             if level.currency not in own:
@@ -172,7 +176,9 @@ class _Decider:
         self.now = now
         self.decision_id = decision_id
         # equity alone to begin with: many intents are rejected before the constraints need exposures
-        self.s, self.equity, self.events = _begin(state, now, config)
+        # the portfolio's book in its levels' currencies, until a booking changes it
+        self.books: dict[str, Any] = {}
+        self.s, self.equity, self.events = _begin(state, now, config, self.books)
         self.breakdown: dict[str, Any] = {"equity": float(self.equity)}
         self.risk_capital = ZERO
 
@@ -285,7 +291,7 @@ class _Decider:
             return self.reject(rejection.code, rejection.message, rejection.context)
         if s.levels:  # then each group's and the firm's, nearest first
             units, steps, rejection = firm.level_constraints(intent.symbol, intent.direction, units, per_unit, info,
-                                                             s, config)
+                                                             s, config, self.books)
             if steps:
                 self.breakdown["levels"] = steps
             if rejection is not None:

@@ -164,13 +164,13 @@ def resume(level: Level, own: Book, now: datetime, force: bool = False, reason: 
 
 
 def level_constraints(symbol: str, direction: int, units: Decimal, per_unit: Decimal, info: InstrumentInfo,
-                      state: PortfolioState, config: RPMConfig,
+                      state: PortfolioState, config: RPMConfig, own: dict[str, Book] | None = None,
                       ) -> tuple[Decimal, list[dict[str, Any]], Rejection | None]:
     """Each held level's limits on the size ``units`` (already within the portfolio's), nearest level first: the
     size adjusted down to what every level allows, or the first level's rejection. ``per_unit``: the account
-    currency's notional of one unit."""
+    currency's notional of one unit; ``own``: the portfolio's book by currency, where already known."""
     steps: list[dict[str, Any]] = []
-    own: dict[str, Book] = {}
+    own = {} if own is None else own
     for level in state.levels:
         if not (level.held and level.limits.exposure):
             continue

@@ -39,7 +39,7 @@ from psycopg.types import json as pg_json
 from sqlalchemy import JSON, Table
 
 from app.risk import PortfolioState, RPMConfig, accounting, firm
-from app.risk.model import FIRM, Book, Level, LevelState, Limits, SwitchEvent, SwitchState
+from app.risk.model import FIRM, Book, Level, LevelState, Limits, Position, SwitchEvent, SwitchState
 
 from . import models as m
 from .audit import GENESIS, SYSTEM_CHAIN, Chain, json_bytes
@@ -191,6 +191,16 @@ _SELECT_MEMBERS = (
 # (an index lookup above: a scan of the portfolios table reads every version of their rows not yet vacuumed, and
 # each transaction of a portfolio leaves one. Every portfolio is the firm's: read only when the firm has limits)
 _SELECT_EVERY_PORTFOLIO = "SELECT id, group_id FROM portfolios"
+# the books of other portfolios, in one statement (their marks as ``_SELECT_STATE`` reads them)
+_SELECT_BOOKS = (
+    "SELECT p.id, p.starting_capital, p.realised_pnl, p.config_version, pos.symbols, pos.units, pos.avg_prices, "
+    "pos.opened, mk.symbols, mk.prices FROM portfolios p, "
+    "LATERAL (SELECT array_agg(symbol), array_agg(units), array_agg(avg_price), array_agg(opened_at) FROM positions "
+    "WHERE portfolio_id = p.id) AS pos(symbols, units, avg_prices, opened), "
+    "LATERAL (SELECT array_agg(symbol), array_agg(price) FROM (SELECT DISTINCT ON (symbol) symbol, price FROM "
+    "(SELECT symbol, price, updated_at, 1 AS own FROM marks WHERE portfolio_id = p.id UNION ALL "
+    "SELECT symbol, price, updated_at, 0 FROM firm_marks) AS both_ ORDER BY symbol, updated_at DESC, own DESC) "
+    "AS newest) AS mk(symbols, prices) WHERE p.id = ANY(%s)")
 _UPDATE_GROUP = ("UPDATE groups SET switches = %s, peak_equity = %s, day_key = %s, day_start_equity = %s, "
                  "day_peak_equity = %s, week_key = %s, week_start_equity = %s, updated_at = %s WHERE id = %s")
 _LOCK_SYSTEM_HEAD = "SELECT audit_seq, audit_head FROM audit_heads WHERE chain = %s FOR UPDATE"
@@ -391,16 +401,26 @@ class PortfolioTransaction:
         measured = {g.id for g in self.groups.values() if g.held}
         wanted = sorted(pid for pid in others if measured & set(self.ancestors(pid)))
         if wanted:
-            read = self._read_states(wanted)
-            for pid, lk in read.items():
-                if lk is None:
-                    continue
+            for pid, (state, config) in self._read_books(wanted).items():
                 for level_id in measured & set(self.ancestors(pid)):
                     currency = self.groups[level_id].currency
-                    self._base[level_id] = self._base.get(level_id, Book()).plus(
-                        firm.book_of(lk.loaded.state, lk.loaded.config, currency))
+                    self._base[level_id] = self._base.get(level_id, Book()).plus(firm.book_of(state, config, currency))
         for lk in self._mine.values():
             self.give_levels(lk)
+
+    def _read_books(self, ids: list[str]) -> dict[str, tuple[PortfolioState, RPMConfig]]:
+        """What a level's aggregate needs of other portfolios — capital, realised PnL, positions, marks (the newer of
+        each's own and the firm's) — as committed, in one statement."""
+        books = {}
+        for (pid, capital, realised, version, symbols, units, avgs, opened, mark_symbols,
+             prices) in self.conn.execute(_SELECT_BOOKS, (ids,)):
+            row = SimpleNamespace(id=pid, config_version=version)
+            positions = {sym: Position(sym, _dec(u), _dec(a), _utc(at))
+                         for sym, u, a, at in zip(symbols or (), units or (), avgs or (), opened or (), strict=True)}
+            marks = {sym: _dec(price) for sym, price in zip(mark_symbols or (), prices or (), strict=True)}
+            state = PortfolioState(pid, _dec(capital), realised_pnl=_dec(realised), positions=positions, marks=marks)
+            books[pid] = (state, self._config(row))
+        return books
 
     def _read_states(self, ids: list[str]) -> dict[str, Locked | None]:
         """Portfolios' states as committed (their books, for a level's aggregate), in one round trip."""

@@ -74,3 +74,31 @@ def test_the_group_race_breaches_its_limits_without_the_group_lock(servers, admi
     with capsys.disabled():
         print(f"\n[race group, lock disabled] {worst['open_positions']} positions open against {LIMIT}, gross "
               f"{worst['exposures']['gross']:,.2f} against {GROSS:,} (attempt {attempt + 1})")
+
+
+def test_a_firm_halt_survives_kill_9_and_still_lets_reductions_through(servers, database_url, keys, capsys):
+    env = {"DATABASE_URL": database_url}
+    server = servers(env)
+    admin, trader = keys["admin"], keys["trader"]
+    assert http("POST", server.url + "/portfolios", {"portfolio_id": "desk-a"}, key=admin)[0] == 201
+    assert http("POST", server.url + "/firm/marks", {"prices": {"EURUSD": 1.1, "GBPUSD": 1.25}}, key=trader)[0] == 200
+    for pid in ("default", "desk-a"):
+        _, d = http("POST", server.url + "/process_trade", {**SEED_INTENT, "portfolio_id": pid}, key=trader)
+        assert d["decision"]["status"] == "APPROVED"
+    assert http("POST", server.url + "/groups/firm/halt", {"reason": "kill drill"}, key=admin)[0] == 200
+    server.kill9()
+
+    again = servers(env)
+    gbp = {**SEED_INTENT, "symbol": "GBPUSD", "current_price": 1.25}
+    for pid in ("default", "desk-a"):
+        _, d = http("POST", again.url + "/process_trade", {**gbp, "portfolio_id": pid}, key=trader)
+        assert d["decision"]["reason"] == "HALTED" and d["decision"]["rejected_trade"]["context"]["level"] == "firm"
+        _, close = http("POST", again.url + "/process_trade", {**SEED_INTENT, "portfolio_id": pid, "direction": -1},
+                        key=trader)
+        assert close["decision"]["status"] == "APPROVED" and close["decision"]["approved_trade"]["reducing"]
+    _, view = http("GET", again.url + "/firm", key=admin)
+    assert view["trading_state"] == "HALTED" and view["switches"]["manual_halt"]["reason"] == "kill drill"
+    with capsys.disabled():
+        reason = view["switches"]["manual_halt"]["reason"]
+        print(f"\n[firm halt restart] after kill -9: firm {view['trading_state']} ({reason}); new risk HALTED in "
+              "both portfolios, their closes approved")
