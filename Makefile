@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: install run test browser lint unit soak bench bench-engine bench-audit bench-instructions bench-lone demo pg clean
+.PHONY: install run test browser lint unit soak bench bench-engine bench-audit bench-firm bench-instructions bench-lone demo pg clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)

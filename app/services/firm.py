@@ -223,15 +223,18 @@ def _books(tx: PortfolioTransaction, levels: dict[str, GroupRow], states: dict[s
     return books
 
 
-def _positions(states: dict[str, Any], members: list[str]) -> list[dict[str, Any]]:
-    """Positions by symbol across ``members``: net units and each portfolio's."""
+def _positions(states: dict[str, Any], members: list[str], book: Book) -> list[dict[str, Any]]:
+    """Positions by symbol across ``members``, as /portfolio shows a portfolio's: net units and direction, notional
+    (the level's currency), and each portfolio's units."""
     out: dict[str, dict[str, Any]] = {}
     for pid in members:
         for symbol, pos in sorted(states[pid].loaded.state.positions.items()):
             entry = out.setdefault(symbol, {"symbol": symbol, "units": Decimal(0), "portfolios": {}})
             entry["units"] += pos.units
             entry["portfolios"][pid] = float(pos.units)
-    return [{**e, "units": float(e["units"])} for _s, e in sorted(out.items())]
+    return [{"symbol": s, "direction": (e["units"] > 0) - (e["units"] < 0), "units": float(e["units"]),
+             "notional": float(book.by_symbol.get(s, Decimal(0))), "portfolios": e["portfolios"]}
+            for s, e in sorted(out.items())]
 
 
 def _view(uow: UnitOfWork, level_id: str) -> dict[str, Any]:
@@ -245,7 +248,7 @@ def _view(uow: UnitOfWork, level_id: str) -> dict[str, Any]:
         members = [pid for pid in states if level_id in tx.ancestors(pid)]
         direct = [pid for pid in members if tx.ancestors(pid)[0] == level_id]
         view = firm.level_summary(level_id, row.currency, row.limits, row.state, books.get(level_id, Book()), now)
-        view["positions"] = _positions(states, members)
+        view["positions"] = _positions(states, members, books.get(level_id, Book()))
         view["portfolios"] = [_member(pid, states[pid], engine) for pid in direct]
         view["groups"] = [{"id": gid, **_brief(firm.level_summary(gid, g.currency, g.limits, g.state,
                                                                    books.get(gid, Book()), now))}
