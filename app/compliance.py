@@ -304,6 +304,8 @@ class Compliance:
             for report in reports:
                 if report.chain != audit.SYSTEM_CHAIN:
                     findings += [f.to_dict() for f in reconcile.portfolio_findings(session, report.chain)]
+                else:
+                    findings += [f.to_dict() for f in reconcile.firm_findings(session)]
             if portfolios is None:
                 findings += [f.to_dict() for f in reconcile.snapshot_findings(session)]
         chains = [r.to_dict() for r in reports]

@@ -6,7 +6,10 @@ portfolio, which is derived from its chain and must agree with it.
 - A mark snapshot's prices must hash to the name decisions and mark updates know it by.
 - Positions are the last ledger entry's position per symbol, realised PnL the ledger's sum; marks are the last
   posted price and history of each symbol; the peak equity is the last equity point's; the tripped switches
-  (and so the trading state) are what the switch events left tripped.
+  (and so the trading state) are what the switch events left tripped; its group is the one its last move put
+  it in.
+- Above portfolios (the `_system` chain): firm marks are the last posted of each symbol; a group's (and the
+  firm's) limits are the last set, its tripped switches what its switch events left tripped.
 
 Each disagreement is a finding: the table, the row, what is wrong. Verification reads, and trusts nothing
 it reads but what it recomputes.
@@ -23,10 +26,10 @@ from sqlalchemy.orm import Session
 
 from app.risk.config import body_hash
 from app.risk.kill_switches import MANUAL
-from app.risk.model import iso
+from app.risk.model import FIRM, iso
 
 from . import models as m
-from .audit import column_unit, to_scale
+from .audit import SYSTEM_CHAIN, column_unit, to_scale
 from .repository import mark_history_hash
 
 _MARK_UNIT = column_unit(m.Mark.__table__.c.price)
@@ -64,8 +67,8 @@ def portfolio_findings(session: Session, portfolio_id: str) -> list[Finding]:
 
     p = {"p": portfolio_id}
     portfolio = session.execute(text(
-        "SELECT config_version, starting_capital, realised_pnl, peak_equity, trading_state, switches FROM portfolios "
-        "WHERE id = :p"), {"p": portfolio_id}).one()
+        "SELECT config_version, starting_capital, realised_pnl, peak_equity, trading_state, switches, group_id "
+        "FROM portfolios WHERE id = :p"), {"p": portfolio_id}).one()
     # a portfolio made since every record is chained (its first configuration is): no row of it may be unchained
     born_chained = session.execute(text("SELECT audit_seq IS NOT NULL FROM config_versions WHERE portfolio_id = :p "
                                         "AND version = 1"), p).scalar()
@@ -135,26 +138,15 @@ def portfolio_findings(session: Session, portfolio_id: str) -> list[Finding]:
                 f"realised_pnl is {portfolio.realised_pnl}; the ledger's entries sum to {realised}")
 
     # marks: the last price and history posted for each symbol
-    posted = {symbol: (to_scale(Decimal(price), _MARK_UNIT), digest) for symbol, price, digest in _rows(
-        session, "SELECT DISTINCT ON (e.symbol) e.symbol, e.price, u.history_hashes ->> e.symbol FROM mark_updates u, "
-                 "jsonb_each_text(u.prices) AS e(symbol, price) WHERE u.portfolio_id = :p "
-                 "ORDER BY e.symbol, u.audit_seq DESC", p=portfolio_id)}  # (prices as the marks table stores them)
-    marks = _rows(session, "SELECT symbol, price, history, history_hash FROM marks WHERE portfolio_id = :p "
-                           "ORDER BY symbol", p=portfolio_id)
-    for symbol in sorted(posted.keys() - {symbol for symbol, *_ in marks}):
-        finding("marks", {"portfolio_id": portfolio_id, "symbol": symbol}, "differs",
-                f"{symbol}: no mark stored; the last price posted is {posted[symbol][0]}")
-    for symbol, price, history, digest in marks:
-        row = {"portfolio_id": portfolio_id, "symbol": symbol}
-        if symbol not in posted:
-            if born_chained:
-                finding("marks", row, "differs", f"{symbol}: a mark of {price} that was never posted")
-            continue  # (posted before marks were chained: nothing to derive it from)
-        want_price, want_hash = posted[symbol]
-        if price != want_price:
-            finding("marks", row, "differs", f"{symbol}: the mark is {price}; the last price posted is {want_price}")
-        if digest != want_hash or mark_history_hash(symbol, history or []) != want_hash:
-            finding("marks", row, "differs", f"{symbol}: the mark history is not the one last posted")
+    _mark_findings(session, "marks", "portfolio_id = :p", p, born_chained, {"portfolio_id": portfolio_id}, finding)
+
+    # the group it is in: the one its last move put it in
+    moved = session.execute(text("SELECT after ->> 'group' FROM admin_actions WHERE portfolio_id = :p AND "
+                                 "action = 'group' ORDER BY audit_seq DESC LIMIT 1"), p).scalar()
+    want_group = None if moved in (None, FIRM) else moved
+    if portfolio.group_id != want_group:
+        finding("portfolios", {"id": portfolio_id}, "differs",
+                f"group_id is {portfolio.group_id!r}; its last move put it in {want_group or FIRM!r}")
 
     # the peak equity: the last equity point's
     point = session.execute(text(
@@ -210,6 +202,65 @@ def portfolio_findings(session: Session, portfolio_id: str) -> list[Finding]:
         finding("portfolios", {"id": portfolio_id}, "differs",
                 f"trading_state is {portfolio.trading_state}; the switch events leave it "
                 f"{'HALTED' if halted else 'ACTIVE'}")
+    return found
+
+
+def _mark_findings(session: Session, table: str, owner: str, params: dict[str, Any], born_chained: bool,
+                   key: dict[str, Any], finding: Any) -> None:
+    """A marks table (a portfolio's ``marks``, or ``firm_marks``) against the last price and history posted for
+    each symbol (``mark_updates`` of ``owner``)."""
+    posted = {symbol: (to_scale(Decimal(price), _MARK_UNIT), digest) for symbol, price, digest in _rows(
+        session, "SELECT DISTINCT ON (e.symbol) e.symbol, e.price, u.history_hashes ->> e.symbol FROM mark_updates u, "
+                 f"jsonb_each_text(u.prices) AS e(symbol, price) WHERE u.{owner} "
+                 "ORDER BY e.symbol, u.audit_seq DESC", **params)}  # (prices as the marks table stores them)
+    where = owner.replace("portfolio_id IS NULL", "TRUE")
+    marks = _rows(session, f"SELECT symbol, price, history, history_hash FROM {table} WHERE {where} ORDER BY symbol",
+                  **params)
+    for symbol in sorted(posted.keys() - {symbol for symbol, *_ in marks}):
+        finding(table, {**key, "symbol": symbol}, "differs",
+                f"{symbol}: no mark stored; the last price posted is {posted[symbol][0]}")
+    for symbol, price, history, digest in marks:
+        row = {**key, "symbol": symbol}
+        if symbol not in posted:
+            if born_chained:
+                finding(table, row, "differs", f"{symbol}: a mark of {price} that was never posted")
+            continue  # (posted before marks were chained: nothing to derive it from)
+        want_price, want_hash = posted[symbol]
+        if price != want_price:
+            finding(table, row, "differs", f"{symbol}: the mark is {price}; the last price posted is {want_price}")
+        if digest != want_hash or mark_history_hash(symbol, history or []) != want_hash:
+            finding(table, row, "differs", f"{symbol}: the mark history is not the one last posted")
+
+
+def firm_findings(session: Session) -> list[Finding]:
+    """The state stored above portfolios against what the `_system` chain says: firm marks (the last posted of
+    each symbol), each group's and the firm's limits (the last set) and tripped switches (what their events
+    leave)."""
+    found: list[Finding] = []
+
+    def finding(table: str, row: dict[str, Any], problem: str, detail: str) -> None:
+        found.append(Finding(SYSTEM_CHAIN, table, row, problem, detail))
+
+    _mark_findings(session, "firm_marks", "portfolio_id IS NULL", {}, True, {}, finding)
+    limits: dict[str, Any] = {}
+    for (after,) in _rows(session, "SELECT after FROM admin_actions WHERE portfolio_id IS NULL AND action IN "
+                                   "('group_create', 'group_limits') ORDER BY audit_seq"):
+        if isinstance(after, dict) and "group" in after:
+            limits[after["group"]] = after.get("limits") or {}
+    tripped: dict[str, set[str]] = {}
+    for level, switch, action in _rows(session, "SELECT detail ->> 'level', switch, action FROM switch_events "
+                                                "WHERE portfolio_id IS NULL ORDER BY audit_seq"):
+        if action == "TRIPPED":
+            tripped.setdefault(level, set()).add(switch)
+        elif action == "CLEARED":
+            tripped.get(level, set()).discard(switch)
+    for gid, stored_limits, switches in _rows(session, "SELECT id, limits, switches FROM groups ORDER BY id"):
+        row = {"id": gid}
+        if (stored_limits or {}) != limits.get(gid, {}):
+            finding("groups", row, "differs", f"limits are {stored_limits}; the last set were {limits.get(gid, {})}")
+        if set(switches or {}) != tripped.get(gid, set()):
+            finding("groups", row, "differs", f"switches tripped: stored {sorted(switches or {})}; the switch events "
+                                              f"leave {sorted(tripped.get(gid, set()))}")
     return found
 
 

@@ -203,3 +203,25 @@ def test_the_end_of_day_report_worked_out_by_hand_and_the_same_after_more_tradin
     client.post("/firm/marks", json={"prices": {"EURUSD": 1.2}})
     client.post("/positions/EURUSD/close?portfolio_id=desk-b", json={"price": 1.2})
     assert report().json == out
+
+
+def test_verify_reconciles_what_is_stored_above_portfolios_with_the_system_chain(desks, database_url):
+    from sqlalchemy import create_engine, text
+
+    client = desks
+    client.post("/firm/marks", json={"prices": {"EURUSD": 1.1}})
+    assert client.post("/groups/fx/halt", json={"reason": "drill"}).status_code == 200
+    assert client.get("/audit/verify").json["ok"] is True
+    for statement in ("UPDATE firm_marks SET price = 1.2 WHERE symbol = 'EURUSD'",
+                      "UPDATE groups SET switches = '{}' WHERE id = 'fx'",
+                      "UPDATE groups SET limits = '{\"gross_exposure\": 1e9}' WHERE id = 'fx'",
+                      "UPDATE portfolios SET group_id = NULL WHERE id = 'desk-a'"):
+        engine = create_engine(database_url)
+        with engine.begin() as conn:
+            conn.execute(text(statement))
+        engine.dispose()
+    out = client.get("/audit/verify").json
+    found = {(f["chain"], f["table"], f["detail"].split(":")[0].split(" ")[0]) for f in out["findings"]}
+    assert out["ok"] is False and found >= {("_system", "firm_marks", "EURUSD"), ("_system", "groups", "limits"),
+                                            ("_system", "groups", "switches"), ("desk-a", "portfolios", "group_id")}, \
+        out["findings"]
