@@ -1,4 +1,5 @@
-"""`rpm demo`: the nine scenarios of the original design, and instruments beyond FX spot, run through the HTTP API of a live RPM
+"""`rpm demo`: the nine scenarios of the original design, instruments beyond FX spot and the firm above portfolios (a
+group of its own: the demo never halts or marks the whole firm), run through the HTTP API of a live RPM
 (a URL and keys) or of an embedded one on a throw-away database. Each scenario has its own portfolio."""
 
 from __future__ import annotations
@@ -128,7 +129,7 @@ class Demo:
         for scenario in (self.normal_approval, self.confidence_sizing, self.regime_sizing, self.max_drawdown,
                          self.daily_loss, self.confidence_collapse, self.symbol_exposure, self.manual_halt,
                          self.health_status, self.instruments, self.partial_reduction, self.capital_change,
-                         self.correction, self.expiry):
+                         self.correction, self.expiry, self.group_limit, self.group_halt_and_report):
             scenario()
         self.echo("")
         self.echo("Demo complete: every decision above is stored, with its breakdown, in the audit trail.")
@@ -302,6 +303,45 @@ class Demo:
                   f"{float(after['units']):,.2f} at {float(after['avg_price'])} ({out['difference_units']:+,.2f} "
                   "units, on the ledger and the audit chain, no PnL realised)")
 
+    def group_limit(self) -> None:
+        self.title(15, "two desks, one group limit that binds (gross exposure 50,000 USD)")
+        group, a, b = _group_demo(self)
+        for pid in (a, b):
+            self.rpm.call("POST", "/marks", {"prices": {"EURUSD": 1.1, "GBPUSD": 1.25}, "portfolio_id": pid})
+        self.show(self.trade(a), "desk A: EURUSD long")
+        d = self.trade(b, symbol="GBPUSD", current_price=1.25)
+        self.show(d, "desk B: GBPUSD long")
+        for step in d["breakdown"].get("levels", []):
+            if step["result"] == "ADJUSTED":
+                self.echo(f"  group {step['level']} {step['name']}: {step['before']:,.2f} -> {step['after']:,.2f} "
+                          f"units ({step['current']:,.2f} of {step['limit']:,.2f} used by the group)")
+        self.show(self.trade(b, symbol="USDJPY", current_price=150.0, atr=0.15), "desk B: USDJPY long")
+        _, view = self.rpm.call("GET", f"/groups/{group}")
+        used = view["limits_used"]["gross_exposure"]
+        self.echo(f"  group {group}: {view['open_positions']} positions, gross {view['exposures']['gross']:,.2f} "
+                  f"({used['used_pct']:.2f}% of {used['limit']:,.0f})")
+
+    def group_halt_and_report(self) -> None:
+        self.title(16, "a group halted; the end-of-day report")
+        group, a, b = _group_demo(self)
+        self.rpm.call("POST", "/marks", {"prices": {"EURUSD": 1.105}, "portfolio_id": a})
+        self.rpm.call("POST", f"/groups/{group}/halt", {"reason": "demo: desk review"}, role="admin")
+        self.show(self.trade(a), "desk A: more EURUSD")
+        self.show(self.trade(b, symbol="GBPUSD", direction=-1, current_price=1.245), "desk B: sells its GBPUSD")
+        self.rpm.call("POST", f"/groups/{group}/resume", {}, role="admin")
+        from datetime import UTC, datetime
+
+        day = datetime.now(UTC).date().isoformat()  # (the firm's trading day: 00:00 to 00:00 UTC)
+        status, report = self.rpm.call("GET", f"/reports/eod?date={day}", role="admin")
+        if status != 200:
+            self.echo(f"  (no report: {status})")
+            return
+        g = next(x for x in report["groups"] if x["id"] == group)
+        self.echo(f"  end-of-day report {report['trading_day']}, group {group}: equity {g['equity']:,.2f}, "
+                  f"realised {g['realised_pnl_day']:,.2f}, unrealised {g['unrealised_pnl']:,.2f}")
+        self.echo(f"  decisions {g['decisions']}; switches tripped "
+                  f"{[(x['switch'], x['reason']) for x in g['switches_tripped']]}")
+
     def expiry(self) -> None:
         import time
 
@@ -318,3 +358,18 @@ class Demo:
                   f"{marked['portfolio_state']['open_approvals']} (released: a fill of 0, an 'expire' ledger entry)")
         self.show(self.trade(pid), "the same intent again")
 
+
+
+def _group_demo(demo: Demo) -> tuple[str, str, str]:
+    """The group of scenarios 15 and 16 and its two desks (made once)."""
+    if not hasattr(demo, "_group"):
+        group = f"demo-desks-{demo.run_id}"
+        a, b = demo.portfolio(15), demo.portfolio(16)
+        status, out = demo.rpm.call("POST", "/groups", {"group_id": group, "limits": {"gross_exposure": 50000},
+                                                        "reason": "rpm demo"}, role="admin")
+        if status != 201:
+            raise RuntimeError(f"could not create group {group}: {status} {out}")
+        for pid in (a, b):
+            demo.rpm.call("POST", f"/groups/{group}/members", {"portfolio_id": pid}, role="admin")
+        demo._group = (group, a, b)
+    return demo._group

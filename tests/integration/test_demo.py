@@ -12,7 +12,7 @@ def test_rpm_demo_runs_its_scenarios_with_their_outcomes(empty_database_url):
     result = CliRunner().invoke(main, ["demo", "--database-url", empty_database_url])
     assert result.exit_code == 0, result.output
     out = result.output
-    assert len(re.findall(r"SCENARIO \d+:", out)) == 14
+    assert len(re.findall(r"SCENARIO \d+:", out)) == 16
     assert "APPROVED     27,272.72 units" in out  # 1: the SPEC example
     assert "constraint symbol_exposure: 200,000.00 -> 27,272.72 units" in out
     assert "confidence 0.55 (x1.05)     REJECTED  CONFIDENCE_TOO_LOW" in out  # 2
@@ -47,3 +47,14 @@ def test_rpm_demo_runs_its_scenarios_with_their_outcomes(empty_database_url):
     assert "a mark: positions [], open approvals [] (released" in out
     assert "the same intent again       APPROVED     27,272.72 units" in out
 
+    # 15: two desks of one group, its gross limit of 50,000 USD binding: desk B gets the 20,000.01 USD left
+    assert "desk B: GBPUSD long         APPROVED     16,000.00 units" in out
+    assert "gross_exposure: 24,000.00 -> 16,000.00 units (29,999.99 of 50,000.00 used by the group)" in out
+    assert "desk B: USDJPY long         REJECTED  GROSS_EXPOSURE: group demo-desks-" in out
+    # 16: the day's report of the group, worked out by hand: desk A 27,272.72 EURUSD at 1.1 marked 1.105
+    # (+136.36 unrealised); desk B 16,000 GBPUSD bought at 1.25, sold at 1.245 (-80.00 realised)
+    assert "desk A: more EURUSD         REJECTED  HALTED: trading halted by group demo-desks-" in out
+    assert "desk B: sells its GBPUSD    APPROVED     16,000.00 units" in out
+    assert re.search(r"group demo-desks-\w+: equity 200,056.36, realised -80.00, unrealised 136.36", out), out
+    assert ("decisions {'APPROVED': 3, 'REJECTED GROSS_EXPOSURE': 1, 'REJECTED HALTED': 1}; switches tripped "
+            "[('manual_halt', 'demo: desk review')]") in out
