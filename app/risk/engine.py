@@ -550,16 +550,14 @@ def move_capital(state: PortfolioState, amount: Any, config: RPMConfig, now: dat
     if not domain.CAPITAL.contains(s.starting_capital + amount):
         raise accounting.CapitalError(f"it would take the capital ({s.starting_capital}) to "
                                       f"{s.starting_capital + amount}, outside {domain.CAPITAL.description}")
+    # the groups above see the same flow, in their currency: their references move with it (what is measured there
+    # is the aggregate's performance, not money coming in or out)
+    for level in s.levels:
+        rate = firm.currency_rate(config.account_currency, level.currency, s.marks)
+        if level.held and rate is not None:
+            firm.move(level, level.others.plus(firm.book_of(s, config, level.currency)).equity, amount * rate)
     s.starting_capital += amount
-    # the day's and week's PnL are amounts: their references move by the flow; the drawdowns are fractions: the
-    # peaks scale with equity, so a flow changes neither
-    for name in ("day_start_equity", "week_start_equity"):
-        if getattr(s, name) is not None:
-            setattr(s, name, getattr(s, name) + amount)
-    for name in ("peak_equity", "day_peak_equity"):
-        value = getattr(s, name)
-        if value is not None:  # (with no equity left, a fraction cannot be kept: the peaks move by the amount)
-            setattr(s, name, (value * (eq + amount) / eq).quantize(accounting.MONEY) if eq > 0 else value + amount)
+    kill_switches.move_references(s, eq, amount)
     eq = _settle(s, now, config, events, _held(s, config))
     return Outcome(s, events, eq)
 

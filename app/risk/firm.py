@@ -123,28 +123,40 @@ def settle(level: Level, own: Book, now: datetime) -> list[SwitchEvent]:
     peaks, clear what its cooldown allows and trip what its limits say (mutates ``level.state``)."""
     if not level.held:
         return []
+    removed = drop_removed(level, now)
     book = level.others.plus(own)
     if book.missing_rate is not None:  # an aggregate that could not be measured is not acted on
-        return []
+        return removed
     eq, s = book.equity, level.state
-    events = kill_switches.roll_calendar(s, eq, now, CALENDAR)
+    events = [*removed, *kill_switches.roll_calendar(s, eq, now, CALENDAR)]
     kill_switches.update_peaks(s, eq)
     held = measurements(level, eq)
-    for name in (DRAWDOWN, DAILY_LOSS):
-        tripped = s.switches.get(name)
-        if tripped is None:
-            continue
-        if name not in held:  # its limit was removed
-            events += kill_switches._clear(s, name, now, "limit removed")
-        elif name == DRAWDOWN and tripped.cooldown_until is not None and now >= tripped.cooldown_until \
-                and not held[name][2]:
-            events += kill_switches._clear(s, name, now, "cooldown over")
+    tripped = s.switches.get(DRAWDOWN)
+    if tripped is not None and tripped.cooldown_until is not None and now >= tripped.cooldown_until \
+            and not held[DRAWDOWN][2]:  # (drawdown clears after its cooldown once under the limit)
+        events += kill_switches._clear(s, DRAWDOWN, now, "cooldown over")
     for name, (value, threshold, holds) in held.items():
         if holds and name not in s.switches:
             until = now + timedelta(seconds=CALENDAR.cooldown_seconds)
             why = f"{level.name}: {name} {value:.6g} breached {threshold:.6g}"
             s.switches[name] = SwitchState(name, now, value, threshold, until, why)
             events.append(SwitchEvent(name, "TRIPPED", now, value, threshold, until, reason=why))
+    return _tag(level, events)
+
+
+def move(level: Level, before: Decimal, amount: Decimal) -> None:
+    """A flow into (> 0) or out of (< 0) a level whose equity was ``before``, in its currency (a deposit, a
+    withdrawal, a portfolio moved in or out): not performance, so its references move with it."""
+    kill_switches.move_references(level.state, before, amount)
+
+
+def drop_removed(level: Level, now: datetime) -> list[SwitchEvent]:
+    """Clear the level's automatic switches whose limit is gone (mutates ``level.state``)."""
+    limits = {DRAWDOWN: level.limits.drawdown, DAILY_LOSS: level.limits.daily_loss}
+    events: list[SwitchEvent] = []
+    for name, limit in limits.items():
+        if limit is None and name in level.state.switches:
+            events += kill_switches._clear(level.state, name, now, "limit removed")
     return _tag(level, events)
 
 
@@ -267,7 +279,8 @@ def level_summary(level_id: str, currency: str, limits: Limits, state: LevelStat
                "positions": book.positions, "daily_loss": max(-daily, ZERO), "drawdown": drawdown}
     for name, limit in limits.to_dict().items():
         value = current[name]
-        used[name] = {"limit": limit, "current": float(value), "used_pct": float(value) / limit * 100}
+        pct = float(value) / limit * 100 if limit else (100.0 if value else 0.0)  # (a limit of 0 positions)
+        used[name] = {"limit": limit, "current": float(value), "used_pct": pct}
     return {
         "level": "firm" if level_id == FIRM else "group",
         "id": level_id,

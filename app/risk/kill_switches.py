@@ -9,6 +9,7 @@ from functools import lru_cache
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from .accounting import MONEY
 from .config import RPMConfig
 from .model import ONE, ZERO, PortfolioState, Switch, SwitchEvent, SwitchState, iso
 
@@ -95,6 +96,20 @@ def update_peaks(state: PortfolioState, equity: Decimal) -> None:
         state.peak_equity = equity
     if state.day_peak_equity is None or equity > state.day_peak_equity:
         state.day_peak_equity = equity
+
+
+def move_references(state: Any, equity: Decimal, amount: Decimal) -> None:
+    """Money in (> 0) or out (< 0) that is not performance, from an equity of ``equity`` (a portfolio's, or a
+    level's: app/risk/firm.py): the day's and week's PnL are amounts, so their references move by it; the drawdowns
+    are fractions, so the peaks scale with equity. A flow changes neither."""
+    for name in ("day_start_equity", "week_start_equity"):
+        if getattr(state, name) is not None:
+            setattr(state, name, getattr(state, name) + amount)
+    for name in ("peak_equity", "day_peak_equity"):
+        value = getattr(state, name)
+        if value is not None:  # (with no equity left, a fraction cannot be kept: the peaks move by the amount)
+            setattr(state, name, (value * (equity + amount) / equity).quantize(MONEY) if equity > 0
+                    else value + amount)
 
 
 # -- measurements ----------------------------------------------------------------

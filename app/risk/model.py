@@ -487,8 +487,9 @@ class Limits:
         values: dict[str, Any] = {}
         for name, value in data.items():
             if name in cls.AMOUNTS:
-                if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-                        or not 0 < value <= float(domain.BOOKS_LIMIT):
+                if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                        or (isinstance(value, float) and not math.isfinite(value)) \
+                        or not 0 < value <= domain.BOOKS_LIMIT:
                     errors[name] = f"an amount above 0, at most {float(domain.BOOKS_LIMIT):.0e}, or null"
                 else:
                     values[name] = Decimal(repr(float(value))) if isinstance(value, float) else Decimal(value)
@@ -498,7 +499,8 @@ class Limits:
                 else:
                     values[name] = value
             elif name == "drawdown":
-                if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1 \
+                        or (isinstance(value, float) and math.isnan(value)):
                     errors[name] = "a fraction above 0, at most 1, or null"
                 else:
                     values[name] = float(value)

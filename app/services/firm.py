@@ -13,15 +13,17 @@ from decimal import Decimal
 from typing import Any
 
 from app.errors import Conflict, Invalid, NotFound
-from app.risk import CooldownActive, ResumeError, RPMConfig, domain, firm
+from app.risk import CooldownActive, OutOfRange, ResumeError, RPMConfig, accounting, domain, firm
 from app.risk.model import FIRM, Book, Level, Limits, LimitsError, to_decimal
 from app.store import models as m
+from app.store.audit import SYSTEM_CHAIN
 from app.store.repository import event_values, mark_history_hash
 from app.store.transaction import _SELECT_GROUPS, GroupRow, Jsonb, PortfolioTransaction
 
 from .unit_of_work import Actor, UnitOfWork, check_portfolio_id
 
 _MARK_HISTORY = RPMConfig().mark_history_size
+MAX_FIRM_MARKS = 1000
 
 
 def parsed_limits(body: Any) -> Limits:
@@ -58,6 +60,8 @@ def _group(tx: PortfolioTransaction, level_id: str, lock: bool = False) -> tuple
 def create_group(uow: UnitOfWork, group_id: str, limits: Any, reason: str | None, actor: Actor) -> dict[str, Any]:
     """A new group under the firm, with its limits (none by default)."""
     check_portfolio_id(group_id)
+    if group_id.lower() in (FIRM, SYSTEM_CHAIN):
+        raise Invalid("reserved group id", {"group_id": [f"{FIRM} names the firm, {SYSTEM_CHAIN} its chain"]})
     parsed = parsed_limits(limits or {})
     with uow.firm() as tx:
         now = uow.clock()
@@ -82,8 +86,10 @@ def set_limits(uow: UnitOfWork, level_id: str, limits: Any, reason: str | None, 
         before = row.limits.to_dict()
         tx.conn.execute("UPDATE groups SET limits = %s, updated_at = %s WHERE id = %s",
                         (Jsonb(parsed.to_dict()), now, level_id))
+        # a switch whose limit is gone no longer holds the level
+        events = firm.drop_removed(Level(row.id, row.currency, parsed, row.state, Book(), True), now)
         _record(tx, [_admin(actor, "group_limits", now, reason, before={"group": level_id, "limits": before},
-                            after={"group": level_id, "limits": parsed.to_dict()})], now)
+                            after={"group": level_id, "limits": parsed.to_dict()}), *_event_rows(events)], now)
     return group_view(uow, level_id)
 
 
@@ -141,16 +147,41 @@ def assign(uow: UnitOfWork, portfolio_id: str, group_id: str | None, reason: str
     decision; what it holds already is not undone."""
     if group_id == FIRM:
         group_id = None
-    with uow.portfolio(portfolio_id) as p:
+    with uow.portfolio(portfolio_id) as p:  # (the portfolio locked, and the groups it is in)
         if group_id is not None and p.tx.conn.execute("SELECT id FROM groups WHERE id = %s",
                                                        (group_id,)).fetchone() is None:
             raise NotFound(f"unknown group {group_id!r}")
         before = p.row.group_id
         now = uow.clock()
+        _move_between(p, group_id)
         p.tx.conn.execute("UPDATE portfolios SET group_id = %s WHERE id = %s", (group_id, portfolio_id))
         p.admin_action(actor, "group", now, reason, before={"group": before or FIRM}, after={"group": group_id or FIRM})
         p.commit(p.state, now)
     return {"portfolio_id": portfolio_id, "group": group_id or FIRM, "previous_group": before or FIRM}
+
+
+def _move_between(p: Any, group_id: str | None) -> None:
+    """A portfolio leaving its groups for ``group_id`` (None: the firm): its equity leaves the levels it is no longer
+    under and joins those it comes under, as a flow, not as performance (their drawdown and day's PnL do not
+    move). The new group is locked here, after the portfolio's own levels."""
+    tx, state, config = p.tx, p.state, p.config
+    joining = [] if group_id is None else [group_id]
+    for level in state.levels:
+        if level.id not in joining and level.id != FIRM and level.held:
+            own = firm.book_of(state, config, level.currency)
+            firm.move(level, level.others.plus(own).equity, -own.equity)
+    tx.take_levels(state)
+    for gid in joining:
+        if any(level.id == gid for level in state.levels):
+            continue
+        found = tx.conn.execute(f"{_SELECT_GROUPS} WHERE id = %s FOR NO KEY UPDATE", (gid,)).fetchone()
+        row = tx.groups[gid] = GroupRow.of(found, True)
+        if row.held:
+            members = [pid for (pid,) in tx.conn.execute("SELECT id FROM portfolios WHERE group_id = %s AND id <> %s",
+                                                         (gid, p.id))]
+            others = firm.total(firm.book_of(s, c, row.currency) for s, c in tx.books_of(members).values())
+            level = Level(gid, row.currency, row.limits, row.state, others, True)
+            firm.move(level, others.equity, firm.book_of(state, config, row.currency).equity)
 
 
 def post_marks(uow: UnitOfWork, prices: dict[str, Any], actor: Actor) -> dict[str, Any]:
@@ -166,6 +197,11 @@ def post_marks(uow: UnitOfWork, prices: dict[str, Any], actor: Actor) -> dict[st
         now = uow.clock()
         stored = dict(tx.conn.execute("SELECT symbol, history FROM firm_marks WHERE symbol = ANY(%s) ORDER BY symbol "
                                       "FOR UPDATE", (symbols,)).fetchall())
+        # every portfolio reads every firm mark: their number is bounded (a portfolio's own marks are not)
+        count = tx.conn.execute("SELECT count(*) FROM firm_marks").fetchone()[0]
+        if count + len(set(symbols) - set(stored)) > MAX_FIRM_MARKS:
+            raise Invalid("too many firm marks", {"prices": [f"the firm marks at most {MAX_FIRM_MARKS:,} symbols; "
+                                                             f"{count:,} are marked"]})
         written, hashes = {}, {}
         with tx.writing():
             for symbol in symbols:
@@ -180,6 +216,7 @@ def post_marks(uow: UnitOfWork, prices: dict[str, Any], actor: Actor) -> dict[st
                     "history_hash = excluded.history_hash, updated_at = excluded.updated_at",
                     (symbol, price, Jsonb(list(history)), digest, now))
                 written[symbol], hashes[symbol] = str(price), digest
+            _within_books(tx)
             events = _settle_switching_levels(tx, now)
             tx.add(tx.system_rows([(m.MarkUpdate, dict(portfolio_id=None, at=now, prices=written,
                                                        history_hashes=hashes)), *_event_rows(events)]))
@@ -187,6 +224,17 @@ def post_marks(uow: UnitOfWork, prices: dict[str, Any], actor: Actor) -> dict[st
             tx.commit()
     return {"firm_marks": {s: float(v) for s, v in written.items()}, "at": now.isoformat(),
             "events": [e.to_dict() for e in events]}
+
+
+def _within_books(tx: PortfolioTransaction) -> None:
+    """Firm marks that would take a portfolio's books past what they may hold are refused, as a portfolio's own
+    marks are (app/risk/domain.py): 422, nothing written."""
+    ids = [pid for (pid,) in tx.conn.execute("SELECT id FROM portfolios ORDER BY id")]
+    for pid, (state, config) in tx.books_of(ids).items():
+        equity = accounting.equity(state, config)
+        if not domain.within_books(equity, state.realised_pnl):
+            raise Invalid("marks out of range", {"prices": [f"at these marks, {OutOfRange(equity, state.realised_pnl)} "
+                                                            f"(portfolio {pid})"]})
 
 
 def _settle_switching_levels(tx: PortfolioTransaction, now: datetime) -> list[Any]:

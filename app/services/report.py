@@ -25,6 +25,7 @@ from typing import Any
 
 from sqlalchemy import text
 
+from app.errors import Invalid
 from app.risk import RPMConfig, accounting, firm, kill_switches
 from app.risk.model import FIRM, Book, PortfolioState, Position
 from app.store.audit import document
@@ -37,10 +38,14 @@ _LIMIT_STEPS = ("max_positions", "symbol_units", "symbol_exposure", "currency_ex
 
 
 def day_window(day: date) -> tuple[datetime, datetime]:
-    """When the firm's trading day ``day`` starts, and its cut-off (when the next starts)."""
-    start, end = kill_switches._day_bounds(day.isoformat(), firm.CALENDAR.trading_timezone,
-                                           firm.CALENDAR.trading_day_rollover)
-    return datetime.fromtimestamp(start, UTC), datetime.fromtimestamp(end, UTC)
+    """When the firm's trading day ``day`` starts, and its cut-off (when the next starts); 422 for a day whose
+    cut-off no clock can name (the year 9999's last)."""
+    try:
+        start, end = kill_switches._day_bounds(day.isoformat(), firm.CALENDAR.trading_timezone,
+                                               firm.CALENDAR.trading_day_rollover)
+        return datetime.fromtimestamp(start, UTC), datetime.fromtimestamp(end, UTC)
+    except (OverflowError, ValueError):
+        raise Invalid("no such trading day", {"date": [f"{day.isoformat()} has no cut-off"]}) from None
 
 
 def _rows(session: Any, sql: str, **params: Any) -> list[Any]:
@@ -105,6 +110,8 @@ def eod(uow: UnitOfWork, day: date) -> dict[str, Any]:
         for key in ("_books", "_rate"):
             section.pop(key)
     return {"report": "end of day", "trading_day": day.isoformat(), "start": start.isoformat(),
+            # a day not over yet: what happened so far, and transactions may still be committing
+            "final": uow.clock() >= cutoff,
             "cutoff": cutoff.isoformat(), "calendar": {"timezone": firm.CALENDAR.trading_timezone,
                                                        "rollover": firm.CALENDAR.trading_day_rollover},
             "firm": levels.pop(FIRM), "groups": list(levels.values()),
@@ -262,6 +269,13 @@ _CSV_COLUMNS = ("level", "id", "group", "equity", "starting_capital", "realised_
                 "open_positions", "gross_exposure", "net_exposure", "switches_tripped", "decisions", "admin_actions")
 
 
+def _flat(text: Any) -> str:
+    """A free text (a reason, an actor) on one line, with no control or direction characters: a reason cannot
+    forge a line of the report."""
+    return "".join(c if c.isprintable() and c not in "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+                   else " " for c in str(text or ""))
+
+
 def _line(level: str, section: dict[str, Any]) -> dict[str, Any]:
     return {"level": level, "id": section.get("id") or section.get("portfolio_id"), "group": section.get("group", ""),
             "equity": section["equity"], "starting_capital": section["starting_capital"],
@@ -275,14 +289,15 @@ def _line(level: str, section: dict[str, Any]) -> dict[str, Any]:
 
 def as_csv(report: dict[str, Any]) -> str:
     """One line per portfolio, group and the firm."""
+    from app.compliance import _csv_value
+
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=_CSV_COLUMNS, lineterminator="\n")
     writer.writeheader()
-    writer.writerow(_line("firm", report["firm"]))
-    for group in report["groups"]:
-        writer.writerow(_line("group", group))
-    for section in report["portfolios"]:
-        writer.writerow(_line("portfolio", section))
+    rows = [_line("firm", report["firm"]), *(_line("group", g) for g in report["groups"]),
+            *(_line("portfolio", p) for p in report["portfolios"])]
+    for row in rows:  # (a cell that a spreadsheet would take for a formula is quoted: compliance's CSV rule)
+        writer.writerow({k: _csv_value(v) for k, v in row.items()})
     return out.getvalue()
 
 
@@ -334,7 +349,8 @@ def as_html(report: dict[str, Any]) -> str:
 
 def as_text(report: dict[str, Any]) -> str:
     """The report for a terminal: a line per level and portfolio, then what happened."""
-    lines = [f"End-of-day report, trading day {report['trading_day']} (cut-off {report['cutoff']})", ""]
+    lines = [f"End-of-day report, trading day {report['trading_day']} (cut-off {report['cutoff']})"
+             + ("" if report["final"] else ": PROVISIONAL, the day is not over"), ""]
     head = f"{'':10} {'id':16} {'equity':>16} {'realised (day)':>15} {'unrealised':>12} {'gross':>14} {'positions':>9}"
     lines.append(head)
     rows = [("firm", report["firm"])] + [("group", g) for g in report["groups"]] + \
@@ -349,8 +365,9 @@ def as_text(report: dict[str, Any]) -> str:
         notes = ["  decisions: " + ", ".join(f"{k} {v}" for k, v in s["decisions"].items())] if s["decisions"] else []
         notes += [f"  limit {k}: peak {v['peak']:,.2f} of {v['limit']:,.2f} ({v['peak_use_pct']:.1f}%)"
                   for k, v in (s.get("limits_peak_use") or {}).items()]
-        notes += [f"  tripped {e['switch']} at {e['at']}: {e['reason']}" for e in s["switches_tripped"]]
-        notes += [f"  {a['action']} by {a['actor']} at {a['at']}" + (f": {a['reason']}" if a["reason"] else "")
+        notes += [f"  tripped {e['switch']} at {e['at']}: {_flat(e['reason'])}" for e in s["switches_tripped"]]
+        notes += [f"  {a['action']} by {_flat(a['actor'])} at {a['at']}" + (f": {_flat(a['reason'])}" if a["reason"]
+                                                                             else "")
                   for a in s["admin_actions"]]
         if notes:
             lines += ["", f"{level} {ident}", *notes]

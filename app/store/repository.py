@@ -50,11 +50,13 @@ def _histories(session: Session, digests: set[str]) -> dict[str, tuple[float, ..
 
 def cached_histories(digests: set[str], fetch: Any) -> dict[str, tuple[float, ...]]:
     """Mark histories by hash, from the process cache, ``fetch`` giving (hash, prices) of those missing."""
-    missing = [d for d in digests if d not in _HISTORIES]
-    if missing:
+    found = {d: _HISTORIES[d] for d in digests if d in _HISTORIES}
+    missing = [d for d in digests if d not in found]
+    if missing:  # (taken from what was fetched, not read back: remembering one may evict another of this call)
         for digest, prices in fetch(missing):
-            _remember_history(digest, tuple(prices))
-    return {d: _HISTORIES[d] for d in digests}
+            found[digest] = tuple(prices)
+            _remember_history(digest, found[digest])
+    return found
 
 
 def config_for(session: Session, portfolio_id: str, version: int) -> RPMConfig:

@@ -408,6 +408,10 @@ class PortfolioTransaction:
         for lk in self._mine.values():
             self.give_levels(lk)
 
+    def books_of(self, ids: list[str]) -> dict[str, tuple[PortfolioState, RPMConfig]]:
+        """Other portfolios' books as committed (``_read_books``), for the firm's use cases."""
+        return self._read_books(ids) if ids else {}
+
     def _read_books(self, ids: list[str]) -> dict[str, tuple[PortfolioState, RPMConfig]]:
         """What a level's aggregate needs of other portfolios — capital, realised PnL, positions, marks (the newer of
         each's own and the firm's) — as committed, in one statement."""
@@ -534,15 +538,15 @@ class PortfolioTransaction:
         }
         mark_rows = {symbol: SimpleNamespace(symbol=symbol, price=price, history_hash=digest)
                      for symbol, price, digest in zip(mark_symbols or (), prices or (), hashes or (), strict=True)}
-        if any(k.history_hash is None for k in mark_rows.values()):  # written before mark snapshots existed
+        old = {s for s, k in mark_rows.items() if k.history_hash is None}  # written before mark snapshots existed
+        if old:  # (the portfolio's own: a firm mark always has its history's name)
             for symbol, history in self.conn.execute(
-                    "SELECT symbol, history FROM marks WHERE portfolio_id = %s", (row.id,)):
+                    "SELECT symbol, history FROM marks WHERE portfolio_id = %s AND symbol = ANY(%s)",
+                    (row.id, sorted(old))):
                 mark_rows[symbol].history_hash = mark_history_hash(symbol, history or [])
                 mark_rows[symbol].history = tuple(history or ())
-            histories = {s: k.history for s, k in mark_rows.items()}
-        else:
-            found = cached_histories({k.history_hash for k in mark_rows.values()}, self._snapshots)
-            histories = {s: found[k.history_hash] for s, k in mark_rows.items()}
+        found = cached_histories({k.history_hash for s, k in mark_rows.items() if s not in old}, self._snapshots)
+        histories = {s: k.history if s in old else found[k.history_hash] for s, k in mark_rows.items()}
         config = self._config(row)
         state = to_state(row, position_rows, mark_rows, histories, {s: tuple(h) for s, h in (atr or {}).items()})
         loaded = Loaded(row, mark_rows, state, config)

@@ -202,7 +202,9 @@ def test_the_end_of_day_report_worked_out_by_hand_and_the_same_after_more_tradin
     assert client.post("/groups/fx/resume", json={}).status_code == 200
     client.post("/firm/marks", json={"prices": {"EURUSD": 1.2}})
     client.post("/positions/EURUSD/close?portfolio_id=desk-b", json={"price": 1.2})
-    assert report().json == out
+    again = report().json
+    assert (out.pop("final"), again.pop("final")) == (False, True)  # made during the day, then after it
+    assert again == out
 
 
 def test_verify_reconciles_what_is_stored_above_portfolios_with_the_system_chain(desks, database_url):
@@ -225,3 +227,53 @@ def test_verify_reconciles_what_is_stored_above_portfolios_with_the_system_chain
     assert out["ok"] is False and found >= {("_system", "firm_marks", "EURUSD"), ("_system", "groups", "limits"),
                                             ("_system", "groups", "switches"), ("desk-a", "portfolios", "group_id")}, \
         out["findings"]
+
+
+def test_flows_in_and_out_of_a_group_are_not_its_performance(desks):
+    """A withdrawal from a desk, or a desk moved out of the group, moves the group's equity: its references move
+    with it, so neither trips its drawdown (5%) nor its daily loss (3,000)."""
+    client = desks
+    assert client.put("/groups/fx/limits", json={"limits": {"drawdown": 0.05, "daily_loss": 3000}}).status_code == 200
+    assert client.post("/portfolios", json={"portfolio_id": "desk-c", "capital": 100000}).status_code == 201
+    assert client.post("/groups/fx/members", json={"portfolio_id": "desk-c"}).status_code == 200
+    assert trade(client, "desk-a")["status"] == "APPROVED"
+    r = client.post("/capital?portfolio_id=desk-b", json={"amount": -20000, "reason": "redemption"})
+    assert r.status_code == 200 and r.json["events"] == [], r.json
+    assert client.post("/groups/firm/members", json={"portfolio_id": "desk-c"}).status_code == 200
+    assert client.post("/groups/fx/members", json={"portfolio_id": "default"}).status_code == 200
+    view = client.get("/groups/fx").json
+    assert view["trading_state"] == "ACTIVE" and view["equity"] == pytest.approx(280000, abs=0.01), view
+    assert view["drawdown"] == pytest.approx(0, abs=1e-9) and view["daily_pnl"] == pytest.approx(0, abs=0.01), view
+    assert trade(client, "desk-b", symbol="GBPUSD", current_price=1.25)["status"] == "APPROVED"
+    assert client.get("/audit/verify").json["ok"] is True
+
+
+def test_the_firms_edges_are_4xx(desks, clock):
+    client = desks
+    for body, field in [('{"group_id": "firm"}', "group_id"), ('{"group_id": "_system"}', "group_id"),
+                        ('{"group_id": "big", "limits": {"gross_exposure": 1%s}}' % ("0" * 400), "gross_exposure")]:
+        r = client.post("/groups", data=body, content_type="application/json")
+        assert r.status_code == 422 and field in str(r.json["errors"]), r.json
+    assert client.get("/reports/eod?date=9999-12-31").status_code == 422
+    # a limit of no positions at all is a limit; the views divide by none of it
+    assert client.put("/groups/fx/limits", json={"limits": {"positions": 0}}).status_code == 200
+    assert client.get("/firm").status_code == 200
+    assert client.get("/groups/fx").json["limits_used"]["positions"]["used_pct"] == 0.0
+    assert trade(client, "desk-a")["reason"] == "MAX_POSITIONS"
+    # a tripped switch whose limit is removed no longer holds the group
+    assert client.put("/groups/fx/limits", json={"limits": {"daily_loss": 100}}).status_code == 200
+    client.put("/groups/fx/limits", json={"limits": {}})  # (clears nothing: nothing tripped yet)
+    client.put("/groups/fx/limits", json={"limits": {"daily_loss": 100}})
+    assert trade(client, "desk-a")["status"] == "APPROVED"
+    client.post("/firm/marks", json={"prices": {"EURUSD": 1.09}})  # -272.73: the group's daily loss trips
+    assert client.get("/groups/fx").json["trading_state"] == "HALTED"
+    r = client.put("/groups/fx/limits", json={"limits": {}})
+    assert r.status_code == 200 and r.json["trading_state"] == "ACTIVE", r.json
+    # firm marks that would take a portfolio's books past 1e15 are refused, as its own marks are
+    client.post("/marks?portfolio_id=desk-b", json={"prices": {"XYZUSD": 1.0, "ABCXYZ": 1.0}})
+    assert trade(client, "desk-b", symbol="ABCXYZ", current_price=1.0)["status"] == "APPROVED"
+    clock.advance(seconds=1)
+    r = client.post("/firm/marks", json={"prices": {"XYZUSD": 1e9, "ABCXYZ": 1e9}})
+    assert r.status_code == 422 and "out of range" in r.json["message"] and "desk-b" in str(r.json), r.json
+    assert client.get("/portfolio?portfolio_id=desk-b").json["positions"][0]["mark"] == 1.0
+    assert client.get("/audit/verify").json["ok"] is True

@@ -93,8 +93,9 @@ def test_replay_of_the_demo_under_the_conservative_preset_lists_exactly_the_deci
         ("ES", "APPROVED", 12.0, "APPROVED", 8.0, None),
         ("BTCUSD", "APPROVED", 16.66666666, "APPROVED", 6.94444444, None),
     })
-    # the SPEC request eight times (scenarios 1, 5, 8, the openings of 11, 12 and 13, and both of 14)
-    assert len([d for d in items if d["type"] == "difference"]) == 14
+    # the SPEC request nine times (scenarios 1, 5, 8, the openings of 11, 12 and 13, both of 14, desk A of 15;
+    # desk B's 16,000 GBPUSD, cut by its group, is 20% of 100,000 at 1.25 under conservative too)
+    assert len([d for d in items if d["type"] == "difference"]) == 15
     # halted and confidence-rejected decisions stay as they were: they saw the same switches
     as_recorded = runner.invoke(main, ["replay"])
     assert as_recorded.exit_code == 0 and as_recorded.output.strip().endswith("0 decision(s) would differ")

@@ -157,3 +157,13 @@ def test_limits_are_validated_by_name_and_range():
                 {"net_exposure": float("nan")}):
         with pytest.raises(LimitsError):
             Limits.from_dict(bad)
+
+
+def test_the_history_cache_never_fails_a_lookup_it_just_fetched(monkeypatch):
+    """Every portfolio reads every firm mark's history: more of them than the cache holds must still be read."""
+    from app.store import repository
+
+    monkeypatch.setattr(repository, "_HISTORIES", type(repository._HISTORIES)())
+    monkeypatch.setattr(repository, "_HISTORIES_MAX", 2)
+    got = repository.cached_histories({"a", "b", "c"}, lambda missing: [(d, [1.0]) for d in missing])
+    assert got == {"a": (1.0,), "b": (1.0,), "c": (1.0,)}
