@@ -99,6 +99,11 @@ def total(books: Iterable[Book]) -> Book:
     return out
 
 
+def of_level(event: SwitchEvent) -> bool:
+    """Whether a switch event is a level's (recorded on the `_system` chain) rather than the portfolio's."""
+    return "level" in event.detail
+
+
 def _tag(level: Level, events: list[SwitchEvent]) -> list[SwitchEvent]:
     """Events of a level: its id in their detail (they are recorded on the firm's chain, not a portfolio's)."""
     return [SwitchEvent(e.switch, e.action, e.at, e.value, e.threshold, e.cooldown_until, e.symbol, e.reason,
@@ -262,15 +267,16 @@ def level_rejection(level: Level) -> tuple[ReasonCode, str, dict[str, Any]]:
 
 
 def level_summary(level_id: str, currency: str, limits: Limits, state: LevelState, book: Book,
-                  now: datetime) -> dict[str, Any]:
+                  now: datetime, members_daily: Decimal | None = None) -> dict[str, Any]:
     """A level's view, in the shape of a portfolio's: aggregated positions, exposures, equity, PnL, drawdown,
-    limits and how much of each is used, switch states."""
+    limits and how much of each is used, switch states. A level without limits keeps no references of its own:
+    its day's PnL is then its portfolios' (``members_daily``)."""
     eq = book.equity
     peak = state.peak_equity if state.peak_equity is not None and state.peak_equity > eq else eq
     view = LevelState(state.switches, peak, state.day_key, state.day_start_equity, state.day_peak_equity)
     if view.day_key != kill_switches.trading_day(now, CALENDAR).isoformat():  # (a day not rolled yet: none lost)
         view.day_start_equity = eq
-    daily = kill_switches.daily_pnl(view, eq)
+    daily = members_daily if not limits.any and members_daily is not None else kill_switches.daily_pnl(view, eq)
     drawdown = kill_switches.drawdown(view, eq)
     used: dict[str, Any] = {}
     current = {"gross_exposure": book.gross, "net_exposure": abs(book.net),

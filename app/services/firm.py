@@ -13,7 +13,7 @@ from decimal import Decimal
 from typing import Any
 
 from app.errors import Conflict, Invalid, NotFound
-from app.risk import CooldownActive, OutOfRange, ResumeError, RPMConfig, accounting, domain, firm
+from app.risk import CooldownActive, OutOfRange, ResumeError, RPMConfig, accounting, domain, firm, kill_switches
 from app.risk.model import FIRM, Book, Level, Limits, LimitsError, to_decimal
 from app.store import models as m
 from app.store.audit import SYSTEM_CHAIN
@@ -295,13 +295,22 @@ def _view(uow: UnitOfWork, level_id: str) -> dict[str, Any]:
         now = uow.clock()
         members = [pid for pid in states if level_id in tx.ancestors(pid)]
         direct = [pid for pid in members if tx.ancestors(pid)[0] == level_id]
-        view = firm.level_summary(level_id, row.currency, row.limits, row.state, books.get(level_id, Book()), now)
+        daily = sum((_daily(states[pid].loaded, row.currency) for pid in members), Decimal(0))
+        view = firm.level_summary(level_id, row.currency, row.limits, row.state, books.get(level_id, Book()), now,
+                                  daily)
         view["positions"] = _positions(states, members, books.get(level_id, Book()))
         view["portfolios"] = [_member(pid, states[pid], engine) for pid in direct]
         view["groups"] = [{"id": gid, **_brief(firm.level_summary(gid, g.currency, g.limits, g.state,
                                                                    books.get(gid, Book()), now))}
                           for gid, g in sorted(groups.items()) if g.parent_id == level_id]
         return view
+
+
+def _daily(loaded: Any, currency: str) -> Decimal:
+    """A portfolio's day's PnL in ``currency`` (0 without a rate)."""
+    state, config = loaded.state, loaded.config
+    rate = firm.currency_rate(config.account_currency, currency, state.marks) or Decimal(0)
+    return kill_switches.daily_pnl(state, accounting.equity(state, config)) * rate
 
 
 def _brief(summary: dict[str, Any]) -> dict[str, Any]:

@@ -25,7 +25,7 @@ import psycopg
 
 from app.errors import Conflict, DatabaseRefused, Invalid, ServiceError
 from app.group_commit import GroupCommit
-from app.risk import IntentError, RPMConfig, TradeIntent, domain, engine
+from app.risk import IntentError, RPMConfig, TradeIntent, domain, engine, firm
 from app.risk.config import canonical_json
 from app.risk.metrics import RiskMetrics
 from app.store import models as m
@@ -265,9 +265,12 @@ class Trading:
         outcome = engine.decide(loaded.state, intent, loaded.config, now, str(uuid.uuid4()))
         if unsafe:
             tx.refresh_head(loaded.row)
-        rows = decision_rows(loaded, intent, hashed, outcome, tx.level_events(outcome.events, outcome.decision.id),
+        rows = decision_rows(loaded, intent, hashed, outcome, [e for e in outcome.events if not firm.of_level(e)],
                              now, item.actor, item.started)
         tx.add(rows)
+        # (the levels' events and states only once the decision's rows are queued: a decision that failed before
+        # leaves nothing of itself behind)
+        tx.level_events(outcome.events, outcome.decision.id)
         loaded.state = outcome.state
         tx.take_levels(outcome.state)
         row = SimpleNamespace(**rows[0][1])

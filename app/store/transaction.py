@@ -473,7 +473,7 @@ class PortfolioTransaction:
         """Of ``events``, those of a portfolio; the levels' are kept, for the `_system` chain at commit."""
         mine = []
         for event in events:
-            if "level" in event.detail:
+            if firm.of_level(event):
                 self._level_events.append((event, decision_id))
             else:
                 mine.append(event)

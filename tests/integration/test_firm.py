@@ -277,3 +277,12 @@ def test_the_firms_edges_are_4xx(desks, clock):
     assert r.status_code == 422 and "out of range" in r.json["message"] and "desk-b" in str(r.json), r.json
     assert client.get("/portfolio?portfolio_id=desk-b").json["positions"][0]["mark"] == 1.0
     assert client.get("/audit/verify").json["ok"] is True
+
+
+def test_the_firm_without_limits_shows_its_portfolios_day(desks):
+    client = desks
+    for pid in ("desk-a", "desk-b"):
+        assert trade(client, pid)["status"] == "APPROVED"
+    client.post("/firm/marks", json={"prices": {"EURUSD": 1.09}})
+    days = [client.get(f"/portfolio?portfolio_id={pid}").json["daily_pnl"] for pid in ("desk-a", "desk-b")]
+    assert client.get("/firm").json["daily_pnl"] == pytest.approx(sum(days), abs=0.01) and sum(days) < 0
