@@ -13,6 +13,9 @@ import os
 import shutil
 import socket
 import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -183,3 +186,23 @@ def sql(database_url):
 
     yield run
     engine.dispose()
+
+
+@contextmanager
+def throwaway_database(admin_engine, template_db, prefix: str) -> Iterator[tuple[str, dict[str, str]]]:
+    """A database of its own (from the template), dropped after: its URL, and a trader's and an admin's keys (for
+    the races run again with a lock disabled, each on a fresh database)."""
+    from app.services import Actor
+
+    name = f"{prefix}_{time.monotonic_ns()}"
+    with admin_engine.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"'))
+    try:
+        app = create_app(Settings(database_url=url_for(name)))
+        store = app.extensions["rpm_keys"]
+        keys = {r: store.create(r, f"t-{r}", None, Actor("t", "admin"))[0] for r in ("trader", "admin")}
+        app.extensions["rpm"].db.dispose()
+        yield url_for(name), keys
+    finally:
+        with admin_engine.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))

@@ -1,13 +1,8 @@
 """A group's limits hold across its portfolios under concurrency: racing clients over several worker processes,
 each deciding for another desk of the group, never breach them; without the groups' lock they do."""
 
-import time
 
 import pytest
-from sqlalchemy import text
-
-from app import create_app
-from app.settings import Settings
 
 from ..conftest import SEED_INTENT, http
 from .test_guarantees import approvals, race
@@ -49,24 +44,12 @@ def test_racing_desks_of_one_group_never_breach_its_limits(servers, database_url
 
 def test_the_group_race_breaches_its_limits_without_the_group_lock(servers, admin_engine, template_db, capsys):
     """The same race with the groups read without their lock: the test above can fail."""
-    from app.services import Actor
-
-    from .conftest import url_for
+    from .conftest import throwaway_database
 
     worst = None
     for attempt in range(4):
-        name = f"rpm_test_unsafe_group_{attempt}_{time.monotonic_ns()}"
-        with admin_engine.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"'))
-        try:
-            app = create_app(Settings(database_url=url_for(name)))
-            store = app.extensions["rpm_keys"]
-            keys = {r: store.create(r, f"t-{r}", None, Actor("t", "admin"))[0] for r in ("trader", "admin")}
-            app.extensions["rpm"].db.dispose()
-            approved, view = group_race(servers, url_for(name), keys, unsafe=True)
-        finally:
-            with admin_engine.connect() as conn:
-                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        with throwaway_database(admin_engine, template_db, f"rpm_test_unsafe_group_{attempt}") as (url, keys):
+            approved, view = group_race(servers, url, keys, unsafe=True)
         worst = view
         if view["open_positions"] > LIMIT or view["exposures"]["gross"] > GROSS + 1e-6:
             break

@@ -74,26 +74,12 @@ def test_16_racing_clients_never_breach_the_position_limit(servers, database_url
 
 def test_the_position_race_breaches_the_limit_without_the_lock(servers, admin_engine, template_db, capsys):
     """The same race with the portfolio lock disabled: the test above can fail."""
-    from .conftest import url_for
+    from .conftest import throwaway_database
 
     worst = 0
     for attempt in range(4):
-        name = f"rpm_test_unsafe_{attempt}_{time.monotonic_ns()}"
-        from sqlalchemy import text
-
-        with admin_engine.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"'))
-        try:
-            app = create_app(Settings(database_url=url_for(name)))
-            from app.services import Actor
-
-            store = app.extensions["rpm_keys"]
-            keys = {r: store.create(r, f"t-{r}", None, Actor("t", "admin"))[0] for r in ("trader", "admin")}
-            app.extensions["rpm"].db.dispose()
-            approved, open_positions = positions_race(servers, url_for(name), keys, unsafe=True)
-        finally:
-            with admin_engine.connect() as conn:
-                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        with throwaway_database(admin_engine, template_db, f"rpm_test_unsafe_{attempt}") as (url, keys):
+            approved, open_positions = positions_race(servers, url, keys, unsafe=True)
         worst = max(worst, open_positions)
         if open_positions > 8:
             break
