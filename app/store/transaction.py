@@ -186,7 +186,8 @@ _SELECT_TREE = "SELECT id, parent_id FROM groups"
 # the portfolios whose books the locked levels with limits measure: those under the same groups (and every one when
 # the firm has limits: one more round trip), read after the locks: what they show is what the other members committed
 _SELECT_MEMBERS = (
-    _UP + ", down(id) AS (SELECT id FROM up UNION SELECT g.id FROM groups g JOIN down ON g.parent_id = down.id) "
+    _UP + ", down(id) AS (SELECT id FROM up WHERE id <> 'firm' UNION SELECT g.id FROM groups g JOIN down ON "
+    "g.parent_id = down.id) "
     "SELECT id, group_id FROM portfolios WHERE group_id IN (SELECT id FROM down)")
 # (an index lookup above: a scan of the portfolios table reads every version of their rows not yet vacuumed, and
 # each transaction of a portfolio leaves one. Every portfolio is the firm's: read only when the firm has limits)

@@ -286,3 +286,19 @@ def test_the_firm_without_limits_shows_its_portfolios_day(desks):
     client.post("/firm/marks", json={"prices": {"EURUSD": 1.09}})
     days = [client.get(f"/portfolio?portfolio_id={pid}").json["daily_pnl"] for pid in ("desk-a", "desk-b")]
     assert client.get("/firm").json["daily_pnl"] == pytest.approx(sum(days), abs=0.01) and sum(days) < 0
+
+
+def test_the_firms_limit_binds_across_groups(desks):
+    """desk-a in group fx, desk-b in group rates, `default` under the firm: the firm's gross limit of 50,000
+    holds over all three."""
+    client = desks
+    assert client.put("/groups/fx/limits", json={"limits": {}}).status_code == 200
+    assert client.post("/groups", json={"group_id": "rates"}).status_code == 201
+    assert client.post("/groups/rates/members", json={"portfolio_id": "desk-b"}).status_code == 200
+    assert client.put("/groups/firm/limits", json={"limits": {"gross_exposure": 50000}}).status_code == 200
+    assert trade(client, "desk-a")["approved_trade"]["position_units"] == 27272.72
+    b = trade(client, "desk-b")
+    assert b["approved_trade"]["position_units"] == 18181.82 and b["breakdown"]["levels"][0]["level"] == "firm"
+    d = trade(client, "default", symbol="GBPUSD", current_price=1.25)
+    assert d["reason"] == "GROSS_EXPOSURE" and d["rejected_trade"]["context"]["level"] == "firm", d
+    assert client.get("/firm").json["limits_used"]["gross_exposure"]["used_pct"] == pytest.approx(100, abs=1e-3)
