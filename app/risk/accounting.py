@@ -80,6 +80,18 @@ def exposures(state: PortfolioState, config: RPMConfig) -> Exposures:
     return Exposures(unrealised, by_symbol, by_currency, gross, net)
 
 
+def exposures_view(exp: Any, equity: Decimal) -> dict[str, Any]:
+    """Exposures (a portfolio's ``Exposures``, or a level's ``Book``) as the views show them, against ``equity``."""
+    return {
+        "symbol": {k: float(v) for k, v in sorted(exp.by_symbol.items())},
+        "currency": {k: float(v) for k, v in sorted(exp.by_currency.items())},
+        "gross": float(exp.gross),
+        "net": float(exp.net),
+        "gross_pct": float(exp.gross / equity) if equity > 0 else None,
+        "net_pct": float(exp.net / equity) if equity > 0 else None,
+    }
+
+
 def unrealised_pnl(state: PortfolioState, config: RPMConfig) -> Decimal:
     """Unrealised PnL alone: cheaper than a full valuation (positions at their entry price are skipped)."""
     total = ZERO

@@ -643,14 +643,7 @@ def portfolio_summary(state: PortfolioState, config: RPMConfig) -> dict[str, Any
                             "direction": a.booking.direction, "units": float(a.booking.units),
                             "booked_at": a.booked_at.isoformat(), "expires_at": a.expires_at.isoformat()}
                            for a in state.open_approvals],
-        "exposures": {
-            "symbol": {k: float(v) for k, v in sorted(exp.by_symbol.items())},
-            "currency": {k: float(v) for k, v in sorted(exp.by_currency.items())},
-            "gross": float(exp.gross),
-            "net": float(exp.net),
-            "gross_pct": float(exp.gross / eq) if eq > 0 else None,
-            "net_pct": float(exp.net / eq) if eq > 0 else None,
-        },
+        "exposures": accounting.exposures_view(exp, eq),
     }
 
 

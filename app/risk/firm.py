@@ -16,11 +16,11 @@ rejects it with ``HALTED`` and the level; a reducing trade passes every level, a
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from datetime import datetime, timedelta
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from . import kill_switches
+from . import accounting, kill_switches
 from .config import RPMConfig
 from .constraints import Rejection, _room_signed, _Steps
 from .instruments import InstrumentInfo, instrument, quote_to_account_rate
@@ -35,7 +35,6 @@ from .model import (
     PortfolioState,
     ReasonCode,
     SwitchEvent,
-    SwitchState,
     div_floor,
 )
 
@@ -60,8 +59,6 @@ def currency_rate(currency: str, into: str, marks: Mapping[str, Decimal]) -> Dec
 
 def book_of(state: PortfolioState, config: RPMConfig, currency: str) -> Book:
     """One portfolio's positions and equity in ``currency`` (a level's)."""
-    from . import accounting
-
     marks = state.marks
     by_symbol: dict[str, Decimal] = {}
     by_currency: dict[str, Decimal] = {}
@@ -142,10 +139,8 @@ def settle(level: Level, own: Book, now: datetime) -> list[SwitchEvent]:
         events += kill_switches._clear(s, DRAWDOWN, now, "cooldown over")
     for name, (value, threshold, holds) in held.items():
         if holds and name not in s.switches:
-            until = now + timedelta(seconds=CALENDAR.cooldown_seconds)
-            why = f"{level.name}: {name} {value:.6g} breached {threshold:.6g}"
-            s.switches[name] = SwitchState(name, now, value, threshold, until, why)
-            events.append(SwitchEvent(name, "TRIPPED", now, value, threshold, until, reason=why))
+            events.append(kill_switches.trip(s, name, value, threshold, now, CALENDAR,
+                                             reason=f"{level.name}: {name} {value:.6g} breached {threshold:.6g}"))
     return _tag(level, events)
 
 
@@ -304,14 +299,7 @@ def level_summary(level_id: str, currency: str, limits: Limits, state: LevelStat
         "open_positions": book.positions,
         "limits": limits.to_dict(),
         "limits_used": used,
-        "exposures": {
-            "symbol": {k: float(v) for k, v in sorted(book.by_symbol.items())},
-            "currency": {k: float(v) for k, v in sorted(book.by_currency.items())},
-            "gross": float(book.gross),
-            "net": float(book.net),
-            "gross_pct": float(book.gross / eq) if eq > 0 else None,
-            "net_pct": float(book.net / eq) if eq > 0 else None,
-        },
+        "exposures": accounting.exposures_view(book, eq),
         **({"missing_rate": book.missing_rate} if book.missing_rate else {}),
     }
 

@@ -69,6 +69,14 @@ _SELECT_ATR = "SELECT symbol, history FROM atr_histories WHERE portfolio_id = %s
 _DECIDED = ("FROM unnest(%(i)s::text[]) AS ids(intent_id), LATERAL (SELECT * FROM decisions d "
             "WHERE d.portfolio_id = %(p)s AND d.intent_id = ids.intent_id LIMIT 1) d")
 _SELECT_DECIDED = "SELECT d.* " + _DECIDED
+def _newest_marks(owner: str) -> str:
+    """The marks a portfolio (``owner``, an SQL expression) reads: for each symbol the newer of its own and the
+    firm's (its own on a tie), price and history together — the rule, in one place."""
+    return ("(SELECT DISTINCT ON (symbol) symbol, price, history_hash FROM (SELECT symbol, price, history_hash, "
+            f"updated_at, 1 AS own FROM marks WHERE portfolio_id = {owner} UNION ALL SELECT symbol, price, "
+            "history_hash, updated_at, 0 FROM firm_marks) AS both_ ORDER BY symbol, updated_at DESC, own DESC) AS newest")
+
+
 # what the engine reads besides the portfolio row, in one statement (one per table costs the server and
 # psycopg more than the statement's work): positions and marks as parallel arrays (aggregates over the
 # same rows keep their order), the ATR histories of the symbols decided on, and which of the intent
@@ -78,11 +86,8 @@ _SELECT_STATE = (
     "decided.ids FROM "
     "(SELECT array_agg(symbol), array_agg(units), array_agg(avg_price), array_agg(opened_at) FROM positions "
     "WHERE portfolio_id = %(p)s) AS pos(symbols, units, avg_prices, opened), "
-    # a symbol's mark: the newer of the portfolio's own and the firm's (the portfolio's on a tie), price and history
-    "(SELECT array_agg(symbol), array_agg(price), array_agg(history_hash) FROM (SELECT DISTINCT ON (symbol) symbol, "
-    "price, history_hash FROM (SELECT symbol, price, history_hash, updated_at, 1 AS own FROM marks "
-    "WHERE portfolio_id = %(p)s UNION ALL SELECT symbol, price, history_hash, updated_at, 0 FROM firm_marks) AS both_ "
-    "ORDER BY symbol, updated_at DESC, own DESC) AS newest) AS mk(symbols, prices, hashes), "
+    f"(SELECT array_agg(symbol), array_agg(price), array_agg(history_hash) FROM {_newest_marks('%(p)s')}) "
+    "AS mk(symbols, prices, hashes), "
     "(SELECT jsonb_object_agg(symbol, history) FROM atr_histories WHERE portfolio_id = %(p)s AND symbol = ANY(%(s)s)) "
     "AS atr(histories), "
     f"(SELECT array_agg(d.intent_id) {_DECIDED}) AS decided(ids)")
@@ -198,10 +203,8 @@ _SELECT_BOOKS = (
     "pos.opened, mk.symbols, mk.prices FROM portfolios p, "
     "LATERAL (SELECT array_agg(symbol), array_agg(units), array_agg(avg_price), array_agg(opened_at) FROM positions "
     "WHERE portfolio_id = p.id) AS pos(symbols, units, avg_prices, opened), "
-    "LATERAL (SELECT array_agg(symbol), array_agg(price) FROM (SELECT DISTINCT ON (symbol) symbol, price FROM "
-    "(SELECT symbol, price, updated_at, 1 AS own FROM marks WHERE portfolio_id = p.id UNION ALL "
-    "SELECT symbol, price, updated_at, 0 FROM firm_marks) AS both_ ORDER BY symbol, updated_at DESC, own DESC) "
-    "AS newest) AS mk(symbols, prices) WHERE p.id = ANY(%s)")
+    f"LATERAL (SELECT array_agg(symbol), array_agg(price) FROM {_newest_marks('p.id')}) AS mk(symbols, prices) "
+    "WHERE p.id = ANY(%s)")
 _UPDATE_GROUP = ("UPDATE groups SET switches = %s, peak_equity = %s, day_key = %s, day_start_equity = %s, "
                  "day_peak_equity = %s, week_key = %s, week_start_equity = %s, updated_at = %s WHERE id = %s")
 _LOCK_SYSTEM_HEAD = "SELECT audit_seq, audit_head FROM audit_heads WHERE chain = %s FOR UPDATE"
