@@ -28,6 +28,18 @@ PER_TRANSACTION = Histogram("rpm_decisions_per_transaction",
                             "Decisions committed together (group commit of concurrent intents, or a batch)",
                             buckets=(1, 2, 3, 4, 6, 8, 16, 32, 64, 128, 256, 1000))
 
+EVENTS = Counter("rpm_risk_events_total", "Risk events committed, by type and portfolio (`_system`: groups, the firm)",
+                 ["type", "portfolio"])
+WEBHOOK_FAILURES = Counter("rpm_webhook_failures_total", "Webhook delivery attempts that failed, by webhook",
+                           ["webhook"])
+WEBHOOK_DELIVERED = Counter("rpm_webhook_deliveries_total", "Webhook deliveries acknowledged (2xx), by webhook",
+                            ["webhook"])
+
+
+def count_events(events: list[dict[str, Any]]) -> None:
+    for e in events:
+        EVENTS.labels(e["type"], e.get("portfolio_id") or "_system").inc()
+
 
 def record_decisions(decisions: list[dict[str, Any]], seconds: float) -> None:
     """After the commit: count what was decided (replays are not new decisions)."""
@@ -111,7 +123,8 @@ class JsonFormatter(logging.Formatter):
 
     converter = time.gmtime  # UTC timestamps
     FIELDS = ("request_id", "method", "path", "status", "duration_ms", "portfolio", "key_name", "key_prefix",
-              "decision_id", "decision_status")
+              "decision_id", "decision_status", "level_id", "event_id", "event_type", "switch", "symbol", "value",
+              "threshold", "actor", "reason", "forced")
 
     def format(self, record: logging.LogRecord) -> str:
         event: dict[str, Any] = {
@@ -132,7 +145,7 @@ class JsonFormatter(logging.Formatter):
 def configure_logging(level: str) -> None:
     handler = logging.StreamHandler()
     handler.setFormatter(JsonFormatter())
-    for name in ("rpm", "rpm.auth", "rpm.access", "app"):
+    for name in ("rpm", "rpm.auth", "rpm.access", "rpm.events", "rpm.webhooks", "app"):
         logger = logging.getLogger(name)
         logger.handlers = [handler]
         logger.setLevel(level.upper())

@@ -151,6 +151,15 @@ class Transaction:
         self.tx.commit()
 
 
+def announce(events: list[dict[str, Any]]) -> None:
+    """Risk events just committed: a log line each (app/store/events.py), counted by type."""
+    from app.observability import count_events, current_request_id
+    from app.store.events import log_committed
+
+    log_committed(events, current_request_id())
+    count_events(events)
+
+
 def check_portfolio_id(value: Any) -> str:
     """A portfolio id as given, or Invalid (422)."""
     if not domain.PORTFOLIO_ID.matches(value):
@@ -238,6 +247,8 @@ class UnitOfWork:
                 yield tx
             finally:
                 tx.forget_uncommitted()
+            if tx.committed_events:
+                announce(tx.committed_events)
 
     def _made_default(self, tx: PortfolioTransaction, wanted: Wanted, lock: bool,
                       levels: bool | None) -> dict[str, Locked | None]:

@@ -441,3 +441,65 @@ class AuditCheckpoint(Base):
     at: Mapped[datetime] = mapped_column(UTCDateTime)
     statement: Mapped[str] = mapped_column(Text)  # the signed bytes: canonical JSON
     signature: Mapped[str] = mapped_column(String(128))  # base64 Ed25519
+
+
+class RiskEvent(ChainedRecord, Base):
+    """A risk event (app/store/events.py): a switch tripped or cleared, a halt, a resume, a change of configuration,
+    instruments or capital, a correction, an approval expired, an audit failure. Written in the transaction of its
+    cause, on the same chain; the outbox webhooks and the stream read. Append-only.
+
+    ``id`` orders every event by commit (each is numbered under one lock taken at commit); ``seq`` numbers a chain's
+    events from 1. Neither is hashed: the database gives both at insert."""
+
+    __tablename__ = "risk_events"
+    __table_args__ = (UniqueConstraint("chain", "seq"),
+                      Index("ix_risk_events_portfolio_audit", "portfolio_id", "audit_seq"),
+                      Index("ix_risk_events_system_audit", "audit_seq", postgresql_where=text("portfolio_id IS NULL")))
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    # None: an event of a group, the firm or the service, on the `_system` chain
+    portfolio_id: Mapped[str | None] = mapped_column(ForeignKey("portfolios.id"))
+    chain: Mapped[str] = mapped_column(String(64))  # the portfolio's id, or `_system`
+    seq: Mapped[int] = mapped_column(BigInteger)
+    type: Mapped[str] = mapped_column(String(32))
+    level: Mapped[str | None] = mapped_column(String(64))  # a `_system` event's group (`firm`: the firm)
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    data: Mapped[dict] = mapped_column(Json, default=dict)
+
+
+class Webhook(Base):
+    """An endpoint risk events are delivered to (app/webhooks.py): its URL, its secret (requests are signed with
+    it), the event types and portfolios it wants (None: all), and how far the deliverer has queued for it."""
+
+    __tablename__ = "webhooks"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    url: Mapped[str] = mapped_column(Text)
+    secret: Mapped[str] = mapped_column(String(128))
+    types: Mapped[list | None] = mapped_column(Json)
+    portfolios: Mapped[list | None] = mapped_column(Json)
+    description: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    created_by: Mapped[str | None] = mapped_column(String(128))
+    disabled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # the events up to this id are queued (webhook_deliveries) or did not concern it
+    queued_to: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class WebhookDelivery(Base):
+    """One event for one endpoint: pending, delivered, or failed (its attempts spent; retried on request)."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (Index("ix_webhook_deliveries_pending", "webhook_id", "event_id",
+                            postgresql_where=text("status = 'pending'")),)
+
+    webhook_id: Mapped[str] = mapped_column(ForeignKey("webhooks.id"), primary_key=True)
+    event_id: Mapped[int] = mapped_column(ForeignKey("risk_events.id"), primary_key=True)
+    status: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_status: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    queued_at: Mapped[datetime] = mapped_column(UTCDateTime)

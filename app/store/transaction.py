@@ -41,6 +41,7 @@ from sqlalchemy import JSON, Table
 from app.risk import PortfolioState, RPMConfig, accounting, firm
 from app.risk.model import FIRM, Book, Level, LevelState, Limits, Position, SwitchEvent, SwitchState
 
+from . import events as risk_events
 from . import models as m
 from .audit import GENESIS, SYSTEM_CHAIN, Chain, json_bytes
 from .repository import (
@@ -233,6 +234,7 @@ class GroupRow:
     state: LevelState
     initial: LevelState
     for_update: bool
+    read_tripped: frozenset[str] = frozenset()  # its switches tripped when read (what its events start from)
 
     @classmethod
     def of(cls, values: tuple[Any, ...], for_update: bool) -> GroupRow:
@@ -241,7 +243,7 @@ class GroupRow:
                            _dec(row["peak_equity"]), row["day_key"], _dec(row["day_start_equity"]),
                            _dec(row["day_peak_equity"]), row["week_key"], _dec(row["week_start_equity"]))
         return cls(row["id"], row["parent_id"], row["currency"], Limits.from_dict(row["limits"]), state,
-                   state.clone(), for_update)
+                   state.clone(), for_update, frozenset(state.switches))
 
     @property
     def held(self) -> bool:
@@ -260,7 +262,8 @@ def release_rows(row: Any, state: PortfolioState, now: datetime) -> list[tuple[t
         booking = release.approval.booking
         rows.append((m.Fill, chain.seal(m.Fill, dict(
             portfolio_id=row.id, decision_id=booking.decision_id, filled_units=Decimal(0), fill_price=booking.price,
-            realised_delta=release.realised_delta, at=now))))
+            realised_delta=release.realised_delta, at=now,
+            **{risk_events.EXPIRED: {"symbol": booking.symbol, "units": booking.units, "direction": booking.direction}}))))
         if not release.note:
             rows.append((m.LedgerEntry, chain.seal(m.LedgerEntry, ledger_values(
                 row, kind="expire", symbol=booking.symbol, units=-booking.units * booking.direction,  # (opens only)
@@ -339,6 +342,11 @@ class PortfolioTransaction:
     _mine: dict[str, Locked] = field(default_factory=dict)  # the portfolios this transaction locked
     _level_events: list[tuple[SwitchEvent, str | None]] = field(default_factory=list)
     _now: datetime | None = None
+    # the causes of risk events recorded, by chain; the events sealed (inserted at COMMIT); those committed
+    _causes: risk_events.Causes = field(default_factory=risk_events.Causes)
+    _events: list[dict[str, Any]] = field(default_factory=list)
+    committed_events: list[dict[str, Any]] = field(default_factory=list)
+    _system_head: SimpleNamespace | None = None  # the `_system` chain's head, once locked
     unsafe_groups: bool = False  # TEST ONLY: the groups read without their lock (the race tests)
 
     def lock(self, requests: dict[str, Wanted], *, lock: bool = True,
@@ -520,14 +528,24 @@ class PortfolioTransaction:
             self._level_events.clear()
 
     def system_rows(self, rows: list[tuple[type, dict[str, Any]]]) -> list[tuple[type, dict[str, Any]]]:
-        """``rows`` sealed on the `_system` chain, whose head this transaction locks (after everything else)."""
-        self.conn.execute(_MAKE_SYSTEM_HEAD, (SYSTEM_CHAIN, GENESIS))
-        seq, head = self.conn.execute(_LOCK_SYSTEM_HEAD, (SYSTEM_CHAIN,)).fetchone()
-        owner = SimpleNamespace(audit_seq=seq, audit_head=head)
-        chain = Chain(owner)
-        sealed = [(model, chain.seal(model, values)) for model, values in rows]
-        self._send(_UPDATE_SYSTEM_HEAD, (owner.audit_seq, owner.audit_head, SYSTEM_CHAIN))
-        return sealed
+        """``rows`` sealed on the `_system` chain, whose head this transaction locks (after everything else; the
+        head is written at COMMIT)."""
+        chain = Chain(self._system_owner())
+        return [(model, chain.seal(model, values)) for model, values in rows]
+
+    def _system_owner(self) -> SimpleNamespace:
+        if self._system_head is None:
+            self.conn.execute(_MAKE_SYSTEM_HEAD, (SYSTEM_CHAIN, GENESIS))
+            seq, head = self.conn.execute(_LOCK_SYSTEM_HEAD, (SYSTEM_CHAIN,)).fetchone()
+            self._system_head = SimpleNamespace(audit_seq=seq, audit_head=head)
+        return self._system_head
+
+    def _seal_events(self, chain: str, owner: Any, tripped: Any) -> None:
+        """The risk events of a chain's causes recorded so far, sealed on it after them (app/store/events.py)."""
+        causes = self._causes.take(chain)
+        if causes:
+            sealer = Chain(owner)
+            self._events += [sealer.seal(m.RiskEvent, e) for e in risk_events.derive(causes, tripped)]
 
     def _locked(self, portfolio, state) -> Locked | None:
         values = portfolio.fetchone()
@@ -662,6 +680,7 @@ class PortfolioTransaction:
         table's as one JSON array that the server takes apart (jsonb_populate_recordset): orjson writes it
         at C speed where psycopg would adapt each value in Python, and one statement carries several rows."""
         encoded = [(model, json_bytes(values)) for model, values in rows]
+        self._causes.note(rows)
         self._pointed.update(values["portfolio_id"] for model, values in rows if model is m.EquityPoint)
         for model, row in encoded:
             self._queued.setdefault(model, []).append(row)
@@ -709,6 +728,7 @@ class PortfolioTransaction:
             equity = accounting.equity(loaded.state, loaded.config)
             self.add([(m.EquityPoint, Chain(row).seal(m.EquityPoint, equity_point_values(row.id, loaded.state, equity,
                                                                                          now)))])
+        self._seal_events(row.id, row, lambda _level: set(locked.initial.switches))
         for column, value in changes.portfolio.items():
             setattr(row, column, value)
         row.updated_at = now
@@ -719,6 +739,25 @@ class PortfolioTransaction:
         """COMMIT: the pipeline's last statement; its answer is the one round trip waited for."""
         if self.groups:
             self._save_levels(self._now or datetime.now(UTC))
+        if SYSTEM_CHAIN in self._causes.by_chain:
+            groups = self.groups
+            self._seal_events(SYSTEM_CHAIN, self._system_owner(),
+                              lambda level: set(groups[level].read_tripped) if level in groups else set())
+        if self._causes.by_chain:  # a portfolio's causes recorded after its state was saved: events lost
+            raise RuntimeError(f"risk events not derived for {sorted(self._causes.by_chain)}")
+        if self._system_head is not None:
+            self._send(_UPDATE_SYSTEM_HEAD, (self._system_head.audit_seq, self._system_head.audit_head, SYSTEM_CHAIN))
         self.flush()
+        inserted = None
+        if self._events:  # the last lock taken, held only until COMMIT: ids in commit order
+            self._send(risk_events.LOCK_SQL, ())
+            inserted = self.conn.cursor()
+            inserted.execute(risk_events.INSERT_SQL, (_rows(self._events),))
         self.conn.commit()
         self._committed = True
+        if inserted is not None:
+            numbered = {(chain, audit_seq): (eid, seq) for eid, chain, seq, audit_seq in inserted.fetchall()}
+            for e in self._events:
+                e["id"], e["seq"] = numbered[(e["chain"], e["audit_seq"])]
+            self.committed_events = self._events
+            self._events = []

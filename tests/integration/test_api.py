@@ -279,7 +279,7 @@ def test_queued_rows_are_written_in_order_with_their_values(app, client, sql):
         with tx.writing():
             for i, detail in enumerate(details):
                 tx.add([(m.SwitchEventRow, dict(
-                    portfolio_id="default", switch="test", action="TRIPPED", symbol=None, at=at,
+                    portfolio_id="default", switch="test", action="REBASED", symbol=None, at=at,
                     value=Decimal("0.1234567890"), threshold=None, cooldown_until=None, reason=f"r{i}",
                     detail=detail, decision_id=None, audit_seq=1000 + i, prev_hash="0" * 64, row_hash="1" * 64))])
             tx.commit()

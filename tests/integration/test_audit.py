@@ -58,12 +58,12 @@ def test_a_clean_history_verifies_with_count_and_head(client, history, sql):
     assert report["ok"] is True
     default = next(c for c in report["chains"] if c["chain"] == "default")
     # every table of the chain: decisions, switch events, admin actions, configuration versions, ledger entries,
-    # fills, equity points, posted marks
+    # fills, equity points, posted marks, risk events
     rows = sum(sql(f"SELECT count(*) FROM {model.__tablename__} WHERE portfolio_id = 'default'")[0][0]
                for model in audit.AUDITED)
     assert {model.__tablename__ for model in audit.AUDITED} == {
         "decisions", "switch_events", "admin_actions", "config_versions", "ledger_entries", "fills", "equity_points",
-        "mark_updates"}
+        "mark_updates", "risk_events"}
     assert default["count"] == rows == default["head_seq"]
     assert default["head_hash"] == sql("SELECT audit_head FROM portfolios WHERE id = 'default'")[0][0]
     system = next(c for c in report["chains"] if c["chain"] == "_system")

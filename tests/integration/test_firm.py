@@ -102,7 +102,8 @@ def test_a_group_drawdown_switch_trips_on_the_aggregate_only(desks):
     assert r.status_code == 409 and "cooldown" in r.json["message"], r.json
     assert client.post("/groups/fx/resume", json={"force": True, "reason": "reviewed"}).status_code == 200
     assert trade(client, "desk-b", symbol="USDJPY", current_price=150.0)["status"] == "APPROVED"
-    assert client.get("/audit/verify").json["ok"] is True
+    verified = client.get("/audit/verify").json
+    assert verified["ok"] is True, verified
 
 
 def test_firm_marks_value_every_portfolio_and_a_newer_own_mark_wins(desks, clock):
