@@ -93,6 +93,11 @@ def register_service(app: Flask, settings: Settings, clock: Callable[[], datetim
                     settings.checkpoint_every_records, settings.checkpoint_every_seconds,
                     [load_public_key(path) for path in settings.audit_trusted_keys])
     app.extensions["rpm_anchor"] = anchor
+    from .webhooks import Deliverer
+
+    app.extensions["rpm_deliverer"] = Deliverer(
+        db.url, poll_s=settings.webhook_poll_s, timeout_s=settings.webhook_timeout_s,
+        max_attempts=settings.webhook_max_attempts, connect_timeout_s=settings.connect_timeout_s)
     app.extensions["rpm_compliance"] = Compliance(uow, anchor)
 
 

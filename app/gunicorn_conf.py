@@ -73,5 +73,7 @@ def post_worker_init(worker):
     import gc
 
     worker.wsgi.extensions["rpm_anchor"].start()  # checkpoints in the background (one process at a time)
+    if worker.wsgi.config["RPM_SETTINGS"].webhooks_deliver:  # webhooks (one process of the deployment at a time)
+        worker.wsgi.extensions["rpm_deliverer"].start()
     gc.collect()
     gc.freeze()

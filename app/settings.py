@@ -65,6 +65,18 @@ class Settings:
     # its last; 0 seconds: none in the background (`rpm audit checkpoint` still makes them)
     checkpoint_every_records: int = 1000
     checkpoint_every_seconds: float = 60.0
+    # the risk-event stream (GET /events): streams open at once per process (each holds a worker thread), how often
+    # each looks for new events, a comment line when quiet this long, the reconnection delay it tells clients
+    events_max_streams: int = 4
+    events_poll_s: float = 0.25
+    events_heartbeat_s: float = 15.0
+    events_retry_ms: int = 2000
+    # webhooks: deliver from this process (one process of the deployment delivers at a time: an advisory lock),
+    # how often the deliverer looks for new events, a request's timeout, attempts before a delivery is `failed`
+    webhooks_deliver: bool = True
+    webhook_poll_s: float = 0.5
+    webhook_timeout_s: float = 5.0
+    webhook_max_attempts: int = 20
     # TEST ONLY: decide without the portfolio lock, to show that the race tests can fail
     unsafe_disable_portfolio_lock: bool = False
     # TEST ONLY: decide without the groups' locks, to show that the group race test can fail
@@ -99,6 +111,14 @@ class Settings:
             audit_trusted_keys=tuple(p for p in os.environ.get("RPM_AUDIT_TRUSTED_KEYS", "").split(os.pathsep) if p),
             checkpoint_every_records=_int("RPM_CHECKPOINT_EVERY_RECORDS", d.checkpoint_every_records),
             checkpoint_every_seconds=_float("RPM_CHECKPOINT_EVERY_SECONDS", d.checkpoint_every_seconds),
+            events_max_streams=_int("RPM_EVENTS_MAX_STREAMS", d.events_max_streams),
+            events_poll_s=_float("RPM_EVENTS_POLL_S", d.events_poll_s),
+            events_heartbeat_s=_float("RPM_EVENTS_HEARTBEAT_S", d.events_heartbeat_s),
+            events_retry_ms=_int("RPM_EVENTS_RETRY_MS", d.events_retry_ms),
+            webhooks_deliver=os.environ.get("RPM_WEBHOOKS_DELIVER", "1") != "0",
+            webhook_poll_s=_float("RPM_WEBHOOK_POLL_S", d.webhook_poll_s),
+            webhook_timeout_s=_float("RPM_WEBHOOK_TIMEOUT_S", d.webhook_timeout_s),
+            webhook_max_attempts=_int("RPM_WEBHOOK_MAX_ATTEMPTS", d.webhook_max_attempts),
             unsafe_disable_portfolio_lock=os.environ.get("RPM_TEST_UNSAFE_DISABLE_PORTFOLIO_LOCK") == "1",
             unsafe_disable_group_lock=os.environ.get("RPM_TEST_UNSAFE_DISABLE_GROUP_LOCK") == "1",
         )

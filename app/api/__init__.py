@@ -11,7 +11,7 @@ from werkzeug.exceptions import HTTPException
 
 from app.errors import ServiceError
 
-from . import admin, audit, firm, health, portfolios, trades
+from . import admin, audit, events, firm, health, portfolios, trades
 from .auth import authorize, document_security, public
 from .common import error_headers, error_response
 
@@ -102,7 +102,7 @@ def register_api(app: Flask) -> Api:
     )
     app.config["MAX_CONTENT_LENGTH"] = app.config["RPM_SETTINGS"].max_body_bytes
     api = Api(app)
-    for module in (trades, health, admin, portfolios, audit, firm):
+    for module in (trades, health, admin, portfolios, audit, firm, events):
         api.register_blueprint(module.blp)
     _register_docs_assets(app)
     _register_console(app)

@@ -101,10 +101,10 @@ def derive(causes: list[tuple[type, dict[str, Any]]], tripped: Callable[[str | N
                         if model is m.AdminAction and v["action"] == "resume"}
     for model, values in causes:
         level = _level_of(model, values)
-        portfolio = values.get("portfolio_id")
 
         def event(kind: str, data: dict[str, Any], values: dict[str, Any] = values, level: str | None = level) -> None:
             # (the data as JSON gives it back: what is hashed is what is read)
+            portfolio = values.get("portfolio_id")
             out.append(dict(portfolio_id=portfolio, chain=portfolio or SYSTEM_CHAIN, type=kind, level=level,
                             at=values["at"], data=orjson.loads(json_bytes(data))))
 
@@ -162,6 +162,34 @@ class Causes:
 
 
 # -- reading: what the stream and the webhooks send ------------------------------------------------
+
+# the events of some types (%(types)s, NULL: all) and portfolios (%(ps)s, NULL: all): a `_system` event (a group's,
+# the firm's) is one of some portfolios' when it is about a level above one of them; the service's own (no level)
+# only of all
+WANTED = """(%(types)s::text[] IS NULL OR e.type = ANY(%(types)s::text[]))
+  AND (%(ps)s::text[] IS NULL OR e.portfolio_id = ANY(%(ps)s::text[])
+       OR (e.portfolio_id IS NULL AND e.level IN (
+           WITH RECURSIVE up(id) AS (
+               SELECT group_id FROM portfolios WHERE id = ANY(%(ps)s::text[]) AND group_id IS NOT NULL
+               UNION SELECT g.parent_id FROM groups g JOIN up ON g.id = up.id WHERE g.parent_id IS NOT NULL)
+           SELECT id FROM up UNION SELECT 'firm')))"""
+_COLUMNS = "e.id, e.type, e.portfolio_id, e.level, e.seq, e.at, e.data, e.audit_seq, e.row_hash"
+_AFTER = f"SELECT {_COLUMNS} FROM risk_events e WHERE e.id > %(after)s AND {WANTED} ORDER BY e.id LIMIT %(n)s"
+
+
+def read_after(db: Any, after: int | None, limit: int, portfolios: Iterable[str] | None,
+               newest: bool = False) -> Any:
+    """The events after id ``after`` of ``portfolios`` (None: all), at most ``limit``, as sent; with ``newest``,
+    the id of the last event committed (0: none), where a stream "from now on" starts."""
+    from psycopg.rows import dict_row
+
+    with db.connection() as conn:
+        if newest:
+            return int(conn.execute("SELECT coalesce(max(id), 0) FROM risk_events").fetchone()[0])
+        rows = conn.cursor(row_factory=dict_row).execute(_AFTER, {
+            "after": after, "n": limit, "types": None,
+            "ps": None if portfolios is None else list(portfolios)}).fetchall()
+    return [payload(r) for r in rows]
 
 def payload(row: Any) -> dict[str, Any]:
     """An event as the stream and the webhooks send it (a ``risk_events`` row, or its mapping)."""
