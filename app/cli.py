@@ -297,7 +297,8 @@ def audit_verify(sink: str | None, public_keys: tuple[str, ...]) -> None:
         raise click.ClickException(f"--public-key: {exc}") from None
     started = time.perf_counter()
     try:
-        report = _app().extensions["rpm_compliance"].verify(sink=Sink(sink) if sink else None, public_key=keys)
+        report = _app().extensions["rpm_compliance"].verify(sink=Sink(sink) if sink else None, public_key=keys,
+                                                                   actor=_operator())
     except ServiceError as exc:
         raise click.ClickException(str(exc)) from None
     elapsed = time.perf_counter() - started

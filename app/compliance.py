@@ -6,6 +6,7 @@ import base64
 import csv
 import io
 import json
+import logging
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,6 +22,8 @@ from .services import UnitOfWork, decision_payload
 from .store import audit
 from .store import models as m
 from .store.database import DB_ERRORS, NO_IDLE_LIMIT, DatabaseUnavailable
+
+log = logging.getLogger("rpm.audit")
 
 CSV_COLUMNS = ("portfolio_id", "seq", "id", "decided_at", "intent_id", "symbol", "direction", "status",
                "reason_code", "approved_units", "price", "reducing", "config_hash", "config_version", "key_id",
@@ -267,7 +270,7 @@ class Compliance:
         return {"chain": chain, "old": found[old], "new": found[new], "consistency_proof": proof, "consistent": holds}
 
     def verify(self, portfolios: tuple[str, ...] | None = None, sink: Any = None,
-               public_key: Any = None) -> dict[str, Any]:
+               public_key: Any = None, actor: Any = None) -> dict[str, Any]:
         """The whole trail: every chain walked; the rows named by hash and the state derived from the chains
         checked (app/store/reconcile.py); the chains against every signed checkpoint of the sink
         (``sink``/``public_key``: the service's unless given). ``portfolios``: only theirs (a key limited to
@@ -318,7 +321,27 @@ class Compliance:
             out["broken"] = broken
         if findings:
             out["findings"] = findings
+        if not out["ok"] and actor is not None:
+            self._announce_failure(out, actor)
         return out
+
+    def _announce_failure(self, report: dict[str, Any], actor: Any) -> None:
+        """A verification that failed is a risk event (`audit_failed`): an admin action of the `_system` chain says
+        who verified and what is broken. The report is answered whatever becomes of this record."""
+        findings = report.get("findings", [])
+        broken = report.get("broken", {})
+        summary = {"broken": {c: b["problem"] for c, b in sorted(broken.items())[:50]},
+                   "findings": [{k: f.get(k) for k in ("chain", "table", "problem")} for f in findings[:50]],
+                   "findings_count": len(findings)}
+        try:
+            with self.uow.firm() as tx, tx.writing():
+                tx.add(tx.system_rows([(m.AdminAction, dict(
+                    portfolio_id=None, action="audit_verify_failed", actor=actor.name, actor_role=actor.role,
+                    actor_key_id=actor.key_id, at=self.uow.clock(), before=None, after=summary,
+                    reason=f"{len(broken)} chain(s) broken, {len(findings)} finding(s)"))]))
+                tx.commit()
+        except Exception:  # (the database refusing it too is for the operator's log)
+            log.error("audit: the failed verification could not be recorded as an event", exc_info=True)
 
 
 # text a spreadsheet would run as a formula (OWASP, CSV injection): a formula character at the start of a cell,

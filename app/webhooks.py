@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import os
 import secrets
 import threading
 import time
@@ -295,7 +296,7 @@ class Deliverer:
             try:
                 with psycopg.connect(self.conninfo, autocommit=True, connect_timeout=self.connect_timeout_s,
                                      keepalives=1, keepalives_idle=5, keepalives_interval=2, keepalives_count=3,
-                                     application_name="rpm-webhooks") as conn:
+                                     application_name=f"rpm-webhooks-{os.getpid()}") as conn:
                     if conn.execute("SELECT pg_try_advisory_lock(%s)", (DELIVERER_LOCK,)).fetchone()[0]:
                         self.holding = True
                         log.info("webhook deliverer: this process delivers")

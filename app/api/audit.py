@@ -11,7 +11,7 @@ from app.risk import domain
 from app.risk.model import ReasonCode
 
 from .auth import roles
-from .common import ERROR_RESPONSES, Blueprint, ok, portfolio_query
+from .common import ERROR_RESPONSES, Blueprint, actor, ok, portfolio_query
 from .schemas import AnyObjectSchema, Moment, Whole, identifier, portfolio_field
 from .scope import CHAIN, ONE, ONE_OR_ALL, VISIBLE, acts_on, current
 
@@ -130,7 +130,7 @@ class AuditVerify(MethodView):
     @blp.alt_response(503, description=ERROR_RESPONSES[503])
     def get(self):
         """Verify every audit chain: complete (gap-free), untampered (hashes), in order (links)"""
-        return ok(compliance().verify(portfolios=current().visible))
+        return ok(compliance().verify(portfolios=current().visible, actor=actor()))
 
 
 

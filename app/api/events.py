@@ -7,13 +7,14 @@ import time
 from typing import Any
 
 import orjson
-from flask import Response, current_app, request, stream_with_context
+from flask import Response, current_app, request
 from flask.views import MethodView
 from marshmallow import RAISE, Schema, fields, validate
 
 from app import webhooks
 from app.errors import Forbidden, Invalid, Unavailable
 from app.risk import domain
+from app.store.database import DatabaseUnavailable
 from app.store.events import TYPES, read_after
 
 from .auth import ANY, roles
@@ -29,6 +30,8 @@ class StreamQuerySchema(Schema):
     after = fields.Integer(validate=validate.Range(0, 2**63 - 1), metadata={
         "description": "send the events after this id (the `Last-Event-ID` header does the same; absent: only "
                        "events committed from now on)"})
+    follow = fields.Boolean(load_default=True, metadata={
+        "description": "false: send the events there are after the cursor, then end (a catch-up, not a stream)"})
     decisions = identifier(domain.PORTFOLIO_ID, metadata={
         "description": "also send `decisions` messages (no id) when this portfolio decides: its last sequence "
                        "number"})
@@ -60,15 +63,24 @@ class DisableSchema(Schema):
     reason = fields.String(validate=validate.Length(1, 1000))
 
 
-# streams open in this process: each holds a worker thread (gthread) for as long as it is open
-_STREAMS_LIMIT: dict[str, Any] = {}
+class _Open:
+    """The streams open in this process: each holds a worker thread (gthread) for as long as it is open. Counted
+    while a stream runs (a stream never started holds nothing); the limit is checked before one starts."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.lock = threading.Lock()
+
+    def __enter__(self) -> None:
+        with self.lock:
+            self.count += 1
+
+    def __exit__(self, *exc: object) -> None:
+        with self.lock:
+            self.count -= 1
 
 
-def _streams() -> threading.BoundedSemaphore:
-    limit = current_app.config["RPM_SETTINGS"].events_max_streams
-    if _STREAMS_LIMIT.get("n") != limit:
-        _STREAMS_LIMIT.update(n=limit, sem=threading.BoundedSemaphore(limit))
-    return _STREAMS_LIMIT["sem"]
+OPEN = _Open()
 
 
 def _last_event_id(query: dict[str, Any]) -> int | None:
@@ -100,20 +112,22 @@ class Events(MethodView):
         settings = current_app.config["RPM_SETTINGS"]
         unit = uow()
         if after is None:  # from now on
-            after = read_after(unit.db, None, 0, visible, newest=True)
-        streams = _streams()
-        if not streams.acquire(blocking=False):
+            try:
+                after = read_after(unit.db, None, 0, visible, newest=True)
+            except DatabaseUnavailable as exc:
+                raise Unavailable(str(exc)) from exc
+        if OPEN.count >= settings.events_max_streams:
             raise Unavailable("too many event streams open in this process (RPM_EVENTS_MAX_STREAMS)")
-        return Response(stream_with_context(_stream(unit, streams, after, visible, watched, settings)),
+        return Response(_stream(unit, after, visible, watched, settings, query["follow"]),
                         mimetype="text/event-stream",
                         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 
 
-def _stream(unit: Any, streams: threading.BoundedSemaphore, after: int, visible: tuple[str, ...] | None,
-            watched: str | None, settings: Any):
+def _stream(unit: Any, after: int, visible: tuple[str, ...] | None, watched: str | None, settings: Any,
+            follow: bool = True):
     """Poll the outbox (ids follow commit order, so `id > after` misses nothing), send what is new, a comment when
     quiet; end when the database is away (the client reconnects with its Last-Event-ID)."""
-    try:
+    with OPEN:
         yield f"retry: {int(settings.events_retry_ms)}\n: rpm events after {after}\n\n"
         quiet_since = time.monotonic()
         last_seq = None
@@ -139,9 +153,9 @@ def _stream(unit: Any, streams: threading.BoundedSemaphore, after: int, visible:
                 yield ": keep-alive\n\n"
                 quiet_since = time.monotonic()
             if len(rows) < 500:
+                if not follow:
+                    return
                 time.sleep(settings.events_poll_s)
-    finally:
-        streams.release()
 
 
 def _last_seq(db: Any, portfolio: str) -> int | None:

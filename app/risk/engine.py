@@ -571,7 +571,7 @@ def correct(state: PortfolioState, symbol: str, units: Any, avg_price: Any, conf
     # the broker's position is the truth: the symbol's approvals still open are void (final, nothing given back)
     void = [a for a in s.open_approvals if a.booking.symbol == symbol]
     s.open_approvals = tuple(a for a in s.open_approvals if a.booking.symbol != symbol)
-    s.released += [Release(a, ZERO, "voided by a correction of the position") for a in void]
+    s.released += [Release(a, ZERO, "voided by a correction of the position", voided=True) for a in void]
     before = s.positions.get(symbol)
     if units == 0:
         s.positions.pop(symbol, None)

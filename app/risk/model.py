@@ -427,11 +427,13 @@ class Approval:
 
 @dataclass(frozen=True, slots=True)
 class Release:
-    """An approval released at its expiry: its units given back (a fill of nothing), the PnL that moved."""
+    """An approval released at its expiry (or voided by a correction of its position): its units given back (a fill
+    of nothing), the PnL that moved."""
 
     approval: Approval
     realised_delta: Decimal
     note: str = ""
+    voided: bool = False
 
 
 FIRM = "firm"  # the root of the tree: every portfolio is under it

@@ -15,6 +15,7 @@ committed.
     capital_changed                   a deposit or withdrawal
     position_corrected                a position corrected by an admin
     approval_expired                  an approval's unfilled units released at its expiry
+    approval_voided                   an open approval voided by a correction of its position
     audit_failed                      audit verification found a chain or its derived state broken
 """
 
@@ -44,15 +45,16 @@ TYPES: dict[str, int] = {
     "capital_changed": logging.INFO,
     "position_corrected": logging.WARNING,
     "approval_expired": logging.INFO,
+    "approval_voided": logging.INFO,
     "audit_failed": logging.ERROR,
 }
 # admin actions that are events of their own (halt and resume are `halted` and `resumed`)
 _ACTIONS = {"config_change": "config_changed", "group_limits": "config_changed",
             "instruments_change": "instruments_changed", "capital_change": "capital_changed",
             "position_correct": "position_corrected", "audit_verify_failed": "audit_failed"}
-# the key of a fill of nothing that releases an expired approval (release_rows): not a column, so neither stored
-# nor hashed; it tells the derivation what the fill is
-EXPIRED = "_expired"
+# the key of a fill of nothing that releases an approval (release_rows): not a column, so neither stored nor
+# hashed; it tells the derivation what the fill is
+RELEASED = "_released"
 # the advisory lock every transaction with events takes just before COMMIT (nothing is locked after it: no deadlock)
 COMMIT_ORDER = 0x52504D_4556
 LOCK_SQL = f"SELECT pg_advisory_xact_lock({COMMIT_ORDER})"
@@ -71,7 +73,7 @@ def is_cause(model: type, values: dict[str, Any]) -> bool:
     if model is m.SwitchEventRow:
         return values["action"] in ("TRIPPED", "CLEARED")
     return (model is m.AdminAction and (values["action"] in _ACTIONS or values["action"] in ("halt", "resume"))) or (
-        model is m.Fill and EXPIRED in values)
+        model is m.Fill and RELEASED in values)
 
 
 def _level_of(model: type, values: dict[str, Any]) -> str | None:
@@ -140,9 +142,11 @@ def derive(causes: list[tuple[type, dict[str, Any]]], tripped: Callable[[str | N
             elif action in _ACTIONS:
                 event(_ACTIONS[action], {"actor": _actor(values), "reason": values.get("reason"),
                                          "before": values.get("before"), "after": values.get("after")})
-        else:  # an expired approval's release
-            event("approval_expired", {"decision_id": values["decision_id"], **values[EXPIRED],
-                                       "realised_delta": values.get("realised_delta")})
+        else:  # an approval released: expired, or voided by a correction of its position
+            released = dict(values[RELEASED])
+            kind = "approval_voided" if released.pop("voided") else "approval_expired"
+            event(kind, {"decision_id": values["decision_id"], **released,
+                         "realised_delta": values.get("realised_delta")})
     return out
 
 

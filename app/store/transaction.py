@@ -263,7 +263,8 @@ def release_rows(row: Any, state: PortfolioState, now: datetime) -> list[tuple[t
         rows.append((m.Fill, chain.seal(m.Fill, dict(
             portfolio_id=row.id, decision_id=booking.decision_id, filled_units=Decimal(0), fill_price=booking.price,
             realised_delta=release.realised_delta, at=now,
-            **{risk_events.EXPIRED: {"symbol": booking.symbol, "units": booking.units, "direction": booking.direction}}))))
+            **{risk_events.RELEASED: {"symbol": booking.symbol, "units": booking.units, "direction": booking.direction,
+                                        "voided": release.voided, "note": release.note or None}}))))
         if not release.note:
             rows.append((m.LedgerEntry, chain.seal(m.LedgerEntry, ledger_values(
                 row, kind="expire", symbol=booking.symbol, units=-booking.units * booking.direction,  # (opens only)

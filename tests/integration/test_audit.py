@@ -219,6 +219,10 @@ def test_an_edited_decision_is_named_by_its_sequence_number(client, history, sup
     assert report["ok"] is False
     assert report["broken"]["default"]["first_broken_seq"] == seq
     assert report["broken"]["default"]["problem"] == "edited"
+    # a failed verification is a risk event (audit_failed), on the `_system` chain, naming who verified
+    failed = sql("SELECT chain, data FROM risk_events WHERE type = 'audit_failed'")
+    assert len(failed) == 1 and failed[0][0] == "_system", failed
+    assert failed[0][1]["after"]["broken"] == {"default": "edited"} and failed[0][1]["actor"]["role"] == "compliance"
 
 
 def test_a_deleted_row_is_named_as_a_gap(client, history, superuser, sql):

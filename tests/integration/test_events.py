@@ -214,3 +214,30 @@ def test_webhooks_are_for_admins_and_refuse_bad_input(client, keys, raw_client):
     assert [h["id"] for h in listed] == [hook["id"]] and "secret" not in listed[0]
     r = client.delete(f"/webhooks/{hook['id']}", json={"reason": "decommissioned"})
     assert r.status_code == 200 and r.json["active"] is False
+
+
+def test_capital_corrections_instruments_and_expiries_are_events(client, clock, sql):
+    config = client.get("/config").json["config"]
+    assert client.put("/config", json={"config": {**config, "approval_ttl_seconds": 60},
+                                       "reason": "approvals stand a minute"}).status_code == 200
+    d = client.post("/process_trade", json=SEED_INTENT).json["decision"]
+    assert d["status"] == "APPROVED"
+    clock.advance(seconds=61)
+    assert client.post("/marks", json={"prices": {"EURUSD": 1.1}}).status_code == 200  # sees it expired
+    assert client.post("/capital", json={"amount": 5000, "reason": "top-up"}).status_code == 200
+    d = client.post("/process_trade", json=SEED_INTENT).json["decision"]
+    r = client.post("/positions/EURUSD/correct", json={"units": 1000, "avg_price": 1.1, "reason": "broker says 1,000"})
+    assert r.status_code == 200, r.json
+    instruments = client.get("/config").json["config"]["instruments"]
+    r = client.put("/instruments", json={"instruments": {**instruments, "TSLA": {"asset_class": "equity",
+                                                                                 "currency": "USD"}},
+                                         "reason": "list TSLA"})
+    assert r.status_code == 200, r.json
+    events = sql("SELECT type, data FROM risk_events ORDER BY id")
+    assert [t for t, _ in events] == ["config_changed", "approval_expired", "capital_changed", "position_corrected",
+                                      "approval_voided", "instruments_changed"]
+    expired = events[1][1]
+    assert expired["symbol"] == "EURUSD" and float(expired["units"]) == 27272.72 and expired["direction"] == 1
+    assert events[2][1]["reason"] == "top-up" and events[3][1]["actor"]["name"] == "test-admin"
+    assert events[4][1]["note"] == "voided by a correction of the position"
+    assert client.get("/audit/verify").json["ok"] is True

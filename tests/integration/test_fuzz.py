@@ -35,6 +35,8 @@ def test_no_generated_request_breaks_the_api_or_its_document(case, keys):
         # replay takes a preset or a config but not both, a cursor must be one the API returned, a
         # configuration names only known parameters, a role or a portfolio the key may not use. Each of
         # those is tested on its own elsewhere (test_bad_inputs, test_scope, test_access).
+        if case.operation.path == "/events":  # a stream never ends by itself: the catch-up that does
+            case.query = {**(case.query or {}), "follow": "false"}
         case.call_and_validate(headers=headers, excluded_checks=[positive_data_acceptance])
 
 

@@ -17,6 +17,7 @@ from app.services import Actor
 from ..conftest import SEED_INTENT
 
 OWN, OTHER = "fx-desk", "other"
+NO_WEBHOOK = "00000000-0000-0000-0000-000000000000"
 ROLES = ("trader", "compliance", "admin")
 
 
@@ -89,6 +90,14 @@ ROUTES = [
     ("POST", "/groups/firm/halt", lambda p: {"reason": "matrix"}, "firm", {"admin"}, None),
     ("POST", "/groups/firm/resume", lambda p: {}, "firm", {"admin"}, None),
     ("GET", "/reports/eod?date=2026-03-02", None, "firm", {"compliance", "admin"}, None),
+    # risk events: the stream shows a key its portfolios' (test_events_served); webhooks are the deployment's
+    ("GET", "/events?follow=false", None, "none", set(ROLES), None),
+    ("GET", "/webhooks", None, "firm", {"admin"}, None),
+    ("POST", "/webhooks", lambda p: {"url": "http://127.0.0.1:9/matrix"}, "firm", {"admin"}, None),
+    ("GET", "/webhooks/{hook}", None, "firm", {"admin"}, None),
+    ("DELETE", "/webhooks/{hook}", lambda p: {}, "firm", {"admin"}, None),
+    ("GET", "/webhooks/{hook}/deliveries", None, "firm", {"admin"}, None),
+    ("POST", "/webhooks/{hook}/deliveries/retry", lambda p: {}, "firm", {"admin"}, None),
 ]
 
 
@@ -116,7 +125,8 @@ def test_every_protected_route_declares_what_it_acts_on_and_the_matrix_covers_it
             if not is_public:
                 assert scope_declared(app, rule.endpoint, method) is not None, (method, rule.rule)
                 declared.add((method, rule.rule.replace("<string:symbol>", "EURUSD")
-                              .replace("<string:decision_id>", "{id}").replace("<string:group_id>", "firm")))
+                              .replace("<string:decision_id>", "{id}").replace("<string:group_id>", "firm")
+                              .replace("<string:webhook_id>", "{hook}")))
     assert declared == {(m, p.split("?")[0]) for m, p, *_ in ROUTES}
 
 
@@ -142,7 +152,7 @@ def test_the_scope_matrix(raw_client, world):
 def _cell(client, key, ids, method, path, body_of, where, target, admitted, visible, shown):
     """(what happened, what should have): a status class and the portfolios the answer acted on or showed."""
     named = target or "default"
-    url, _, fixed = path.replace("{id}", ids[named]).partition("?")
+    url, _, fixed = path.replace("{id}", ids[named]).replace("{hook}", NO_WEBHOOK).partition("?")
     query = dict(part.split("=") for part in fixed.split("&") if part)
     body = body_of(target) if body_of else None
     if where == "query" and target is None and query.get("format") == "prometheus":
