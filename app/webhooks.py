@@ -276,6 +276,7 @@ class Deliverer:
         self.conninfo = conninfo(url)
         self.poll_s, self.timeout_s, self.max_attempts = poll_s, timeout_s, max_attempts
         self.connect_timeout_s = connect_timeout_s
+        self.standby_s = max(poll_s, 1.0)  # how often a process on standby asks for the lock
         self.clock = clock or (lambda: datetime.now(UTC))
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -297,17 +298,20 @@ class Deliverer:
                 with psycopg.connect(self.conninfo, autocommit=True, connect_timeout=self.connect_timeout_s,
                                      keepalives=1, keepalives_idle=5, keepalives_interval=2, keepalives_count=3,
                                      application_name=f"rpm-webhooks-{os.getpid()}") as conn:
-                    if conn.execute("SELECT pg_try_advisory_lock(%s)", (DELIVERER_LOCK,)).fetchone()[0]:
-                        self.holding = True
-                        log.info("webhook deliverer: this process delivers")
-                        while not self._stop.is_set():
-                            self.work(conn)
-                            self._stop.wait(self.poll_s)
+                    # on standby: ask again on the same connection until the holder goes (its connection with it)
+                    while not conn.execute("SELECT pg_try_advisory_lock(%s)", (DELIVERER_LOCK,)).fetchone()[0]:
+                        if self._stop.wait(self.standby_s):
+                            return
+                    self.holding = True
+                    log.info("webhook deliverer: this process delivers")
+                    while not self._stop.is_set():
+                        self.work(conn)
+                        self._stop.wait(self.poll_s)
             except Exception:  # the database away, or this process's lock connection lost: ask again
                 if self.holding:
                     log.warning("webhook deliverer stopped delivering; trying again", exc_info=True)
             self.holding = False
-            self._stop.wait(max(self.poll_s, 1.0))
+            self._stop.wait(self.standby_s)
 
     def work(self, conn: psycopg.Connection) -> int:
         """Queue what is new for each active endpoint, and deliver what is due; the deliveries acknowledged."""
