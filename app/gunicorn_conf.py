@@ -1,9 +1,37 @@
-"""gunicorn settings used by `rpm serve`: the worker, no control socket, Prometheus multiprocess bookkeeping."""
+"""gunicorn settings used by `rpm serve`: the worker, JSON logs, no control socket, Prometheus multiprocess
+bookkeeping."""
 
+import logging
 import os
 
 # gthread, with the errors gunicorn answers itself (414, 400, 431, ...) in RPM's JSON shape (SPEC §5)
 worker_class = "app.gunicorn_worker.JsonErrorThreadWorker"
+
+
+def _json_logger() -> type:
+    """gunicorn's logger (its ``logger_class``: a callable that returns the class), with gunicorn's own lines
+    ("Booting worker", "Listening at", a worker's timeout...) as JSON lines, RPM's shape. Everything else is
+    gunicorn's: the level (--log-level), where they go (--error-logfile, stderr by default), the reopening of
+    files on USR1, the setup again on HUP. gunicorn's access log stays off (no --access-logfile: RPM writes
+    its own access lines, app/observability.py); given one, its lines would be JSON too (the request line as
+    ``event``). A syslog handler keeps gunicorn's format. (gunicorn's ``logconfig_dict`` would turn its
+    access log on, its lines built for every request, to be thrown away.)"""
+    from gunicorn.glogging import Logger
+
+    from app.logformat import JsonFormatter
+
+    class JsonLogger(Logger):
+        def setup(self, cfg):
+            super().setup(cfg)
+            for log in (self.error_log, self.access_log):
+                for handler in log.handlers:
+                    if isinstance(handler, logging.StreamHandler):  # (a FileHandler is one too)
+                        handler.setFormatter(JsonFormatter())  # (app/logformat.py imports nothing of RPM's)
+
+    return JsonLogger
+
+
+logger_class = _json_logger
 
 # No control socket. gunicorn's default path is one per user ($XDG_RUNTIME_DIR/gunicorn.ctl or
 # ~/.gunicorn/gunicorn.ctl), so every instance shares it: each start takes it over, each stop deletes it
@@ -66,14 +94,35 @@ def child_exit(server, worker):  # noqa: ARG001  (gunicorn's hook signature)
 
 
 def post_worker_init(worker):
-    """Once the worker has loaded the app: move every object alive now (modules, the app, the
-    pools) out of the cyclic collector's reach, so its full collections, which otherwise walk all of
-    them with the GIL held (75-100 ms here, every request of the process and the portfolio lock it
-    may hold waiting meanwhile), only walk what was created since."""
+    """Once the worker has loaded the app: its background threads started (checkpoints; webhooks, delivered by one
+    process of the deployment at a time), the event streams told to end when the worker is told to stop, and
+    every object alive now (modules, the app, the pools) moved out of the cyclic collector's reach, so its full
+    collections, which otherwise walk all of them with the GIL held (75-100 ms here, every request of the process
+    and the portfolio lock it may hold waiting meanwhile), only walk what was created since."""
     import gc
 
-    worker.wsgi.extensions["rpm_anchor"].start()  # checkpoints in the background (one process at a time)
-    if worker.wsgi.config["RPM_SETTINGS"].webhooks_deliver:  # webhooks (one process of the deployment at a time)
+    worker.wsgi.extensions["rpm_anchor"].start()
+    if worker.wsgi.config["RPM_SETTINGS"].webhooks_deliver:
         worker.wsgi.extensions["rpm_deliverer"].start()
+    _end_streams_on_stop()
     gc.collect()
     gc.freeze()
+
+
+def _end_streams_on_stop() -> None:
+    """A stream (GET /events) holds its thread until it ends: on the signals that stop a worker (TERM: gracefully;
+    INT, QUIT: at once), the streams end first, so that a graceful stop does not wait out its timeout for them
+    (clients reconnect elsewhere with their Last-Event-ID). gunicorn's own handlers still run."""
+    import signal
+
+    from app.api.events import CLOSING
+
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+        previous = signal.getsignal(signum)
+
+        def handler(number, frame, previous=previous):
+            CLOSING.set()
+            if callable(previous):
+                previous(number, frame)
+
+        signal.signal(signum, handler)

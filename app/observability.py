@@ -7,7 +7,6 @@ read from the database at scrape time, so every worker answers the same.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -18,6 +17,7 @@ from flask import Flask, g, request
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
+from app.logformat import JsonFormatter
 from app.risk.domain import REQUEST_ID
 
 DECISIONS = Counter("rpm_decisions_total", "Decisions made, by portfolio, status and reason code",
@@ -51,7 +51,8 @@ def record_decisions(decisions: list[dict[str, Any]], seconds: float) -> None:
 
 
 class PortfolioCollector:
-    """Gauges read from the database at scrape time: the same answer from every worker."""
+    """Gauges read from the database at scrape time: the same answer from every worker. The webhooks' only in a
+    scrape of every portfolio (``portfolios`` None: a key of all of them)."""
 
     def __init__(self, uow: Any, portfolios: tuple[str, ...] | None):
         self.uow = uow
@@ -62,14 +63,60 @@ class PortfolioCollector:
                                   labels=["portfolio"])
         equity = GaugeMetricFamily("rpm_equity", "Equity in the account currency", labels=["portfolio"])
         drawdown = GaugeMetricFamily("rpm_drawdown_ratio", "1 - equity / peak equity", labels=["portfolio"])
-        from app.services import portfolios, reading
+        tripped = GaugeMetricFamily("rpm_switch_tripped", "1 when the portfolio's kill switch is tripped, else 0",
+                                    labels=["portfolio", "switch"])
+        from app.risk import engine
+        from app.services import portfolios
 
+        now = self.uow.clock()
         for p in portfolios.list_portfolios(self.uow, self.portfolios):
-            summary = reading.portfolio(self.uow, p["portfolio_id"])
-            state.add_metric([p["portfolio_id"]], 1.0 if summary["trading_state"] == "HALTED" else 0.0)
-            equity.add_metric([p["portfolio_id"]], summary["equity"])
-            drawdown.add_metric([p["portfolio_id"]], summary["drawdown"])
-        yield from (state, equity, drawdown)
+            pid = p["portfolio_id"]
+            # as GET /health reads it (app/services/reading.py): as committed, ticked to now (expired cooldowns
+            # cleared), without its decision latencies
+            with self.uow.portfolio(pid, lock=False) as opened:
+                health = engine.health(engine.tick(opened.state, opened.config, now).state, opened.config, now)
+            summary = health["portfolio_state"]
+            state.add_metric([pid], 1.0 if health["trading_state"] == "HALTED" else 0.0)
+            equity.add_metric([pid], summary["equity"])
+            drawdown.add_metric([pid], summary["drawdown"])
+            for switch, status in health["kill_switches"].items():
+                tripped.add_metric([pid, switch], 1.0 if status["state"] == "TRIPPED" else 0.0)
+        yield from (state, equity, drawdown, tripped)
+        if self.portfolios is None:
+            yield from self._webhooks(now)
+
+    def _webhooks(self, now: Any):
+        """Each active webhook's deliveries pending and failed, and how long the oldest pending one's event has
+        waited (one query)."""
+        from sqlalchemy import and_, func, select
+
+        from app.store import models as m
+
+        lag = GaugeMetricFamily("rpm_webhook_lag_seconds",
+                                "Age of the oldest event not yet delivered (pending, or not yet queued; 0: none)",
+                                labels=["webhook"])
+        pending = GaugeMetricFamily("rpm_webhook_pending", "Deliveries pending (to send, or to retry)",
+                                    labels=["webhook"])
+        failed = GaugeMetricFamily("rpm_webhook_failed", "Deliveries failed (attempts spent; retried on request)",
+                                   labels=["webhook"])
+        d, is_pending = m.WebhookDelivery, m.WebhookDelivery.status == "pending"
+        # (an event not queued yet counts too: when no process delivers, nothing is queued, and the lag grows)
+        unqueued = (select(m.RiskEvent.at).where(m.RiskEvent.id > m.Webhook.queued_to).order_by(m.RiskEvent.id)
+                    .limit(1).correlate(m.Webhook).scalar_subquery())
+        query = (select(m.Webhook.id, func.count().filter(is_pending), func.count().filter(d.status == "failed"),
+                        func.least(func.min(m.RiskEvent.at).filter(is_pending), func.min(unqueued)))
+                 .select_from(m.Webhook)
+                 .outerjoin(d, and_(d.webhook_id == m.Webhook.id, d.status.in_(("pending", "failed"))))
+                 .outerjoin(m.RiskEvent, m.RiskEvent.id == d.event_id)
+                 .where(m.Webhook.disabled_at.is_(None))
+                 .group_by(m.Webhook.id).order_by(m.Webhook.id))
+        with self.uow.reading() as session:
+            rows = session.execute(query).all()
+        for webhook, n_pending, n_failed, oldest in rows:
+            lag.add_metric([webhook], max(0.0, (now - oldest).total_seconds()) if oldest is not None else 0.0)
+            pending.add_metric([webhook], n_pending)
+            failed.add_metric([webhook], n_failed)
+        yield from (lag, pending, failed)
 
 
 class OnlyPortfolios:
@@ -97,7 +144,7 @@ def prometheus_text(uow: Any, portfolios: tuple[str, ...] | None) -> tuple[bytes
 
         counters: list[Any] = [multiprocess.MultiProcessCollector(None)]
     else:
-        counters = [DECISIONS, LATENCY, PER_TRANSACTION]
+        counters = [DECISIONS, LATENCY, PER_TRANSACTION, EVENTS, WEBHOOK_FAILURES, WEBHOOK_DELIVERED]
     if portfolios is None:
         for collector in counters:
             registry.register(collector)
@@ -118,30 +165,6 @@ def wants_prometheus() -> bool:
 
 # -- structured logs and request ids ------------------------------------------------------------
 
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line; the key's name and prefix when known, never the key."""
-
-    converter = time.gmtime  # UTC timestamps
-    FIELDS = ("request_id", "method", "path", "status", "duration_ms", "portfolio", "key_name", "key_prefix",
-              "decision_id", "decision_status", "level_id", "event_id", "event_type", "switch", "symbol", "value",
-              "threshold", "actor", "reason", "forced")
-
-    def format(self, record: logging.LogRecord) -> str:
-        event: dict[str, Any] = {
-            "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "event": record.getMessage(),
-        }
-        for name in self.FIELDS:
-            value = getattr(record, name, None)
-            if value is not None:
-                event[name] = value
-        if record.exc_info:
-            event["exception"] = self.formatException(record.exc_info)
-        return json.dumps(event, default=str)
-
-
 def configure_logging(level: str) -> None:
     handler = logging.StreamHandler()
     handler.setFormatter(JsonFormatter())
@@ -152,7 +175,14 @@ def configure_logging(level: str) -> None:
         logger.propagate = False
 
 
+# the health probes (load balancers, orchestrators: every few seconds): their access lines only with RPM_LOG_HEALTH=1,
+# or when one fails (a 4xx or 5xx is logged)
+HEALTH_PROBES = frozenset({"/health/live", "/health/ready"})
+
+
 def register_request_ids(app: Flask) -> None:
+    log_health = app.config["RPM_SETTINGS"].log_health
+
     @app.before_request
     def assign_request_id() -> None:
         g.request_id = request_id_of(request.headers.get("X-Request-ID", ""))
@@ -162,6 +192,8 @@ def register_request_ids(app: Flask) -> None:
     def log_request(response):
         request_id = g.get("request_id") or uuid.uuid4().hex
         response.headers["X-Request-ID"] = request_id
+        if not log_health and response.status_code < 400 and request.path in HEALTH_PROBES:
+            return response
         principal = g.get("rpm_principal")
         scope = g.get("rpm_scope")
         log_access(request_id, request.method, request.path, response.status_code, g.get("started"),
@@ -180,11 +212,13 @@ def request_id_of(given: str) -> str:
 
 def log_access(request_id: str, method: str, path: str, status: int, started: float | None, portfolio: str | None,
                key_name: str | None, decision_id: str | None = None, decision_status: str | None = None) -> None:
-    """The access log line of one request (also written by the fast path, app/api/fast.py)."""
-    if not _ACCESS.isEnabledFor(logging.INFO):
+    """The access log line of one request (also written by the fast path, app/api/fast.py): information, a warning
+    for a 4xx, an error for a 5xx."""
+    level = logging.INFO if status < 400 else logging.WARNING if status < 500 else logging.ERROR
+    if not _ACCESS.isEnabledFor(level):
         return
     now = time.perf_counter()
-    _ACCESS.info("request", extra={
+    _ACCESS.log(level, "request", extra={
         "request_id": request_id, "method": method, "path": path, "status": status,
         "duration_ms": round((now - (started if started is not None else now)) * 1000, 3),
         "portfolio": portfolio, "key_name": key_name, "decision_id": decision_id,

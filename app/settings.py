@@ -41,6 +41,9 @@ class Settings:
     default_capital: float = 100_000.0
     instance_path: str | None = None
     log_level: str = "INFO"
+    # the access lines of successful health probes (/health, /health/live, /health/ready): off, as they come every
+    # few seconds from each load balancer and orchestrator (a failed probe's line is always written)
+    log_health: bool = False
     # each process re-reads the api_keys table when its copy is older than this: the bound within which a
     # key revoked (or created) by another process is refused (or accepted) by every worker
     auth_cache_seconds: float = 1.0
@@ -69,7 +72,7 @@ class Settings:
     # each looks for new events, a comment line when quiet this long, the reconnection delay it tells clients
     events_max_streams: int = 4
     events_poll_s: float = 0.25
-    events_heartbeat_s: float = 15.0
+    events_heartbeat_s: float = 5.0
     events_retry_ms: int = 2000
     # webhooks: deliver from this process (one process of the deployment delivers at a time: an advisory lock),
     # how often the deliverer looks for new events, a request's timeout, attempts before a delivery is `failed`
@@ -101,6 +104,7 @@ class Settings:
             default_capital=_float("RPM_DEFAULT_CAPITAL", d.default_capital),
             instance_path=os.environ.get("RPM_INSTANCE_PATH") or None,
             log_level=os.environ.get("RPM_LOG_LEVEL", d.log_level),
+            log_health=os.environ.get("RPM_LOG_HEALTH", "0") == "1",
             auth_cache_seconds=_float("RPM_AUTH_CACHE_SECONDS", d.auth_cache_seconds),
             auth_failures_per_minute=_int("RPM_AUTH_FAILURES_PER_MINUTE", d.auth_failures_per_minute),
             group_commit=os.environ.get("RPM_GROUP_COMMIT", "1") != "0",

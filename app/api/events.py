@@ -32,9 +32,9 @@ class StreamQuerySchema(Schema):
                        "events committed from now on)"})
     follow = fields.Boolean(load_default=True, metadata={
         "description": "false: send the events there are after the cursor, then end (a catch-up, not a stream)"})
-    decisions = identifier(domain.PORTFOLIO_ID, metadata={
-        "description": "also send `decisions` messages (no id) when this portfolio decides: its last sequence "
-                       "number"})
+    watch = identifier(domain.PORTFOLIO_ID, metadata={
+        "description": "also send `portfolio` messages (no id) when this portfolio's state changes (a decision, a "
+                       "mark, a fill, a close): its last decision's sequence number and the time of the change"})
 
 
 class WebhookSchema(Schema):
@@ -81,6 +81,8 @@ class _Open:
 
 
 OPEN = _Open()
+# set when this process is told to stop (app/gunicorn_conf.py): every stream ends
+CLOSING = threading.Event()
 
 
 def _last_event_id(query: dict[str, Any]) -> int | None:
@@ -105,7 +107,7 @@ class Events(MethodView):
         miss nothing"""
         scope = current()
         visible = scope.visible
-        watched = query.get("decisions")
+        watched = query.get("watch")
         if watched is not None and visible is not None and watched not in visible:
             raise Forbidden(f"this key may not use portfolio {watched!r}")
         after = _last_event_id(query)
@@ -132,9 +134,12 @@ def _stream(unit: Any, after: int, visible: tuple[str, ...] | None, watched: str
         quiet_since = time.monotonic()
         last_seq = None
         while True:
+            if CLOSING.is_set():
+                yield ": the server is stopping; reconnect\n\n"
+                return
             try:
                 rows = read_after(unit.db, after, 500, visible)
-                seq = _last_seq(unit.db, watched) if watched is not None else None
+                seq = _changed(unit.db, watched) if watched is not None else None
             except Exception:  # the database away: end the stream; the client comes back with its Last-Event-ID
                 yield ": the database is unavailable; reconnect\n\n"
                 return
@@ -144,7 +149,8 @@ def _stream(unit: Any, after: int, visible: tuple[str, ...] | None, watched: str
                 out.append(f"id: {event['id']}\nevent: {event['type']}\ndata: {orjson.dumps(event).decode()}\n\n")
             if seq is not None and seq != last_seq:
                 if last_seq is not None or not out:
-                    out.append(f"event: decisions\ndata: {orjson.dumps({'portfolio_id': watched, 'last_seq': seq}).decode()}\n\n")
+                    change = {"portfolio_id": watched, "last_seq": seq[0], "updated_at": seq[1]}
+                    out.append(f"event: portfolio\ndata: {orjson.dumps(change).decode()}\n\n")
                 last_seq = seq
             if out:
                 yield "".join(out)
@@ -155,13 +161,14 @@ def _stream(unit: Any, after: int, visible: tuple[str, ...] | None, watched: str
             if len(rows) < 500:
                 if not follow:
                     return
-                time.sleep(settings.events_poll_s)
+                CLOSING.wait(settings.events_poll_s)
 
 
-def _last_seq(db: Any, portfolio: str) -> int | None:
+def _changed(db: Any, portfolio: str) -> tuple[int, str] | None:
+    """A portfolio's last decision and last change (None: no such portfolio)."""
     with db.connection() as conn:
-        found = conn.execute("SELECT last_seq FROM portfolios WHERE id = %s", (portfolio,)).fetchone()
-    return None if found is None else int(found[0])
+        found = conn.execute("SELECT last_seq, updated_at FROM portfolios WHERE id = %s", (portfolio,)).fetchone()
+    return None if found is None else (int(found[0]), found[1].isoformat())
 
 
 @blp.route("/webhooks")

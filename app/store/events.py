@@ -212,5 +212,13 @@ def log_committed(events: list[dict[str, Any]], request_id: str | None) -> None:
         log.log(TYPES.get(e["type"], logging.INFO), e["type"], extra={
             "request_id": request_id, "portfolio": e.get("portfolio_id"), "level_id": e.get("level"),
             "event_id": e.get("id"), "event_type": e["type"], "switch": data.get("switch"), "symbol": data.get("symbol"),
-            "value": data.get("value"), "threshold": data.get("threshold"), "actor": actor.get("name"),
+            "value": _number(data.get("value")), "threshold": _number(data.get("threshold")), "actor": actor.get("name"),
             "reason": data.get("reason"), "forced": data.get("forced")})
+
+
+def _number(value: Any) -> float | None:
+    """A measured value as a number in the log line (the event keeps it as its exact decimal text)."""
+    try:
+        return None if value is None else float(value)
+    except (TypeError, ValueError):
+        return None

@@ -179,3 +179,61 @@ def test_console_firm_tree_shows_groups_and_halts_a_group(browser, servers, data
     browser.find_element(By.ID, "signout").click()
     sign_in(browser, server.url, keys["trader_elsewhere"])
     assert not browser.find_element(By.ID, "firm-section").is_displayed()
+
+
+def test_console_shows_a_halt_and_new_decisions_from_the_event_stream_within_a_second(browser, servers, database_url,
+                                                                                      keys):
+    """The console reads the risk-event stream (GET /events): a mark that trips the drawdown switch shows as HALTED
+    within a second of the mark's answer, and a new decision shows in the list, without a reload (its safety poll is
+    every 30 s: what shows this fast came on the stream)."""
+    from selenium.webdriver.common.by import By
+
+    server = servers({"DATABASE_URL": database_url}, workers=2, threads=4)
+    trader = keys["trader"]
+    http("POST", server.url + "/marks", {"prices": {"EURUSD": 1.1}}, key=trader)
+    status, answer = http("POST", server.url + "/process_trade", SEED_INTENT, key=trader)
+    assert status == 200 and answer["decision"]["status"] == "APPROVED", answer
+
+    sign_in(browser, server.url, keys["admin"])
+    wait_for(lambda: "ACTIVE" in text_of(browser, "banner") and "EURUSD" in text_of(browser, "positions"))
+    wait_for(lambda: "APPROVED" in text_of(browser, "decisions"))
+    wait_for(lambda: text_of(browser, "live") == "live")
+    browser.execute_script("window.rpmNotReloaded = true")
+
+    def soon(predicate, timeout=5.0):
+        """Seconds from now until ``predicate`` holds, polling the page every 20 ms."""
+        start = time.monotonic()
+        while time.monotonic() - start < timeout:
+            try:
+                if predicate():
+                    return time.monotonic() - start
+            except Exception:  # the page re-renders: elements come and go
+                pass
+            time.sleep(0.02)
+        raise AssertionError(f"not shown within {timeout} s")
+
+    def tripped(switch):
+        cells = browser.find_element(By.CSS_SELECTOR, f'tr[data-switch="{switch}"]').find_elements(By.TAG_NAME, "td")
+        return cells[1].text == "TRIPPED"
+
+    # the mark trips the drawdown and daily-loss switches and halts the portfolio: shown within a second
+    status, answer = http("POST", server.url + "/marks", {"prices": {"EURUSD": 0.7}}, key=trader)
+    assert status == 200 and "drawdown" in answer["tripped"], answer
+    elapsed = soon(lambda: "HALTED" in text_of(browser, "banner") and tripped("drawdown"))
+    print(f"mark answered -> HALTED shown: {elapsed:.3f} s")
+    assert elapsed < 1.0
+    assert "drawdown" in text_of(browser, "banner")
+    browser.save_screenshot(str(SHOTS / "console-live-halt.png"))
+
+    # the trader's next intent is refused (the portfolio is halted): the decision shows at the top of the list
+    status, answer = http("POST", server.url + "/process_trade", {**SEED_INTENT, "symbol": "GBPUSD",
+                                                                  "current_price": 1.25}, key=trader)
+    assert status == 200 and answer["decision"]["reason"] == "HALTED", answer
+    seq = answer["decision"]["seq"]
+    elapsed = soon(lambda: browser.find_element(By.CSS_SELECTOR, "#decisions a[data-id]").text == str(seq))
+    print(f"decision answered -> shown in the list: {elapsed:.3f} s")
+    assert elapsed < 1.0
+    first = browser.find_element(By.CSS_SELECTOR, "#decisions tbody tr").text
+    assert "GBPUSD" in first and "REJECTED" in first and "HALTED" in first
+    assert text_of(browser, "live") == "live"
+    assert browser.execute_script("return window.rpmNotReloaded") is True

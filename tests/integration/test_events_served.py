@@ -166,8 +166,8 @@ def test_the_stream_resumes_with_last_event_id_missing_nothing_and_shows_a_key_i
     again = read_stream(server.url, admin, last_event_id=last, count=8)
     assert [int(f["id"]) for f in again] == [i for (i,) in sql(f"SELECT id FROM risk_events WHERE id > {last} "
                                                                  "ORDER BY id")]
-    # a key limited to some portfolios: refused a portfolio not its own for decision messages
-    status, answer = http("GET", server.url + "/events?decisions=default", key=limited)
+    # a key limited to some portfolios: refused a portfolio not its own to watch
+    status, answer = http("GET", server.url + "/events?watch=default", key=limited)
     assert status == 403, answer
     status, answer = http("GET", server.url + "/events", key=admin, headers={"Last-Event-ID": "x1"})
     assert status == 422, answer

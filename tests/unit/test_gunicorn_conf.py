@@ -3,6 +3,7 @@
 import gc
 import json
 import os
+import signal
 import socket
 import tempfile
 from types import SimpleNamespace
@@ -15,17 +16,34 @@ from app.gunicorn_conf import CREATED_PROMETHEUS_DIR, PROMETHEUS_DIR
 from app.gunicorn_worker import JsonErrorThreadWorker, write_json_error
 
 
-def test_a_worker_freezes_what_it_loaded_so_full_collections_skip_it():
+@pytest.mark.parametrize("deliver", [True, False])
+def test_a_worker_starts_its_threads_ends_streams_on_stop_and_freezes_what_it_loaded(deliver):
+    from app.api.events import CLOSING
+    from app.settings import Settings
+
     before = gc.get_freeze_count()
     started = []
-    anchor = SimpleNamespace(start=lambda: started.append(True))
+    anchor = SimpleNamespace(start=lambda: started.append("checkpoints"))
+    deliverer = SimpleNamespace(start=lambda: started.append("webhooks"))
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)}
+    stopped = []
+    signal.signal(signal.SIGTERM, lambda *_: stopped.append("gunicorn's own handler"))
+    worker = SimpleNamespace(wsgi=SimpleNamespace(extensions={"rpm_anchor": anchor, "rpm_deliverer": deliverer},
+                                                  config={"RPM_SETTINGS": Settings(webhooks_deliver=deliver)}))
     try:
-        gunicorn_conf.post_worker_init(SimpleNamespace(wsgi=SimpleNamespace(extensions={"rpm_anchor": anchor})))
-        assert started == [True]  # the checkpointer runs in every worker
+        gunicorn_conf.post_worker_init(worker)
+        # the checkpointer in every worker; the deliverer unless told not to (one delivers at a time anyway)
+        assert started == (["checkpoints", "webhooks"] if deliver else ["checkpoints"])
         assert gc.get_freeze_count() > before
         assert gc.get_count()[2] == 0  # collected first: the garbage of the start is not kept frozen
+        assert not CLOSING.is_set()
+        signal.getsignal(signal.SIGTERM)(signal.SIGTERM, None)
+        assert CLOSING.is_set() and stopped == ["gunicorn's own handler"]
     finally:
         gc.unfreeze()
+        CLOSING.clear()
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
 
 
 class _ConfigOnly(Application):
