@@ -49,9 +49,11 @@ def wait_for(condition, timeout, what):
 
 
 def deliverer_pid(sql) -> int | None:
-    """The OS pid of the process holding the deliverer lock (its connection names it)."""
+    """The OS pid of the process holding this database's deliverer lock (its connection names it; pg_locks shows
+    every database's)."""
     found = sql("SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
-                "WHERE l.locktype = 'advisory' AND l.granted AND a.application_name LIKE 'rpm-webhooks-%'")
+                "WHERE l.locktype = 'advisory' AND l.granted AND a.application_name LIKE 'rpm-webhooks-%' "
+                "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())")
     return int(found[0][0].rsplit("-", 1)[1]) if found else None
 
 
