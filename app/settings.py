@@ -41,7 +41,7 @@ class Settings:
     default_capital: float = 100_000.0
     instance_path: str | None = None
     log_level: str = "INFO"
-    # the access lines of successful health probes (/health, /health/live, /health/ready): off, as they come every
+    # the access lines of successful health probes (/health/live, /health/ready): off, as they come every
     # few seconds from each load balancer and orchestrator (a failed probe's line is always written)
     log_health: bool = False
     # each process re-reads the api_keys table when its copy is older than this: the bound within which a

@@ -19,15 +19,16 @@ Each request is signed as Stripe signs its webhooks: ``RPM-Signature: t=<unix se
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
+import http.client
 import logging
 import os
 import secrets
+import socket
 import threading
 import time
-import urllib.error
-import urllib.request
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -84,9 +85,15 @@ def backoff(attempts: int) -> float:
 def _url(value: Any) -> str:
     if not isinstance(value, str) or not 0 < len(value) <= MAX_URL:
         raise Invalid("invalid url", {"url": [f"must be an http(s) URL of at most {MAX_URL} characters"]})
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.hostname or any(c.isspace() for c in value):
-        raise Invalid("invalid url", {"url": ["must be an absolute http:// or https:// URL"]})
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018  (out of range: ValueError)
+    except ValueError:
+        parts = None
+    if (parts is None or parts.scheme not in ("http", "https") or not parts.hostname or parts.username is not None
+            or not value.isascii() or any(c.isspace() or not c.isprintable() for c in value)):
+        raise Invalid("invalid url", {"url": ["must be an absolute http:// or https:// URL (ASCII, no credentials, "
+                                              "a port within 1-65535)"]})
     return value
 
 
@@ -243,7 +250,9 @@ _DUE = """
 SELECT d.event_id, d.attempts, d.next_attempt_at, e.id, e.type, e.portfolio_id, e.level, e.seq, e.at, e.data,
        e.audit_seq, e.row_hash
 FROM webhook_deliveries d JOIN risk_events e ON e.id = d.event_id
-WHERE d.webhook_id = %s AND d.status = 'pending' ORDER BY d.event_id LIMIT 100
+WHERE d.webhook_id = %s AND d.status = 'pending'
+  AND EXISTS (SELECT 1 FROM webhooks w WHERE w.id = d.webhook_id AND w.disabled_at IS NULL)
+ORDER BY d.event_id LIMIT 20
 """
 _DELIVERED = ("UPDATE webhook_deliveries SET status = 'delivered', attempts = attempts + 1, last_attempt_at = %s, "
               "delivered_at = %s, last_status = %s, last_error = NULL WHERE webhook_id = %s AND event_id = %s")
@@ -251,15 +260,9 @@ _FAILED = ("UPDATE webhook_deliveries SET status = %s, attempts = %s, last_attem
            "last_status = %s, last_error = %s WHERE webhook_id = %s AND event_id = %s")
 
 
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    """A redirect is an answer, not an acknowledgement: urllib would follow it with a GET without the body."""
-
-    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
-        return None
-
-
-# no redirects followed, no proxy taken from the environment: the request goes to the URL registered
-_OPENER = urllib.request.build_opener(_NoRedirect, urllib.request.ProxyHandler({}))
+# the deliverer's session on the server side: a host gone silent is dropped (its lock released) within ~25 s
+_SERVER_KEEPALIVES = ("-c tcp_keepalives_idle=10 -c tcp_keepalives_interval=5 -c tcp_keepalives_count=3 "
+                      "-c tcp_user_timeout=25000")
 
 
 def conninfo(url: str) -> str:
@@ -277,6 +280,7 @@ class Deliverer:
         self.poll_s, self.timeout_s, self.max_attempts = poll_s, timeout_s, max_attempts
         self.connect_timeout_s = connect_timeout_s
         self.standby_s = max(poll_s, 1.0)  # how often a process on standby asks for the lock
+        self.turn_s = 1.0  # an endpoint's turn in a round (one request may run to its deadline)
         self.clock = clock or (lambda: datetime.now(UTC))
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -295,8 +299,11 @@ class Deliverer:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
+                # keepalives both ways: this side notices a silent server; the server notices a silent host and
+                # releases the lock with the session (its own default waits two hours)
                 with psycopg.connect(self.conninfo, autocommit=True, connect_timeout=self.connect_timeout_s,
                                      keepalives=1, keepalives_idle=5, keepalives_interval=2, keepalives_count=3,
+                                     options=_SERVER_KEEPALIVES,
                                      application_name=f"rpm-webhooks-{os.getpid()}") as conn:
                     # on standby: ask again on the same connection until the holder goes (its connection with it)
                     while not conn.execute("SELECT pg_try_advisory_lock(%s)", (DELIVERER_LOCK,)).fetchone()[0]:
@@ -314,7 +321,8 @@ class Deliverer:
             self._stop.wait(self.standby_s)
 
     def work(self, conn: psycopg.Connection) -> int:
-        """Queue what is new for each active endpoint, and deliver what is due; the deliveries acknowledged."""
+        """Queue what is new for each active endpoint, and deliver what is due, each endpoint's turn bounded (a slow
+        one cannot hold the others back longer than one request's deadline); the deliveries acknowledged."""
         hooks = conn.cursor(row_factory=dict_row).execute(
             "SELECT id, url, secret, types, portfolios, queued_to FROM webhooks WHERE disabled_at IS NULL "
             "ORDER BY id").fetchall()
@@ -322,20 +330,21 @@ class Deliverer:
         for hook in hooks:
             conn.execute(_QUEUE, {"w": hook["id"], "q": hook["queued_to"], "types": hook["types"],
                                   "ps": hook["portfolios"], "now": self.clock()})
-            done += self._deliver(conn, hook)
+            done += self._deliver(conn, hook, time.monotonic() + self.turn_s)
         return done
 
-    def _deliver(self, conn: psycopg.Connection, hook: dict[str, Any]) -> int:
+    def _deliver(self, conn: psycopg.Connection, hook: dict[str, Any], turn_ends: float) -> int:
+        """An endpoint's due deliveries, in event order, until its turn ends, the head must wait, or none is due.
+        The endpoint is read again with each batch: one disabled meanwhile gets nothing more."""
         from app.observability import WEBHOOK_DELIVERED, WEBHOOK_FAILURES
 
         done = 0
-        while not self._stop.is_set():
+        while not self._stop.is_set() and time.monotonic() < turn_ends:
             due = conn.cursor(row_factory=dict_row).execute(_DUE, (hook["id"],)).fetchall()
             if not due:
                 return done
             for row in due:
-                now = self.clock()
-                if row["next_attempt_at"] > now:
+                if row["next_attempt_at"] > self.clock() or time.monotonic() >= turn_ends:
                     return done  # (the head waits: the events after it wait with it, in order)
                 status, error = self.send(hook, row)
                 attempts = row["attempts"] + 1
@@ -359,18 +368,38 @@ class Deliverer:
         return done
 
     def send(self, hook: dict[str, Any], row: dict[str, Any]) -> tuple[int | None, str | None]:
-        """POST one event; (HTTP status, error) — status None when no answer came."""
+        """POST one event, within ``timeout_s`` in all (a receiver trickling its answer is cut at the deadline);
+        (HTTP status, error) — status None when no answer came. Whatever goes wrong is a failed attempt."""
         body = orjson.dumps(payload(row))
-        request = urllib.request.Request(hook["url"], data=body, method="POST", headers={
-            "Content-Type": "application/json", "User-Agent": "rpm-webhooks/1",
-            SIGNATURE_HEADER: signature(hook["secret"], int(time.time()), body),
-            "Idempotency-Key": f"rpm-event-{row['id']}", "RPM-Event-Id": str(row["id"]),
-            "RPM-Event-Type": row["type"]})
+        headers = {"Content-Type": "application/json", "User-Agent": "rpm-webhooks/1",
+                   SIGNATURE_HEADER: signature(hook["secret"], int(time.time()), body),
+                   "Idempotency-Key": f"rpm-event-{row['id']}", "RPM-Event-Id": str(row["id"]),
+                   "RPM-Event-Type": row["type"]}
         try:
-            with _OPENER.open(request, timeout=self.timeout_s) as response:
-                response.read(65536)
-                return response.status, None if 200 <= response.status < 300 else f"HTTP {response.status}"
-        except urllib.error.HTTPError as exc:
-            return exc.code, f"HTTP {exc.code}"
-        except (OSError, ValueError) as exc:  # refused, timed out, reset, a bad URL
+            parts = urlsplit(hook["url"])
+            kind = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+            conn = kind(parts.hostname, parts.port, timeout=self.timeout_s)
+        except (ValueError, http.client.HTTPException) as exc:  # (a URL checked at registration: not expected)
             return None, f"{type(exc).__name__}: {exc}"[:500]
+        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        deadline = threading.Timer(self.timeout_s, _cut, (conn,))
+        deadline.start()
+        try:
+            conn.request("POST", path, body=body, headers=headers)
+            response = conn.getresponse()
+            response.read(65536)  # (the status is what counts; the rest of a body is not read)
+            status = response.status
+            return status, None if 200 <= status < 300 else f"HTTP {status}"
+        except Exception as exc:  # refused, reset, timed out, cut at the deadline, not HTTP at all (BadStatusLine)
+            return None, f"{type(exc).__name__}: {exc}"[:500]
+        finally:
+            deadline.cancel()
+            conn.close()
+
+
+def _cut(conn: http.client.HTTPConnection) -> None:
+    """A request past its deadline: its socket shut, so that whatever read waits on it ends now."""
+    sock = conn.sock
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)

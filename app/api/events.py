@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from typing import Any
@@ -12,10 +13,10 @@ from flask.views import MethodView
 from marshmallow import RAISE, Schema, fields, validate
 
 from app import webhooks
-from app.errors import Forbidden, Invalid, Unavailable
+from app.errors import Forbidden, Invalid, ServiceError, Unavailable
 from app.risk import domain
 from app.store.database import DatabaseUnavailable
-from app.store.events import TYPES, read_after
+from app.store.events import TYPES, newest_id, read_after
 
 from .auth import ANY, roles
 from .common import Blueprint, actor, documented_errors, ok, uow
@@ -85,18 +86,21 @@ OPEN = _Open()
 CLOSING = threading.Event()
 
 
+_EVENT_ID = re.compile(r"[0-9]{1,19}")
+
+
 def _last_event_id(query: dict[str, Any]) -> int | None:
     header = request.headers.get("Last-Event-ID")
     if header is None:
         return query.get("after")
-    if not header.isdigit() or len(header) > 19:
+    if not _EVENT_ID.fullmatch(header) or int(header) > 2**63 - 1:
         raise Invalid("invalid Last-Event-ID", {"Last-Event-ID": ["must be the id of an event (digits)"]})
     return int(header)
 
 
 @blp.route("/events")
 class Events(MethodView):
-    @roles(*ANY, "market-data")
+    @roles(*ANY)
     @acts_on(VISIBLE)
     @blp.arguments(StreamQuerySchema(), location="query", unknown=RAISE)
     @blp.response(200, description="text/event-stream: `id:` the event's id, `event:` its type, `data:` the event "
@@ -115,28 +119,39 @@ class Events(MethodView):
         unit = uow()
         if after is None:  # from now on
             try:
-                after = read_after(unit.db, None, 0, visible, newest=True)
+                after = newest_id(unit.db)
             except DatabaseUnavailable as exc:
                 raise Unavailable(str(exc)) from exc
         if OPEN.count >= settings.events_max_streams:
             raise Unavailable("too many event streams open in this process (RPM_EVENTS_MAX_STREAMS)")
-        return Response(_stream(unit, after, visible, watched, settings, query["follow"]),
+        store, key = current_app.extensions["rpm_keys"], request.headers["Authorization"].split(None, 1)[1].strip()
+        return Response(_stream(unit, after, visible, watched, settings, query["follow"],
+                                lambda: store.authenticate(key)),
                         mimetype="text/event-stream",
                         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 
 
 def _stream(unit: Any, after: int, visible: tuple[str, ...] | None, watched: str | None, settings: Any,
-            follow: bool = True):
+            follow: bool, still_valid: Any):
     """Poll the outbox (ids follow commit order, so `id > after` misses nothing), send what is new, a comment when
-    quiet; end when the database is away (the client reconnects with its Last-Event-ID)."""
+    quiet; end when the database is away (the client reconnects with its Last-Event-ID), when the process is told to
+    stop, and when the key is revoked or expires (``still_valid`` raises: checked as often as keys are re-read)."""
     with OPEN:
         yield f"retry: {int(settings.events_retry_ms)}\n: rpm events after {after}\n\n"
         quiet_since = time.monotonic()
         last_seq = None
+        checked = time.monotonic()
         while True:
             if CLOSING.is_set():
                 yield ": the server is stopping; reconnect\n\n"
                 return
+            if time.monotonic() - checked >= settings.auth_cache_seconds:
+                try:
+                    still_valid()
+                except ServiceError as exc:  # revoked, expired (or the keys unreadable: the database away)
+                    yield f": {exc.message}\n\n"
+                    return
+                checked = time.monotonic()
             try:
                 rows = read_after(unit.db, after, 500, visible)
                 seq = _changed(unit.db, watched) if watched is not None else None
@@ -210,7 +225,7 @@ class Webhook(MethodView):
 
     @roles("admin")
     @acts_on(FIRM)
-    @blp.arguments(DisableSchema())
+    @blp.arguments(DisableSchema(), required=False)
     @blp.response(200, AnyObjectSchema)
     @_errors
     def delete(self, body, webhook_id):

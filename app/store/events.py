@@ -181,19 +181,22 @@ _COLUMNS = "e.id, e.type, e.portfolio_id, e.level, e.seq, e.at, e.data, e.audit_
 _AFTER = f"SELECT {_COLUMNS} FROM risk_events e WHERE e.id > %(after)s AND {WANTED} ORDER BY e.id LIMIT %(n)s"
 
 
-def read_after(db: Any, after: int | None, limit: int, portfolios: Iterable[str] | None,
-               newest: bool = False) -> Any:
-    """The events after id ``after`` of ``portfolios`` (None: all), at most ``limit``, as sent; with ``newest``,
-    the id of the last event committed (0: none), where a stream "from now on" starts."""
+def newest_id(db: Any) -> int:
+    """The id of the last event committed (0: none): where a stream "from now on" starts."""
+    with db.connection() as conn:
+        return int(conn.execute("SELECT coalesce(max(id), 0) FROM risk_events").fetchone()[0])
+
+
+def read_after(db: Any, after: int, limit: int, portfolios: Iterable[str] | None) -> list[dict[str, Any]]:
+    """The events after id ``after`` of ``portfolios`` (None: all), at most ``limit``, as sent."""
     from psycopg.rows import dict_row
 
     with db.connection() as conn:
-        if newest:
-            return int(conn.execute("SELECT coalesce(max(id), 0) FROM risk_events").fetchone()[0])
         rows = conn.cursor(row_factory=dict_row).execute(_AFTER, {
             "after": after, "n": limit, "types": None,
             "ps": None if portfolios is None else list(portfolios)}).fetchall()
     return [payload(r) for r in rows]
+
 
 def payload(row: Any) -> dict[str, Any]:
     """An event as the stream and the webhooks send it (a ``risk_events`` row, or its mapping)."""

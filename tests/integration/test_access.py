@@ -53,7 +53,7 @@ MATRIX = [
     ("POST", "/groups/firm/halt", {"reason": "matrix"}, {ADMIN}),
     ("POST", "/groups/firm/resume", {}, {ADMIN}),
     ("GET", "/reports/eod", None, {COMPLIANCE, ADMIN}),
-    ("GET", "/events?follow=false", None, ANY | {MARKET}),
+    ("GET", "/events?follow=false", None, ANY),
     ("GET", "/webhooks", None, {ADMIN}),
     ("POST", "/webhooks", {"url": "http://127.0.0.1:9/matrix"}, {ADMIN}),
     ("GET", f"/webhooks/{NO_WEBHOOK}", None, {ADMIN}),

@@ -44,7 +44,7 @@ def wait_for(predicate, timeout=15.0):
         try:
             if predicate():
                 return
-        except Exception as exc:  # the page is re-rendered every 2 s: elements come and go
+        except Exception as exc:  # the page is re-rendered (each event, each change): elements come and go
             last = exc
         time.sleep(0.2)
     raise AssertionError(f"timed out waiting ({last})")
@@ -90,9 +90,12 @@ def test_console_drawdown_halt_audit_resume_and_what_a_compliance_key_sees(brows
     # marks take equity 11% down: the drawdown switch trips and the console shows it
     http("POST", server.url + "/marks", {"prices": {"EURUSD": 0.6966}}, key=trader)
     wait_for(lambda: "HALTED" in text_of(browser, "banner"))
-    row = browser.find_element(By.CSS_SELECTOR, 'tr[data-switch="drawdown"]')
-    cells = row.find_elements(By.TAG_NAME, "td")
-    assert cells[1].text == "TRIPPED" and float(cells[2].text.rstrip("%")) > 10 and cells[3].text == "10.00%"
+
+    def drawdown_tripped():  # (read again whole if the page re-renders the table meanwhile)
+        cells = browser.find_element(By.CSS_SELECTOR, 'tr[data-switch="drawdown"]').find_elements(By.TAG_NAME, "td")
+        return cells[1].text == "TRIPPED" and float(cells[2].text.rstrip("%")) > 10 and cells[3].text == "10.00%"
+
+    wait_for(drawdown_tripped)
 
     # halt with a reason (confirmed), and see it among the audit events
     browser.find_element(By.ID, "halt-reason").send_keys("desk review after the drawdown")
@@ -105,7 +108,7 @@ def test_console_drawdown_halt_audit_resume_and_what_a_compliance_key_sees(brows
     browser.save_screenshot(str(SHOTS / "console-halted.png"))
 
     # one decision's breakdown
-    browser.find_element(By.CSS_SELECTOR, "#decisions a[data-id]").click()
+    wait_for(lambda: browser.find_element(By.CSS_SELECTOR, "#decisions a[data-id]").click() is None)
     wait_for(lambda: "breakdown" in text_of(browser, "detail"))
     browser.save_screenshot(str(SHOTS / "console-decision.png"))
 
@@ -163,7 +166,7 @@ def test_console_firm_tree_shows_groups_and_halts_a_group(browser, servers, data
     wait_for(lambda: "Group fx" in text_of(browser, "tree") and "desk-b" in text_of(browser, "tree"))
     wait_for(lambda: "gross_exposure 100%" in text_of(browser, "tree"))
     browser.save_screenshot(str(SHOTS / "console-firm-tree.png"))
-    browser.find_element(By.CSS_SELECTOR, 'button[data-halt="fx"]').click()
+    wait_for(lambda: browser.find_element(By.CSS_SELECTOR, 'button[data-halt="fx"]').click() is None)
     wait_for(lambda: browser.switch_to.alert is not None)
     assert "Halt group fx" in browser.switch_to.alert.text
     browser.switch_to.alert.send_keys("desk review")

@@ -202,6 +202,8 @@ def test_webhooks_are_for_admins_and_refuse_bad_input(client, keys, raw_client):
     trader = {"Authorization": f"Bearer {keys['trader']}"}
     assert raw_client.post("/webhooks", json={"url": "http://127.0.0.1:1/x"}, headers=trader).status_code == 403
     for body in ({"url": "ftp://x/y"}, {"url": "not a url"}, {"url": "http://"}, {"url": "http://h/" + "a" * 3000},
+                 {"url": "http://[::1/x"}, {"url": "http://h:99999999/x"}, {"url": "http://user:pw@h/x"},
+                 {"url": "http://h\u00e9.example/x"}, {"url": "http://h/x\ny"},
                  {"url": "http://h/x", "types": ["nope"]}, {"url": "http://h/x", "types": []},
                  {"url": "http://h/x", "secret": "short"}, {"url": "http://h/x", "portfolios": ["bad id!"]}):
         r = client.post("/webhooks", json=body)
@@ -214,6 +216,10 @@ def test_webhooks_are_for_admins_and_refuse_bad_input(client, keys, raw_client):
     assert [h["id"] for h in listed] == [hook["id"]] and "secret" not in listed[0]
     r = client.delete(f"/webhooks/{hook['id']}", json={"reason": "decommissioned"})
     assert r.status_code == 200 and r.json["active"] is False
+    other = register(client, "http://127.0.0.1:9/y")
+    assert client.delete(f"/webhooks/{other['id']}").status_code == 200  # (a reason is optional)
+    r = raw_client.get("/events", headers={"Authorization": f"Bearer {keys['admin']}", "Last-Event-ID": "\u00b2"})
+    assert r.status_code == 422, r.get_data()
 
 
 def test_capital_corrections_instruments_and_expiries_are_events(client, clock, sql):
@@ -241,3 +247,87 @@ def test_capital_corrections_instruments_and_expiries_are_events(client, clock, 
     assert events[2][1]["reason"] == "top-up" and events[3][1]["actor"]["name"] == "test-admin"
     assert events[4][1]["note"] == "voided by a correction of the position"
     assert client.get("/audit/verify").json["ok"] is True
+
+
+class Answering:
+    """A TCP endpoint that answers every connection with ``reply`` (bytes, sent ``per_byte_s`` apart)."""
+
+    def __init__(self, reply: bytes, per_byte_s: float = 0.0):
+        import socket
+
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(8)
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}/x"
+        self.reply, self.per_byte_s = reply, per_byte_s
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn):
+        try:
+            conn.recv(65536)
+            for i in range(len(self.reply)) if self.per_byte_s else [None]:
+                conn.sendall(self.reply if i is None else self.reply[i:i + 1])
+                if i is not None:
+                    time.sleep(self.per_byte_s)
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    def close(self):
+        self.listener.close()
+
+
+def test_a_receiver_that_is_not_http_or_trickles_fails_its_attempt_and_the_others_are_served(deliver, client,
+                                                                                             receiver):
+    ssh = Answering(b"SSH-2.0-OpenSSH_9.2\r\n")
+    trickle = Answering(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n" + b"x" * 100, per_byte_s=0.2)
+    try:
+        hooks = [register(client, url) for url in (ssh.url, trickle.url, receiver.url)]
+        assert client.post("/halt", json={"reason": "drill"}).status_code == 200
+        deliverer = deliver(timeout_s=1.0)
+        started = time.monotonic()
+        deliverer.work(deliverer.conn)
+        took = time.monotonic() - started
+        assert [e["type"] for e in receiver.events()] == ["switch_tripped", "halted"]  # the others' did not stop it
+        ssh_first, trickle_first = (client.get(f"/webhooks/{h['id']}/deliveries").json["deliveries"][0]
+                                    for h in hooks[:2])
+        assert ssh_first["attempts"] == 1 and "BadStatusLine" in ssh_first["last_error"], ssh_first
+        assert trickle_first["attempts"] == 1 and trickle_first["status"] == "pending", trickle_first
+        assert took < 4, took  # the trickle cut at its 1 s deadline (20 s to send its answer)
+    finally:
+        ssh.close()
+        trickle.close()
+
+
+def test_a_disabled_webhook_gets_nothing_more(deliver, client, receiver):
+    hook = register(client, receiver.url)
+    crash_the_book(client)
+    assert client.delete(f"/webhooks/{hook['id']}").status_code == 200
+    deliverer = deliver()
+    deliverer.work(deliverer.conn)
+    assert receiver.received == []
+
+
+def test_a_stream_ends_when_its_key_is_revoked(app, client, raw_client, keys):
+    store = app.extensions["rpm_keys"]
+    from app.services import Actor
+
+    key, record = store.create("compliance", "short-lived", None, Actor("test-setup", "admin"))
+    r = raw_client.get("/events?after=0", headers={"Authorization": f"Bearer {key}"}, buffered=False)
+    assert r.status_code == 200 and r.mimetype == "text/event-stream"
+    chunks = (chunk if isinstance(chunk, bytes) else chunk.encode() for chunk in r.response)
+    assert next(chunks).startswith(b"retry:")
+    store.revoke(record["id"], Actor("test-setup", "admin"))
+    started = time.monotonic()
+    tail = b"".join(chunks)  # the stream ends by itself
+    assert b"revoked" in tail and time.monotonic() - started < 5
+    r.close()
