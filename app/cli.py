@@ -141,6 +141,8 @@ ENDPOINTS = [
     ("POST", "/groups/{id}/halt, /resume", "halt and resume a group or the firm (admin)"),
     ("POST", "/firm/marks", "firm-wide prices for every portfolio"),
     ("GET", "/reports/eod?date=D", "the end-of-day report (JSON, CSV, HTML)"),
+    ("GET", "/events", "risk events as they are committed (Server-Sent Events; Last-Event-ID)"),
+    ("POST/GET", "/webhooks", "endpoints risk events are delivered to, signed (admin)"),
     ("GET", "/docs, /openapi.json", "API documentation"),
 ]
 

@@ -83,7 +83,22 @@ class PortfolioCollector:
                 tripped.add_metric([pid, switch], 1.0 if status["state"] == "TRIPPED" else 0.0)
         yield from (state, equity, drawdown, tripped)
         if self.portfolios is None:
+            yield self._levels()
             yield from self._webhooks(now)
+
+    def _levels(self) -> GaugeMetricFamily:
+        """The switches tripped of each group and the firm (the keys of every portfolio see them)."""
+        from sqlalchemy import select
+
+        from app.store import models as m
+
+        tripped = GaugeMetricFamily("rpm_level_switch_tripped", "1 for each switch tripped of a group or the firm",
+                                    labels=["level", "switch"])
+        with self.uow.reading() as session:
+            for level, switches in session.execute(select(m.Group.id, m.Group.switches).order_by(m.Group.id)):
+                for switch in sorted(switches or {}):
+                    tripped.add_metric([level, switch], 1.0)
+        return tripped
 
     def _webhooks(self, now: Any):
         """Each active webhook's deliveries pending and failed, and how long the oldest pending one's event has

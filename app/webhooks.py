@@ -128,8 +128,9 @@ def create(uow: Any, body: dict[str, Any], actor: Any) -> dict[str, Any]:
     """Register an endpoint: it receives the events committed from now on. Its secret is shown once."""
     url, types, portfolios = _url(body.get("url")), _types(body.get("types")), _portfolios(body.get("portfolios"))
     secret = body.get("secret") or "whsec_" + secrets.token_urlsafe(32)
-    if not isinstance(secret, str) or not 16 <= len(secret) <= 128 or not secret.isprintable():
-        raise Invalid("invalid secret", {"secret": ["16 to 128 printable characters"]})
+    if not isinstance(secret, str) or not 16 <= len(secret) <= 128 or not secret.isprintable() or not secret.isascii() \
+            or any(c.isspace() for c in secret):
+        raise Invalid("invalid secret", {"secret": ["16 to 128 printable ASCII characters, no spaces"]})
     description = body.get("description")
     now = uow.clock()
     with uow.session() as session:

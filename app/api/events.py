@@ -56,7 +56,7 @@ class DeliveriesQuerySchema(Schema):
 
 
 class RetrySchema(Schema):
-    event_id = fields.Integer(validate=validate.Range(1, 2**63 - 1), metadata={
+    event_id = fields.Integer(strict=True, validate=validate.Range(1, 2**63 - 1), metadata={
         "description": "the failed delivery to retry (absent: every failed delivery of the webhook)"})
 
 
@@ -65,18 +65,23 @@ class DisableSchema(Schema):
 
 
 class _Open:
-    """The streams open in this process: each holds a worker thread (gthread) for as long as it is open. Counted
-    while a stream runs (a stream never started holds nothing); the limit is checked before one starts."""
+    """The streams open in this process: each holds a worker thread (gthread) for as long as it is open. A stream
+    takes its place when it starts (one never started holds nothing) and none beyond the limit: the request is
+    refused with a 503 when the limit is reached already, and a stream that finds it reached when it starts (a
+    burst of them let through together) ends at once, telling its client to come back (``retry``)."""
 
     def __init__(self) -> None:
         self.count = 0
         self.lock = threading.Lock()
 
-    def __enter__(self) -> None:
+    def take(self, limit: int) -> bool:
         with self.lock:
+            if self.count >= limit:
+                return False
             self.count += 1
+            return True
 
-    def __exit__(self, *exc: object) -> None:
+    def give_back(self) -> None:
         with self.lock:
             self.count -= 1
 
@@ -136,7 +141,10 @@ def _stream(unit: Any, after: int, visible: tuple[str, ...] | None, watched: str
     """Poll the outbox (ids follow commit order, so `id > after` misses nothing), send what is new, a comment when
     quiet; end when the database is away (the client reconnects with its Last-Event-ID), when the process is told to
     stop, and when the key is revoked or expires (``still_valid`` raises: checked as often as keys are re-read)."""
-    with OPEN:
+    if not OPEN.take(settings.events_max_streams):
+        yield f"retry: {int(settings.events_retry_ms)}\n: too many event streams open in this process; reconnect\n\n"
+        return
+    try:
         yield f"retry: {int(settings.events_retry_ms)}\n: rpm events after {after}\n\n"
         quiet_since = time.monotonic()
         last_seq = None
@@ -177,6 +185,8 @@ def _stream(unit: Any, after: int, visible: tuple[str, ...] | None, watched: str
                 if not follow:
                     return
                 CLOSING.wait(settings.events_poll_s)
+    finally:
+        OPEN.give_back()
 
 
 def _changed(db: Any, portfolio: str) -> tuple[int, str] | None:

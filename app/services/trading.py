@@ -30,6 +30,7 @@ from app.risk.config import canonical_json
 from app.risk.metrics import RiskMetrics
 from app.store import models as m
 from app.store.audit import Chain, document_text
+from app.store.events import REQUEST_ID
 from app.store.repository import audit_state, event_values, ledger_values
 from app.store.transaction import Loaded, Locked, Wanted
 
@@ -372,5 +373,6 @@ def decision_rows(loaded: Loaded, intent: TradeIntent, hashed: str, outcome: eng
         rows.append((m.LedgerEntry, chain.seal(m.LedgerEntry, ledger_values(
             row, kind=b.kind, symbol=b.symbol, units=b.units * b.direction, price=b.price, realised=outcome.realised_pnl,
             state=outcome.state, at=now, actor=actor.name, decision_id=d.id))))
-    rows += [(m.SwitchEventRow, chain.seal(m.SwitchEventRow, event_values(row.id, e, d.id))) for e in events]
+    rows += [(m.SwitchEventRow, {**chain.seal(m.SwitchEventRow, event_values(row.id, e, d.id)),
+                                 REQUEST_ID: actor.request_id}) for e in events]
     return rows

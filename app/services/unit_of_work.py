@@ -26,6 +26,7 @@ from app.risk.model import SwitchEvent
 from app.store import models as m
 from app.store.audit import Chain
 from app.store.database import Database, DatabaseUnavailable, DataRejected
+from app.store.events import REQUEST_ID
 from app.store.repository import equity_point_values, event_values, ledger_values, new_portfolio
 from app.store.transaction import Locked, PortfolioTransaction, Wanted, release_rows
 
@@ -100,9 +101,9 @@ class Portfolio:
     def admin_action(self, actor: Actor, action: str, at: datetime, reason: str | None, before: Any = None,
                      after: Any = None) -> None:
         """Who did what, when, why, with before and after: on the chain."""
-        self.add((m.AdminAction, self.sealed(m.AdminAction, dict(
+        self.add((m.AdminAction, {**self.sealed(m.AdminAction, dict(
             portfolio_id=self.id, action=action, actor=actor.name, actor_role=actor.role, actor_key_id=actor.key_id,
-            at=at, reason=reason, before=before, after=after))))
+            at=at, reason=reason, before=before, after=after)), REQUEST_ID: actor.request_id}))
 
     def ledger(self, **values: Any) -> None:
         """One change of the books, numbered in the portfolio's ledger."""

@@ -52,9 +52,11 @@ TYPES: dict[str, int] = {
 _ACTIONS = {"config_change": "config_changed", "group_limits": "config_changed",
             "instruments_change": "instruments_changed", "capital_change": "capital_changed",
             "position_correct": "position_corrected", "audit_verify_failed": "audit_failed"}
-# the key of a fill of nothing that releases an approval (release_rows): not a column, so neither stored nor
-# hashed; it tells the derivation what the fill is
+# keys of a cause's values that are not columns, so neither stored nor hashed: what a fill of nothing that releases
+# an approval is (release_rows); the request that caused a record, for its events' log lines (a transaction can
+# carry several requests' decisions: group commit)
 RELEASED = "_released"
+REQUEST_ID = "_request_id"
 # the advisory lock every transaction with events takes just before COMMIT (nothing is locked after it: no deadlock)
 COMMIT_ORDER = 0x52504D_4556
 LOCK_SQL = f"SELECT pg_advisory_xact_lock({COMMIT_ORDER})"
@@ -108,7 +110,8 @@ def derive(causes: list[tuple[type, dict[str, Any]]], tripped: Callable[[str | N
             # (the data as JSON gives it back: what is hashed is what is read)
             portfolio = values.get("portfolio_id")
             out.append(dict(portfolio_id=portfolio, chain=portfolio or SYSTEM_CHAIN, type=kind, level=level,
-                            at=values["at"], data=orjson.loads(json_bytes(data))))
+                            at=values["at"], data=orjson.loads(json_bytes(data)),
+                            **{REQUEST_ID: values.get(REQUEST_ID)}))
 
         if model is m.SwitchEventRow:
             on = sets.setdefault(level, set(tripped(level)))
@@ -213,7 +216,7 @@ def log_committed(events: list[dict[str, Any]], request_id: str | None) -> None:
         data = e.get("data") or {}
         actor = data.get("actor") or {}
         log.log(TYPES.get(e["type"], logging.INFO), e["type"], extra={
-            "request_id": request_id, "portfolio": e.get("portfolio_id"), "level_id": e.get("level"),
+            "request_id": e.get(REQUEST_ID) or request_id, "portfolio": e.get("portfolio_id"), "level_id": e.get("level"),
             "event_id": e.get("id"), "event_type": e["type"], "switch": data.get("switch"), "symbol": data.get("symbol"),
             "value": _number(data.get("value")), "threshold": _number(data.get("threshold")), "actor": actor.get("name"),
             "reason": data.get("reason"), "forced": data.get("forced")})

@@ -331,3 +331,65 @@ def test_a_stream_ends_when_its_key_is_revoked(app, client, raw_client, keys):
     tail = b"".join(chunks)  # the stream ends by itself
     assert b"revoked" in tail and time.monotonic() - started < 5
     r.close()
+
+
+def test_streams_beyond_the_limit_are_refused_even_in_a_burst(settings, keys, clock):
+    import dataclasses
+
+    from app import create_app
+    from app.api.events import _stream
+
+    limited = dataclasses.replace(settings, events_max_streams=1)
+    app = create_app(limited, clock=clock)
+    try:
+        client = app.test_client()
+        headers = {"Authorization": f"Bearer {keys['admin']}"}
+        first = client.get("/events?after=0", headers=headers, buffered=False)
+        assert first.status_code == 200
+        refused = client.get("/events?after=0", headers=headers)  # refused at the door once one runs
+        assert refused.status_code == 503 and "RPM_EVENTS_MAX_STREAMS" in refused.json["message"]
+        # a stream let through in a burst (past the door before the first took its place) ends when it starts,
+        # telling its client to come back
+        late = _stream(app.extensions["rpm"].uow, 0, None, None, limited, True, lambda: None)
+        assert "too many event streams" in "".join(late)
+        first.close()
+        again = client.get("/events?after=0", headers=headers, buffered=False)
+        assert again.status_code == 200
+        again.close()
+    finally:
+        app.extensions["rpm"].db.dispose()
+
+
+def test_the_readmes_receiver_works_as_printed(deliver, client, capsys):
+    """The receiver of the README, run as it is printed (its secret and port given), behind a real delivery."""
+    import re
+    import urllib.error
+    import urllib.request
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    code = re.search(r"A receiver, with its signature check.*?```python\n(.*?)```", readme, re.S).group(1)
+    secret = "whsec_readme-receiver-secret-0123456789"
+    code = code.replace('SECRET = b"whsec_..."', f"SECRET = {secret.encode()!r}")
+    code, serve = code.rsplit("\n", 2)[0], code.rsplit("\n", 2)[1]
+    assert serve.startswith("HTTPServer((") and serve.endswith(".serve_forever()")
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102  (the README's own code)
+    server = namespace["HTTPServer"](("127.0.0.1", 0), namespace["Receiver"])
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/rpm-events"
+        register(client, url, secret=secret)
+        assert client.post("/halt", json={"reason": "drill"}).status_code == 200
+        assert client.post("/resume", json={}).status_code == 200
+        deliverer = deliver()
+        deliverer.work(deliverer.conn)
+        assert len(namespace["done"]) == 4 and namespace["applied"] == {"default": 4}
+        assert "cancel every working order of default" in capsys.readouterr().out
+        forged = urllib.request.Request(url, data=b'{"id": 99}', method="POST", headers={"RPM-Signature": "t=1,v1=00"})
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(forged, timeout=5)
+        assert refused.value.code == 401
+    finally:
+        server.shutdown()
+        server.server_close()

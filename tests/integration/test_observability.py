@@ -254,9 +254,11 @@ def test_the_scrape_shows_each_switch_tripped_and_the_events_counted(client, key
     assert events(after, "halted") - events(before, "halted") == 1
     assert client.post("/halt", json={"reason": "x"}).status_code == 200
     assert switch(scrape(), MANUAL) == 1
+    assert client.post("/groups/firm/halt", json={"reason": "firm drill"}).status_code == 200
+    assert scrape()[("rpm_level_switch_tripped", (("level", "firm"), ("switch", MANUAL)))] == 1
     elsewhere = scrape(keys["trader_elsewhere"])  # a key of another portfolio sees none of default's
     assert not [k for k in elsewhere if dict(k[1]).get("portfolio") == "default"]
-    assert not [k for k in elsewhere if k[0].startswith("rpm_webhook")]
+    assert not [k for k in elsewhere if k[0].startswith(("rpm_webhook", "rpm_level"))]
 
 
 def test_the_scrape_shows_each_webhooks_backlog(app, client, clock, keys):
