@@ -389,6 +389,7 @@ def test_the_readmes_receiver_works_as_printed(deliver, client, capsys):
         forged = urllib.request.Request(url, data=b'{"id": 99}', method="POST", headers={"RPM-Signature": "t=1,v1=00"})
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(forged, timeout=5)
+        refused.value.close()
         assert refused.value.code == 401
     finally:
         server.shutdown()
