@@ -135,10 +135,24 @@ class Settings:
             # plain postgresql:// URLs mean psycopg 3 here
             if url.startswith("postgresql://") or url.startswith("postgres://"):
                 url = "postgresql+psycopg://" + url.split("://", 1)[1]
-            return url
+            return multi_host(url)
         from .store.embedded import ensure_running
 
         return ensure_running(embedded_data(instance_path))
+
+
+def multi_host(url: str) -> str:
+    """A URL listing several hosts as libpq writes them (``postgresql://u@h1:5432,h2:5433/db?target_session_attrs=
+    read-write``: the first that answers, and is what is asked, is used) in SQLAlchemy's form (one ``host`` query
+    parameter per host, ``host:port``), which it hands to libpq as such; any other URL as it is."""
+    scheme, sep, rest = url.partition("://")
+    netloc, slash, tail = rest.partition("/")
+    credentials, at, hosts = netloc.rpartition("@")
+    if not sep or "," not in hosts:
+        return url
+    path, question, query = tail.partition("?")
+    extra = "&".join(f"host={h}" for h in hosts.split(",") if h)
+    return f"{scheme}://{credentials}{at}/{path}?{extra}" + (f"&{query}" if query else "")
 
 
 def embedded_data(instance_path: str) -> Path:

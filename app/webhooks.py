@@ -267,9 +267,13 @@ _SERVER_KEEPALIVES = ("-c tcp_keepalives_idle=10 -c tcp_keepalives_interval=5 -c
 
 
 def conninfo(url: str) -> str:
-    """A SQLAlchemy URL as libpq's (for a connection of the deliverer's own)."""
-    parsed = make_url(url).set(drivername="postgresql")
-    return parsed.render_as_string(hide_password=False)
+    """A SQLAlchemy URL as a libpq connection string, as SQLAlchemy's psycopg dialect would connect with it (several
+    hosts too), for a connection of the deliverer's own."""
+    from psycopg.conninfo import make_conninfo
+    from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg
+
+    _args, params = PGDialect_psycopg().create_connect_args(make_url(url))
+    return make_conninfo(**{k: v for k, v in params.items() if isinstance(v, str | int)})
 
 
 class Deliverer:
