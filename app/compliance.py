@@ -19,6 +19,7 @@ from sqlalchemy import select, text
 from .errors import Conflict, Invalid, NotFound, Unavailable
 from .risk import domain
 from .services import UnitOfWork, decision_payload
+from .services.unit_of_work import admin_row
 from .store import audit
 from .store import models as m
 from .store.database import DB_ERRORS, NO_IDLE_LIMIT, DatabaseUnavailable
@@ -335,10 +336,9 @@ class Compliance:
                    "findings_count": len(findings)}
         try:
             with self.uow.firm() as tx, tx.writing():
-                tx.add(tx.system_rows([(m.AdminAction, dict(
-                    portfolio_id=None, action="audit_verify_failed", actor=actor.name, actor_role=actor.role,
-                    actor_key_id=actor.key_id, at=self.uow.clock(), before=None, after=summary,
-                    reason=f"{len(broken)} chain(s) broken, {len(findings)} finding(s)"))]))
+                tx.add(tx.system_rows([admin_row(
+                    actor, portfolio_id=None, action="audit_verify_failed", at=self.uow.clock(), after=summary,
+                    reason=f"{len(broken)} chain(s) broken, {len(findings)} finding(s)")]))
                 tx.commit()
         except Exception:  # (the database refusing it too is for the operator's log)
             log.error("audit: the failed verification could not be recorded as an event", exc_info=True)

@@ -17,11 +17,10 @@ from app.risk import CooldownActive, OutOfRange, ResumeError, RPMConfig, account
 from app.risk.model import FIRM, Book, Level, Limits, LimitsError, to_decimal
 from app.store import models as m
 from app.store.audit import SYSTEM_CHAIN
-from app.store.events import REQUEST_ID
 from app.store.repository import event_values, mark_history_hash
 from app.store.transaction import _SELECT_GROUPS, GroupRow, Jsonb, PortfolioTransaction
 
-from .unit_of_work import Actor, UnitOfWork, check_portfolio_id
+from .unit_of_work import Actor, UnitOfWork, admin_row, check_portfolio_id
 
 _MARK_HISTORY = RPMConfig().mark_history_size
 MAX_FIRM_MARKS = 1000
@@ -39,9 +38,7 @@ def parsed_limits(body: Any) -> Limits:
 def _admin(actor: Actor, action: str, at: datetime, reason: str | None, before: Any = None,
            after: Any = None) -> tuple[type, dict[str, Any]]:
     """An admin action of no portfolio (the `_system` chain)."""
-    return (m.AdminAction, dict(portfolio_id=None, action=action, actor=actor.name, actor_role=actor.role,
-                                actor_key_id=actor.key_id, at=at, reason=reason, before=before, after=after,
-                                **{REQUEST_ID: actor.request_id}))
+    return admin_row(actor, portfolio_id=None, action=action, at=at, reason=reason, before=before, after=after)
 
 
 def _record(tx: PortfolioTransaction, rows: list[tuple[type, dict[str, Any]]], now: datetime) -> None:

@@ -27,7 +27,7 @@ from app.store import models as m
 from app.store.audit import Chain
 from app.store.database import Database, DatabaseUnavailable, DataRejected
 from app.store.events import REQUEST_ID
-from app.store.repository import equity_point_values, event_values, ledger_values, new_portfolio
+from app.store.repository import admin_values, equity_point_values, event_values, ledger_values, new_portfolio
 from app.store.transaction import Locked, PortfolioTransaction, Wanted, release_rows
 
 Clock = Callable[[], datetime]
@@ -101,9 +101,9 @@ class Portfolio:
     def admin_action(self, actor: Actor, action: str, at: datetime, reason: str | None, before: Any = None,
                      after: Any = None) -> None:
         """Who did what, when, why, with before and after: on the chain."""
-        self.add((m.AdminAction, {**self.sealed(m.AdminAction, dict(
-            portfolio_id=self.id, action=action, actor=actor.name, actor_role=actor.role, actor_key_id=actor.key_id,
-            at=at, reason=reason, before=before, after=after)), REQUEST_ID: actor.request_id}))
+        model, values = admin_row(actor, portfolio_id=self.id, action=action, at=at, reason=reason, before=before,
+                                  after=after)
+        self.add((model, self.sealed(model, values)))
 
     def ledger(self, **values: Any) -> None:
         """One change of the books, numbered in the portfolio's ledger."""
@@ -150,6 +150,12 @@ class Transaction:
         for portfolio in self.portfolios.values():
             self.tx.save(portfolio.locked, now)
         self.tx.commit()
+
+
+def admin_row(actor: Actor, **values: Any) -> tuple[type, dict[str, Any]]:
+    """An admin action (app/store/repository.py: ``admin_values``) for a portfolio transaction to seal, with the
+    request that made it (for its risk events' log lines; neither stored nor hashed)."""
+    return m.AdminAction, {**admin_values(actor, **values), REQUEST_ID: actor.request_id}
 
 
 def announce(events: list[dict[str, Any]]) -> None:

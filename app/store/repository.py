@@ -251,12 +251,19 @@ def _num(value: float | None) -> Decimal | None:
     return None if value is None else Decimal(repr(float(value)))
 
 
+def admin_values(actor: Any, *, portfolio_id: str | None, action: str, at: datetime, reason: str | None,
+                 before: Any = None, after: Any = None) -> dict[str, Any]:
+    """An admin action's row: who (``actor``: name, role, key id) did what, when, why, with before and after (None
+    for ``portfolio_id``: the `_system` chain's)."""
+    return dict(portfolio_id=portfolio_id, action=action, actor=actor.name, actor_role=actor.role,
+                actor_key_id=actor.key_id, at=at, reason=reason, before=before, after=after)
+
+
 def add_admin_action(session: Session, chain: Chain, actor: Any, *, portfolio_id: str | None, action: str,
                      at: datetime, reason: str | None, before: Any = None, after: Any = None) -> m.AdminAction:
-    """Who (``actor``: name, role, key id) did what, when, why, with before and after: on the chain."""
-    return chain.append(session, m.AdminAction, portfolio_id=portfolio_id, action=action, actor=actor.name,
-                        actor_role=actor.role, actor_key_id=actor.key_id, at=at, reason=reason, before=before,
-                        after=after)
+    """An admin action (``admin_values``) appended to the chain through the ORM (keys, webhooks)."""
+    return chain.append(session, m.AdminAction, **admin_values(actor, portfolio_id=portfolio_id, action=action, at=at,
+                                                               reason=reason, before=before, after=after))
 
 
 def new_portfolio(portfolio_id: str, config: RPMConfig, now: datetime,
