@@ -45,6 +45,8 @@ def _append_only_postgresql() -> None:
             IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{APP_ROLE}') THEN
                 CREATE ROLE {APP_ROLE} NOLOGIN;
             END IF;
+        -- (the role is the cluster's: another database migrated at the same moment may have made it first)
+        EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
         END $$
     """)
     op.execute(f"GRANT USAGE ON SCHEMA public TO {APP_ROLE}")
