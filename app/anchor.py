@@ -189,12 +189,10 @@ class BrokenChain(LookupError):
     """A chain whose rows are not each there once: its tree cannot grow past the gap."""
 
 
-def leaf_of(row_hash: str) -> bytes:
-    """The leaf hash of a chain's row: RFC 6962's leaf hash of its row_hash's 32 bytes."""
-    return merkle.leaf_hash(bytes.fromhex(row_hash))
+leaf_of = audit.leaf_of
 
 
-def _nodes(session: Session, chain: str, wanted: set[merkle.Node]) -> dict[merkle.Node, bytes]:
+def nodes(session: Session, chain: str, wanted: set[merkle.Node]) -> dict[merkle.Node, bytes]:
     if not wanted:
         return {}
     levels = [level for level, _ in wanted]
@@ -212,7 +210,7 @@ def _nodes(session: Session, chain: str, wanted: set[merkle.Node]) -> dict[merkl
 
 def computed(session: Session, chain: str, fn: Any, *args: int) -> Any:
     """``fn(*args, get=...)`` of the merkle module over the stored tree of ``chain``: its nodes in one query."""
-    found = _nodes(session, chain, merkle.nodes_needed(fn, *args))
+    found = nodes(session, chain, merkle.nodes_needed(fn, *args))
     return fn(*args, get=found.__getitem__)
 
 
@@ -233,7 +231,7 @@ def extend_tree(session: Session, chain: str, head: int) -> int:
             raise BrokenChain(f"the chain {chain} is broken between sequence numbers {size + 1} and {upto} (rows missing "
                               "or repeated): nothing past it can be anchored or proven; run `rpm audit verify`")
         leaves = [leaf_of(digest) for _, digest in rows]
-        siblings = _nodes(session, chain, merkle.left_siblings_needed(size, len(leaves)))
+        siblings = nodes(session, chain, merkle.left_siblings_needed(size, len(leaves)))
         new = merkle.append_nodes(size, leaves, get=siblings.__getitem__)
         session.execute(text("INSERT INTO merkle_nodes (chain, level, idx, hash) "
                              "SELECT :chain, * FROM unnest(CAST(:levels AS int[]), CAST(:idxs AS bigint[]), "
@@ -277,6 +275,9 @@ def due(session: Session, every_records: int, every_seconds: float, now: datetim
         if grown > 0 and (grown >= every_records or at is None or (now - at).total_seconds() >= every_seconds):
             out[chain] = head
     return out
+
+
+PARTITIONS_EVERY_S = 3600.0
 
 
 class Anchor:
@@ -337,7 +338,14 @@ class Anchor:
 
     def _run(self) -> None:
         poll = min(1.0, self.every_seconds)
+        partitioned = time.monotonic()  # (`rpm serve` made them before it started)
         while not self._stop.wait(poll):
+            if time.monotonic() - partitioned > PARTITIONS_EVERY_S:
+                partitioned = time.monotonic()
+                try:  # the months ahead of the decisions' partitions (made at start too: this is for a long run)
+                    self.uow.ensure_partitions()
+                except Exception as exc:  # another worker at it, no right to create tables: logged, not fatal
+                    log.info("partitions not made now: %s", exc)
             try:
                 self.checkpoint()
             except Exception:  # a database away: the next round tries again
@@ -391,8 +399,9 @@ class Roots:
     def count(self) -> int:
         return self.frontier.size
 
-    def add(self, row_hash: str) -> None:
-        self.frontier.append(leaf_of(row_hash))
+    def add(self, row_hash: str | bytes) -> None:
+        """A row's hash (hex), or the leaf of an archived row (bytes)."""
+        self.frontier.append(row_hash if isinstance(row_hash, bytes) else leaf_of(row_hash))
         if self.frontier.size in self.wanted:
             self.roots[self.frontier.size] = self.frontier.root()
 
@@ -420,12 +429,15 @@ def compared(chain: str, statements: list[dict[str, Any]], roots: Roots | None) 
 
 # -- proofs ------------------------------------------------------------------------------------
 
-def decision_proof(session: Session, decision: m.Decision, checkpoint: m.AuditCheckpoint) -> dict[str, Any]:
-    """A decision's proof against a checkpoint that covers it."""
+def decision_proof(session: Session, decision: m.Decision, checkpoint: m.AuditCheckpoint,
+                   nodes: dict[merkle.Node, bytes] | None = None) -> dict[str, Any]:
+    """A decision's proof against a checkpoint that covers it (``nodes``: the tree's nodes it needs, fetched before
+    for many decisions at once; else read now)."""
     values = {c: getattr(decision, c) for c in audit.COLUMNS[m.Decision]}
     canonical = audit.canonical("decision", values)
     index = decision.audit_seq - 1
-    path = computed(session, decision.portfolio_id, merkle.inclusion_proof, index, checkpoint.size)
+    path = (computed(session, decision.portfolio_id, merkle.inclusion_proof, index, checkpoint.size) if nodes is None
+            else merkle.inclusion_proof(index, checkpoint.size, get=nodes.__getitem__))
     return {
         "format": PROOF_FORMAT,
         "decision_id": decision.id,

@@ -105,6 +105,7 @@ def db_upgrade(revision: str) -> None:
     settings = _settings()
     upgrade(_url(settings), revision)
     _uow().ensure_default()
+    _uow().ensure_partitions()
     click.echo(f"database at {revision}: {_safe_url(_url(settings))}")
     _bootstrap(settings)
 
@@ -160,6 +161,7 @@ def serve(port: int | None, host: str | None, workers: int | None, threads: int 
     url = _url(settings)
     upgrade(url)
     _uow().ensure_default()
+    _uow().ensure_partitions()
     _bootstrap(settings)
     port = port or settings.port
     host = host or settings.host
@@ -405,6 +407,75 @@ def audit_consistency(chain: str, old: int | None, new: int | None) -> None:
     click.echo(f"{verdict}: {chain} size {a['size']} ({a['at']}) -> {b['size']} ({b['at']}), proof of "
                f"{len(result['consistency_proof'])} hash(es)")
     sys.exit(0 if result["consistent"] else 1)
+
+
+@audit.command("archive")
+@click.option("--before", "before", required=True, help="archive every month before this one (YYYY-MM)")
+@click.option("--to", "directory", type=click.Path(file_okay=False), default="archive", show_default=True,
+              help="the folder the months' files are written to")
+@click.option("--drop", is_flag=True, help="drop the archived months' tables from the database too (after the files "
+                                           "are written; without it they stay, detached)")
+def audit_archive(before: str, directory: str, drop: bool) -> None:
+    """Archive the decisions of every month before BEFORE: verified and under a signed checkpoint, exported with
+    each decision's proof (compressed), then detached from the decisions; dropped only with --drop."""
+    from .archive import Archiver
+    from .store.partitions import parse_month
+
+    try:
+        month = parse_month(before)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--before") from None
+    compliance = _app().extensions["rpm_compliance"]
+    done = Archiver(_uow(), compliance, compliance.anchor).archive(month, directory, _operator(), drop=drop)
+    for archived in done:
+        click.echo(f"{archived.month:%Y-%m}: {archived.rows} decision(s) -> {archived.file} (sha256 "
+                   f"{archived.sha256[:16]}...){', dropped from the database' if archived.dropped else ', detached'}")
+    if not done:
+        click.echo(f"nothing to archive before {month:%Y-%m}")
+
+
+@audit.command("verify-archive")
+@click.argument("archive_file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--public-key", "public_keys", type=click.Path(exists=True, dir_okay=False), multiple=True,
+              help="a public key its checkpoints may be signed with, repeatable (default: the service's)")
+def audit_verify_archive(archive_file: str, public_keys: tuple[str, ...]) -> None:
+    """Check an archived month's file: every decision's proof against its signed checkpoint, and the counts."""
+    from .anchor import ProofError, load_public_key
+    from .archive import verify_file
+
+    try:
+        keys = [load_public_key(path) for path in public_keys] or _app().extensions["rpm_compliance"].anchor.trusted
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--public-key") from None
+    try:
+        held = verify_file(archive_file, keys)
+    except ProofError as exc:
+        raise click.ClickException(f"BROKEN: {exc}") from None
+    click.echo(f"OK: {held['rows']} decision(s) of {held['month']} in {len(held['chains'])} chain(s), each proven "
+               f"against its signed checkpoint (sha256 {held['sha256']})")
+
+
+@db.command("partitions")
+def db_partitions() -> None:
+    """The decisions' partitions by month (making this month's and the next ones if missing), and the archived."""
+    from sqlalchemy import select, text
+
+    from .store import models as m
+    from .store import partitions
+
+    made = _uow().ensure_partitions()
+    with _uow().reading() as session:
+        rows = dict(session.execute(text(
+            "SELECT c.relname, c.reltuples::bigint FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+            f"WHERE i.inhparent = '{partitions.TABLE}'::regclass")).all())
+        archived = session.scalars(select(m.AuditArchive).order_by(m.AuditArchive.month)).all()
+    for month in made:
+        click.echo(f"made {partitions.name_of(month)}")
+    for name, estimate in sorted(rows.items()):
+        click.echo(f"{name:<24} ~{max(estimate, 0)} rows")
+    for a in archived:
+        click.echo(f"{partitions.name_of(a.month):<24} archived {a.archived_at:%Y-%m-%d} ({a.rows} rows, {a.file})"
+                   f"{', dropped' if a.dropped_at else ', detached'}")
 
 
 @main.group()

@@ -23,6 +23,7 @@ from .services.unit_of_work import admin_row
 from .store import audit
 from .store import models as m
 from .store.database import DB_ERRORS, NO_IDLE_LIMIT, DatabaseUnavailable
+from .store.repository import decision_by_id
 
 log = logging.getLogger("rpm.audit")
 
@@ -111,7 +112,7 @@ class Compliance:
 
     def decisions(self, flt: DecisionFilter, limit: int, cursor: str | None, newest_first: bool = False) -> dict[str, Any]:
         after = decode_cursor(cursor) if cursor else None
-        with self.uow.reading() as session:
+        with self.uow.history() as session:
             rows = session.scalars(self._query(flt, after, newest_first=newest_first).limit(limit + 1)).all()
             page = rows[:limit]
             more = len(rows) > limit
@@ -129,8 +130,9 @@ class Compliance:
         columns = [getattr(m.Decision, c) for c in CSV_COLUMNS]
         query = self._query(flt, None, *columns)
         try:
-            conn = self.uow.db.engine.connect()
+            conn = self.uow.history_db.engine.connect()
             conn.execute(text(NO_IDLE_LIMIT))  # its client may read slowly: idle between batches, not stuck
+            self.uow.note_history_read(conn)
             result = conn.execution_options(stream_results=True, yield_per=2000).execute(query)
         except DB_ERRORS as exc:
             raise Unavailable(f"database unavailable ({type(exc).__name__})") from exc
@@ -159,8 +161,8 @@ class Compliance:
     def decision(self, decision_id: str, allowed: tuple[str, ...] | None) -> dict[str, Any]:
         if not domain.DECISION_ID.matches(decision_id):
             raise NotFound(f"unknown decision {decision_id!r}")
-        with self.uow.reading() as session:
-            row = session.get(m.Decision, decision_id)
+        with self.uow.history() as session:
+            row = decision_by_id(session, decision_id)
             if row is None or (allowed is not None and row.portfolio_id not in allowed):
                 raise NotFound(f"unknown decision {decision_id!r}")
             version = session.execute(select(m.ConfigVersion).where(
@@ -190,7 +192,7 @@ class Compliance:
         exist (as every route naming one)."""
         if chain != audit.SYSTEM_CHAIN:
             self.uow.known(chain)
-        with self.uow.reading() as session:
+        with self.uow.history() as session:
             out: list[dict[str, Any]] = []
             for model, label in ((m.SwitchEventRow, "switch_event"), (m.AdminAction, "admin_action")):
                 if kind is not None and kind != label:
@@ -223,7 +225,7 @@ class Compliance:
             raise NotFound(f"unknown decision {decision_id!r}")
         for attempt in (1, 2):
             with self.uow.reading() as session:
-                row = session.get(m.Decision, decision_id)
+                row = decision_by_id(session, decision_id)
                 if row is None or (allowed is not None and row.portfolio_id not in allowed):
                     raise NotFound(f"unknown decision {decision_id!r}")
                 if row.audit_seq is None:
@@ -424,8 +426,9 @@ def replay(uow: UnitOfWork, portfolio_id: str, start: datetime | None, end: date
         query = query.where(d.decided_at < end)
     query = query.order_by(d.seq).execution_options(yield_per=500)
     try:
-        with uow.db.reader() as session:
+        with uow.history_db.reader() as session:
             session.execute(text(NO_IDLE_LIMIT))  # streamed (format=ndjson): idle while its client reads
+            uow.note_history_read(session)
             for row in session.scalars(query):
                 original = repository.config_for(session, row.portfolio_id, row.config_version)
                 config = candidate or original

@@ -69,10 +69,15 @@ def register_service(app: Flask, settings: Settings, clock: Callable[[], datetim
         pool_size=settings.pool_size,
         silence_timeout_ms=settings.db_silence_timeout_ms,
     )
+    read_url = settings.resolved_read_url()
+    history_db = None if read_url is None else Database(
+        read_url, lock_timeout_ms=settings.lock_timeout_ms, statement_timeout_ms=settings.statement_timeout_ms,
+        connect_timeout_s=settings.connect_timeout_s, pool_size=settings.pool_size,
+        silence_timeout_ms=settings.db_silence_timeout_ms)
     config = load_preset(settings.default_preset, total_capital=settings.default_capital)
     from .keys import KeyStore
 
-    uow = UnitOfWork(db, clock or system_clock, default_config=config)
+    uow = UnitOfWork(db, clock or system_clock, default_config=config, history_db=history_db)
     services = Services(uow, group_commit=settings.group_commit)
     if settings.unsafe_disable_portfolio_lock:
         app.logger.warning("RPM_TEST_UNSAFE_DISABLE_PORTFOLIO_LOCK: decisions are NOT serialized (tests only)")

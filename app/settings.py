@@ -21,6 +21,9 @@ def _float(name: str, default: float) -> float:
 class Settings:
     # SQLAlchemy URL; unset: an embedded PostgreSQL server with its data in the instance folder (pgdata)
     database_url: str | None = None
+    # a streaming replica for the compliance reads (decisions, their export, audit events, reports, replay): the
+    # trading path never reads it; unset, those read the primary
+    database_read_url: str | None = None
     port: int = 8005
     host: str = "0.0.0.0"
     # gunicorn gthread processes: one per core (each groups its concurrent intents: app/group_commit.py)
@@ -90,6 +93,7 @@ class Settings:
         d = cls()  # each default is written once, on its field
         return cls(
             database_url=os.environ.get("DATABASE_URL") or None,
+            database_read_url=os.environ.get("DATABASE_READ_URL") or None,
             port=_int("RPM_PORT", d.port),
             host=os.environ.get("RPM_HOST", d.host),
             workers=_int("RPM_WORKERS", d.workers),
@@ -131,14 +135,22 @@ class Settings:
         """``database_url`` as psycopg 3's; unset, the embedded server of the instance folder (started if it is
         not running, and then stopped when this process exits: app/store/embedded.py)."""
         if self.database_url:
-            url = self.database_url
-            # plain postgresql:// URLs mean psycopg 3 here
-            if url.startswith("postgresql://") or url.startswith("postgres://"):
-                url = "postgresql+psycopg://" + url.split("://", 1)[1]
-            return multi_host(url)
+            return psycopg_url(self.database_url)
         from .store.embedded import ensure_running
 
         return ensure_running(embedded_data(instance_path))
+
+    def resolved_read_url(self) -> str | None:
+        """``database_read_url`` as psycopg 3's, or None."""
+        return psycopg_url(self.database_read_url) if self.database_read_url else None
+
+
+def psycopg_url(url: str) -> str:
+    """A database URL as SQLAlchemy's for psycopg 3 (plain postgresql:// URLs mean it here), several hosts as
+    :func:`multi_host` gives them."""
+    if url.startswith("postgresql://") or url.startswith("postgres://"):
+        url = "postgresql+psycopg://" + url.split("://", 1)[1]
+    return multi_host(url)
 
 
 def multi_host(url: str) -> str:

@@ -10,6 +10,7 @@ from flask_smorest import Api as SmorestApi
 from werkzeug.exceptions import HTTPException
 
 from app.errors import ServiceError
+from app.store.database import READ_FROM
 
 from . import admin, audit, events, firm, health, portfolios, trades
 from .auth import authorize, document_security, public
@@ -107,8 +108,10 @@ def register_api(app: Flask) -> Api:
     _register_docs_assets(app)
     _register_console(app)
     _register_error_handlers(app)
+    app.before_request(_forget_read_source)
     app.before_request(refuse_ambiguous_query)
     app.before_request(authorize)
+    app.after_request(_read_source_headers)
     document_security(api, app)
     app.extensions["rpm_declared"] = declared_inputs(api, app)
     if app.config["RPM_SETTINGS"].fast_path:
@@ -116,6 +119,20 @@ def register_api(app: Flask) -> Api:
 
         install(app)
     return api
+
+
+def _forget_read_source() -> None:
+    READ_FROM.set(None)  # (a worker's thread serves request after request)
+
+
+def _read_source_headers(response):
+    """A compliance read served by DATABASE_READ_URL says so, and how far behind the primary it was."""
+    read = READ_FROM.get()
+    if read is not None:
+        standby, lag = read
+        response.headers["RPM-Read-From"] = "replica" if standby else "primary"
+        response.headers["RPM-Replica-Lag-Seconds"] = f"{lag:.3f}"
+    return response
 
 
 def _register_docs_assets(app: Flask) -> None:

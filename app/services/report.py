@@ -55,7 +55,7 @@ def _rows(session: Any, sql: str, **params: Any) -> list[Any]:
 def eod(uow: UnitOfWork, day: date) -> dict[str, Any]:
     """The report of the firm's trading day ``day``, as JSON values."""
     start, cutoff = day_window(day)
-    with uow.reading() as session:
+    with uow.history() as session:
         portfolios = [pid for (pid,) in _rows(session, "SELECT id FROM portfolios WHERE created_at < :c ORDER BY id",
                                               c=cutoff)]
         firm_marks = _marks(session, None, cutoff)

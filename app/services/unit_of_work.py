@@ -20,12 +20,15 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from sqlalchemy import text
+
 from app.errors import DatabaseRefused, Invalid, NotFound, Unavailable
 from app.risk import PortfolioState, RPMConfig, domain, engine
 from app.risk.model import SwitchEvent
 from app.store import models as m
+from app.store import partitions
 from app.store.audit import Chain
-from app.store.database import Database, DatabaseUnavailable, DataRejected
+from app.store.database import LAG_SQL, Database, DatabaseUnavailable, DataRejected, note_read
 from app.store.events import REQUEST_ID
 from app.store.repository import admin_values, equity_point_values, event_values, ledger_values, new_portfolio
 from app.store.transaction import Locked, PortfolioTransaction, Wanted, release_rows
@@ -178,8 +181,11 @@ class UnitOfWork:
     # TEST ONLY (RPM_TEST_UNSAFE_DISABLE_GROUP_LOCK): the groups above portfolios read without their lock
     unsafe_groups = False
 
-    def __init__(self, db: Database, clock: Clock = system_clock, default_config: RPMConfig | None = None):
+    def __init__(self, db: Database, clock: Clock = system_clock, default_config: RPMConfig | None = None,
+                 history_db: Database | None = None):
         self.db = db
+        # where the compliance reads go (DATABASE_READ_URL: a streaming replica), the primary unless given
+        self.history_db = history_db or db
         self.clock = clock
         self.default_config = default_config or RPMConfig()
 
@@ -238,6 +244,12 @@ class UnitOfWork:
             if tx.create(*new_portfolio(domain.DEFAULT_PORTFOLIO, self.default_config, self.clock(), "system")):
                 tx.commit()
 
+    def ensure_partitions(self) -> list[Any]:
+        """Make this month's partition of the decisions and the months ahead (app/store/partitions.py); the months
+        made. Needs the right to create tables (the schema's owner, as `rpm db upgrade`)."""
+        with self.session() as session:
+            return partitions.ensure(session.connection(), self.clock())
+
     @contextmanager
     def firm(self) -> Iterator[PortfolioTransaction]:
         """A transaction on the groups and the firm (app/services/firm.py), rolled back unless committed."""
@@ -274,6 +286,19 @@ class UnitOfWork:
         """An ORM session that reads and writes nothing (the decision history, equity curves)."""
         with self._errors(), self.db.reader() as session:
             yield session
+
+    @contextmanager
+    def history(self) -> Iterator[Any]:
+        """An ORM session that only reads, on the replica when one is set (the compliance reads: the decisions,
+        their export, audit events, reports, replay), which notes how far behind the primary it is."""
+        with self._errors(), self.history_db.reader() as session:
+            self.note_history_read(session)
+            yield session
+
+    def note_history_read(self, session_or_connection: Any) -> None:
+        """Note, for the answer's headers, where a compliance read is served from (and the replica's lag)."""
+        if self.history_db is not self.db:
+            note_read(*session_or_connection.execute(text(LAG_SQL)).one())
 
     @staticmethod
     @contextmanager

@@ -26,7 +26,7 @@ from decimal import ROUND_HALF_UP, Context, Decimal
 from typing import Any
 
 import orjson
-from sqlalchemy import Numeric, Table, select
+from sqlalchemy import Numeric, Table, func, select, text
 from sqlalchemy.orm import Session
 
 from . import models as m
@@ -230,6 +230,7 @@ class ChainReport:
     first_broken_seq: int | None = None
     problem: str | None = None
     details: dict[str, Any] = field(default_factory=dict)
+    archived: int = 0  # positions whose rows an archive took (`rpm audit archive`): their leaves stand for them
 
     def fail(self, seq: int, problem: str, **details: Any) -> None:
         if self.ok:
@@ -241,6 +242,8 @@ class ChainReport:
     def to_dict(self) -> dict[str, Any]:
         out = {"chain": self.chain, "ok": self.ok, "count": self.count, "head_seq": self.head_seq,
                "head_hash": self.head_hash}
+        if self.archived:
+            out["archived"] = self.archived
         if not self.ok:
             out.update(first_broken_seq=self.first_broken_seq, problem=self.problem, details=self.details)
         return out
@@ -263,17 +266,62 @@ def _rows(session: Session, model: type, chain: str) -> Iterator[tuple[int, str,
         yield values["audit_seq"], KIND[model], row[-1], values
 
 
+ARCHIVED = "archived"
+
+
+def leaf_of(row_hash: str) -> bytes:
+    """The Merkle leaf of a chain's row: RFC 6962's leaf hash of its row_hash's 32 bytes."""
+    return hashlib.sha256(b"\x00" + bytes.fromhex(row_hash)).digest()
+
+
+def _archived_leaves(session: Session, chain: str) -> Iterator[tuple[int, str, bytes, None]]:
+    """(seq, ARCHIVED, leaf, None) for every position of the chain's archived ranges, from its Merkle tree (which
+    an archive requires to cover them, under a signed checkpoint)."""
+    query = text(
+        "SELECT n.idx + 1, n.hash FROM merkle_nodes n WHERE n.chain = :c AND n.level = 0 AND EXISTS ("
+        "SELECT 1 FROM audit_archive_chains a WHERE a.chain = :c AND n.idx + 1 BETWEEN a.first_seq AND a.last_seq) "
+        "ORDER BY n.idx").execution_options(yield_per=5000)
+    for seq, leaf in session.execute(query, {"c": chain}):
+        yield seq, ARCHIVED, bytes(leaf), None
+
+
+def archived_counts(session: Session) -> dict[str, int]:
+    """How many positions of each chain the archives took."""
+    return dict(session.execute(select(m.AuditArchiveChain.chain, func.sum(m.AuditArchiveChain.rows))
+                                .group_by(m.AuditArchiveChain.chain)).all())
+
+
 def verify_chain(session: Session, chain: str, expected_head: tuple[int, str] | None,
-                 seen: Callable[[str], None] | None = None) -> ChainReport:
+                 seen: Callable[[str | bytes], None] | None = None, archived: int = 0) -> ChainReport:
     """Walk one chain in sequence order: every row's hash, link and sequence number.
 
-    ``expected_head`` is (seq, hash) from the chain's owner row; ``seen`` is given each row's hash in turn.
+    ``expected_head`` is (seq, hash) from the chain's owner row; ``seen`` is given each row's hash in turn (the
+    leaf, as bytes, of an archived position). ``archived``: how many positions the archives took — a position
+    of an archived range counts as archived only if no row holds it, and the archived positions found must be
+    exactly that many (a row deleted inside an archived range is missing); the row after an archived one must
+    name, as its previous hash, the hash whose leaf the tree holds there.
     """
     report = ChainReport(chain)
     streams = [_rows(session, model, chain) for model in AUDITED]
-    prev_hash = GENESIS
+    if archived:
+        streams.append(_archived_leaves(session, chain))
+    prev_hash: str | None = GENESIS
+    prev_leaf = b""
     expected_seq = 1
-    for seq, kind, stored_hash, values in heapq.merge(*streams, key=lambda r: r[0]):
+    for seq, kind, stored_hash, values in heapq.merge(*streams, key=lambda r: (r[0], r[1] is ARCHIVED)):
+        if kind is ARCHIVED:
+            if seq < expected_seq:  # a row is there (a record of a table not archived)
+                continue
+            if seq > expected_seq:
+                report.fail(expected_seq, "missing", detail=f"sequence numbers {expected_seq}..{seq - 1} are missing",
+                            next_present=seq)
+            report.archived += 1
+            if seen is not None:
+                seen(stored_hash)
+            prev_hash, prev_leaf = None, stored_hash
+            expected_seq = seq + 1
+            report.head_seq = seq
+            continue
         report.count += 1
         if seq != expected_seq:
             if seq < expected_seq:
@@ -284,7 +332,8 @@ def verify_chain(session: Session, chain: str, expected_head: tuple[int, str] | 
         recomputed = row_hash(values["prev_hash"], kind, values)
         if recomputed != stored_hash:
             report.fail(seq, "edited", detail=f"the {kind} at sequence {seq} does not match its hash", kind=kind)
-        elif values["prev_hash"] != prev_hash:
+        elif (values["prev_hash"] != prev_hash if prev_hash is not None
+              else leaf_of(values["prev_hash"]) != prev_leaf):
             report.fail(seq, "reordered", detail=f"the {kind} at sequence {seq} does not link to its predecessor",
                         kind=kind)
         if seen is not None:
@@ -293,6 +342,11 @@ def verify_chain(session: Session, chain: str, expected_head: tuple[int, str] | 
         expected_seq = seq + 1
         report.head_seq = seq
         report.head_hash = stored_hash
+    if report.archived != archived:
+        report.fail(0, "missing", detail=f"{report.archived} position(s) of the chain's archived ranges hold no row, "
+                    f"the archives took {archived}: rows were deleted there")
+    if prev_hash is None:  # the chain ends on an archived row: the head names the hash of its leaf
+        report.head_hash = expected_head[1] if expected_head and leaf_of(expected_head[1]) == prev_leaf else ""
     if expected_head is not None and report.ok:
         head_seq, head_hash = expected_head
         if head_seq > report.head_seq:
@@ -321,5 +375,6 @@ def verify_all(session: Session, portfolios: tuple[str, ...] | None = None,
     heads = chain_heads(session)
     if portfolios is not None:
         heads = {chain: head for chain, head in heads.items() if chain in portfolios}
-    return [verify_chain(session, chain, head, None if seen is None else seen(chain))
+    archived = archived_counts(session)
+    return [verify_chain(session, chain, head, None if seen is None else seen(chain), archived.get(chain, 0))
             for chain, head in sorted(heads.items())]

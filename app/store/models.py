@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -10,8 +10,10 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    Date,
     DateTime,
     ForeignKey,
+    Identity,
     Index,
     Integer,
     LargeBinary,
@@ -192,9 +194,10 @@ class Decision(ChainedRecord, Base):
     """Every decision ever made. Append-only."""
 
     __tablename__ = "decisions"
+    # partitioned by month of decided_at (app/store/partitions.py): its unique keys include it, and idempotency
+    # is kept by decision_intents
     __table_args__ = (
-        UniqueConstraint("portfolio_id", "seq"),
-        UniqueConstraint("portfolio_id", "intent_id"),
+        UniqueConstraint("portfolio_id", "seq", "decided_at"),
         Index("ix_decisions_portfolio_decided", "portfolio_id", "decided_at", "id"),
         Index("ix_decisions_symbol_decided", "portfolio_id", "symbol", "decided_at"),
         Index("ix_decisions_portfolio_audit", "portfolio_id", "audit_seq"),
@@ -216,7 +219,7 @@ class Decision(ChainedRecord, Base):
     approved_units: Mapped[Decimal] = mapped_column(Money)
     price: Mapped[Decimal] = mapped_column(Money)
     reducing: Mapped[bool] = mapped_column(Boolean, default=False)
-    decided_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    decided_at: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True)
     config_hash: Mapped[str] = mapped_column(String(64))
     config_version: Mapped[int] = mapped_column(Integer)
     intent: Mapped[dict] = mapped_column(Json)
@@ -244,7 +247,8 @@ class Fill(LaterChained, Base):
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     portfolio_id: Mapped[str] = mapped_column(ForeignKey("portfolios.id"))
-    decision_id: Mapped[str] = mapped_column(ForeignKey("decisions.id"), unique=True)
+    # (no foreign key: an archived month's decisions leave the database, their fills stay)
+    decision_id: Mapped[str] = mapped_column(String(36), unique=True)
     filled_units: Mapped[Decimal] = mapped_column(Money)
     fill_price: Mapped[Decimal] = mapped_column(Money)
     realised_delta: Mapped[Decimal] = mapped_column(Money)
@@ -503,3 +507,53 @@ class WebhookDelivery(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     queued_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class DecisionIntent(Base):
+    """Idempotency: the decision an intent id of a portfolio got, whatever its month (written by a trigger in the
+    decision's own insert; app/store/partitions.py)."""
+
+    __tablename__ = "decision_intents"
+
+    portfolio_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    intent_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    decision_id: Mapped[str] = mapped_column(String(36))
+    decided_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class AuditArchive(Base):
+    """A month of decisions archived (`rpm audit archive`): detached from the table, exported to ``file``."""
+
+    __tablename__ = "audit_archives"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    month: Mapped[date] = mapped_column(Date, unique=True)
+    partition: Mapped[str] = mapped_column(String(64))
+    rows: Mapped[int] = mapped_column(BigInteger)
+    file: Mapped[str] = mapped_column(Text)
+    sha256: Mapped[str] = mapped_column(String(64))
+    archived_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    archived_by: Mapped[str | None] = mapped_column(String(128))
+    dropped_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class AuditArchiveChain(Base):
+    """How many positions of a chain an archive took, and between which: what `verify` finds missing there."""
+
+    __tablename__ = "audit_archive_chains"
+
+    archive_id: Mapped[int] = mapped_column(ForeignKey("audit_archives.id"), primary_key=True)
+    chain: Mapped[str] = mapped_column(String(64), primary_key=True)
+    rows: Mapped[int] = mapped_column(BigInteger)
+    first_seq: Mapped[int] = mapped_column(BigInteger)
+    last_seq: Mapped[int] = mapped_column(BigInteger)
+
+
+class AuditArchivedHead(Base):
+    """The hash of a chain's last row when an archive took it (the chain-head guard reads it)."""
+
+    __tablename__ = "audit_archived_heads"
+
+    chain: Mapped[str] = mapped_column(String(64), primary_key=True)
+    audit_seq: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    row_hash: Mapped[str] = mapped_column(String(64))

@@ -278,3 +278,8 @@ def new_portfolio(portfolio_id: str, config: RPMConfig, now: datetime,
     version = dict(portfolio_id=portfolio_id, version=1, body=config.to_dict(), config_hash=config.config_hash,
                    created_at=now, created_by=created_by, reason="portfolio created")
     return portfolio, version
+
+
+def decision_by_id(session: Session, decision_id: str) -> m.Decision | None:
+    """A decision by its id alone (its primary key is (id, decided_at): one probe per month's partition)."""
+    return session.execute(select(m.Decision).where(m.Decision.id == decision_id)).scalar_one_or_none()

@@ -60,15 +60,17 @@ _PORTFOLIO_COLUMNS = [c.name for c in m.Portfolio.__table__.columns]
 _SELECT_PORTFOLIOS = f"SELECT {', '.join(_PORTFOLIO_COLUMNS)} FROM portfolios"
 _SELECT_PORTFOLIO = _SELECT_PORTFOLIOS + " WHERE id = %s"
 _SELECT_ATR = "SELECT symbol, history FROM atr_histories WHERE portfolio_id = %s AND symbol = ANY(%s)"
-# The decisions of a portfolio with some of the given intent ids: one lookup in the unique index on
-# (portfolio_id, intent_id) per id, whatever the table's statistics. Before the table has any
+# The decisions of a portfolio with some of the given intent ids: one lookup in decision_intents' primary key
+# (portfolio_id, intent_id) per id, then the decision by (id, decided_at) in its month's partition alone
+# (pruned at run time), whatever the tables' statistics. Before the table has any
 # (autovacuum off, a new database), the planner guesses that an id matches 0.5% of the rows: given
 # `intent_id = ANY(100 ids)` it read the whole table (38 ms under the lock for a batch of 100 at
 # 100,000 decisions, and growing with them), and given a condition on portfolio_id as well, it walked
 # a (portfolio_id, ...) index through every decision of the portfolio. A LATERAL subquery with a
 # LIMIT is not merged into a join, so each id is one index lookup.
-_DECIDED = ("FROM unnest(%(i)s::text[]) AS ids(intent_id), LATERAL (SELECT * FROM decisions d "
-            "WHERE d.portfolio_id = %(p)s AND d.intent_id = ids.intent_id LIMIT 1) d")
+_DECIDED = ("FROM unnest(%(i)s::text[]) AS ids(intent_id), LATERAL (SELECT d.* FROM decision_intents k "
+            "JOIN decisions d ON d.id = k.decision_id AND d.decided_at = k.decided_at "
+            "WHERE k.portfolio_id = %(p)s AND k.intent_id = ids.intent_id LIMIT 1) d")
 _SELECT_DECIDED = "SELECT d.* " + _DECIDED
 def _newest_marks(owner: str) -> str:
     """The marks a portfolio (``owner``, an SQL expression) reads: for each symbol the newer of its own and the

@@ -357,10 +357,12 @@ def test_intents_that_join_a_transaction_after_its_lock_read_what_they_need(app,
 def test_intent_id_lookups_probe_the_unique_index_on_a_table_without_statistics(client, database_url):
     """Before a table has statistics (autovacuum off, a new database), the planner guesses that an intent id
     matches 0.5% of the decisions: the 100 ids of a batch made it read the whole table under the portfolio
-    lock. Each id is now one probe of the unique index on (portfolio_id, intent_id), in the plan for the
-    given ids and in the generic plan, and the lookups find exactly the ids decided in the portfolio."""
+    lock. Each id is now one probe of decision_intents' primary key (portfolio_id, intent_id), then one of the
+    decision's by (id, decided_at), in the plan for the given ids and in the generic plan, and the lookups find
+    exactly the ids decided in the portfolio."""
     import psycopg
 
+    from app.store.partitions import PARTITION
     from app.store.transaction import _SELECT_DECIDED, _SELECT_STATE
 
     client.post("/portfolios", json={"portfolio_id": "other"})
@@ -369,12 +371,14 @@ def test_intent_id_lookups_probe_the_unique_index_on_a_table_without_statistics(
                                                    "portfolio_id": pid}).status_code == 200
     dsn = database_url.replace("postgresql+psycopg://", "postgresql://")
     with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute("ALTER TABLE decisions SET (autovacuum_enabled = false)")  # no statistics, ever
+        for table in ("decisions_default", "decision_intents"):  # no statistics, ever (the test's clock's month)
+            conn.execute(f"ALTER TABLE {table} SET (autovacuum_enabled = false)")
         conn.execute(  # 30,000 more decisions of `default` (copies of the first, with small documents)
             "INSERT INTO decisions SELECT (jsonb_populate_record(d, jsonb_build_object('id', 'copy-' || g, "
             "'seq', 100 + g, 'intent_id', 'copy-' || g, 'breakdown', '{}'::jsonb, 'state_before', '{}'::jsonb))).* "
             "FROM decisions d, generate_series(1, 30000) g WHERE d.intent_id = 'seed'")
-        assert conn.execute("SELECT count(*) FROM pg_stats WHERE tablename = 'decisions'").fetchone()[0] == 0
+        assert conn.execute("SELECT count(*) FROM pg_stats WHERE tablename IN ('decisions_default', "
+                            "'decision_intents')").fetchone()[0] == 0
         ids = [f"copy-{n}" for n in range(1, 60)] + [f"new-{n}" for n in range(40)] + ["elsewhere"]
         params = {"p": "default", "s": ["EURUSD"], "i": ids}
         # the plan for these values, and the generic plan the decision transaction asks for
@@ -389,9 +393,12 @@ def test_intent_id_lookups_probe_the_unique_index_on_a_table_without_statistics(
             conn.execute("SET plan_cache_mode = auto")
             custom = conn.execute("EXPLAIN (FORMAT JSON) " + statement, params).fetchone()
             for ((plan,),) in (generic, custom):
-                scans = list(_nodes_on(plan["Plan"], "decisions"))
+                probes = list(_nodes_on(plan["Plan"], lambda name: name == "decision_intents"))
+                assert probes and all(n["Node Type"] in ("Index Scan", "Index Only Scan")
+                                      and n["Index Name"] == "pk_decision_intents" for n in probes), probes
+                scans = list(_nodes_on(plan["Plan"], PARTITION.match))  # the months' partitions
                 assert scans and all(n["Node Type"] in ("Index Scan", "Index Only Scan")
-                                     and n["Index Name"] == "uq_decisions_portfolio_id_intent_id" for n in scans), scans
+                                     and n["Index Name"].endswith("_pkey") for n in scans), scans
         found = conn.execute(_SELECT_STATE, params).fetchone()[-1]
         assert sorted(found) == sorted(ids[:59])  # not the new ones, nor the one of another portfolio
         assert sorted(r[0] for r in conn.execute(_SELECT_DECIDED.replace("d.*", "d.intent_id"), params)) == sorted(
@@ -399,7 +406,7 @@ def test_intent_id_lookups_probe_the_unique_index_on_a_table_without_statistics(
 
 
 def _nodes_on(node, relation):
-    if node.get("Relation Name") == relation:
+    if relation(node.get("Relation Name") or ""):
         yield node
     for child in node.get("Plans", ()):
         yield from _nodes_on(child, relation)

@@ -12,6 +12,7 @@ from sqlalchemy.exc import DBAPIError
 
 from app.cli import main
 from app.store import audit
+from app.store.repository import decision_by_id
 
 from ..conftest import SEED_INTENT
 
@@ -255,7 +256,7 @@ def rehash_rows(superuser, database_url, ids):
 
     engine = create_engine(database_url)
     with Session(engine) as session:
-        rows = {i: {c: getattr(session.get(m.Decision, i), c) for c in audit.COLUMNS[m.Decision]} for i in ids}
+        rows = {i: {c: getattr(decision_by_id(session, i), c) for c in audit.COLUMNS[m.Decision]} for i in ids}
     engine.dispose()
     with superuser.begin() as conn:
         conn.execute(text("ALTER TABLE decisions DISABLE TRIGGER decisions_append_only"))

@@ -1,0 +1,217 @@
+"""Archiving a month of decisions (`rpm audit archive --before MONTH`), and checking an archive file.
+
+A month is archived only when it has passed (by the service's clock), after its chains verify and a signed
+checkpoint covers every one of its decisions (one is made now if needed). It is exported, gzip-compressed, as
+JSON lines: a header (the month, each chain's count and range, the trail, the public key), then one line per
+decision, its proof (what `GET /decisions/{id}/proof` gives: the row as its hash covers it, its inclusion proof,
+the signed checkpoint) — each line checks alone with the public key (`rpm audit verify-archive`). Then, in one
+transaction: the partition is detached, the month's intent ids leave `decision_intents`, the archive is recorded
+(what `verify` counts the chains' missing positions against) with an admin action on the `_system` chain naming
+the file and its SHA-256. The detached table stays in the database until ``drop`` is asked for.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select, text
+
+from . import anchor as anchoring
+from .errors import Conflict, Invalid, NotFound
+from .services.unit_of_work import admin_row
+from .store import merkle, partitions
+from .store import models as m
+
+FORMAT = "rpm-archive/1"
+_BATCH = 1000
+
+
+@dataclass
+class Archived:
+    month: date
+    file: str
+    rows: int
+    sha256: str
+    dropped: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"month": self.month.strftime("%Y-%m"), "file": self.file, "rows": self.rows, "sha256": self.sha256,
+                "dropped": self.dropped}
+
+
+class Archiver:
+    def __init__(self, uow: Any, compliance: Any, anchor: Any):
+        self.uow, self.compliance, self.anchor = uow, compliance, anchor
+
+    def archive(self, before: date, directory: str | Path, actor: Any, *, drop: bool = False) -> list[Archived]:
+        """Archive every month before ``before`` that has a partition and is not archived yet (and, with ``drop``,
+        drop every archived month's detached table); what was done, oldest first."""
+        current = partitions.month_of(self.uow.clock())
+        if before > current:
+            raise Invalid(f"{before:%Y-%m} has not passed: months before {current:%Y-%m} can be archived")
+        with self.uow.reading() as session:
+            held = [month for month in partitions.months(session.connection()) if month < before]
+            done = {a.month: (Archived(a.month, a.file, a.rows, a.sha256, a.dropped_at is not None))
+                    for a in session.scalars(select(m.AuditArchive))}
+        made = [self._archive(month, Path(directory), actor) for month in held if month not in done]
+        if drop:
+            made += [a for a in done.values() if a.month < before and not a.dropped]
+            for archived in made:
+                if not archived.dropped:
+                    self._drop(archived.month, actor)
+                    archived.dropped = True
+        return sorted(made, key=lambda a: a.month)
+
+    # -- one month ------------------------------------------------------------------------------------------
+
+    def _chains(self, month: date) -> dict[str, dict[str, int]]:
+        with self.uow.reading() as session:
+            rows = session.execute(text(
+                f"SELECT portfolio_id, count(*), min(audit_seq), max(audit_seq) FROM {partitions.name_of(month)} "
+                "GROUP BY portfolio_id ORDER BY portfolio_id")).all()
+        return {chain: {"rows": n, "first_seq": first, "last_seq": last} for chain, n, first, last in rows}
+
+    def _archive(self, month: date, directory: Path, actor: Any) -> Archived:
+        chains = self._chains(month)
+        if chains:
+            report = self.compliance.verify(portfolios=tuple(chains))
+            if not report["ok"]:
+                raise Conflict(f"the chains of {month:%Y-%m} do not verify: nothing archived "
+                               f"({json.dumps(report.get('broken') or report.get('findings'))[:400]})")
+            self.anchor.checkpoint({c: self._head(c) for c in chains}, wait=True, strict=True)
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / f"{partitions.name_of(month)}.jsonl.gz"
+        rows, digest = self._export(month, chains, path)
+        with self.uow.firm() as tx, tx.writing():
+            conn = tx.conn
+            conn.execute("SET LOCAL lock_timeout = '10s'")
+            conn.execute(f"ALTER TABLE {partitions.TABLE} DETACH PARTITION {partitions.name_of(month)}")
+            conn.execute("DELETE FROM decision_intents WHERE decided_at >= %s AND decided_at < %s",
+                         (partitions.start_of(month), partitions.start_of(partitions.next_month(month))))
+            archive_id = conn.execute(
+                "INSERT INTO audit_archives (month, partition, rows, file, sha256, archived_at, archived_by) "
+                "VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING id",
+                (month, partitions.name_of(month), rows, str(path), digest, self.uow.clock(), actor.name)).fetchone()[0]
+            for chain, c in chains.items():
+                conn.execute("INSERT INTO audit_archive_chains (archive_id, chain, rows, first_seq, last_seq) "
+                             "VALUES (%s, %s, %s, %s, %s)", (archive_id, chain, c["rows"], c["first_seq"], c["last_seq"]))
+            # a chain whose last row leaves: the chain-head guard finds its hash here
+            conn.execute("INSERT INTO audit_archived_heads (chain, audit_seq, row_hash) SELECT d.portfolio_id, "
+                         f"d.audit_seq, d.row_hash FROM {partitions.name_of(month)} d JOIN portfolios p "
+                         "ON p.id = d.portfolio_id AND p.audit_seq = d.audit_seq ON CONFLICT DO NOTHING")
+            tx.add(tx.system_rows([admin_row(
+                actor, portfolio_id=None, action="audit_archived", at=self.uow.clock(),
+                after={"month": f"{month:%Y-%m}", "rows": rows, "file": path.name, "sha256": digest,
+                       "chains": chains}, reason=f"decisions of {month:%Y-%m} archived")]))
+            tx.commit()
+        return Archived(month, str(path), rows, digest, False)
+
+    def _head(self, chain: str) -> int:
+        with self.uow.reading() as session:
+            return session.execute(text("SELECT audit_seq FROM portfolios WHERE id = :p"), {"p": chain}).scalar()
+
+    def _export(self, month: date, chains: dict[str, dict[str, int]], path: Path) -> tuple[int, str]:
+        """Write the month's file (to a temporary name, synced, then renamed): its rows and SHA-256."""
+        partial = path.with_suffix(".partial")
+        rows = 0
+        with self.uow.reading() as session:
+            header = {"format": FORMAT, "month": f"{month:%Y-%m}", "partition": partitions.name_of(month),
+                      "rows": sum(c["rows"] for c in chains.values()), "chains": chains,
+                      "trail": anchoring.trail_id(session),
+                      "public_key": anchoring.public_pem(self.anchor.signer.public)}
+            with open(partial, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as out:
+                out.write(json.dumps(header, sort_keys=True).encode() + b"\n")
+                for proof in self._proofs(session, month, chains):
+                    out.write(json.dumps(proof, sort_keys=True).encode() + b"\n")
+                    rows += 1
+                out.flush()
+                raw.flush()
+                os.fsync(raw.fileno())
+        if rows != header["rows"]:
+            partial.unlink()
+            raise Conflict(f"{month:%Y-%m}: {rows} decisions exported, {header['rows']} counted: nothing archived")
+        os.replace(partial, path)
+        return rows, _sha256(path)
+
+    def _proofs(self, session: Any, month: date, chains: dict[str, dict[str, int]]) -> Iterator[dict[str, Any]]:
+        for chain in chains:
+            checkpoint = session.scalars(select(m.AuditCheckpoint).where(m.AuditCheckpoint.chain == chain)
+                                         .order_by(m.AuditCheckpoint.size.desc()).limit(1)).first()
+            if checkpoint is None or checkpoint.size < chains[chain]["last_seq"]:
+                raise Conflict(f"no signed checkpoint covers the decisions of {chain} in {month:%Y-%m}")
+            query = (select(m.Decision).where(m.Decision.portfolio_id == chain,
+                                              m.Decision.decided_at >= partitions.start_of(month),
+                                              m.Decision.decided_at < partitions.start_of(partitions.next_month(month)))
+                     .order_by(m.Decision.audit_seq).execution_options(yield_per=_BATCH))
+            for batch in session.scalars(query).partitions():
+                wanted: set[merkle.Node] = set()
+                for decision in batch:
+                    wanted |= merkle.nodes_needed(merkle.inclusion_proof, decision.audit_seq - 1, checkpoint.size)
+                found = anchoring.nodes(session, chain, wanted)
+                for decision in batch:
+                    yield anchoring.decision_proof(session, decision, checkpoint, found)
+                session.expunge_all()
+
+    def _drop(self, month: date, actor: Any) -> None:
+        name = partitions.name_of(month)
+        with self.uow.firm() as tx, tx.writing():
+            conn = tx.conn
+            conn.execute("SET LOCAL lock_timeout = '10s'")
+            attached = conn.execute("SELECT 1 FROM pg_inherits WHERE inhrelid = to_regclass(%s)", (name,)).fetchone()
+            if attached:  # (never: a month is detached when archived)
+                raise Conflict(f"{name} is still a partition of the decisions")
+            conn.execute(f"DROP TABLE IF EXISTS {name}")
+            conn.execute("UPDATE audit_archives SET dropped_at = %s WHERE month = %s", (self.uow.clock(), month))
+            tx.add(tx.system_rows([admin_row(
+                actor, portfolio_id=None, action="audit_archive_dropped", at=self.uow.clock(),
+                after={"month": f"{month:%Y-%m}", "partition": name}, reason=f"archived decisions of {month:%Y-%m} "
+                "dropped from the database")]))
+            tx.commit()
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_file(path: str | Path, public_key: Any) -> dict[str, Any]:
+    """Check an archive file with nothing but itself and the public key(s) its checkpoints must be signed with
+    (not the key its header names: whoever rewrote the file could have signed with a key of their own): every
+    line's proof, the counts and ranges of its header. What holds, or ProofError / NotFound / Invalid."""
+    path = Path(path)
+    if not path.is_file():
+        raise NotFound(f"no archive at {path}")
+    with gzip.open(path, "rt") as lines:
+        try:
+            header = json.loads(next(lines))
+        except (StopIteration, ValueError, OSError, EOFError) as exc:
+            raise Invalid(f"{path} is not an RPM archive: {exc}") from None
+        if not isinstance(header, dict) or header.get("format") != FORMAT:
+            raise Invalid(f"{path} is not an RPM archive of format {FORMAT}")
+        seen: dict[str, dict[str, int]] = {}
+        try:
+            for line in lines:
+                held = anchoring.check_proof(json.loads(line), public_key)
+                chain, seq = held["checkpoint"]["chain"], int(held["decision"]["audit_seq"])
+                c = seen.setdefault(chain, {"rows": 0, "first_seq": seq, "last_seq": seq})
+                c["rows"] += 1
+                c["first_seq"], c["last_seq"] = min(c["first_seq"], seq), max(c["last_seq"], seq)
+        except (OSError, EOFError, ValueError) as exc:
+            if isinstance(exc, anchoring.ProofError):
+                raise
+            raise Invalid(f"{path} is damaged: {exc}") from None
+    if seen != header["chains"]:
+        raise anchoring.ProofError(f"the decisions in {path.name} are not those its header counts")
+    return {"file": str(path), "month": header["month"], "rows": sum(c["rows"] for c in seen.values()),
+            "chains": seen, "sha256": _sha256(path), "ok": True}

@@ -1,0 +1,138 @@
+"""Decisions partitioned by month, idempotency across months, and archiving a month (`rpm audit archive`): the
+chains still verify across what left, every archived decision still proves from its file."""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import pytest
+import sqlalchemy.exc
+from sqlalchemy import create_engine, text
+
+from app.anchor import ProofError
+from app.archive import Archiver, verify_file
+from app.errors import Invalid
+from app.services import Actor
+from app.store import partitions
+
+from ..conftest import SEED_INTENT
+from .test_audit_anchor import tamper
+
+OPERATOR = Actor("test-operator", "admin")
+
+
+@pytest.fixture
+def months(app, clock):
+    """The test clock's month's partition and the next ones (its decisions go there, not to the default one)."""
+    return app.extensions["rpm"].uow.ensure_partitions()
+
+
+def trade(client, portfolio="default", **fields):
+    r = client.post("/process_trade", json={**SEED_INTENT, "atr": 0.01, "portfolio_id": portfolio, **fields})
+    assert r.status_code == 200, r.json
+    return r.json["decision"]
+
+
+def home(sql, decision_id):
+    return sql("SELECT tableoid::regclass::text FROM decisions WHERE id = :i", i=decision_id)[0][0]
+
+
+def test_a_decision_lands_in_its_months_partition_and_months_ahead_are_made(app, client, clock, months, sql):
+    assert [f"{m:%Y-%m}" for m in months] == ["2026-03", "2026-04", "2026-05", "2026-06"]
+    assert home(sql, trade(client)["id"]) == "decisions_2026_03"
+    clock.advance(days=31)
+    assert home(sql, trade(client)["id"]) == "decisions_2026_04"
+    assert app.extensions["rpm"].uow.ensure_partitions() == [partitions.parse_month("2026-07")]
+    # a month whose decisions went to the default partition (made before its partition) is not made after
+    clock.advance(days=365)
+    assert home(sql, trade(client)["id"]) == "decisions_default"
+    assert partitions.parse_month("2027-04") not in app.extensions["rpm"].uow.ensure_partitions()
+
+
+def test_an_intent_id_is_decided_once_whatever_the_month(client, clock, months, sql, database_url):
+    first = trade(client, intent_id="sig-1")
+    clock.advance(days=40)  # another month, another partition
+    again = client.post("/process_trade", json={**SEED_INTENT, "atr": 0.01, "intent_id": "sig-1"}).json["decision"]
+    assert again["id"] == first["id"] and again["replay"]
+    assert sql("SELECT count(*) FROM decisions WHERE intent_id = 'sig-1'")[0][0] == 1
+    # and the database refuses it even to a writer that skips the portfolio's lock: the unique key is its own table
+    engine = create_engine(database_url)
+    try:
+        with pytest.raises(sqlalchemy.exc.IntegrityError, match="pk_decision_intents"), engine.begin() as conn:
+            conn.execute(text(
+                "INSERT INTO decisions SELECT (jsonb_populate_record(d, jsonb_build_object('id', 'copy', 'seq', 99, "
+                "'decided_at', '2026-05-02T12:00:00+00:00'))).* FROM decisions d WHERE intent_id = 'sig-1'"))
+    finally:
+        engine.dispose()
+
+
+def test_a_month_archived_then_dropped_leaves_a_trail_that_verifies_and_proves(app, client, clock, months, sql,
+                                                                                tmp_path):
+    services, compliance = app.extensions["rpm"], app.extensions["rpm_compliance"]
+    assert client.post("/portfolios", json={"portfolio_id": "quiet"}).status_code == 201
+    march = [trade(client, intent_id=f"m-{i}") for i in range(5)] + [trade(client, "quiet")]
+    client.post("/marks", json={"prices": {"EURUSD": 1.1010}})  # (a record of another table between decisions)
+    march.append(trade(client, intent_id="m-5"))
+    clock.advance(days=31)
+    april = [trade(client, intent_id=f"a-{i}") for i in range(3)]
+    archiver = Archiver(services.uow, compliance, compliance.anchor)
+    with pytest.raises(Invalid, match="has not passed"):
+        archiver.archive(partitions.parse_month("2026-05"), tmp_path, OPERATOR)
+
+    done = archiver.archive(partitions.parse_month("2026-04"), tmp_path, OPERATOR)
+    assert [(a.month.month, a.rows, a.dropped) for a in done] == [(3, len(march), False)]
+    held = verify_file(done[0].file, compliance.anchor.trusted)
+    assert held["rows"] == len(march) and set(held["chains"]) == {"default", "quiet"}
+    # the month left the table (detached, not dropped), its intent ids with it; the rest is as it was
+    assert sql("SELECT count(*) FROM decisions")[0][0] == len(april)
+    assert sql("SELECT count(*) FROM decisions_2026_03")[0][0] == len(march)
+    assert sql("SELECT count(*) FROM decision_intents WHERE intent_id LIKE 'm-%'")[0][0] == 0
+    assert client.get(f"/decisions/{march[0]['id']}").status_code == 404
+    assert client.get(f"/decisions/{april[0]['id']}/proof").status_code == 200
+
+    report = compliance.verify()
+    assert report["ok"], report
+    chains = {c["chain"]: c for c in report["chains"]}
+    assert chains["default"]["archived"] == len(march) - 1 and chains["quiet"]["archived"] == 1
+    # the quiet portfolio's last row left: it trades on (its chain's head found among the archived heads)
+    trade(client, "quiet")
+    again = archiver.archive(partitions.parse_month("2026-04"), tmp_path, OPERATOR, drop=True)
+    assert [(a.month.month, a.dropped) for a in again] == [(3, True)]
+    assert sql("SELECT to_regclass('decisions_2026_03')")[0][0] is None
+    report = compliance.verify()
+    assert report["ok"], report
+    actions = [r[0] for r in sql("SELECT action FROM admin_actions WHERE portfolio_id IS NULL ORDER BY audit_seq")]
+    assert actions[-2:] == ["audit_archived", "audit_archive_dropped"]
+
+
+def test_verify_finds_a_row_deleted_inside_an_archived_range_and_an_archive_file_edited(app, client, clock, months,
+                                                                                      sql, tmp_path, database_url):
+    compliance = app.extensions["rpm_compliance"]
+    trade(client)
+    client.post("/marks", json={"prices": {"EURUSD": 1.1010}})
+    trade(client)
+    clock.advance(days=31)
+    trade(client)
+    [archived] = Archiver(app.extensions["rpm"].uow, compliance, compliance.anchor).archive(
+        partitions.parse_month("2026-04"), tmp_path, OPERATOR)
+    # a record between the archived decisions deleted: its position now looks archived, one too many
+    between = sql("SELECT audit_seq FROM mark_updates WHERE portfolio_id = 'default' ORDER BY audit_seq LIMIT 1")[0][0]
+    superuser = create_engine(database_url)
+    try:
+        tamper(superuser, "mark_updates", "DELETE FROM mark_updates WHERE portfolio_id = 'default' AND audit_seq = :s",
+               s=between)
+    finally:
+        superuser.dispose()
+    report = compliance.verify()
+    assert not report["ok"] and report["broken"]["default"]["problem"] == "missing", report
+    # an archived decision edited in its file: its proof no longer holds
+    with gzip.open(archived.file, "rt") as f:
+        lines = f.read().splitlines()
+    proof = json.loads(lines[1])
+    proof["canonical"] = proof["canonical"].replace('"APPROVED"', '"REJECTED"')
+    lines[1] = json.dumps(proof)
+    with gzip.open(archived.file, "wt") as f:
+        f.write("\n".join(lines) + "\n")
+    with pytest.raises(ProofError, match="edited"):
+        verify_file(archived.file, compliance.anchor.trusted)
