@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: install run test browser lint unit soak bench bench-engine bench-audit bench-firm bench-instructions bench-lone demo pg clean
+.PHONY: install run test test-hosts browser lint unit soak bench bench-engine bench-audit bench-firm bench-instructions bench-lone demo pg clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,9 +40,15 @@ lint: install
 	$(BIN)/ruff check .
 
 ## the whole suite against real PostgreSQL: TEST_DATABASE_URL, else the local cluster, else an embedded server
-## (each test gets its own fresh database)
+## (each test gets its own fresh database), in TEST_PROCESSES processes (pytest-xdist; 1: in this one)
+TEST_PROCESSES ?= 3
 test: install browser lint
-	$(BIN)/pytest
+	$(BIN)/pytest $(if $(filter 1,$(TEST_PROCESSES)),,-n $(TEST_PROCESSES))
+
+## past one machine: three `rpm serve` hosts in network namespaces over one database (races, kill -9, retries across
+## hosts), failover to a promoted pg_basebackup standby under load, compliance reads on a replica
+test-hosts: install pg
+	$(BIN)/pytest -s tests/integration/test_hosts.py tests/integration/test_replication.py
 
 unit: install
 	$(BIN)/pytest tests/unit

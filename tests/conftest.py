@@ -67,11 +67,12 @@ class Server:
     """A real `rpm serve` process (gunicorn), in its own process group."""
 
     def __init__(self, env: dict[str, str], workers: int = 2, threads: int = 4, log: Path | None = None,
-                 port: int | None = None):
+                 port: int | None = None, host: str = "127.0.0.1", prefix: tuple[str, ...] = ()):
         self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.env = {**os.environ, **env, "RPM_PORT": str(self.port), "RPM_HOST": "127.0.0.1",
+        self.url = f"http://{host}:{self.port}"
+        self.env = {**os.environ, **env, "RPM_PORT": str(self.port), "RPM_HOST": host,
                     "RPM_WORKERS": str(workers), "RPM_THREADS": str(threads)}
+        self.prefix = prefix  # what runs it (`ip netns exec NAME`: on a host of its own)
         self.log = log
         self.proc: subprocess.Popen | None = None
         self.banner = ""
@@ -79,7 +80,7 @@ class Server:
     def start(self, timeout: float = 30.0) -> Server:
         out = open(self.log, "ab") if self.log else subprocess.DEVNULL  # noqa: SIM115
         try:
-            self.proc = subprocess.Popen([sys.executable, "-m", "app.cli", "serve"], cwd=ROOT, env=self.env,
+            self.proc = subprocess.Popen([*self.prefix, sys.executable, "-m", "app.cli", "serve"], cwd=ROOT, env=self.env,
                                          stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         finally:
             if out is not subprocess.DEVNULL:
@@ -135,13 +136,13 @@ def servers(tmp_path):
 class TcpProxy:
     """A TCP forwarder to the database that a test can cut and restore: a controllable outage."""
 
-    def __init__(self, target_host: str, target_port: int):
+    def __init__(self, target_host: str, target_port: int, bind: str = "127.0.0.1"):
         import threading
 
         self.target = (target_host, target_port)
         self.listener = socket.socket()
         self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.listener.bind(("127.0.0.1", 0))
+        self.listener.bind((bind, 0))
         self.listener.listen(64)
         self.port = self.listener.getsockname()[1]
         self.up = True

@@ -20,6 +20,7 @@ from app.store.migrate import upgrade
 
 from ..conftest import SEED_INTENT, http
 from ..replication import Pair
+from .test_hosts import Load
 
 pytestmark = pytest.mark.slow
 
@@ -44,42 +45,6 @@ def pair(request):
     made = Pair(synchronous=getattr(request, "param", False))
     yield made
     made.close()
-
-
-class Load:
-    """A client deciding intents one after another (each with its intent id) until stopped: every answer kept."""
-
-    def __init__(self, url: str, key: str):
-        self.url, self.key = url, key
-        self.answers: list[tuple[str, int, dict]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> Load:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join(30)
-
-    def _run(self) -> None:
-        n = 0
-        while not self._stop.is_set():
-            intent_id = f"load-{n}"
-            n += 1
-            try:
-                status, body = http("POST", self.url + "/process_trade",
-                                    {**SEED_INTENT, "atr": 0.05, "intent_id": intent_id}, key=self.key, timeout=30)
-            except OSError as exc:
-                status, body = 0, {"error": repr(exc)}
-            self.answers.append((intent_id, status, body))
-            if status != 200:
-                time.sleep(0.05)
-
-    def acknowledged(self) -> dict[str, str]:
-        """intent id -> decision id of every decision answered."""
-        return {i: b["decision"]["id"] for i, s, b in self.answers if s == 200}
 
 
 @pytest.mark.parametrize(("pair", "stop"), [(True, "crash"), (False, "clean")], indirect=["pair"],
