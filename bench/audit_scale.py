@@ -1,17 +1,15 @@
-"""The audit trail at scale: 1,000,000 decisions, then a compliance query, a CSV export, the Merkle tree and a
-signed checkpoint, decision proofs, and a verify against the checkpoint.
+"""The audit trail at scale, partitioned by month and not, side by side: N decisions (default 10,000,000) over a
+year, then for each layout a compliance query (one day, one symbol), a CSV export of one day, a decision by id, a
+decision's proof — each timed — and the database's size.
 
-    python -m bench.audit_scale [--rows 1000000] [--admin-url postgresql+psycopg://postgres@127.0.0.1/postgres]
+    python -m bench.audit_scale [--rows 10000000] [--layouts partitioned,flat] [--verify]
+                                [--admin-url postgresql+psycopg://postgres@127.0.0.1/postgres]
 
-Creates a throw-away database (rpm_bench_audit), loads decisions with a valid hash chain
-(generated from real engine decisions, COPY'd in), and prints:
-- a one-day range for one symbol through GET /decisions (median of runs);
-- the CSV export of every decision through GET /decisions?format=csv, in a separate process,
-  with its peak resident memory;
-- the Merkle tree built over the chain and a checkpoint signed (the first, the costliest: every leaf);
-- `GET /decisions/{id}/proof` for random decisions (median and slowest), and the offline check of one;
-- `verify` of the whole chain (and the derived state, and the signed checkpoint), and its time.
-A benchmark: it prints figures, it asserts nothing.
+For each layout a throw-away database (rpm_bench_audit_<layout>) at the current schema; `flat` has its decisions
+table made an ordinary table again (what the schema was before 0015), so the same code reads both. Decisions are
+loaded with a valid hash chain (generated from real engine decisions, COPY'd in). With --verify, `verify` of the
+whole trail too (about 11 minutes per layout at 10,000,000 on this machine's kind). A benchmark: it prints
+figures, it asserts nothing.
 """
 
 from __future__ import annotations
@@ -20,8 +18,6 @@ import argparse
 import json
 import shutil
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -47,7 +43,7 @@ INSTANCE = tempfile.mkdtemp(prefix="rpm-bench-audit-")
 SYMBOLS = {"EURUSD": 1.10, "GBPUSD": 1.25, "USDJPY": 150.0, "AUDUSD": 0.65, "USDCHF": 0.90, "NZDUSD": 0.60,
            "USDCAD": 1.35, "EURGBP": 0.88}
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
-STEP = timedelta(seconds=30)  # 1,000,000 decisions over about a year
+YEAR = timedelta(days=365)  # the decisions are spread over it
 COLUMNS = [c.name for c in m.Decision.__table__.columns]
 JSON_COLUMNS = {c.name for c in m.Decision.__table__.columns if c.type is m.Json}
 
@@ -70,6 +66,7 @@ def templates(config: RPMConfig) -> list[tuple]:
 
 
 def load(url: str, rows: int) -> None:
+    step = YEAR / rows
     config = RPMConfig()
     app = create_app(Settings(database_url=url, instance_path=INSTANCE))
     app.extensions["rpm"].uow.ensure_default()
@@ -92,7 +89,7 @@ def load(url: str, rows: int) -> None:
                 intent, d, inputs = kinds[n % len(kinds)]
                 seq += 1
                 last_seq += 1
-                decided_at = T0 + STEP * n
+                decided_at = T0 + step * n
                 values = {
                     "id": str(uuid.UUID(int=n + 1)), "portfolio_id": "default", "seq": last_seq,
                     "intent_id": f"sig-{n}", "request_hash": "0" * 64, "symbol": intent.symbol,
@@ -109,7 +106,7 @@ def load(url: str, rows: int) -> None:
                 values["row_hash"] = head = audit.row_hash(head, "decision", {c: values[c] for c in
                                                                                audit.COLUMNS[m.Decision]})
                 copy.write_row([json.dumps(values[c]) if c in JSON_COLUMNS else values[c] for c in COLUMNS])
-                if n and n % 200_000 == 0:
+                if n and n % 1_000_000 == 0:
                     print(f"  loaded {n:,} rows ({time.perf_counter() - started:.0f}s)", flush=True)
         cur.execute("UPDATE portfolios SET audit_seq = %s, audit_head = %s, last_seq = %s WHERE id = 'default'",
                     (seq, head, last_seq))
@@ -118,110 +115,129 @@ def load(url: str, rows: int) -> None:
     print(f"loaded {rows:,} decisions in {time.perf_counter() - started:.1f}s")
 
 
-def query_day(url: str) -> None:
-    app = create_app(Settings(database_url=url, instance_path=INSTANCE))
-    key, _ = app.extensions["rpm_keys"].create("compliance", "bench", None, Actor("bench", "admin"))
-    client = app.test_client()
-    auth = {"Authorization": f"Bearer {key}"}
-    day = T0 + timedelta(days=200)
-    params = {"symbol": "GBPUSD", "from": day.isoformat(), "to": (day + timedelta(days=1)).isoformat(),
-              "limit": 1000}
-    timings = []
-    count = 0
-    for _ in range(7):
-        started = time.perf_counter()
-        r = client.get("/decisions", query_string=params, headers=auth)
-        timings.append((time.perf_counter() - started) * 1000)
-        count = r.json["count"]
-    print(f"GET /decisions one day, one symbol: {count} decisions; median {statistics.median(timings):.1f} ms, "
-          f"min {min(timings):.1f} ms (7 runs, through Flask and SQLAlchemy)")
-    app.extensions["rpm"].db.dispose()
-    return key
-
-
-EXPORT = """
-import resource, sys, time
-from app import create_app
-from app.settings import Settings
-app = create_app(Settings(database_url=sys.argv[1], instance_path=sys.argv[3]))
-client = app.test_client()
-started = time.perf_counter()
-size = lines = 0
-with client.get("/decisions", query_string={"format": "csv", "portfolio_id": "*"},
-                headers={"Authorization": "Bearer " + sys.argv[2]}, buffered=False) as r:
-    for chunk in r.response:
-        size += len(chunk)
-        lines += chunk.count(b"\\n")
-elapsed = time.perf_counter() - started
-print(f"CSV export of every decision: {lines - 1:,} rows, {size / 1e6:,.0f} MB in {elapsed:.1f}s; "
-      f"peak resident memory of the exporting process {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
+FLAT = """
+ALTER TABLE decisions RENAME TO decisions_partitioned;
+CREATE TABLE decisions (LIKE decisions_partitioned INCLUDING DEFAULTS INCLUDING STORAGE INCLUDING COMPRESSION
+                        INCLUDING INDEXES);
+DROP TABLE decisions_partitioned CASCADE;
+CREATE VIEW decision_documents AS SELECT id, portfolio_id, seq, breakdown, state_before FROM decisions;
+CREATE TRIGGER decisions_intent AFTER INSERT ON decisions FOR EACH ROW WHEN (NEW.intent_id IS NOT NULL)
+    EXECUTE FUNCTION rpm_decision_intent();
 """
 
 
-def export_csv(url: str, key: str) -> None:
-    subprocess.run([sys.executable, "-c", EXPORT, url, key, INSTANCE], check=True)
+def flatten(url: str) -> None:
+    """The decisions table as an ordinary table (the same columns, indexes and intent trigger)."""
+    raw = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(raw, autocommit=True) as conn:
+        conn.execute(FLAT)
 
 
-def proofs(url: str, rows: int, key: str) -> None:
+def month_partitions(url: str) -> None:
+    from app.store import partitions
+
+    engine_ = create_engine(url)
+    with engine_.begin() as conn:
+        month = partitions.month_of(T0)
+        while month <= partitions.month_of(T0 + YEAR):
+            partitions.create(conn, month)
+            month = partitions.next_month(month)
+    engine_.dispose()
+
+
+def timed(fn, runs: int) -> list[float]:
+    out = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        fn()
+        out.append((time.perf_counter() - started) * 1000)
+    return out
+
+
+def measure(url: str, rows: int, do_verify: bool) -> dict[str, str]:
     import random
 
     from app.anchor import check_proof
 
     app = create_app(Settings(database_url=url, instance_path=INSTANCE))
-    started = time.perf_counter()
-    made = app.extensions["rpm_anchor"].checkpoint(force=True, wait=True)
-    size = max(c["statement"]["size"] for c in made if c["statement"]["chain"] == "default")
-    print(f"Merkle tree of {size:,} records built and a checkpoint signed in {time.perf_counter() - started:.1f}s")
+    key, _ = app.extensions["rpm_keys"].create("compliance", "bench", None, Actor("bench", "admin"))
     client = app.test_client()
     auth = {"Authorization": f"Bearer {key}"}
-    picks = random.Random(7).sample(range(rows), 50)
-    timings = []
-    for n in picks:
+    out = {}
+    day = T0 + timedelta(days=200)
+    window = {"from": day.isoformat(), "to": (day + timedelta(days=1)).isoformat()}
+    found = {}
+
+    def one_day():
+        r = client.get("/decisions", query_string={"symbol": "GBPUSD", "limit": 1000, **window}, headers=auth)
+        found["day"] = r.json["count"]
+
+    t = timed(one_day, 7)
+    out["one day, one symbol (GET /decisions)"] = f"{statistics.median(t):.1f} ms ({found['day']} rows)"
+
+    def export_day():
+        with client.get("/decisions", query_string={"format": "csv", "portfolio_id": "*", **window},
+                        headers=auth, buffered=False) as r:
+            found["csv"] = sum(chunk.count(b"\n") for chunk in r.response) - 1
+
+    t = timed(export_day, 3)
+    out["CSV export of one day"] = f"{statistics.median(t):.0f} ms ({found['csv']:,} rows)"
+    picks = [str(uuid.UUID(int=n + 1)) for n in random.Random(7).sample(range(rows), 50)]
+    t = [timed(lambda i=i: client.get(f"/decisions/{i}", headers=auth), 1)[0] for i in picks]
+    out["a decision by id (GET /decisions/{id})"] = f"median {statistics.median(t):.1f} ms, slowest {max(t):.1f} ms"
+    started = time.perf_counter()
+    app.extensions["rpm_anchor"].checkpoint(force=True, wait=True)
+    out["the first checkpoint (Merkle tree of every record)"] = f"{time.perf_counter() - started:.0f} s"
+    t = []
+    for i in picks:
         started = time.perf_counter()
-        r = client.get(f"/decisions/{uuid.UUID(int=n + 1)}/proof", headers=auth)
-        timings.append((time.perf_counter() - started) * 1000)
+        r = client.get(f"/decisions/{i}/proof", headers=auth)
+        t.append((time.perf_counter() - started) * 1000)
         assert r.status_code == 200, r.json
-    started = time.perf_counter()
     check_proof(r.json, app.extensions["rpm_anchor"].signer.public)
-    checked = (time.perf_counter() - started) * 1000
-    print(f"GET /decisions/{{id}}/proof at {size:,} records: median {statistics.median(timings):.1f} ms, slowest "
-          f"{max(timings):.1f} ms (50 random decisions, through Flask; {len(r.json['inclusion_proof'])} hashes per "
-          f"proof); checked offline in {checked:.1f} ms")
+    out["a decision's proof (GET /decisions/{id}/proof)"] = f"median {statistics.median(t):.1f} ms, slowest {max(t):.1f} ms"
+    if do_verify:
+        started = time.perf_counter()
+        report = app.extensions["rpm_compliance"].verify()
+        elapsed = time.perf_counter() - started
+        out["verify"] = f"ok={report['ok']} {elapsed:.0f} s ({report['count'] / elapsed:,.0f} records/s)"
     app.extensions["rpm"].db.dispose()
-
-
-def verify(url: str) -> None:
-    app = create_app(Settings(database_url=url, instance_path=INSTANCE))
-    started = time.perf_counter()
-    report = app.extensions["rpm_compliance"].verify()
-    elapsed = time.perf_counter() - started
-    print(f"verify: ok={report['ok']}, {report['count']:,} records and {report['checkpoints']} signed "
-          f"checkpoint(s) in {elapsed:.1f}s "
-          f"({report['count'] / elapsed:,.0f} records/s)")
-    app.extensions["rpm"].db.dispose()
+    return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--rows", type=int, default=10_000_000)
+    parser.add_argument("--layouts", default="partitioned,flat")
+    parser.add_argument("--verify", action="store_true", help="verify the whole trail too (long)")
     parser.add_argument("--admin-url", default="postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
-    parser.add_argument("--keep", action="store_true", help="keep the database afterwards")
+    parser.add_argument("--keep", action="store_true", help="keep the databases afterwards")
     args = parser.parse_args()
-    name = "rpm_bench_audit"
-    url, admin = fresh_database(args.admin_url, name)
-    try:
-        upgrade(url)
-        load(url, args.rows)
-        key = query_day(url)
-        export_csv(url, key)
-        proofs(url, args.rows, key)
-        verify(url)
-        with admin.connect() as conn:
-            size = conn.execute(text(f"SELECT pg_size_pretty(pg_database_size('{name}'))")).scalar()
-        print(f"database size: {size}")
-    finally:
-        drop_database(admin, name, keep=args.keep)
-        shutil.rmtree(INSTANCE, ignore_errors=True)
+    results: dict[str, dict[str, str]] = {}
+    for layout in args.layouts.split(","):
+        name = f"rpm_bench_audit_{layout}"
+        url, admin = fresh_database(args.admin_url, name)
+        try:
+            upgrade(url)
+            if layout == "flat":
+                flatten(url)
+            else:
+                month_partitions(url)
+            print(f"[{layout}]", flush=True)
+            load(url, args.rows)
+            results[layout] = measure(url, args.rows, args.verify)
+            with admin.connect() as conn:
+                results[layout]["database size"] = conn.execute(
+                    text(f"SELECT pg_size_pretty(pg_database_size('{name}'))")).scalar()
+            for what, figure in results[layout].items():
+                print(f"  {what}: {figure}", flush=True)
+        finally:
+            drop_database(admin, name, keep=args.keep)
+    shutil.rmtree(INSTANCE, ignore_errors=True)
+    layouts = list(results)
+    print(f"\n{args.rows:,} decisions over a year | " + " | ".join(layouts))
+    for what in results[layouts[0]]:
+        print(f"{what} | " + " | ".join(results[layout].get(what, "") for layout in layouts))
 
 
 if __name__ == "__main__":
