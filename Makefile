@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: install run test test-hosts browser lint unit soak bench bench-engine bench-audit bench-firm bench-instructions bench-lone demo pg clean
+.PHONY: install run test test-hosts browser lint unit soak bench bench-engine bench-audit bench-firm bench-instructions bench-lone bench-replication demo pg clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -75,6 +75,10 @@ bench: install pg
 ## lone requests at 80/s from one keep-alive client: p50/p99 beside pgbench's naive transaction at the same rate
 bench-lone: install pg
 	$(BIN)/python -m bench.lone
+
+## what a synchronous standby costs a lone decision, beside an asynchronous one (alternating rounds, one run)
+bench-replication: install
+	$(BIN)/python -m bench.replication
 
 ## what the groups and the firm above a portfolio cost a decision, beside the same decisions without them
 bench-firm: install pg
