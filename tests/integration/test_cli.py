@@ -15,6 +15,7 @@ from ..conftest import ROOT
     (["keys", "create", "--role", "trader", "--name", "two words"], "invalid key name"),
     (["status", "--portfolio", "nope"], "unknown portfolio 'nope'"),
     (["halt", "--reason", " ", "--portfolio", "default"], "reason"),
+    (["audit", "archive", "--before", "2999-01"], "has not passed"),
 ])
 def test_a_refused_command_says_why_in_one_line(database_url, args, message):
     done = subprocess.run([sys.executable, "-m", "app.cli", *args], cwd=ROOT, capture_output=True, text=True,
@@ -22,3 +23,26 @@ def test_a_refused_command_says_why_in_one_line(database_url, args, message):
     assert done.returncode == 1, done
     assert "Traceback" not in done.stderr
     assert done.stderr.startswith("Error: ") and message in done.stderr and done.stderr.count("\n") == 1, done.stderr
+
+
+def rpm(database_url, *args):
+    return subprocess.run([sys.executable, "-m", "app.cli", *args], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, "DATABASE_URL": database_url}, timeout=120)
+
+
+def test_partitions_listed_archive_with_nothing_to_archive_and_a_file_that_is_no_archive(database_url, tmp_path):
+    from datetime import UTC, datetime
+
+    this_month = datetime.now(UTC).strftime("%Y_%m")
+    listed = rpm(database_url, "db", "partitions")
+    assert listed.returncode == 0 and f"decisions_{this_month}" in listed.stdout, listed
+    done = rpm(database_url, "audit", "archive", "--before", datetime.now(UTC).strftime("%Y-%m"), "--to",
+               str(tmp_path))
+    assert done.returncode == 0 and done.stdout.startswith("nothing to archive before"), done
+    bad = tmp_path / "not-an-archive.jsonl.gz"
+    bad.write_bytes(b"plain text")
+    refused = rpm(database_url, "audit", "verify-archive", str(bad))
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert refused.stderr.startswith("Error: ") and "not an RPM archive" in refused.stderr, refused.stderr
+    wrong = rpm(database_url, "audit", "archive", "--before", "2026-13")
+    assert wrong.returncode == 2 and "not a month" in wrong.stderr and "Traceback" not in wrong.stderr

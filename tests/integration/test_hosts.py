@@ -150,10 +150,15 @@ def test_three_hosts_over_one_database_hold_every_limit_survive_a_kill_9_and_sha
     urls = [a.url, b.url, c.url]
     setup_portfolio(a.url, keys, {"correlation_size_multiplier": 1.0, "max_net_exposure_pct": 5.0,
                                   "max_currency_exposure_pct": 5.0})
-    # positions: 16 symbols at once over the three hosts, a limit of 8 open positions
+    # a symbol's exposure: 16 intents of AUDUSD at once against 30,000 USD: two whole, a third adjusted to the room
+    symbol = approvals(race(urls, keys["trader"], [small("AUDUSD") for _ in range(16)]))
+    _, portfolio = http("GET", c.url + "/portfolio", key=keys["trader"])
+    exposure = portfolio["exposures"]["symbol"]["AUDUSD"]
+    assert symbol == 3 and exposure <= 30_000 + 1e-6
+    # positions: 16 symbols at once over the three hosts, a limit of 8 open positions (AUDUSD holds one, and is full)
     positions = approvals(race(urls, keys["trader"], [small(s) for s in FX]))
     _, portfolio = http("GET", b.url + "/portfolio", key=keys["trader"])
-    assert positions == 8 and portfolio["open_positions"] == 8
+    assert positions == 7 and portfolio["open_positions"] == 8
     # a group's limits over its desks, each desk's intent sent to another host
     admin = keys["admin"]
     for desk in DESKS:
@@ -193,6 +198,7 @@ def test_three_hosts_over_one_database_hold_every_limit_survive_a_kill_9_and_sha
     assert status == 200 and body["decision"]["id"] == decision_id and body["decision"]["replay"]
     with capsys.disabled():
         print(f"\n[three hosts, {'network namespaces' if hosts.isolated else 'loopback addresses (no namespaces)'}] "
-              f"positions {positions}/8, group {grouped}/{LIMIT}, 12 retries over 3 hosts: 1 decision; kill -9 of "
+              f"AUDUSD {symbol} approved ({exposure:,.2f} <= 30,000), positions {portfolio['open_positions']}/8, group "
+              f"{grouped}/{LIMIT}, 12 retries over 3 hosts: 1 decision; kill -9 of "
               f"one host: {len(acknowledged)} acknowledged all stored, the other two decided {after[1]} and "
               f"{after[2]} more")
