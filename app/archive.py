@@ -16,6 +16,7 @@ import gzip
 import hashlib
 import json
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date
@@ -25,12 +26,13 @@ from typing import Any
 from sqlalchemy import select, text
 
 from . import anchor as anchoring
-from .errors import Conflict, Invalid, NotFound
+from .errors import Conflict, Invalid, NotFound, Unavailable
 from .services.unit_of_work import admin_row
 from .store import merkle, partitions
 from .store import models as m
 
 FORMAT = "rpm-archive/1"
+DETACH_ATTEMPTS = 30
 _BATCH = 1000
 
 
@@ -90,9 +92,26 @@ class Archiver:
         directory.mkdir(parents=True, exist_ok=True)
         path = directory / f"{partitions.name_of(month)}.jsonl.gz"
         rows, digest = self._export(month, chains, path)
+        for attempt in range(1, DETACH_ATTEMPTS + 1):
+            try:
+                self._detach(month, chains, path, rows, digest, actor)
+                break
+            except Unavailable:
+                if attempt == DETACH_ATTEMPTS:
+                    raise Unavailable(f"the decisions table could not be taken for an instant in {attempt} tries (a "
+                                      f"long transaction holds it): {month:%Y-%m} is exported to {path}, not detached; "
+                                      "run the command again") from None
+                time.sleep(1)
+        return Archived(month, str(path), rows, digest, False)
+
+    def _detach(self, month: date, chains: dict[str, dict[str, int]], path: Path, rows: int, digest: str,
+                actor: Any) -> None:
+        """Detach the month and record its archive, in one transaction. DETACH takes an ACCESS EXCLUSIVE lock of the
+        decisions table, which decisions being made wait for: it is waited for a second at most (and tried again),
+        so that trading waits no longer than that behind it."""
         with self.uow.firm() as tx, tx.writing():
             conn = tx.conn
-            conn.execute("SET LOCAL lock_timeout = '10s'")
+            conn.execute("SET LOCAL lock_timeout = '1s'")
             conn.execute(f"ALTER TABLE {partitions.TABLE} DETACH PARTITION {partitions.name_of(month)}")
             conn.execute("DELETE FROM decision_intents WHERE decided_at >= %s AND decided_at < %s",
                          (partitions.start_of(month), partitions.start_of(partitions.next_month(month))))
@@ -112,7 +131,6 @@ class Archiver:
                 after={"month": f"{month:%Y-%m}", "rows": rows, "file": path.name, "sha256": digest,
                        "chains": chains}, reason=f"decisions of {month:%Y-%m} archived")]))
             tx.commit()
-        return Archived(month, str(path), rows, digest, False)
 
     def _head(self, chain: str) -> int:
         with self.uow.reading() as session:
@@ -164,7 +182,7 @@ class Archiver:
         name = partitions.name_of(month)
         with self.uow.firm() as tx, tx.writing():
             conn = tx.conn
-            conn.execute("SET LOCAL lock_timeout = '10s'")
+            conn.execute("SET LOCAL lock_timeout = '1s'")
             attached = conn.execute("SELECT 1 FROM pg_inherits WHERE inhrelid = to_regclass(%s)", (name,)).fetchone()
             if attached:  # (never: a month is detached when archived)
                 raise Conflict(f"{name} is still a partition of the decisions")

@@ -24,7 +24,6 @@ TABLE = "decisions"
 KEY = "decided_at"
 DEFAULT = f"{TABLE}_default"
 MONTHS_AHEAD = 3
-JSON_COLUMNS = ("intent", "breakdown", "context", "state_before", "booking")
 _NAME = re.compile(rf"^{TABLE}_(\d{{4}})_(\d{{2}})$")
 PARTITION = re.compile(rf"^{TABLE}_(\d{{4}}_\d{{2}}|default)$")  # a partition's name
 
@@ -67,11 +66,6 @@ def months(conn: Connection) -> list[date]:
     return sorted(date(int(f.group(1)), int(f.group(2)), 1) for f in found if f)
 
 
-def _lz4(conn: Connection) -> bool:
-    values = conn.execute(text("SELECT enumvals FROM pg_settings WHERE name = 'default_toast_compression'")).scalar()
-    return values is not None and "lz4" in values
-
-
 def create(conn: Connection, month: date) -> bool:
     """Make ``month``'s partition unless it exists or the default partition holds rows of it; whether it was made."""
     if month in months(conn):
@@ -81,19 +75,29 @@ def create(conn: Connection, month: date) -> bool:
     if held:
         return False
     name = name_of(month)
-    conn.execute(text(f"CREATE TABLE IF NOT EXISTS {name} PARTITION OF {TABLE} "
+    # made alone, then attached: ATTACH takes a SHARE UPDATE EXCLUSIVE lock of the table, which decisions being
+    # inserted do not wait for (CREATE TABLE ... PARTITION OF would take an ACCESS EXCLUSIVE one); the new table's
+    # indexes, triggers and foreign key come with the attachment
+    conn.execute(text(f"CREATE TABLE IF NOT EXISTS {name} (LIKE {TABLE} INCLUDING DEFAULTS INCLUDING STORAGE "
+                      "INCLUDING COMPRESSION)"))
+    conn.execute(text(f"ALTER TABLE {TABLE} ATTACH PARTITION {name} "
                       f"FOR VALUES FROM ('{_bound(month)}') TO ('{_bound(next_month(month))}')"))
-    if _lz4(conn):
-        conn.execute(text(f"ALTER TABLE {name} " + ", ".join(f"ALTER COLUMN {c} SET COMPRESSION lz4"
-                                                             for c in JSON_COLUMNS)))
+    refuse_truncate(conn, name)
     return True
+
+
+def refuse_truncate(conn: Connection, name: str) -> None:
+    """A partition refuses TRUNCATE as the table does (a statement trigger of the table is not one of its
+    partitions'; its row triggers, refusing UPDATE and DELETE, are)."""
+    conn.execute(text(f"CREATE TRIGGER {name}_no_truncate BEFORE TRUNCATE ON {name} "
+                      "FOR EACH STATEMENT EXECUTE FUNCTION rpm_refuse_change()"))
+    conn.execute(text(f"ALTER TABLE {name} ENABLE ALWAYS TRIGGER {name}_no_truncate"))
 
 
 def ensure(conn: Connection, now: datetime | None = None, ahead: int = MONTHS_AHEAD) -> list[date]:
     """Make this month's partition and ``ahead`` more (the caller commits); the months made.
 
-    A partition is made under an ACCESS EXCLUSIVE lock of the table: at most a second is waited for it (a long
-    reader holding the table is not waited out; the months ahead leave time to try again)."""
+    At most a second is waited for each lock (the months ahead leave time to try again)."""
     month = month_of(now or datetime.now(UTC))
     conn.execute(text("SET LOCAL lock_timeout = '1s'"))
     made = []

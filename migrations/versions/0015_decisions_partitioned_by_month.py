@@ -104,6 +104,7 @@ def upgrade() -> None:
                "INCLUDING COMPRESSION) PARTITION BY RANGE (decided_at)")
     op.execute(f"CREATE TABLE {partitions.DEFAULT} PARTITION OF decisions DEFAULT")
     conn = op.get_bind()
+    partitions.refuse_truncate(conn, partitions.DEFAULT)
     held = [row[0] for row in conn.execute(sa.text(
         "SELECT DISTINCT date_trunc('month', decided_at AT TIME ZONE 'UTC')::date FROM decisions_before"))]
     for month in sorted(set(held)):

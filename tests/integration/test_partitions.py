@@ -136,3 +136,47 @@ def test_verify_finds_a_row_deleted_inside_an_archived_range_and_an_archive_file
         f.write("\n".join(lines) + "\n")
     with pytest.raises(ProofError, match="edited"):
         verify_file(archived.file, compliance.anchor.trusted)
+
+
+def test_an_archive_waits_out_a_long_reader_a_second_at_a_time_and_trading_goes_on(app, client, clock, months,
+                                                                                   database_url, tmp_path):
+    import threading
+    import time
+
+    compliance = app.extensions["rpm_compliance"]
+    trade(client)
+    clock.advance(days=31)
+    reader = create_engine(database_url)
+    holding = threading.Event()
+
+    def long_read():  # a transaction that read the decisions (an export, a report) and stays open 3 s
+        with reader.begin() as conn:
+            conn.execute(text("SELECT count(*) FROM decisions"))
+            holding.set()
+            time.sleep(3)
+
+    thread = threading.Thread(target=long_read)
+    thread.start()
+    holding.wait(5)
+    done = {}
+
+    def archive():
+        started = time.monotonic()
+        done["archived"] = Archiver(app.extensions["rpm"].uow, compliance, compliance.anchor).archive(
+            partitions.parse_month("2026-04"), tmp_path, OPERATOR)
+        done["seconds"] = time.monotonic() - started
+
+    archiving = threading.Thread(target=archive)
+    archiving.start()
+    waits = []
+    for _ in range(6):  # decisions meanwhile: each waits at most the archive's second behind the long reader
+        started = time.monotonic()
+        trade(client)
+        waits.append(time.monotonic() - started)
+        time.sleep(0.2)
+    archiving.join(30)
+    thread.join()
+    reader.dispose()
+    assert [a.rows for a in done["archived"]] == [1]
+    assert done["seconds"] > 2  # it waited for the reader
+    assert max(waits) < 1.5, waits
