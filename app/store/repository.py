@@ -282,4 +282,4 @@ def new_portfolio(portfolio_id: str, config: RPMConfig, now: datetime,
 
 def decision_by_id(session: Session, decision_id: str) -> m.Decision | None:
     """A decision by its id alone (its primary key is (id, decided_at): one probe per month's partition)."""
-    return session.execute(select(m.Decision).where(m.Decision.id == decision_id)).scalar_one_or_none()
+    return session.execute(select(m.Decision).where(m.Decision.id == decision_id).limit(1)).scalar_one_or_none()
