@@ -5,9 +5,11 @@ checkpoint covers every one of its decisions (one is made now if needed). It is 
 JSON lines: a header (the month, each chain's count and range, the trail, the public key), then one line per
 decision, its proof (what `GET /decisions/{id}/proof` gives: the row as its hash covers it, its inclusion proof,
 the signed checkpoint) — each line checks alone with the public key (`rpm audit verify-archive`). Then, in one
-transaction: the partition is detached, the month's intent ids leave `decision_intents`, the archive is recorded
-(what `verify` counts the chains' missing positions against) with an admin action on the `_system` chain naming
-the file and its SHA-256. The detached table stays in the database until ``drop`` is asked for.
+transaction: the partition is detached, what it holds is checked to be what was exported (else all is done again),
+and the archive is recorded, with an admin action on the `_system` chain naming the file, its SHA-256 and what it
+took of each chain (what `verify` accounts the chains' missing positions with: a hashed record, not a table).
+Intent ids stay in `decision_intents`: a retry of an archived decision's intent is refused (409), never decided
+again. The detached table stays in the database until ``drop`` is asked for.
 """
 
 from __future__ import annotations
@@ -34,6 +36,10 @@ from .store import models as m
 FORMAT = "rpm-archive/1"
 DETACH_ATTEMPTS = 30
 _BATCH = 1000
+
+
+class Arrived(Exception):
+    """Decisions of the month being archived arrived after its export."""
 
 
 @dataclass
@@ -63,7 +69,7 @@ class Archiver:
             held = [month for month in partitions.months(session.connection()) if month < before]
             done = {a.month: (Archived(a.month, a.file, a.rows, a.sha256, a.dropped_at is not None))
                     for a in session.scalars(select(m.AuditArchive))}
-        made = [self._archive(month, Path(directory), actor) for month in held if month not in done]
+        made = [self._archive_again(month, Path(directory), actor) for month in held if month not in done]
         if drop:
             made += [a for a in done.values() if a.month < before and not a.dropped]
             for archived in made:
@@ -81,6 +87,18 @@ class Archiver:
                 "GROUP BY portfolio_id ORDER BY portfolio_id")).all()
         return {chain: {"rows": n, "first_seq": first, "last_seq": last} for chain, n, first, last in rows}
 
+    def _archive_again(self, month: date, directory: Path, actor: Any) -> Archived:
+        """Archive ``month``, again from the start if decisions of it arrived between its export and its detachment
+        (a host whose clock is behind, a transaction stamped before midnight committing after it)."""
+        for attempt in range(1, 4):
+            try:
+                return self._archive(month, directory, actor)
+            except Arrived:
+                if attempt == 3:
+                    raise Conflict(f"decisions of {month:%Y-%m} kept arriving while it was archived: nothing "
+                                   "detached; run the command again") from None
+        raise AssertionError("unreachable")
+
     def _archive(self, month: date, directory: Path, actor: Any) -> Archived:
         chains = self._chains(month)
         if chains:
@@ -96,11 +114,11 @@ class Archiver:
             try:
                 self._detach(month, chains, path, rows, digest, actor)
                 break
-            except Unavailable:
+            except Unavailable as exc:
                 if attempt == DETACH_ATTEMPTS:
-                    raise Unavailable(f"the decisions table could not be taken for an instant in {attempt} tries (a "
-                                      f"long transaction holds it): {month:%Y-%m} is exported to {path}, not detached; "
-                                      "run the command again") from None
+                    raise Unavailable(f"{month:%Y-%m} is exported to {path} but could not be detached in {attempt} "
+                                      f"tries (a long transaction holding the decisions table, or the database away: "
+                                      f"{exc.message}); run the command again") from None
                 time.sleep(1)
         return Archived(month, str(path), rows, digest, False)
 
@@ -113,15 +131,16 @@ class Archiver:
             conn = tx.conn
             conn.execute("SET LOCAL lock_timeout = '1s'")
             conn.execute(f"ALTER TABLE {partitions.TABLE} DETACH PARTITION {partitions.name_of(month)}")
-            conn.execute("DELETE FROM decision_intents WHERE decided_at >= %s AND decided_at < %s",
-                         (partitions.start_of(month), partitions.start_of(partitions.next_month(month))))
-            archive_id = conn.execute(
+            # what left is what was exported, or nothing leaves (the transaction is rolled back)
+            held = {chain: {"rows": n, "first_seq": first, "last_seq": last} for chain, n, first, last in conn.execute(
+                f"SELECT portfolio_id, count(*), min(audit_seq), max(audit_seq) FROM {partitions.name_of(month)} "
+                "GROUP BY portfolio_id ORDER BY portfolio_id")}
+            if held != chains:
+                raise Arrived(month)
+            conn.execute(
                 "INSERT INTO audit_archives (month, partition, rows, file, sha256, archived_at, archived_by) "
-                "VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING id",
-                (month, partitions.name_of(month), rows, str(path), digest, self.uow.clock(), actor.name)).fetchone()[0]
-            for chain, c in chains.items():
-                conn.execute("INSERT INTO audit_archive_chains (archive_id, chain, rows, first_seq, last_seq) "
-                             "VALUES (%s, %s, %s, %s, %s)", (archive_id, chain, c["rows"], c["first_seq"], c["last_seq"]))
+                "VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                (month, partitions.name_of(month), rows, str(path), digest, self.uow.clock(), actor.name))
             # a chain whose last row leaves: the chain-head guard finds its hash here
             conn.execute("INSERT INTO audit_archived_heads (chain, audit_seq, row_hash) SELECT d.portfolio_id, "
                          f"d.audit_seq, d.row_hash FROM {partitions.name_of(month)} d JOIN portfolios p "
@@ -215,7 +234,7 @@ def verify_file(path: str | Path, public_key: Any) -> dict[str, Any]:
             header = json.loads(next(lines))
         except (StopIteration, ValueError, OSError, EOFError) as exc:
             raise Invalid(f"{path} is not an RPM archive: {exc}") from None
-        if not isinstance(header, dict) or header.get("format") != FORMAT:
+        if not isinstance(header, dict) or header.get("format") != FORMAT or not _well_formed(header):
             raise Invalid(f"{path} is not an RPM archive of format {FORMAT}")
         seen: dict[str, dict[str, int]] = {}
         try:
@@ -225,11 +244,38 @@ def verify_file(path: str | Path, public_key: Any) -> dict[str, Any]:
                 c = seen.setdefault(chain, {"rows": 0, "first_seq": seq, "last_seq": seq})
                 c["rows"] += 1
                 c["first_seq"], c["last_seq"] = min(c["first_seq"], seq), max(c["last_seq"], seq)
-        except (OSError, EOFError, ValueError) as exc:
+        except (OSError, EOFError, ValueError, KeyError, TypeError) as exc:
             if isinstance(exc, anchoring.ProofError):
                 raise
-            raise Invalid(f"{path} is damaged: {exc}") from None
+            raise Invalid(f"{path} is damaged: {exc!r}") from None
     if seen != header["chains"]:
         raise anchoring.ProofError(f"the decisions in {path.name} are not those its header counts")
     return {"file": str(path), "month": header["month"], "rows": sum(c["rows"] for c in seen.values()),
             "chains": seen, "sha256": _sha256(path), "ok": True}
+
+
+def _well_formed(header: dict[str, Any]) -> bool:
+    chains = header.get("chains")
+    return (isinstance(header.get("month"), str) and isinstance(chains, dict) and all(
+        isinstance(c, dict) and all(type(c.get(k)) is int for k in ("rows", "first_seq", "last_seq"))
+        for c in chains.values()))
+
+
+def recorded(session: Any, month: str) -> dict[str, Any] | None:
+    """What the trail recorded of the archive of ``month`` (YYYY-MM): its admin action's ``after`` (file, SHA-256,
+    rows, what it took of each chain), or None."""
+    for (after,) in session.execute(select(m.AdminAction.after).where(
+            m.AdminAction.portfolio_id.is_(None), m.AdminAction.action == "audit_archived")):
+        if isinstance(after, dict) and after.get("month") == month:
+            return after
+    return None
+
+
+def matches_record(held: dict[str, Any], record: dict[str, Any] | None) -> str | None:
+    """Why a checked file is not the archive the trail recorded (None: it is)."""
+    if record is None:
+        return f"the trail records no archive of {held['month']}"
+    if record.get("sha256") != held["sha256"] or record.get("rows") != held["rows"] or record.get("chains") != held["chains"]:
+        return (f"it is not the file archived for {held['month']} (recorded: {record.get('rows')} decisions, "
+                f"sha256 {str(record.get('sha256'))[:16]}...)")
+    return None

@@ -62,6 +62,18 @@ def _bootstrap(settings: Settings) -> None:
                    f"{' (REVOKED: it will be refused)' if result['revoked'] else ''}")
 
 
+def _ensure_partitions() -> None:
+    """The decisions' months ahead (app/store/partitions.py); a role not allowed to make them is told, not stopped."""
+    from .errors import ServiceError
+
+    try:
+        _uow().ensure_partitions()
+    except ServiceError as exc:
+        click.echo(f"WARNING: the months ahead of the decisions' partitions could not be made ({exc.message}): run "
+                   "`rpm db partitions` as the schema's owner (decisions of a month without its partition go to "
+                   "decisions_default, and that month cannot be archived)", err=True)
+
+
 def _operator():
     from .services import Actor
 
@@ -161,7 +173,7 @@ def serve(port: int | None, host: str | None, workers: int | None, threads: int 
     url = _url(settings)
     upgrade(url)
     _uow().ensure_default()
-    _uow().ensure_partitions()
+    _ensure_partitions()
     _bootstrap(settings)
     port = port or settings.port
     host = host or settings.host
@@ -438,11 +450,16 @@ def audit_archive(before: str, directory: str, drop: bool) -> None:
 @click.argument("archive_file", type=click.Path(exists=True, dir_okay=False))
 @click.option("--public-key", "public_keys", type=click.Path(exists=True, dir_okay=False), multiple=True,
               help="a public key its checkpoints may be signed with, repeatable (default: the service's)")
-def audit_verify_archive(archive_file: str, public_keys: tuple[str, ...]) -> None:
-    """Check an archived month's file: every decision's proof against its signed checkpoint, and the counts."""
+@click.option("--offline", is_flag=True, help="without the database: the proofs alone (a file with decisions "
+                                              "removed from it still passes; the database's record would refuse it)")
+def audit_verify_archive(archive_file: str, public_keys: tuple[str, ...], offline: bool) -> None:
+    """Check an archived month's file: every decision's proof against its signed checkpoint, the counts, and that
+    it is the file the trail recorded (its SHA-256, its decisions of each chain)."""
     from .anchor import ProofError, load_public_key
-    from .archive import verify_file
+    from .archive import matches_record, recorded, verify_file
 
+    if offline and not public_keys:
+        raise click.UsageError("--offline needs --public-key: the keys the checkpoints must be signed with")
     try:
         keys = [load_public_key(path) for path in public_keys] or _app().extensions["rpm_compliance"].anchor.trusted
     except ValueError as exc:
@@ -451,8 +468,14 @@ def audit_verify_archive(archive_file: str, public_keys: tuple[str, ...]) -> Non
         held = verify_file(archive_file, keys)
     except ProofError as exc:
         raise click.ClickException(f"BROKEN: {exc}") from None
+    if not offline:
+        with _uow().reading() as session:
+            wrong = matches_record(held, recorded(session, held["month"]))
+        if wrong:
+            raise click.ClickException(f"BROKEN: {wrong}")
     click.echo(f"OK: {held['rows']} decision(s) of {held['month']} in {len(held['chains'])} chain(s), each proven "
-               f"against its signed checkpoint (sha256 {held['sha256']})")
+               f"against its signed checkpoint (sha256 {held['sha256']})"
+               + ("" if offline else "; the file the trail records"))
 
 
 @db.command("partitions")

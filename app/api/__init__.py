@@ -131,7 +131,7 @@ def _read_source_headers(response):
     if read is not None:
         standby, lag = read
         response.headers["RPM-Read-From"] = "replica" if standby else "primary"
-        response.headers["RPM-Replica-Lag-Seconds"] = f"{lag:.3f}"
+        response.headers["RPM-Replica-Lag-Seconds"] = "unknown" if lag is None else f"{lag:.3f}"
     return response
 
 

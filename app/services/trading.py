@@ -32,7 +32,7 @@ from app.store import models as m
 from app.store.audit import Chain, document_text
 from app.store.events import REQUEST_ID
 from app.store.repository import audit_state, event_values, ledger_values
-from app.store.transaction import Loaded, Locked, Wanted
+from app.store.transaction import Archived, Loaded, Locked, Wanted
 
 from .payloads import decision_payload, trade_answer
 from .unit_of_work import Actor, UnitOfWork, check_portfolio_id
@@ -255,6 +255,9 @@ class Trading:
             hashed = request_hash(intent)
         key = (intent.portfolio_id, intent.intent_id)
         stored = None if intent.intent_id is None else seen.get(key) or lk.decided.get(intent.intent_id)
+        if isinstance(stored, Archived):
+            raise Conflict(f"intent_id {intent.intent_id!r} was decided on {stored.decided_at:%Y-%m-%d}, in a month "
+                           "since archived: it is not decided again", decision_id=stored.id)
         if stored is not None:
             if stored.request_hash != hashed:
                 raise Conflict(f"intent_id {intent.intent_id!r} was already used with a different payload",

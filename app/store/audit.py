@@ -26,7 +26,7 @@ from decimal import ROUND_HALF_UP, Context, Decimal
 from typing import Any
 
 import orjson
-from sqlalchemy import Numeric, Table, func, select, text
+from sqlalchemy import Numeric, Table, select, text
 from sqlalchemy.orm import Session
 
 from . import models as m
@@ -274,25 +274,42 @@ def leaf_of(row_hash: str) -> bytes:
     return hashlib.sha256(b"\x00" + bytes.fromhex(row_hash)).digest()
 
 
-def _archived_leaves(session: Session, chain: str) -> Iterator[tuple[int, str, bytes, None]]:
+def _archived_leaves(session: Session, chain: str, ranges: list[tuple[int, int]]) -> Iterator[tuple[int, str, bytes, None]]:
     """(seq, ARCHIVED, leaf, None) for every position of the chain's archived ranges, from its Merkle tree (which
     an archive requires to cover them, under a signed checkpoint)."""
     query = text(
         "SELECT n.idx + 1, n.hash FROM merkle_nodes n WHERE n.chain = :c AND n.level = 0 AND EXISTS ("
-        "SELECT 1 FROM audit_archive_chains a WHERE a.chain = :c AND n.idx + 1 BETWEEN a.first_seq AND a.last_seq) "
-        "ORDER BY n.idx").execution_options(yield_per=5000)
-    for seq, leaf in session.execute(query, {"c": chain}):
+        "SELECT 1 FROM unnest(CAST(:firsts AS bigint[]), CAST(:lasts AS bigint[])) AS r(first_seq, last_seq) "
+        "WHERE n.idx + 1 BETWEEN r.first_seq AND r.last_seq) ORDER BY n.idx").execution_options(yield_per=5000)
+    for seq, leaf in session.execute(query, {"c": chain, "firsts": [f for f, _ in ranges],
+                                             "lasts": [last for _, last in ranges]}):
         yield seq, ARCHIVED, bytes(leaf), None
 
 
-def archived_counts(session: Session) -> dict[str, int]:
-    """How many positions of each chain the archives took."""
-    return dict(session.execute(select(m.AuditArchiveChain.chain, func.sum(m.AuditArchiveChain.rows))
-                                .group_by(m.AuditArchiveChain.chain)).all())
+@dataclass
+class Archived:
+    """What the archives took of one chain: how many positions, within which ranges."""
+
+    rows: int = 0
+    ranges: list[tuple[int, int]] = field(default_factory=list)
+
+
+def archived_positions(session: Session) -> dict[str, Archived]:
+    """What the archives took of each chain, as their admin actions on the `_system` chain record it (`rpm audit
+    archive`): read from those hashed records, not from any table a tamperer could add a row to unseen."""
+    out: dict[str, Archived] = {}
+    actions = session.execute(select(m.AdminAction.after).where(
+        m.AdminAction.portfolio_id.is_(None), m.AdminAction.action == "audit_archived"))
+    for (after,) in actions:
+        for chain, took in ((after or {}).get("chains") or {}).items():
+            archived = out.setdefault(chain, Archived())
+            archived.rows += int(took["rows"])
+            archived.ranges.append((int(took["first_seq"]), int(took["last_seq"])))
+    return out
 
 
 def verify_chain(session: Session, chain: str, expected_head: tuple[int, str] | None,
-                 seen: Callable[[str | bytes], None] | None = None, archived: int = 0) -> ChainReport:
+                 seen: Callable[[str | bytes], None] | None = None, archived: Archived | None = None) -> ChainReport:
     """Walk one chain in sequence order: every row's hash, link and sequence number.
 
     ``expected_head`` is (seq, hash) from the chain's owner row; ``seen`` is given each row's hash in turn (the
@@ -303,8 +320,9 @@ def verify_chain(session: Session, chain: str, expected_head: tuple[int, str] | 
     """
     report = ChainReport(chain)
     streams = [_rows(session, model, chain) for model in AUDITED]
-    if archived:
-        streams.append(_archived_leaves(session, chain))
+    archived = archived or Archived()
+    if archived.ranges:
+        streams.append(_archived_leaves(session, chain, archived.ranges))
     prev_hash: str | None = GENESIS
     prev_leaf = b""
     expected_seq = 1
@@ -342,9 +360,9 @@ def verify_chain(session: Session, chain: str, expected_head: tuple[int, str] | 
         expected_seq = seq + 1
         report.head_seq = seq
         report.head_hash = stored_hash
-    if report.archived != archived:
+    if report.archived != archived.rows:
         report.fail(0, "missing", detail=f"{report.archived} position(s) of the chain's archived ranges hold no row, "
-                    f"the archives took {archived}: rows were deleted there")
+                    f"the archives took {archived.rows}: rows were deleted there")
     if prev_hash is None:  # the chain ends on an archived row: the head names the hash of its leaf
         report.head_hash = expected_head[1] if expected_head and leaf_of(expected_head[1]) == prev_leaf else ""
     if expected_head is not None and report.ok:
@@ -375,6 +393,6 @@ def verify_all(session: Session, portfolios: tuple[str, ...] | None = None,
     heads = chain_heads(session)
     if portfolios is not None:
         heads = {chain: head for chain, head in heads.items() if chain in portfolios}
-    archived = archived_counts(session)
-    return [verify_chain(session, chain, head, None if seen is None else seen(chain), archived.get(chain, 0))
+    archived = archived_positions(session)
+    return [verify_chain(session, chain, head, None if seen is None else seen(chain), archived.get(chain))
             for chain, head in sorted(heads.items())]

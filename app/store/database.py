@@ -174,16 +174,19 @@ def make_engine(url: str, *, lock_timeout_ms: int = 2000, statement_timeout_ms: 
     )
 
 
-# Where a compliance read was served from, for the answer's headers (app/api/common.py): whether the server is a
-# standby, and how far its replay is behind the primary in seconds (0 when it has replayed all it received; a
-# standby that receives nothing cannot know more). Set per request (a context of its own per thread).
-LAG_SQL = ("SELECT pg_is_in_recovery(), CASE WHEN NOT pg_is_in_recovery() OR pg_last_wal_receive_lsn() = "
-           "pg_last_wal_replay_lsn() THEN 0 ELSE extract(epoch FROM now() - pg_last_xact_replay_timestamp()) END")
-READ_FROM: contextvars.ContextVar[tuple[bool, float] | None] = contextvars.ContextVar("rpm_read_from", default=None)
+# Where a compliance read was served from, for the answer's headers (app/api/__init__.py): whether the server is
+# a standby, and how far its replay is behind the primary in seconds: 0 when it streams from the primary and has
+# replayed all it received; else the age of the last transaction it replayed (a standby cut off from its primary
+# has replayed all it received, and is as old as that); NULL, unknown, when it has replayed none. Set per request.
+LAG_SQL = ("SELECT pg_is_in_recovery(), CASE WHEN NOT pg_is_in_recovery() THEN 0 "
+           "WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() AND EXISTS (SELECT 1 FROM pg_stat_wal_receiver "
+           "WHERE status = 'streaming') THEN 0 ELSE extract(epoch FROM now() - pg_last_xact_replay_timestamp()) END")
+READ_FROM: contextvars.ContextVar[tuple[bool, float | None] | None] = contextvars.ContextVar("rpm_read_from",
+                                                                                            default=None)
 
 
 def note_read(standby: bool, lag_seconds: Any) -> None:
-    READ_FROM.set((bool(standby), max(0.0, float(lag_seconds or 0))))
+    READ_FROM.set((bool(standby), None if lag_seconds is None else max(0.0, float(lag_seconds))))
 
 
 class Database:

@@ -537,18 +537,6 @@ class AuditArchive(Base):
     dropped_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
-class AuditArchiveChain(Base):
-    """How many positions of a chain an archive took, and between which: what `verify` finds missing there."""
-
-    __tablename__ = "audit_archive_chains"
-
-    archive_id: Mapped[int] = mapped_column(ForeignKey("audit_archives.id"), primary_key=True)
-    chain: Mapped[str] = mapped_column(String(64), primary_key=True)
-    rows: Mapped[int] = mapped_column(BigInteger)
-    first_seq: Mapped[int] = mapped_column(BigInteger)
-    last_seq: Mapped[int] = mapped_column(BigInteger)
-
-
 class AuditArchivedHead(Base):
     """The hash of a chain's last row when an archive took it (the chain-head guard reads it)."""
 

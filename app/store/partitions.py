@@ -100,6 +100,8 @@ def ensure(conn: Connection, now: datetime | None = None, ahead: int = MONTHS_AH
     At most a second is waited for each lock (the months ahead leave time to try again)."""
     month = month_of(now or datetime.now(UTC))
     conn.execute(text("SET LOCAL lock_timeout = '1s'"))
+    # one maker at a time (every host's workers try at start and hourly): the others wait, then find them made
+    conn.execute(text("SELECT pg_advisory_xact_lock(hashtext('rpm.partitions'))"))
     made = []
     for _ in range(ahead + 1):
         if create(conn, month):

@@ -68,10 +68,13 @@ _SELECT_ATR = "SELECT symbol, history FROM atr_histories WHERE portfolio_id = %s
 # 100,000 decisions, and growing with them), and given a condition on portfolio_id as well, it walked
 # a (portfolio_id, ...) index through every decision of the portfolio. A LATERAL subquery with a
 # LIMIT is not merged into a join, so each id is one index lookup.
-_DECIDED = ("FROM unnest(%(i)s::text[]) AS ids(intent_id), LATERAL (SELECT d.* FROM decision_intents k "
-            "JOIN decisions d ON d.id = k.decision_id AND d.decided_at = k.decided_at "
+# An intent id whose decision's month was archived is found without its decision (its columns NULL): a retry of
+# it is refused, never decided again.
+_DECIDED = ("FROM unnest(%(i)s::text[]) AS ids(intent_id), LATERAL (SELECT k.decision_id AS intent_decision_id, "
+            "k.decided_at AS intent_decided_at, d.* FROM decision_intents k "
+            "LEFT JOIN decisions d ON d.id = k.decision_id AND d.decided_at = k.decided_at "
             "WHERE k.portfolio_id = %(p)s AND k.intent_id = ids.intent_id LIMIT 1) d")
-_SELECT_DECIDED = "SELECT d.* " + _DECIDED
+_SELECT_DECIDED = "SELECT ids.intent_id AS intent_key, d.* " + _DECIDED
 def _newest_marks(owner: str) -> str:
     """The marks a portfolio (``owner``, an SQL expression) reads: for each symbol the newer of its own and the
     firm's (its own on a tie), price and history together — the rule, in one place."""
@@ -93,7 +96,7 @@ _SELECT_STATE = (
     "AS mk(symbols, prices, hashes), "
     "(SELECT jsonb_object_agg(symbol, history) FROM atr_histories WHERE portfolio_id = %(p)s AND symbol = ANY(%(s)s)) "
     "AS atr(histories), "
-    f"(SELECT array_agg(d.intent_id) {_DECIDED}) AS decided(ids)")
+    f"(SELECT array_agg(ids.intent_id) {_DECIDED}) AS decided(ids)")
 # The statements of a decision transaction are prepared (psycopg prepares what a connection runs
 # five times), but for a transaction of one intent PostgreSQL kept planning them again at every
 # execution (a one-element array makes a custom plan look cheaper than the generic one): the server's
@@ -280,9 +283,22 @@ def _decided(cursor: Any) -> dict[str, SimpleNamespace]:
     """The stored decisions an intent-id lookup found (``_SELECT_DECIDED``), by intent id."""
     earlier = {}
     for data in cursor.fetchall() if cursor is not None else ():
+        intent_id = data.pop("intent_key")
+        archived = Archived(data.pop("intent_decision_id"), _utc(data.pop("intent_decided_at")))
+        if data["id"] is None:  # (its month archived)
+            earlier[intent_id] = archived
+            continue
         data["decided_at"] = _utc(data["decided_at"])
-        earlier[data["intent_id"]] = SimpleNamespace(**data)
+        earlier[intent_id] = SimpleNamespace(**data)
     return earlier
+
+
+@dataclass(frozen=True)
+class Archived:
+    """A decision an intent id got, in a month since archived: found in the archive's file, not here."""
+
+    id: str
+    decided_at: datetime
 
 
 def _utc(value: datetime | None) -> datetime | None:

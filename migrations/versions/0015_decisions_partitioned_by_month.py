@@ -10,9 +10,9 @@ on a large trail, plan for it). A partitioned table's unique indexes must includ
 - fills name their decision without a foreign key (a fill's decision is checked under the portfolio's lock, and
   an archived month's decisions leave the database while their fills stay).
 
-`audit_archives` and `audit_archive_chains` record each archived month (`rpm audit archive`): what left the
-database, so that `verify` accounts for every position of a chain; `audit_archived_heads` keeps the hash of a
-chain's last row when that row was archived (the chain-head guard reads it through rpm_chain_hash_at).
+`audit_archives` lists each archived month (`rpm audit archive`; what `verify` accounts for is read from the
+archive's hashed admin action, not from it); `audit_archived_heads` keeps the hash of a chain's last row when
+that row was archived (the chain-head guard reads it through rpm_chain_hash_at).
 
 Revision ID: 0015
 Revises: 0014
@@ -153,17 +153,6 @@ def upgrade() -> None:
         sa.UniqueConstraint('month', name=op.f('uq_audit_archives_month')),
     )
     op.create_table(
-        'audit_archive_chains',
-        sa.Column('archive_id', sa.BigInteger(), nullable=False),
-        sa.Column('chain', sa.String(length=64), nullable=False),
-        sa.Column('rows', sa.BigInteger(), nullable=False),
-        sa.Column('first_seq', sa.BigInteger(), nullable=False),
-        sa.Column('last_seq', sa.BigInteger(), nullable=False),
-        sa.ForeignKeyConstraint(['archive_id'], ['audit_archives.id'],
-                                name=op.f('fk_audit_archive_chains_archive_id_audit_archives')),
-        sa.PrimaryKeyConstraint('archive_id', 'chain', name=op.f('pk_audit_archive_chains')),
-    )
-    op.create_table(
         'audit_archived_heads',
         sa.Column('chain', sa.String(length=64), nullable=False),
         sa.Column('audit_seq', sa.BigInteger(), nullable=False),
@@ -172,14 +161,15 @@ def upgrade() -> None:
     )
     op.execute(_hash_at(archived=True))
     op.execute(f"GRANT SELECT, INSERT ON decisions, decision_intents TO {APP_ROLE}")
-    op.execute(f"GRANT SELECT ON decision_documents, audit_archives, audit_archive_chains, audit_archived_heads "
-               f"TO {APP_ROLE}")
+    op.execute(f"GRANT SELECT ON decision_documents, audit_archives, audit_archived_heads TO {APP_ROLE}")
 
 
 def downgrade() -> None:
+    if op.get_bind().execute(sa.text("SELECT count(*) FROM audit_archives")).scalar():
+        raise RuntimeError("months of decisions are archived (audit_archives): the chains would have gaps that the "
+                           "schema before 0015 cannot account for; a downgrade past 0015 is refused")
     op.execute(_hash_at(archived=False))
     op.drop_table('audit_archived_heads')
-    op.drop_table('audit_archive_chains')
     op.drop_table('audit_archives')
     op.execute("DROP VIEW decision_documents")
     op.execute("ALTER TABLE decisions RENAME TO decisions_partitioned")

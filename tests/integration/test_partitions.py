@@ -84,11 +84,14 @@ def test_a_month_archived_then_dropped_leaves_a_trail_that_verifies_and_proves(a
     assert [(a.month.month, a.rows, a.dropped) for a in done] == [(3, len(march), False)]
     held = verify_file(done[0].file, compliance.anchor.trusted)
     assert held["rows"] == len(march) and set(held["chains"]) == {"default", "quiet"}
-    # the month left the table (detached, not dropped), its intent ids with it; the rest is as it was
+    # the month left the table (detached, not dropped); the rest is as it was
     assert sql("SELECT count(*) FROM decisions")[0][0] == len(april)
     assert sql("SELECT count(*) FROM decisions_2026_03")[0][0] == len(march)
-    assert sql("SELECT count(*) FROM decision_intents WHERE intent_id LIKE 'm-%'")[0][0] == 0
     assert client.get(f"/decisions/{march[0]['id']}").status_code == 404
+    # its intent ids are kept: a retry is refused, naming the archived decision, never decided again
+    retried = client.post("/process_trade", json={**SEED_INTENT, "atr": 0.01, "intent_id": "m-0"})
+    assert retried.status_code == 409 and retried.json["decision_id"] == march[0]["id"], retried.json
+    assert "archived" in retried.json["message"]
     assert client.get(f"/decisions/{april[0]['id']}/proof").status_code == 200
 
     report = compliance.verify()
@@ -180,3 +183,106 @@ def test_an_archive_waits_out_a_long_reader_a_second_at_a_time_and_trading_goes_
     assert [a.rows for a in done["archived"]] == [1]
     assert done["seconds"] > 2  # it waited for the reader
     assert max(waits) < 1.5, waits
+
+
+def test_decisions_of_the_month_arriving_after_its_export_are_archived_too(app, client, clock, months, tmp_path):
+    """A decision stamped in the month being archived that commits between its export and its detachment (a host
+    whose clock is behind): what would leave is not what was exported, so it all starts again, with it."""
+    compliance = app.extensions["rpm_compliance"]
+    trade(client)
+    clock.advance(days=31)
+    exports = []
+
+    class Late(Archiver):
+        def _export(self, month, chains, path):
+            done = super()._export(month, chains, path)
+            exports.append(done[0])
+            if len(exports) == 1:  # a decision of March arrives now
+                now = clock.now
+                clock.now = partitions.start_of(month).replace(day=20)
+                trade(client)
+                clock.now = now
+            return done
+
+    [archived] = Late(app.extensions["rpm"].uow, compliance, compliance.anchor).archive(
+        partitions.parse_month("2026-04"), tmp_path, OPERATOR)
+    assert exports == [1, 2] and archived.rows == 2
+    assert verify_file(archived.file, compliance.anchor.trusted)["rows"] == 2
+    assert compliance.verify()["ok"]
+
+
+def test_verify_reads_what_was_archived_from_the_trail_not_from_a_table(app, client, clock, months, sql, tmp_path,
+                                                                        database_url):
+    """A decision deleted, and a row added to audit_archives claiming it: verify still finds it missing."""
+    compliance = app.extensions["rpm_compliance"]
+    trade(client)
+    gone = trade(client)
+    compliance.anchor.checkpoint(force=True, wait=True)
+    superuser = create_engine(database_url)
+    try:
+        tamper(superuser, "decisions", "DELETE FROM decisions WHERE id = :i", i=gone["id"])
+        with superuser.begin() as conn:
+            conn.execute(text("INSERT INTO audit_archives (month, partition, rows, file, sha256, archived_at) "
+                              "VALUES ('2026-03-01', 'decisions_2026_03', 1, 'x', 'x', now())"))
+    finally:
+        superuser.dispose()
+    report = compliance.verify()
+    assert not report["ok"] and report["broken"]["default"]["problem"] == "missing", report
+
+
+def test_verify_archive_holds_a_file_to_what_the_trail_recorded(app, client, clock, months, settings, tmp_path,
+                                                                database_url):
+    import os
+    import subprocess
+    import sys
+
+    from ..conftest import ROOT
+
+    compliance = app.extensions["rpm_compliance"]
+    trade(client)
+    clock.advance(days=31)
+    [archived] = Archiver(app.extensions["rpm"].uow, compliance, compliance.anchor).archive(
+        partitions.parse_month("2026-04"), tmp_path, OPERATOR)
+    public = f"{settings.instance_path}/audit-signing-key.pem.pub"
+
+    def check(path, *more):
+        return subprocess.run([sys.executable, "-m", "app.cli", "audit", "verify-archive", str(path), "--public-key",
+                               public, *more], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                              env={**os.environ, "DATABASE_URL": database_url})
+
+    held = check(archived.file)
+    assert held.returncode == 0 and "the file the trail records" in held.stdout, held
+    # every decision taken out, the header made to agree: its proofs (none) hold, the trail's record does not
+    with gzip.open(archived.file, "rt") as f:
+        header = json.loads(f.readline())
+    trimmed = tmp_path / "trimmed.jsonl.gz"
+    with gzip.open(trimmed, "wt") as f:
+        f.write(json.dumps({**header, "chains": {}, "rows": 0}) + "\n")
+    refused = check(trimmed)
+    assert refused.returncode == 1 and refused.stderr.startswith("Error: BROKEN") and "Traceback" not in refused.stderr
+    assert check(trimmed, "--offline").returncode == 0  # (offline, the proofs alone: as its help says)
+
+
+def test_several_makers_of_partitions_at_once_make_each_month_once(app, database_url):
+    import threading
+    from datetime import UTC, datetime
+
+    engine = create_engine(database_url)
+    errors, made = [], []
+
+    def maker():
+        try:
+            with engine.begin() as conn:
+                made.extend(partitions.ensure(conn, datetime(2031, 1, 5, tzinfo=UTC), ahead=5))
+        except Exception as exc:  # noqa: BLE001 (what the test looks for)
+            errors.append(exc)
+
+    threads = [threading.Thread(target=maker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    with engine.connect() as conn:
+        held = [m for m in partitions.months(conn) if m.year == 2031]
+    engine.dispose()
+    assert not errors and len(held) == 6 and sorted(made) == held
