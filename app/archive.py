@@ -51,7 +51,7 @@ class Archived:
     dropped: bool
 
     def to_dict(self) -> dict[str, Any]:
-        return {"month": self.month.strftime("%Y-%m"), "file": self.file, "rows": self.rows, "sha256": self.sha256,
+        return {"month": _text(self.month), "file": self.file, "rows": self.rows, "sha256": self.sha256,
                 "dropped": self.dropped}
 
 
@@ -64,7 +64,15 @@ class Archiver:
         drop every archived month's detached table); what was done, oldest first."""
         current = partitions.month_of(self.uow.clock())
         if before > current:
-            raise Invalid(f"{before:%Y-%m} has not passed: months before {current:%Y-%m} can be archived")
+            raise Invalid(f"{_text(before)} has not passed: months before {_text(current)} can be archived")
+        directory = Path(directory).absolute()
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            probe = directory / ".rpm-archive-probe"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            raise Invalid(f"archives cannot be written to {directory}: {exc.strerror or exc}") from None
         with self.uow.reading() as session:
             held = [month for month in partitions.months(session.connection()) if month < before]
             done = {a.month: (Archived(a.month, a.file, a.rows, a.sha256, a.dropped_at is not None))
@@ -74,6 +82,7 @@ class Archiver:
             made += [a for a in done.values() if a.month < before and not a.dropped]
             for archived in made:
                 if not archived.dropped:
+                    _still_there(archived)  # (the only copy left: never dropped without it)
                     self._drop(archived.month, actor)
                     archived.dropped = True
         return sorted(made, key=lambda a: a.month)
@@ -95,7 +104,7 @@ class Archiver:
                 return self._archive(month, directory, actor)
             except Arrived:
                 if attempt == 3:
-                    raise Conflict(f"decisions of {month:%Y-%m} kept arriving while it was archived: nothing "
+                    raise Conflict(f"decisions of {_text(month)} kept arriving while it was archived: nothing "
                                    "detached; run the command again") from None
         raise AssertionError("unreachable")
 
@@ -104,10 +113,9 @@ class Archiver:
         if chains:
             report = self.compliance.verify(portfolios=tuple(chains))
             if not report["ok"]:
-                raise Conflict(f"the chains of {month:%Y-%m} do not verify: nothing archived "
+                raise Conflict(f"the chains of {_text(month)} do not verify: nothing archived "
                                f"({json.dumps(report.get('broken') or report.get('findings'))[:400]})")
             self.anchor.checkpoint({c: self._head(c) for c in chains}, wait=True, strict=True)
-        directory.mkdir(parents=True, exist_ok=True)
         path = directory / f"{partitions.name_of(month)}.jsonl.gz"
         rows, digest = self._export(month, chains, path)
         for attempt in range(1, DETACH_ATTEMPTS + 1):
@@ -116,7 +124,7 @@ class Archiver:
                 break
             except Unavailable as exc:
                 if attempt == DETACH_ATTEMPTS:
-                    raise Unavailable(f"{month:%Y-%m} is exported to {path} but could not be detached in {attempt} "
+                    raise Unavailable(f"{_text(month)} is exported to {path} but could not be detached in {attempt} "
                                       f"tries (a long transaction holding the decisions table, or the database away: "
                                       f"{exc.message}); run the command again") from None
                 time.sleep(1)
@@ -147,8 +155,8 @@ class Archiver:
                          "ON p.id = d.portfolio_id AND p.audit_seq = d.audit_seq ON CONFLICT DO NOTHING")
             tx.add(tx.system_rows([admin_row(
                 actor, portfolio_id=None, action="audit_archived", at=self.uow.clock(),
-                after={"month": f"{month:%Y-%m}", "rows": rows, "file": path.name, "sha256": digest,
-                       "chains": chains}, reason=f"decisions of {month:%Y-%m} archived")]))
+                after={"month": f"{_text(month)}", "rows": rows, "file": path.name, "sha256": digest,
+                       "chains": chains}, reason=f"decisions of {_text(month)} archived")]))
             tx.commit()
 
     def _head(self, chain: str) -> int:
@@ -160,7 +168,7 @@ class Archiver:
         partial = path.with_suffix(".partial")
         rows = 0
         with self.uow.reading() as session:
-            header = {"format": FORMAT, "month": f"{month:%Y-%m}", "partition": partitions.name_of(month),
+            header = {"format": FORMAT, "month": f"{_text(month)}", "partition": partitions.name_of(month),
                       "rows": sum(c["rows"] for c in chains.values()), "chains": chains,
                       "trail": anchoring.trail_id(session),
                       "public_key": anchoring.public_pem(self.anchor.signer.public)}
@@ -174,7 +182,7 @@ class Archiver:
                 os.fsync(raw.fileno())
         if rows != header["rows"]:
             partial.unlink()
-            raise Conflict(f"{month:%Y-%m}: {rows} decisions exported, {header['rows']} counted: nothing archived")
+            raise Conflict(f"{_text(month)}: {rows} decisions exported, {header['rows']} counted: nothing archived")
         os.replace(partial, path)
         return rows, _sha256(path)
 
@@ -183,7 +191,7 @@ class Archiver:
             checkpoint = session.scalars(select(m.AuditCheckpoint).where(m.AuditCheckpoint.chain == chain)
                                          .order_by(m.AuditCheckpoint.size.desc()).limit(1)).first()
             if checkpoint is None or checkpoint.size < chains[chain]["last_seq"]:
-                raise Conflict(f"no signed checkpoint covers the decisions of {chain} in {month:%Y-%m}")
+                raise Conflict(f"no signed checkpoint covers the decisions of {chain} in {_text(month)}")
             query = (select(m.Decision).where(m.Decision.portfolio_id == chain,
                                               m.Decision.decided_at >= partitions.start_of(month),
                                               m.Decision.decided_at < partitions.start_of(partitions.next_month(month)))
@@ -209,9 +217,24 @@ class Archiver:
             conn.execute("UPDATE audit_archives SET dropped_at = %s WHERE month = %s", (self.uow.clock(), month))
             tx.add(tx.system_rows([admin_row(
                 actor, portfolio_id=None, action="audit_archive_dropped", at=self.uow.clock(),
-                after={"month": f"{month:%Y-%m}", "partition": name}, reason=f"archived decisions of {month:%Y-%m} "
+                after={"month": f"{_text(month)}", "partition": name}, reason=f"archived decisions of {_text(month)} "
                 "dropped from the database")]))
             tx.commit()
+
+
+def _text(month: date) -> str:
+    return month.isoformat()[:7]
+
+
+def _still_there(archived: Archived) -> None:
+    """The file an archive recorded is where it was written and unchanged, or Conflict."""
+    path = Path(archived.file)
+    if not path.is_file():
+        raise Conflict(f"the archive of {_text(archived.month)} is not at {path}: its table is not dropped (put the "
+                       "file back, or check it with `rpm audit verify-archive`)")
+    if _sha256(path) != archived.sha256:
+        raise Conflict(f"{path} is not the file archived for {_text(archived.month)} (its SHA-256 differs): its "
+                       "table is not dropped")
 
 
 def _sha256(path: Path) -> str:
@@ -232,23 +255,32 @@ def verify_file(path: str | Path, public_key: Any) -> dict[str, Any]:
     with gzip.open(path, "rt") as lines:
         try:
             header = json.loads(next(lines))
-        except (StopIteration, ValueError, OSError, EOFError) as exc:
-            raise Invalid(f"{path} is not an RPM archive: {exc}") from None
+        except StopIteration:
+            raise Invalid(f"{path} is not an RPM archive: it is empty") from None
+        except (ValueError, OSError, EOFError, RecursionError) as exc:
+            raise Invalid(f"{path} is not an RPM archive: {type(exc).__name__}: {exc}"[:300]) from None
         if not isinstance(header, dict) or header.get("format") != FORMAT or not _well_formed(header):
             raise Invalid(f"{path} is not an RPM archive of format {FORMAT}")
         seen: dict[str, dict[str, int]] = {}
+        positions: set[tuple[str, int]] = set()
         try:
             for line in lines:
                 held = anchoring.check_proof(json.loads(line), public_key)
+                # what is read below is what the proof holds: the signed statement, the hashed row
                 chain, seq = held["checkpoint"]["chain"], int(held["decision"]["audit_seq"])
+                if (chain, seq) in positions:
+                    raise anchoring.ProofError(f"the decision at {chain} #{seq} is in {path.name} twice")
+                positions.add((chain, seq))
+                if str(held["decision"].get("decided_at", ""))[:7] != header["month"]:
+                    raise anchoring.ProofError(f"the decision at {chain} #{seq} was not made in {header['month']}")
                 c = seen.setdefault(chain, {"rows": 0, "first_seq": seq, "last_seq": seq})
                 c["rows"] += 1
                 c["first_seq"], c["last_seq"] = min(c["first_seq"], seq), max(c["last_seq"], seq)
-        except (OSError, EOFError, ValueError, KeyError, TypeError) as exc:
+        except (OSError, EOFError, ValueError, KeyError, TypeError, RecursionError) as exc:
             if isinstance(exc, anchoring.ProofError):
                 raise
-            raise Invalid(f"{path} is damaged: {exc!r}") from None
-    if seen != header["chains"]:
+            raise Invalid(f"{path} is damaged: {type(exc).__name__}: {exc}"[:300]) from None
+    if seen != header["chains"] or header.get("rows") != len(positions):
         raise anchoring.ProofError(f"the decisions in {path.name} are not those its header counts")
     return {"file": str(path), "month": header["month"], "rows": sum(c["rows"] for c in seen.values()),
             "chains": seen, "sha256": _sha256(path), "ok": True}

@@ -74,6 +74,30 @@ def _ensure_partitions() -> None:
                    "decisions_default, and that month cannot be archived)", err=True)
 
 
+def _check_read_database(settings: Settings) -> None:
+    """DATABASE_READ_URL must be this trail's database (a replica of it): the same trail id. Unreachable now is only
+    a warning (its reads answer 503 until it answers)."""
+    if not settings.database_read_url:
+        return
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(settings.resolved_read_url(), connect_args={"connect_timeout": settings.connect_timeout_s})
+    try:
+        with engine.connect() as conn:
+            theirs = conn.execute(text("SELECT id FROM audit_trail")).scalar()
+    except Exception as exc:  # noqa: BLE001 (any failure to read it is reported the same way)
+        click.echo(f"WARNING: DATABASE_READ_URL does not answer now ({type(exc).__name__}): the compliance reads "
+                   "answer 503 until it does", err=True)
+        return
+    finally:
+        engine.dispose()
+    with _uow().reading() as session:
+        ours = session.execute(text("SELECT id FROM audit_trail")).scalar()
+    if theirs != ours:
+        raise click.ClickException(f"DATABASE_READ_URL is not a replica of this database (its trail is {theirs!r}, "
+                                   f"this one's {ours!r}): the compliance reads would show another trail")
+
+
 def _operator():
     from .services import Actor
 
@@ -174,6 +198,7 @@ def serve(port: int | None, host: str | None, workers: int | None, threads: int 
     upgrade(url)
     _uow().ensure_default()
     _ensure_partitions()
+    _check_read_database(settings)
     _bootstrap(settings)
     port = port or settings.port
     host = host or settings.host
@@ -193,6 +218,8 @@ def serve(port: int | None, host: str | None, workers: int | None, threads: int 
     click.echo("=" * 78)
     click.echo(f" listening on http://{host}:{port}  ({workers} workers x {threads} threads)")
     click.echo(f" database: {database}")
+    if settings.database_read_url:
+        click.echo(f" compliance reads: {_safe_url(settings.resolved_read_url())}")
     click.echo(" endpoints:")
     for method, path, what in ENDPOINTS:
         click.echo(f"   {method:8} {path:32} {what}")
@@ -440,10 +467,10 @@ def audit_archive(before: str, directory: str, drop: bool) -> None:
     compliance = _app().extensions["rpm_compliance"]
     done = Archiver(_uow(), compliance, compliance.anchor).archive(month, directory, _operator(), drop=drop)
     for archived in done:
-        click.echo(f"{archived.month:%Y-%m}: {archived.rows} decision(s) -> {archived.file} (sha256 "
+        click.echo(f"{archived.month.isoformat()[:7]}: {archived.rows} decision(s) -> {archived.file} (sha256 "
                    f"{archived.sha256[:16]}...){', dropped from the database' if archived.dropped else ', detached'}")
     if not done:
-        click.echo(f"nothing to archive before {month:%Y-%m}")
+        click.echo(f"nothing to archive before {month.isoformat()[:7]}")
 
 
 @audit.command("verify-archive")
@@ -460,6 +487,12 @@ def audit_verify_archive(archive_file: str, public_keys: tuple[str, ...], offlin
 
     if offline and not public_keys:
         raise click.UsageError("--offline needs --public-key: the keys the checkpoints must be signed with")
+    settings = _settings()
+    own = Path(settings.audit_signing_key or Path(settings.instance_path or default_instance_path())
+               / "audit-signing-key.pem")
+    if not public_keys and not own.exists():  # (away from the service: a key of its own would be made, and wrong)
+        raise click.UsageError(f"no signing key of this service here ({own}): give --public-key, the public key its "
+                               "checkpoints are signed with (`rpm audit public-key` where the service runs)")
     try:
         keys = [load_public_key(path) for path in public_keys] or _app().extensions["rpm_compliance"].anchor.trusted
     except ValueError as exc:
@@ -491,14 +524,16 @@ def db_partitions() -> None:
         rows = dict(session.execute(text(
             "SELECT c.relname, c.reltuples::bigint FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
             f"WHERE i.inhparent = '{partitions.TABLE}'::regclass")).all())
-        archived = session.scalars(select(m.AuditArchive).order_by(m.AuditArchive.month)).all()
+        archived = [(a.month, a.archived_at, a.rows, a.file, a.dropped_at) for a in
+                    session.scalars(select(m.AuditArchive).order_by(m.AuditArchive.month))]
     for month in made:
         click.echo(f"made {partitions.name_of(month)}")
     for name, estimate in sorted(rows.items()):
-        click.echo(f"{name:<24} ~{max(estimate, 0)} rows")
-    for a in archived:
-        click.echo(f"{partitions.name_of(a.month):<24} archived {a.archived_at:%Y-%m-%d} ({a.rows} rows, {a.file})"
-                   f"{', dropped' if a.dropped_at else ', detached'}")
+        # (the planner's estimate: unknown until the table was analysed)
+        click.echo(f"{name:<24} {'~' + str(estimate) + ' rows' if estimate > 0 else 'not analysed yet'}")
+    for month, at, count, file, dropped in archived:
+        click.echo(f"{partitions.name_of(month):<24} archived {at:%Y-%m-%d} ({count} rows, {file})"
+                   f"{', dropped' if dropped else ', detached'}")
 
 
 @main.group()

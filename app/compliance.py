@@ -129,13 +129,20 @@ class Compliance:
         """
         columns = [getattr(m.Decision, c) for c in CSV_COLUMNS]
         query = self._query(flt, None, *columns)
+        slot = self.uow.history_slot()
+        slot.__enter__()  # (held until the last row is sent)
         try:
-            conn = self.uow.history_db.engine.connect()
-            conn.execute(text(NO_IDLE_LIMIT))  # its client may read slowly: idle between batches, not stuck
-            self.uow.note_history_read(conn)
-            result = conn.execution_options(stream_results=True, yield_per=2000).execute(query)
-        except DB_ERRORS as exc:
-            raise Unavailable(f"database unavailable ({type(exc).__name__})") from exc
+            with self.uow.history_errors():
+                try:
+                    conn = self.uow.history_db.engine.connect()
+                    conn.execute(text(NO_IDLE_LIMIT))  # its client may read slowly: idle between batches, not stuck
+                    self.uow.note_history_read(conn)
+                    result = conn.execution_options(stream_results=True, yield_per=2000).execute(query)
+                except DB_ERRORS as exc:
+                    raise DatabaseUnavailable(f"database unavailable ({type(exc).__name__})") from exc
+        except BaseException:
+            slot.__exit__(None, None, None)
+            raise
         buffer = io.StringIO()
         # every text quoted, so that a reader splitting on another separator (";" in many locales) does not cut a
         # cell where a formula could start; numbers written as numbers
@@ -155,6 +162,7 @@ class Compliance:
             finally:
                 result.close()
                 conn.close()
+                slot.__exit__(None, None, None)
 
         return rows()
 
@@ -426,7 +434,7 @@ def replay(uow: UnitOfWork, portfolio_id: str, start: datetime | None, end: date
         query = query.where(d.decided_at < end)
     query = query.order_by(d.seq).execution_options(yield_per=500)
     try:
-        with uow.history_db.reader() as session:
+        with uow.history_slot(), uow.history_errors(), uow.history_db.reader() as session:
             session.execute(text(NO_IDLE_LIMIT))  # streamed (format=ndjson): idle while its client reads
             uow.note_history_read(session)
             for row in session.scalars(query):

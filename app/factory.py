@@ -70,14 +70,17 @@ def register_service(app: Flask, settings: Settings, clock: Callable[[], datetim
         silence_timeout_ms=settings.db_silence_timeout_ms,
     )
     read_url = settings.resolved_read_url()
+    # (connections renewed every minute: listed with a fallback, `target_session_attrs=prefer-standby`, reads go
+    # back to the replica once it is back)
     history_db = None if read_url is None else Database(
         read_url, lock_timeout_ms=settings.lock_timeout_ms, statement_timeout_ms=settings.statement_timeout_ms,
         connect_timeout_s=settings.connect_timeout_s, pool_size=settings.pool_size,
-        silence_timeout_ms=settings.db_silence_timeout_ms)
+        silence_timeout_ms=settings.db_silence_timeout_ms, pool_recycle=60)
     config = load_preset(settings.default_preset, total_capital=settings.default_capital)
     from .keys import KeyStore
 
-    uow = UnitOfWork(db, clock or system_clock, default_config=config, history_db=history_db)
+    uow = UnitOfWork(db, clock or system_clock, default_config=config, history_db=history_db,
+                     history_reads=settings.history_reads or max(1, settings.threads // 2))
     services = Services(uow, group_commit=settings.group_commit)
     if settings.unsafe_disable_portfolio_lock:
         app.logger.warning("RPM_TEST_UNSAFE_DISABLE_PORTFOLIO_LOCK: decisions are NOT serialized (tests only)")

@@ -24,6 +24,9 @@ class Settings:
     # a streaming replica for the compliance reads (decisions, their export, audit events, reports, replay): the
     # trading path never reads it; unset, those read the primary
     database_read_url: str | None = None
+    # compliance reads (on the replica or the primary) at once per process, so that trading always has threads
+    # left (a replica that stops answering holds each such read up to the silence bound); 0: half the threads
+    history_reads: int = 0
     port: int = 8005
     host: str = "0.0.0.0"
     # gunicorn gthread processes: one per core (each groups its concurrent intents: app/group_commit.py)
@@ -94,6 +97,7 @@ class Settings:
         return cls(
             database_url=os.environ.get("DATABASE_URL") or None,
             database_read_url=os.environ.get("DATABASE_READ_URL") or None,
+            history_reads=_int("RPM_HISTORY_READS", d.history_reads),
             port=_int("RPM_PORT", d.port),
             host=os.environ.get("RPM_HOST", d.host),
             workers=_int("RPM_WORKERS", d.workers),

@@ -14,6 +14,7 @@ here, in one place: 503, or 422 for a value the database refuses.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -182,10 +183,12 @@ class UnitOfWork:
     unsafe_groups = False
 
     def __init__(self, db: Database, clock: Clock = system_clock, default_config: RPMConfig | None = None,
-                 history_db: Database | None = None):
+                 history_db: Database | None = None, history_reads: int = 4):
         self.db = db
-        # where the compliance reads go (DATABASE_READ_URL: a streaming replica), the primary unless given
+        # where the compliance reads go (DATABASE_READ_URL: a streaming replica), the primary unless given, and how
+        # many may run at once in this process
         self.history_db = history_db or db
+        self._history_slots = threading.BoundedSemaphore(max(1, history_reads))
         self.clock = clock
         self.default_config = default_config or RPMConfig()
 
@@ -291,9 +294,31 @@ class UnitOfWork:
     def history(self) -> Iterator[Any]:
         """An ORM session that only reads, on the replica when one is set (the compliance reads: the decisions,
         their export, audit events, reports, replay), which notes how far behind the primary it is."""
-        with self._errors(), self.history_db.reader() as session:
+        with self.history_slot(), self.history_errors(), self.history_db.reader() as session:
             self.note_history_read(session)
             yield session
+
+    @contextmanager
+    def history_slot(self) -> Iterator[None]:
+        """One of this process's compliance reads at once (RPM_HISTORY_READS), or 503 at once: the other threads
+        are trading's."""
+        if not self._history_slots.acquire(blocking=False):
+            raise Unavailable("too many compliance reads at once in this process (RPM_HISTORY_READS): try again")
+        try:
+            yield
+        finally:
+            self._history_slots.release()
+
+    @contextmanager
+    def history_errors(self) -> Iterator[None]:
+        """The database errors of a compliance read, naming the replica when it is one."""
+        try:
+            with self._errors():
+                yield
+        except Unavailable as exc:
+            if self.history_db is self.db:
+                raise
+            raise Unavailable(f"the read replica (DATABASE_READ_URL) is unavailable: {exc.message}") from exc
 
     def note_history_read(self, session_or_connection: Any) -> None:
         """Note, for the answer's headers, where a compliance read is served from (and the replica's lag)."""

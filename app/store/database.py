@@ -139,7 +139,8 @@ NO_IDLE_LIMIT = "SET LOCAL idle_in_transaction_session_timeout = 0"
 
 
 def make_engine(url: str, *, lock_timeout_ms: int = 2000, statement_timeout_ms: int = 5000,
-                connect_timeout_s: int = 3, pool_size: int = 5, silence_timeout_ms: int = 6000) -> Engine:
+                connect_timeout_s: int = 3, pool_size: int = 5, silence_timeout_ms: int = 6000,
+                pool_recycle: int = -1) -> Engine:
     silence_s = silence_timeout_ms / 1000
     # the server's side of a connection the watchdog cut, or lost to a one-way partition: a transaction left
     # idle gives its locks (a portfolio's row) back, and a connection gone quiet is probed, within seconds
@@ -153,6 +154,7 @@ def make_engine(url: str, *, lock_timeout_ms: int = 2000, statement_timeout_ms: 
     return create_engine(
         url,
         pool_pre_ping=False,
+        pool_recycle=pool_recycle,
         pool_size=pool_size,
         max_overflow=pool_size,
         # waiting for a pooled connection is part of the request's bound too

@@ -160,3 +160,37 @@ def test_compliance_reads_come_from_the_replica_with_its_lag_and_trading_never_r
               f"{exported['seconds']:.1f} s; lone decisions p50 {statistics.median(quiet):.1f} ms alone, "
               f"{statistics.median(during):.1f} ms during the export (same machine: the replica, the export's "
               "worker and the client share its 2 cores); replica down: trading 200, compliance reads 503")
+
+
+def test_compliance_reads_take_at_most_their_share_of_a_process(database_url, tmp_path, keys):
+    """RPM_HISTORY_READS: one export streaming holds the only slot; another compliance read is 503 at once, trading
+    is not held; once the export ends, reads are served again."""
+    from app.settings import Settings as S
+
+    app = create_app(S(database_url=database_url, instance_path=str(tmp_path / "i"), history_reads=1))
+    try:
+        client = app.test_client()
+        compliance, trader = ({"Authorization": f"Bearer {keys[r]}"} for r in ("compliance", "trader"))
+        export = client.get("/decisions?format=csv", headers=compliance, buffered=False)
+        assert export.status_code == 200
+        refused = client.get("/decisions", headers=compliance)
+        assert refused.status_code == 503 and "RPM_HISTORY_READS" in refused.json["message"]
+        assert client.post("/process_trade", json=SEED_INTENT, headers=trader).status_code == 200
+        export.close()
+        assert client.get("/decisions", headers=compliance).status_code == 200
+    finally:
+        app.extensions["rpm"].db.dispose()
+
+
+def test_rpm_serve_refuses_a_read_database_that_is_not_a_replica_of_its_own(database_url, empty_database_url):
+    import os
+    import subprocess
+    import sys
+
+    from ..conftest import ROOT
+
+    upgrade(empty_database_url)  # another trail: its own trail id
+    done = subprocess.run([sys.executable, "-m", "app.cli", "serve"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "DATABASE_URL": database_url,
+                                            "DATABASE_READ_URL": empty_database_url, "RPM_PORT": "1"})
+    assert done.returncode == 1 and "not a replica of this database" in done.stderr, done.stderr[-500:]
