@@ -84,8 +84,11 @@ bench-replication: install
 bench-firm: install pg
 	$(BIN)/python -m bench.firm
 
+## the audit trail at 10,000,000 decisions over a year, partitioned by month and not, side by side (ROWS=...; about
+## an hour and 30 GB of disk per layout at the default)
+ROWS ?= 10000000
 bench-audit: install pg
-	$(BIN)/python -m bench.audit_scale
+	$(BIN)/python -m bench.audit_scale --rows $(ROWS)
 
 ## instructions per decision (valgrind): compares two versions of the code where the clock cannot
 bench-instructions: install pg
