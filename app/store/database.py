@@ -245,8 +245,15 @@ class Database:
             with _translated():
                 yield session
         finally:
-            session.rollback()
-            session.close()
+            # a read needs no rollback to be right: one that fails (the server gone since the last statement) means
+            # the connection is dead, and likely its pool's others (as `connection` does) — not the request's
+            # failure (it was a 500)
+            try:
+                session.rollback()
+            except DB_ERRORS:
+                self.renew_pool()
+            with suppress(*DB_ERRORS):
+                session.close()
 
     @contextmanager
     def connection(self) -> Iterator[Any]:

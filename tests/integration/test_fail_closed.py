@@ -46,3 +46,27 @@ def test_a_held_portfolio_lock_times_out_to_503_without_approval(database_url, t
     # and the service carries on once the lock is free
     assert client.post("/process_trade", json=SEED_INTENT, headers=auth).json["decision"]["status"] == "APPROVED"
     app.extensions["rpm"].db.dispose()
+
+
+def test_a_read_whose_server_went_away_after_its_last_statement_is_not_a_failure(database_url):
+    """The key store's read (every request's first) rolled back on a connection the server had dropped: that raised
+    past the translation, a 500 during a failover. A read needs no rollback: its result stands, the pool renews."""
+    from sqlalchemy.engine import make_url
+
+    from app.store.database import Database
+
+    from ..conftest import TcpProxy
+
+    url = make_url(database_url)
+    proxy = TcpProxy(url.host or "127.0.0.1", url.port or 5432)
+    try:
+        db = Database(url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False),
+                      connect_timeout_s=2)
+        generation = db._generation
+        with db.reader() as session:
+            assert session.execute(text("SELECT 1")).scalar() == 1
+            proxy.cut()  # the server gone before the rollback
+        assert db._generation == generation + 1  # and the pool's other connections renewed
+        db.dispose()
+    finally:
+        proxy.close()
