@@ -122,7 +122,8 @@ class Commands(click.Group):
             raise click.ClickException(f"{exc.message}{' (' + details + ')' if details else ''}") from None
 
 
-@click.group(cls=Commands)
+@click.group(cls=Commands, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="rpm", prog_name="rpm")
 def main() -> None:
     """RPM, the Risk & Portfolio Manager."""
 
@@ -147,12 +148,19 @@ def db_upgrade(revision: str) -> None:
 
 
 @db.command("downgrade")
-@click.option("--revision", default="base", show_default=True)
-def db_downgrade(revision: str) -> None:
-    """Revert the migrations down to REVISION."""
+@click.option("--revision", required=True, help="the revision to go back to (`base`: no schema at all)")
+@click.option("--yes", is_flag=True, help="do not ask for confirmation")
+def db_downgrade(revision: str, yes: bool) -> None:
+    """Revert the migrations down to REVISION: the tables of the migrations above it are dropped, with their rows
+    (down to `base`, every decision and the whole audit trail). Asks first, unless --yes."""
     from .store.migrate import downgrade
 
-    downgrade(_url(_settings()), revision)
+    url = _url(_settings())
+    if not yes:
+        click.confirm(f"Revert {_safe_url(url)} to revision {revision}? The tables of the migrations above it are "
+                      "dropped with their rows" + (", the audit trail included" if revision == "base" else ""),
+                      abort=True, err=True)
+    downgrade(url, revision)
     click.echo(f"database at {revision}")
 
 

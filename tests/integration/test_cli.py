@@ -46,3 +46,17 @@ def test_partitions_listed_archive_with_nothing_to_archive_and_a_file_that_is_no
     assert refused.stderr.startswith("Error: ") and "not an RPM archive" in refused.stderr, refused.stderr
     wrong = rpm(database_url, "audit", "archive", "--before", "2026-13")
     assert wrong.returncode == 2 and "not a month" in wrong.stderr and "Traceback" not in wrong.stderr
+
+
+def test_version_short_help_and_a_downgrade_that_asks_first(database_url, sql):
+    version = rpm(database_url, "--version")
+    assert version.returncode == 0 and version.stdout.startswith("rpm, version ")
+    short = rpm(database_url, "-h")
+    assert short.returncode == 0 and short.stdout.startswith("Usage: ")
+    bare = rpm(database_url, "db", "downgrade")  # no revision: nothing assumed (it was `base`: every table dropped)
+    assert bare.returncode == 2 and "--revision" in bare.stderr
+    asked = subprocess.run([sys.executable, "-m", "app.cli", "db", "downgrade", "--revision", "base"], cwd=ROOT,
+                           capture_output=True, text=True, input="n\n", timeout=60,
+                           env={**os.environ, "DATABASE_URL": database_url})
+    assert asked.returncode == 1 and "audit trail included" in asked.stderr and "Aborted" in asked.stderr
+    assert sql("SELECT count(*) FROM portfolios")[0][0] >= 1  # nothing dropped
