@@ -13,11 +13,14 @@ import click
 
 from .gunicorn_conf import EMBEDDED_DATA
 from .keys import ROLES
-from .settings import Settings, default_instance_path, embedded_data
+from .settings import Settings, SettingsError, default_instance_path, embedded_data
 
 
 def _settings() -> Settings:
-    return Settings.from_env()
+    try:
+        return Settings.from_env()
+    except SettingsError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 def _url(settings: Settings) -> str:

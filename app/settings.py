@@ -1,20 +1,49 @@
-"""Every environment variable RPM reads, in one place, typed, with defaults."""
+"""Every environment variable RPM reads, in one place, typed, with defaults, validated when read.
+
+Read with environs (on marshmallow, which RPM's API already uses): every variable is parsed and checked, and the
+ones that are wrong are named together in one error (SettingsError), at start. An empty variable is an unset one.
+Booleans are marshmallow's: 1/0, true/false, yes/no, on/off (any case).
+"""
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from environs import Env, EnvValidationError
+from marshmallow.validate import Range
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
-def _int(name: str, default: int) -> int:
-    raw = os.environ.get(name)
-    return default if raw in (None, "") else int(raw)
+class SettingsError(ValueError):
+    """Environment variables RPM cannot use: each named, with why."""
 
 
-def _float(name: str, default: float) -> float:
-    raw = os.environ.get(name)
-    return default if raw in (None, "") else float(raw)
+class _Reader:
+    """environs, with an empty variable taken as unset, and every error kept for the end (``seal``)."""
+
+    def __init__(self) -> None:
+        self.env = Env(eager=False)
+
+    def __call__(self, kind: str, name: str, default: Any, **checks: Any) -> Any:
+        if os.environ.get(name) == "":
+            return default
+        return getattr(self.env, kind)(name, default, **checks)
+
+    def seal(self) -> None:
+        try:
+            self.env.seal()
+        except EnvValidationError as exc:
+            named = "; ".join(f"{name}={os.environ.get(name, '')!r}: {' '.join(map(str, why))}"
+                              for name, why in sorted(exc.error_messages.items()))
+            raise SettingsError(f"invalid environment: {named}") from None
+
+
+_POSITIVE = Range(min=1)
+_NOT_NEGATIVE = Range(min=0)
 
 
 @dataclass(frozen=True)
@@ -93,47 +122,64 @@ class Settings:
 
     @classmethod
     def from_env(cls) -> Settings:
+        """The settings of the environment (SettingsError naming every variable that is wrong)."""
         d = cls()  # each default is written once, on its field
-        return cls(
-            database_url=os.environ.get("DATABASE_URL") or None,
-            database_read_url=os.environ.get("DATABASE_READ_URL") or None,
-            history_reads=_int("RPM_HISTORY_READS", d.history_reads),
-            port=_int("RPM_PORT", d.port),
-            host=os.environ.get("RPM_HOST", d.host),
-            workers=_int("RPM_WORKERS", d.workers),
-            threads=_int("RPM_THREADS", d.threads),
-            lock_timeout_ms=_int("RPM_LOCK_TIMEOUT_MS", d.lock_timeout_ms),
-            statement_timeout_ms=_int("RPM_STATEMENT_TIMEOUT_MS", d.statement_timeout_ms),
-            connect_timeout_s=_int("RPM_CONNECT_TIMEOUT_S", d.connect_timeout_s),
-            db_silence_timeout_ms=_int("RPM_DB_SILENCE_TIMEOUT_MS", d.db_silence_timeout_ms),
-            pool_size=_int("RPM_POOL_SIZE", d.pool_size),
-            bootstrap_admin_key=os.environ.get("RPM_BOOTSTRAP_ADMIN_KEY") or None,
-            default_preset=os.environ.get("RPM_DEFAULT_PRESET", d.default_preset),
-            default_capital=_float("RPM_DEFAULT_CAPITAL", d.default_capital),
-            instance_path=os.environ.get("RPM_INSTANCE_PATH") or None,
-            log_level=os.environ.get("RPM_LOG_LEVEL", d.log_level),
-            log_health=os.environ.get("RPM_LOG_HEALTH", "0") == "1",
-            auth_cache_seconds=_float("RPM_AUTH_CACHE_SECONDS", d.auth_cache_seconds),
-            auth_failures_per_minute=_int("RPM_AUTH_FAILURES_PER_MINUTE", d.auth_failures_per_minute),
-            group_commit=os.environ.get("RPM_GROUP_COMMIT", "1") != "0",
-            fast_path=os.environ.get("RPM_FAST_PATH", "1") != "0",
-            max_body_bytes=_int("RPM_MAX_BODY_BYTES", d.max_body_bytes),
-            audit_signing_key=os.environ.get("RPM_AUDIT_SIGNING_KEY") or None,
-            audit_sink=os.environ.get("RPM_AUDIT_SINK") or None,
-            audit_trusted_keys=tuple(p for p in os.environ.get("RPM_AUDIT_TRUSTED_KEYS", "").split(os.pathsep) if p),
-            checkpoint_every_records=_int("RPM_CHECKPOINT_EVERY_RECORDS", d.checkpoint_every_records),
-            checkpoint_every_seconds=_float("RPM_CHECKPOINT_EVERY_SECONDS", d.checkpoint_every_seconds),
-            events_max_streams=_int("RPM_EVENTS_MAX_STREAMS", d.events_max_streams),
-            events_poll_s=_float("RPM_EVENTS_POLL_S", d.events_poll_s),
-            events_heartbeat_s=_float("RPM_EVENTS_HEARTBEAT_S", d.events_heartbeat_s),
-            events_retry_ms=_int("RPM_EVENTS_RETRY_MS", d.events_retry_ms),
-            webhooks_deliver=os.environ.get("RPM_WEBHOOKS_DELIVER", "1") != "0",
-            webhook_poll_s=_float("RPM_WEBHOOK_POLL_S", d.webhook_poll_s),
-            webhook_timeout_s=_float("RPM_WEBHOOK_TIMEOUT_S", d.webhook_timeout_s),
-            webhook_max_attempts=_int("RPM_WEBHOOK_MAX_ATTEMPTS", d.webhook_max_attempts),
-            unsafe_disable_portfolio_lock=os.environ.get("RPM_TEST_UNSAFE_DISABLE_PORTFOLIO_LOCK") == "1",
-            unsafe_disable_group_lock=os.environ.get("RPM_TEST_UNSAFE_DISABLE_GROUP_LOCK") == "1",
+        read = _Reader()
+        text = os.environ.get
+        settings = cls(
+            database_url=text("DATABASE_URL") or None,
+            database_read_url=text("DATABASE_READ_URL") or None,
+            history_reads=read("int", "RPM_HISTORY_READS", d.history_reads, validate=_NOT_NEGATIVE),
+            port=read("int", "RPM_PORT", d.port, validate=Range(min=1, max=65535)),
+            host=text("RPM_HOST") or d.host,
+            workers=read("int", "RPM_WORKERS", d.workers, validate=_POSITIVE),
+            threads=read("int", "RPM_THREADS", d.threads, validate=_POSITIVE),
+            lock_timeout_ms=read("int", "RPM_LOCK_TIMEOUT_MS", d.lock_timeout_ms, validate=_POSITIVE),
+            statement_timeout_ms=read("int", "RPM_STATEMENT_TIMEOUT_MS", d.statement_timeout_ms, validate=_POSITIVE),
+            connect_timeout_s=read("int", "RPM_CONNECT_TIMEOUT_S", d.connect_timeout_s, validate=_POSITIVE),
+            db_silence_timeout_ms=read("int", "RPM_DB_SILENCE_TIMEOUT_MS", d.db_silence_timeout_ms,
+                                       validate=_POSITIVE),
+            pool_size=read("int", "RPM_POOL_SIZE", d.pool_size, validate=_POSITIVE),
+            bootstrap_admin_key=text("RPM_BOOTSTRAP_ADMIN_KEY") or None,
+            default_preset=text("RPM_DEFAULT_PRESET") or d.default_preset,
+            default_capital=read("float", "RPM_DEFAULT_CAPITAL", d.default_capital,
+                                 validate=Range(min=0, min_inclusive=False)),
+            instance_path=text("RPM_INSTANCE_PATH") or None,
+            log_level=(text("RPM_LOG_LEVEL") or d.log_level).upper(),
+            log_health=read("bool", "RPM_LOG_HEALTH", d.log_health),
+            auth_cache_seconds=read("float", "RPM_AUTH_CACHE_SECONDS", d.auth_cache_seconds, validate=_NOT_NEGATIVE),
+            auth_failures_per_minute=read("int", "RPM_AUTH_FAILURES_PER_MINUTE", d.auth_failures_per_minute,
+                                          validate=_NOT_NEGATIVE),
+            group_commit=read("bool", "RPM_GROUP_COMMIT", d.group_commit),
+            fast_path=read("bool", "RPM_FAST_PATH", d.fast_path),
+            max_body_bytes=read("int", "RPM_MAX_BODY_BYTES", d.max_body_bytes, validate=_POSITIVE),
+            audit_signing_key=text("RPM_AUDIT_SIGNING_KEY") or None,
+            audit_sink=text("RPM_AUDIT_SINK") or None,
+            audit_trusted_keys=tuple(p for p in (text("RPM_AUDIT_TRUSTED_KEYS") or "").split(os.pathsep) if p),
+            checkpoint_every_records=read("int", "RPM_CHECKPOINT_EVERY_RECORDS", d.checkpoint_every_records,
+                                          validate=_NOT_NEGATIVE),
+            checkpoint_every_seconds=read("float", "RPM_CHECKPOINT_EVERY_SECONDS", d.checkpoint_every_seconds,
+                                          validate=_NOT_NEGATIVE),
+            events_max_streams=read("int", "RPM_EVENTS_MAX_STREAMS", d.events_max_streams, validate=_NOT_NEGATIVE),
+            events_poll_s=read("float", "RPM_EVENTS_POLL_S", d.events_poll_s,
+                               validate=Range(min=0, min_inclusive=False)),
+            events_heartbeat_s=read("float", "RPM_EVENTS_HEARTBEAT_S", d.events_heartbeat_s,
+                                    validate=Range(min=0, min_inclusive=False)),
+            events_retry_ms=read("int", "RPM_EVENTS_RETRY_MS", d.events_retry_ms, validate=_NOT_NEGATIVE),
+            webhooks_deliver=read("bool", "RPM_WEBHOOKS_DELIVER", d.webhooks_deliver),
+            webhook_poll_s=read("float", "RPM_WEBHOOK_POLL_S", d.webhook_poll_s,
+                                validate=Range(min=0, min_inclusive=False)),
+            webhook_timeout_s=read("float", "RPM_WEBHOOK_TIMEOUT_S", d.webhook_timeout_s,
+                                   validate=Range(min=0, min_inclusive=False)),
+            webhook_max_attempts=read("int", "RPM_WEBHOOK_MAX_ATTEMPTS", d.webhook_max_attempts, validate=_POSITIVE),
+            unsafe_disable_portfolio_lock=read("bool", "RPM_TEST_UNSAFE_DISABLE_PORTFOLIO_LOCK", False),
+            unsafe_disable_group_lock=read("bool", "RPM_TEST_UNSAFE_DISABLE_GROUP_LOCK", False),
         )
+        read.seal()
+        if settings.log_level not in LOG_LEVELS:
+            raise SettingsError(f"invalid environment: RPM_LOG_LEVEL={text('RPM_LOG_LEVEL')!r}: one of "
+                                f"{', '.join(LOG_LEVELS)}")
+        return settings
 
     def resolved_database_url(self, instance_path: str) -> str:
         """``database_url`` as psycopg 3's; unset, the embedded server of the instance folder (started if it is

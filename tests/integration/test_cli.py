@@ -60,3 +60,10 @@ def test_version_short_help_and_a_downgrade_that_asks_first(database_url, sql):
                            env={**os.environ, "DATABASE_URL": database_url})
     assert asked.returncode == 1 and "audit trail included" in asked.stderr and "Aborted" in asked.stderr
     assert sql("SELECT count(*) FROM portfolios")[0][0] >= 1  # nothing dropped
+
+
+def test_a_wrong_setting_is_one_line_naming_it(database_url):
+    done = subprocess.run([sys.executable, "-m", "app.cli", "status"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60, env={**os.environ, "DATABASE_URL": database_url, "RPM_GROUP_COMMIT": "maybe"})
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.startswith("Error: invalid environment: RPM_GROUP_COMMIT='maybe'"), done.stderr

@@ -135,7 +135,7 @@ def three_hosts(servers, database_url):
     try:
         for address, prefix, (db_host, db_port) in hosts.hosts:
             dsn = url.set(host=db_host, port=db_port).render_as_string(hide_password=False)
-            started.append(servers({"DATABASE_URL": dsn, "RPM_CHECKPOINT_EVERY_S": "0"}, workers=2, threads=6,
+            started.append(servers({"DATABASE_URL": dsn, "RPM_CHECKPOINT_EVERY_SECONDS": "0"}, workers=2, threads=6,
                                    host=address, prefix=prefix))
         yield hosts, started
     finally:

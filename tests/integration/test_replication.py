@@ -54,7 +54,7 @@ def test_failover_to_a_promoted_standby_loses_no_acknowledged_decision(pair, sto
     standby = pair.make_standby()
     hosts = f"127.0.0.1:{pair.primary.port},127.0.0.1:{standby.port}"
     listed = f"postgresql://postgres@{hosts}/rpm?target_session_attrs=read-write"
-    server = servers({"DATABASE_URL": listed, "RPM_CONNECT_TIMEOUT_S": "2", "RPM_CHECKPOINT_EVERY_S": "0"},
+    server = servers({"DATABASE_URL": listed, "RPM_CONNECT_TIMEOUT_S": "2", "RPM_CHECKPOINT_EVERY_SECONDS": "0"},
                      workers=2, threads=4)
     with Load(server.url, keys["trader"]) as load:
         time.sleep(2)

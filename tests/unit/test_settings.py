@@ -20,3 +20,34 @@ def test_a_plain_postgresql_url_with_several_hosts_is_psycopgs_with_one_host_par
     url = Settings(database_url="postgresql://rpm@db1:5432,db2:5432/rpm?target_session_attrs=read-write")
     assert url.resolved_database_url("/nowhere") == (
         "postgresql+psycopg://rpm@/rpm?host=db1:5432&host=db2:5432&target_session_attrs=read-write")
+
+
+def test_every_wrong_variable_is_named_at_once_and_an_empty_one_is_unset(monkeypatch):
+    from app.settings import Settings, SettingsError
+
+    monkeypatch.setenv("RPM_PORT", "abc")
+    monkeypatch.setenv("RPM_THREADS", "0")
+    monkeypatch.setenv("RPM_WORKERS", "")
+    with pytest.raises(SettingsError) as refused:
+        Settings.from_env()
+    assert "RPM_PORT='abc': Not a valid integer." in str(refused.value)
+    assert "RPM_THREADS='0'" in str(refused.value) and "RPM_WORKERS" not in str(refused.value)
+
+
+@pytest.mark.parametrize(("given", "expected"), [("false", False), ("0", False), ("no", False), ("OFF", False),
+                                                 ("true", True), ("1", True), ("", True)])
+def test_a_switch_reads_as_a_boolean_not_as_anything_but_zero(monkeypatch, given, expected):
+    from app.settings import Settings
+
+    monkeypatch.setenv("RPM_GROUP_COMMIT", given)
+    assert Settings.from_env().group_commit is expected
+
+
+def test_a_log_level_is_one_of_pythons(monkeypatch):
+    from app.settings import Settings, SettingsError
+
+    monkeypatch.setenv("RPM_LOG_LEVEL", "debug")
+    assert Settings.from_env().log_level == "DEBUG"
+    monkeypatch.setenv("RPM_LOG_LEVEL", "loud")
+    with pytest.raises(SettingsError, match="RPM_LOG_LEVEL"):
+        Settings.from_env()
