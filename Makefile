@@ -2,17 +2,26 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+SUM    := $(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+STAMP  := $(VENV)/.installed-$(SUM)
+TEST_STAMP := $(VENV)/.installed-test-$(SUM)
 
-.PHONY: install run test test-hosts browser lint unit soak bench bench-engine bench-audit bench-firm bench-instructions bench-lone bench-replication demo pg clean
+.PHONY: install install-test run test test-hosts browser lint unit soak bench bench-engine bench-audit bench-firm bench-instructions bench-lone bench-replication demo pg clean
 
+## the service alone (what `make run` needs); the test toolchain only for the targets that use it
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e ".[test]"
+	$(BIN)/pip install --quiet -e .
 	touch $(STAMP)
 
+$(TEST_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet -e ".[test]"
+	touch $(TEST_STAMP)
+
 install: $(STAMP)
+
+install-test: $(TEST_STAMP)
 
 ## run the service (an embedded PostgreSQL, data in ./instance/pgdata, unless DATABASE_URL is set), port RPM_PORT or 8005
 run: install
@@ -36,25 +45,25 @@ browser:
 		else echo "NOTE: install chromium and chromium-driver to run the console browser test"; fi; \
 	fi
 
-lint: install
+lint: install-test
 	$(BIN)/ruff check .
 
 ## the whole suite against real PostgreSQL: TEST_DATABASE_URL, else the local cluster, else an embedded server
 ## (each test gets its own fresh database), in TEST_PROCESSES processes (pytest-xdist; 1: in this one)
 TEST_PROCESSES ?= 3
-test: install browser lint
+test: install-test browser lint
 	$(BIN)/pytest $(if $(filter 1,$(TEST_PROCESSES)),,-n $(TEST_PROCESSES))
 
 ## past one machine: three `rpm serve` hosts in network namespaces over one database (races, kill -9, retries across
 ## hosts), failover to a promoted pg_basebackup standby under load, compliance reads on a replica
-test-hosts: install pg
+test-hosts: install-test pg
 	$(BIN)/pytest -s tests/integration/test_hosts.py tests/integration/test_replication.py
 
-unit: install
+unit: install-test
 	$(BIN)/pytest tests/unit
 
 ## longer runs of the randomized and crash tests
-soak: install pg
+soak: install-test pg
 	RPM_BOOKS_OPS=10000 RPM_SOAK_KILLS=10 RPM_SOAK_SECONDS=5 \
 		$(BIN)/pytest tests/integration/test_books.py tests/integration/test_guarantees.py -k "books or kill" -s
 
@@ -62,36 +71,36 @@ soak: install pg
 demo: install
 	$(BIN)/rpm demo
 
-bench-engine: install
+bench-engine: install-test
 	$(BIN)/python -m bench.engine
 
 ## the benchmarks (throw-away databases; wrk from Debian's packages is installed if missing)
-bench: install pg
+bench: install-test pg
 	@command -v wrk >/dev/null || apt-get install -y -q wrk
 	$(BIN)/python -m bench.engine
 	$(BIN)/python -m bench.service
 	$(BIN)/python -m bench.firm
 
 ## lone requests at 80/s from one keep-alive client: p50/p99 beside pgbench's naive transaction at the same rate
-bench-lone: install pg
+bench-lone: install-test pg
 	$(BIN)/python -m bench.lone
 
 ## what a synchronous standby costs a lone decision, beside an asynchronous one (alternating rounds, one run)
-bench-replication: install
+bench-replication: install-test
 	$(BIN)/python -m bench.replication
 
 ## what the groups and the firm above a portfolio cost a decision, beside the same decisions without them
-bench-firm: install pg
+bench-firm: install-test pg
 	$(BIN)/python -m bench.firm
 
 ## the audit trail at 10,000,000 decisions over a year, partitioned by month and not, side by side (ROWS=...; about
 ## an hour and 30 GB of disk per layout at the default)
 ROWS ?= 10000000
-bench-audit: install pg
+bench-audit: install-test pg
 	$(BIN)/python -m bench.audit_scale --rows $(ROWS)
 
 ## instructions per decision (valgrind): compares two versions of the code where the clock cannot
-bench-instructions: install pg
+bench-instructions: install-test pg
 	@command -v valgrind >/dev/null || apt-get install -y -q valgrind
 	$(BIN)/python -m bench.instructions
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from flask import Flask, send_from_directory
+from flask import Flask, redirect, send_from_directory
 from flask_smorest import Api as SmorestApi
 from werkzeug.exceptions import HTTPException
 
@@ -161,6 +161,12 @@ def _register_console(app: Flask) -> None:
             "connect-src 'self'; img-src 'self' data:; frame-ancestors 'none'")
         response.headers["Cache-Control"] = "no-store"
         return response
+
+    @app.get("/")
+    @public
+    def root():
+        """The console, for a browser that opens RPM's address."""
+        return redirect("/console", code=302)
 
 
 def _register_error_handlers(app: Flask) -> None:

@@ -151,6 +151,11 @@ def test_public_routes_need_no_key(raw_client, method, path):
         assert r.status_code == 200
 
 
+def test_rpms_address_opened_in_a_browser_leads_to_the_console(raw_client):
+    r = raw_client.get("/")
+    assert r.status_code == 302 and r.headers["Location"] == "/console"
+
+
 def test_a_limited_trader_sees_and_uses_only_its_portfolios(client, raw_client, keys):
     assert client.post("/portfolios", json={"portfolio_id": "elsewhere", "capital": 50000}).status_code == 201
     auth = {"Authorization": f"Bearer {keys['trader_elsewhere']}"}
