@@ -301,6 +301,8 @@ def replay_command(start, end, portfolios, config_file, preset, as_json) -> None
     end = end.replace(tzinfo=UTC) if end else None
     if not portfolios:
         portfolios = [p["portfolio_id"] for p in portfolios_of(uow, None)]
+    for portfolio_id in portfolios:  # (an unknown one is an error, not an empty replay: exit 1, one line)
+        uow.known(portfolio_id)
     label = f"preset {preset}" if preset else (config_file or "the configuration each decision was made with")
     total_differing = 0
     for portfolio_id in portfolios:
@@ -569,11 +571,17 @@ def keys_create(role: str, portfolios: tuple[str, ...], name: str | None, expire
 
 
 @keys.command("list")
-def keys_list() -> None:
-    """Every key: prefix, name, role, portfolios, state (never the key)."""
-    for k in _keys().list():
-        click.echo(f"{k['prefix']}  {k['id']}  {k['role']:10} {k['state']:8} {k['name']:24} "
-                   f"portfolios={','.join(k['portfolios'] or ['*'])}  expires={k['expires_at'] or '-'}")
+@click.option("--json", "as_json", is_flag=True, help="as JSON")
+def keys_list(as_json: bool) -> None:
+    """Every key: prefix, id, role, state, name, portfolios, expiry (never the key)."""
+    listed = _keys().list()
+    if as_json:
+        _print(listed)
+        return
+    click.echo(f"{'PREFIX':12}  {'ID':36}  {'ROLE':10} {'STATE':8} {'NAME':24} {'PORTFOLIOS':16} EXPIRES")
+    for k in listed:
+        click.echo(f"{k['prefix']:12}  {k['id']:36}  {k['role']:10} {k['state']:8} {k['name']:24} "
+                   f"{','.join(k['portfolios'] or ['*']):16} {k['expires_at'] or '-'}")
 
 
 @keys.command("revoke")

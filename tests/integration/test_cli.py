@@ -1,5 +1,6 @@
 """The `rpm` command: an expected refusal is one line on stderr and a non-zero exit, never a traceback."""
 
+import json
 import os
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from ..conftest import ROOT
     (["status", "--portfolio", "nope"], "unknown portfolio 'nope'"),
     (["halt", "--reason", " ", "--portfolio", "default"], "reason"),
     (["audit", "archive", "--before", "2999-01"], "has not passed"),
+    (["replay", "--portfolio", "nope"], "unknown portfolio 'nope'"),
 ])
 def test_a_refused_command_says_why_in_one_line(database_url, args, message):
     done = subprocess.run([sys.executable, "-m", "app.cli", *args], cwd=ROOT, capture_output=True, text=True,
@@ -67,3 +69,13 @@ def test_a_wrong_setting_is_one_line_naming_it(database_url):
                           timeout=60, env={**os.environ, "DATABASE_URL": database_url, "RPM_GROUP_COMMIT": "maybe"})
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert done.stderr.startswith("Error: invalid environment: RPM_GROUP_COMMIT='maybe'"), done.stderr
+
+
+def test_keys_are_listed_under_a_header_or_as_json(database_url, keys):
+    listed = rpm(database_url, "keys", "list")
+    assert listed.returncode == 0, listed
+    header, *rows = listed.stdout.splitlines()
+    assert header.split()[:4] == ["PREFIX", "ID", "ROLE", "STATE"] and len(rows) == len(keys)
+    as_json = json.loads(rpm(database_url, "keys", "list", "--json").stdout)
+    assert sorted(k["role"] for k in as_json) == sorted(["trader", "compliance", "admin", "trader"])
+    assert all("key" not in k and "hash" not in k for k in as_json)
