@@ -312,6 +312,9 @@ class Compliance:
             return roots[chain].add
 
         with self.uow.reading() as session:
+            # one snapshot for everything read: heads, rows and the state derived from them (read at different
+            # moments under decisions being made, a chain looked longer than its head said: "edited")
+            session.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"))
             reports = audit.verify_all(session, portfolios, seen)
             for chain, chain_statements in sorted(statements.items()):
                 findings += anchoring.compared(chain, chain_statements, roots.get(chain))

@@ -390,3 +390,29 @@ def test_the_events_of_a_portfolio_that_does_not_exist_are_a_404(client):
     r = client.get("/audit/events", query_string={"portfolio_id": "no-such-desk"})
     assert r.status_code == 404 and "no-such-desk" in r.json["message"]
     assert client.get("/audit/events", query_string={"portfolio_id": "_system"}).status_code == 200
+
+
+def test_verify_under_decisions_being_made_reads_one_snapshot(app, client, clock):
+    """verify while decisions are committed: heads and rows read from one snapshot (read at different moments, a
+    chain looked longer than its head said: a false "edited")."""
+    import threading
+
+    compliance = app.extensions["rpm_compliance"]
+    for _ in range(3):
+        assert client.post("/process_trade", json={**SEED_INTENT, "atr": 0.05}).status_code == 200
+    stop = threading.Event()
+
+    def trading():
+        trader = app.test_client()
+        auth = {"Authorization": f"Bearer {client.rpm_keys['trader']}"}
+        while not stop.is_set():
+            trader.post("/process_trade", json={**SEED_INTENT, "atr": 0.05}, headers=auth)
+
+    thread = threading.Thread(target=trading)
+    thread.start()
+    try:
+        reports = [compliance.verify() for _ in range(15)]
+    finally:
+        stop.set()
+        thread.join()
+    assert all(r["ok"] for r in reports), next(r for r in reports if not r["ok"])
