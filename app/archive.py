@@ -30,12 +30,22 @@ from sqlalchemy import select, text
 from . import anchor as anchoring
 from .errors import Conflict, Invalid, NotFound, Unavailable
 from .services.unit_of_work import admin_row
-from .store import merkle, partitions
+from .store import audit, merkle, partitions
 from .store import models as m
 
 FORMAT = "rpm-archive/1"
 DETACH_ATTEMPTS = 30
 _BATCH = 1000
+_text = partitions.month_text
+
+
+# what a month's table holds of each chain: how many rows, the first and last position
+_PER_CHAIN = ("SELECT portfolio_id, count(*), min(audit_seq), max(audit_seq) FROM %s "
+              "GROUP BY portfolio_id ORDER BY portfolio_id")
+
+
+def _per_chain(rows: Any) -> dict[str, dict[str, int]]:
+    return {chain: {"rows": n, "first_seq": first, "last_seq": last} for chain, n, first, last in rows}
 
 
 class Arrived(Exception):
@@ -77,7 +87,7 @@ class Archiver:
             held = [month for month in partitions.months(session.connection()) if month < before]
             done = {a.month: (Archived(a.month, a.file, a.rows, a.sha256, a.dropped_at is not None))
                     for a in session.scalars(select(m.AuditArchive))}
-        made = [self._archive_again(month, Path(directory), actor) for month in held if month not in done]
+        made = [self._archive_again(month, directory, actor) for month in held if month not in done]
         if drop:
             made += [a for a in done.values() if a.month < before and not a.dropped]
             for archived in made:
@@ -91,10 +101,7 @@ class Archiver:
 
     def _chains(self, month: date) -> dict[str, dict[str, int]]:
         with self.uow.reading() as session:
-            rows = session.execute(text(
-                f"SELECT portfolio_id, count(*), min(audit_seq), max(audit_seq) FROM {partitions.name_of(month)} "
-                "GROUP BY portfolio_id ORDER BY portfolio_id")).all()
-        return {chain: {"rows": n, "first_seq": first, "last_seq": last} for chain, n, first, last in rows}
+            return _per_chain(session.execute(text(_PER_CHAIN % partitions.name_of(month))))
 
     def _archive_again(self, month: date, directory: Path, actor: Any) -> Archived:
         """Archive ``month``, again from the start if decisions of it arrived between its export and its detachment
@@ -140,10 +147,7 @@ class Archiver:
             conn.execute("SET LOCAL lock_timeout = '1s'")
             conn.execute(f"ALTER TABLE {partitions.TABLE} DETACH PARTITION {partitions.name_of(month)}")
             # what left is what was exported, or nothing leaves (the transaction is rolled back)
-            held = {chain: {"rows": n, "first_seq": first, "last_seq": last} for chain, n, first, last in conn.execute(
-                f"SELECT portfolio_id, count(*), min(audit_seq), max(audit_seq) FROM {partitions.name_of(month)} "
-                "GROUP BY portfolio_id ORDER BY portfolio_id")}
-            if held != chains:
+            if _per_chain(conn.execute(_PER_CHAIN % partitions.name_of(month))) != chains:
                 raise Arrived(month)
             conn.execute(
                 "INSERT INTO audit_archives (month, partition, rows, file, sha256, archived_at, archived_by) "
@@ -222,10 +226,6 @@ class Archiver:
             tx.commit()
 
 
-def _text(month: date) -> str:
-    return month.isoformat()[:7]
-
-
 def _still_there(archived: Archived) -> None:
     """The file an archive recorded is where it was written and unchanged, or Conflict."""
     path = Path(archived.file)
@@ -296,11 +296,7 @@ def _well_formed(header: dict[str, Any]) -> bool:
 def recorded(session: Any, month: str) -> dict[str, Any] | None:
     """What the trail recorded of the archive of ``month`` (YYYY-MM): its admin action's ``after`` (file, SHA-256,
     rows, what it took of each chain), or None."""
-    for (after,) in session.execute(select(m.AdminAction.after).where(
-            m.AdminAction.portfolio_id.is_(None), m.AdminAction.action == "audit_archived")):
-        if isinstance(after, dict) and after.get("month") == month:
-            return after
-    return None
+    return next((after for after in audit.archive_records(session) if after.get("month") == month), None)
 
 
 def matches_record(held: dict[str, Any], record: dict[str, Any] | None) -> str | None:

@@ -471,6 +471,7 @@ def audit_archive(before: str, directory: str, drop: bool) -> None:
     """Archive the decisions of every month before BEFORE: verified and under a signed checkpoint, exported with
     each decision's proof (compressed), then detached from the decisions; dropped only with --drop."""
     from .archive import Archiver
+    from .store import partitions
     from .store.partitions import parse_month
 
     try:
@@ -480,10 +481,10 @@ def audit_archive(before: str, directory: str, drop: bool) -> None:
     compliance = _app().extensions["rpm_compliance"]
     done = Archiver(_uow(), compliance, compliance.anchor).archive(month, directory, _operator(), drop=drop)
     for archived in done:
-        click.echo(f"{archived.month.isoformat()[:7]}: {archived.rows} decision(s) -> {archived.file} (sha256 "
+        click.echo(f"{partitions.month_text(archived.month)}: {archived.rows} decision(s) -> {archived.file} (sha256 "
                    f"{archived.sha256[:16]}...){', dropped from the database' if archived.dropped else ', detached'}")
     if not done:
-        click.echo(f"nothing to archive before {month.isoformat()[:7]}")
+        click.echo(f"nothing to archive before {partitions.month_text(month)}")
 
 
 @audit.command("verify-archive")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import orjson
 from flask import Flask
@@ -61,21 +62,16 @@ def register_service(app: Flask, settings: Settings, clock: Callable[[], datetim
     from .services import Services, UnitOfWork, system_clock
     from .store.database import Database
 
-    db = Database(
-        settings.resolved_database_url(app.instance_path),
-        lock_timeout_ms=settings.lock_timeout_ms,
-        statement_timeout_ms=settings.statement_timeout_ms,
-        connect_timeout_s=settings.connect_timeout_s,
-        pool_size=settings.pool_size,
-        silence_timeout_ms=settings.db_silence_timeout_ms,
-    )
+    def database(url: str, **more: Any) -> Database:
+        return Database(url, lock_timeout_ms=settings.lock_timeout_ms, statement_timeout_ms=settings.statement_timeout_ms,
+                        connect_timeout_s=settings.connect_timeout_s, pool_size=settings.pool_size,
+                        silence_timeout_ms=settings.db_silence_timeout_ms, **more)
+
+    db = database(settings.resolved_database_url(app.instance_path))
     read_url = settings.resolved_read_url()
     # (connections renewed every minute: listed with a fallback, `target_session_attrs=prefer-standby`, reads go
     # back to the replica once it is back)
-    history_db = None if read_url is None else Database(
-        read_url, lock_timeout_ms=settings.lock_timeout_ms, statement_timeout_ms=settings.statement_timeout_ms,
-        connect_timeout_s=settings.connect_timeout_s, pool_size=settings.pool_size,
-        silence_timeout_ms=settings.db_silence_timeout_ms, pool_recycle=60)
+    history_db = None if read_url is None else database(read_url, pool_recycle=60)
     config = load_preset(settings.default_preset, total_capital=settings.default_capital)
     from .keys import KeyStore
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from environs import Env, EnvValidationError
+from marshmallow import ValidationError
 from marshmallow.validate import Range
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -40,6 +41,11 @@ class _Reader:
             named = "; ".join(f"{name}={os.environ.get(name, '')!r}: {' '.join(map(str, why))}"
                               for name, why in sorted(exc.error_messages.items()))
             raise SettingsError(f"invalid environment: {named}") from None
+
+
+def _log_level(value: str) -> None:
+    if value.upper() not in LOG_LEVELS:
+        raise ValidationError(f"one of {', '.join(LOG_LEVELS)}")
 
 
 _POSITIVE = Range(min=1)
@@ -145,7 +151,8 @@ class Settings:
             default_capital=read("float", "RPM_DEFAULT_CAPITAL", d.default_capital,
                                  validate=Range(min=0, min_inclusive=False)),
             instance_path=text("RPM_INSTANCE_PATH") or None,
-            log_level=(text("RPM_LOG_LEVEL") or d.log_level).upper(),
+            # (a wrong value reads as None until ``seal`` names it)
+            log_level=(read("str", "RPM_LOG_LEVEL", d.log_level, validate=_log_level) or d.log_level).upper(),
             log_health=read("bool", "RPM_LOG_HEALTH", d.log_health),
             auth_cache_seconds=read("float", "RPM_AUTH_CACHE_SECONDS", d.auth_cache_seconds, validate=_NOT_NEGATIVE),
             auth_failures_per_minute=read("int", "RPM_AUTH_FAILURES_PER_MINUTE", d.auth_failures_per_minute,
@@ -176,9 +183,6 @@ class Settings:
             unsafe_disable_group_lock=read("bool", "RPM_TEST_UNSAFE_DISABLE_GROUP_LOCK", False),
         )
         read.seal()
-        if settings.log_level not in LOG_LEVELS:
-            raise SettingsError(f"invalid environment: RPM_LOG_LEVEL={text('RPM_LOG_LEVEL')!r}: one of "
-                                f"{', '.join(LOG_LEVELS)}")
         return settings
 
     def resolved_database_url(self, instance_path: str) -> str:

@@ -29,6 +29,7 @@ import orjson
 from sqlalchemy import Numeric, Table, select, text
 from sqlalchemy.orm import Session
 
+from . import merkle
 from . import models as m
 
 GENESIS = "0" * 64
@@ -271,7 +272,7 @@ ARCHIVED = "archived"
 
 def leaf_of(row_hash: str) -> bytes:
     """The Merkle leaf of a chain's row: RFC 6962's leaf hash of its row_hash's 32 bytes."""
-    return hashlib.sha256(b"\x00" + bytes.fromhex(row_hash)).digest()
+    return merkle.leaf_hash(bytes.fromhex(row_hash))
 
 
 def _archived_leaves(session: Session, chain: str, ranges: list[tuple[int, int]]) -> Iterator[tuple[int, str, bytes, None]]:
@@ -294,14 +295,20 @@ class Archived:
     ranges: list[tuple[int, int]] = field(default_factory=list)
 
 
+def archive_records(session: Session) -> Iterator[dict[str, Any]]:
+    """What each archive recorded of itself (`rpm audit archive`: the ``after`` of its admin action on the `_system`
+    chain: month, file, SHA-256, rows, what it took of each chain), oldest first."""
+    actions = session.execute(select(m.AdminAction.after).where(
+        m.AdminAction.portfolio_id.is_(None), m.AdminAction.action == "audit_archived").order_by(m.AdminAction.audit_seq))
+    return (after for (after,) in actions if isinstance(after, dict))
+
+
 def archived_positions(session: Session) -> dict[str, Archived]:
     """What the archives took of each chain, as their admin actions on the `_system` chain record it (`rpm audit
     archive`): read from those hashed records, not from any table a tamperer could add a row to unseen."""
     out: dict[str, Archived] = {}
-    actions = session.execute(select(m.AdminAction.after).where(
-        m.AdminAction.portfolio_id.is_(None), m.AdminAction.action == "audit_archived"))
-    for (after,) in actions:
-        for chain, took in ((after or {}).get("chains") or {}).items():
+    for after in archive_records(session):
+        for chain, took in (after.get("chains") or {}).items():
             archived = out.setdefault(chain, Archived())
             archived.rows += int(took["rows"])
             archived.ranges.append((int(took["first_seq"]), int(took["last_seq"])))

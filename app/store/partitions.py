@@ -41,6 +41,11 @@ def next_month(month: date) -> date:
     return date(month.year + (month.month == 12), month.month % 12 + 1, 1)
 
 
+def month_text(month: date) -> str:
+    """``month`` as YYYY-MM (four digits of year whatever the year)."""
+    return month.isoformat()[:7]
+
+
 def name_of(month: date) -> str:
     return f"{TABLE}_{month.year:04d}_{month.month:02d}"
 
