@@ -71,7 +71,8 @@ def register_service(app: Flask, settings: Settings, clock: Callable[[], datetim
     read_url = settings.resolved_read_url()
     # (connections renewed every minute: listed with a fallback, `target_session_attrs=prefer-standby`, reads go
     # back to the replica once it is back)
-    history_db = None if read_url is None else database(read_url, pool_recycle=60)
+    history_db = None if read_url is None else database(read_url, pool_recycle=60,
+                                                              application_name="rpm-history")
     config = load_preset(settings.default_preset, total_capital=settings.default_capital)
     from .keys import KeyStore
 

@@ -140,7 +140,7 @@ NO_IDLE_LIMIT = "SET LOCAL idle_in_transaction_session_timeout = 0"
 
 def make_engine(url: str, *, lock_timeout_ms: int = 2000, statement_timeout_ms: int = 5000,
                 connect_timeout_s: int = 3, pool_size: int = 5, silence_timeout_ms: int = 6000,
-                pool_recycle: int = -1) -> Engine:
+                pool_recycle: int = -1, application_name: str = "rpm") -> Engine:
     silence_s = silence_timeout_ms / 1000
     # the server's side of a connection the watchdog cut, or lost to a one-way partition: a transaction left
     # idle gives its locks (a portfolio's row) back, and a connection gone quiet is probed, within seconds
@@ -163,7 +163,8 @@ def make_engine(url: str, *, lock_timeout_ms: int = 2000, statement_timeout_ms: 
             # psycopg applies it to the whole attempt (TCP, TLS, authentication), 2 s at least
             "connect_timeout": connect_timeout_s,
             "options": options,
-            "application_name": "rpm",
+            # (`rpm` for the primary's sessions, `rpm-history` for compliance reads: pg_stat_activity tells them apart)
+            "application_name": application_name,
             # a peer gone without a word (a partition, a host down): the kernel gives the connection up
             # once data sent stays unacknowledged for the bound, or an idle one after about two bounds of
             # unanswered probes, so that the checkout finds it dead (the watchdog covers the calls in flight)

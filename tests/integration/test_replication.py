@@ -137,8 +137,10 @@ def test_compliance_reads_come_from_the_replica_with_its_lag_and_trading_never_r
 
     reader = threading.Thread(target=export)
     reader.start()
-    # the export's session (a server-side cursor: DECLARE, then FETCH after FETCH), looked for on both servers
+    # the export's session (a server-side cursor: DECLARE, then FETCH after FETCH), looked for on both servers by
+    # the name compliance reads connect under (the primary's checkpointer streams the seeded rows with FETCH too)
     exporting = ("SELECT count(*) FROM pg_stat_activity WHERE datname = 'rpm' AND pid <> pg_backend_pid() AND "
+                 "application_name = 'rpm-history' AND "
                  "(query LIKE 'FETCH%' OR query LIKE '%ORDER BY decisions.portfolio_id%')")
     on_standby = on_primary = 0
     while reader.is_alive() and not on_standby:
