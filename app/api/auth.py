@@ -20,7 +20,7 @@ from app.services import Actor
 from . import scope
 from .body import MISSING, request_json
 
-ANY = ("trader", "compliance", "admin")
+ANY = ("trader", "compliance", "admin", "viewer")
 # flask-smorest's own views (the OpenAPI document and the docs page)
 PUBLIC_ENDPOINTS = frozenset({"api-docs.openapi_json", "api-docs.openapi_swagger_ui"})
 log = logging.getLogger("rpm.auth")

@@ -10,8 +10,8 @@ from app.services import Actor
 
 from ..conftest import SEED_INTENT
 
-TRADER, COMPLIANCE, ADMIN, MARKET = "trader", "compliance", "admin", "market-data"
-ANY = {TRADER, COMPLIANCE, ADMIN}
+TRADER, COMPLIANCE, ADMIN, MARKET, VIEWER = "trader", "compliance", "admin", "market-data", "viewer"
+ANY = {TRADER, COMPLIANCE, ADMIN, VIEWER}
 NO_WEBHOOK = "00000000-0000-0000-0000-000000000000"
 
 # (method, path, body, roles admitted)
@@ -100,6 +100,7 @@ def callers(app, keys):
     revoked, record = store.create(TRADER, "revoked", None, setup)
     store.revoke(record["id"], setup)
     expired, _ = store.create(TRADER, "expired", None, setup, expires_in=timedelta(seconds=-1))
+    viewer, _ = store.create(VIEWER, "wall-screen", None, setup)
     bearer = lambda key: {"Authorization": f"Bearer {key}"}  # noqa: E731
     return {
         "no key": {},
@@ -111,6 +112,7 @@ def callers(app, keys):
         TRADER: bearer(keys[TRADER]),
         COMPLIANCE: bearer(keys[COMPLIANCE]),
         ADMIN: bearer(keys[ADMIN]),
+        VIEWER: bearer(viewer),
         "trader limited to another portfolio": bearer(keys["trader_elsewhere"]),
     }
 
