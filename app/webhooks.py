@@ -62,7 +62,7 @@ def signature(secret: str, timestamp: int, body: bytes) -> str:
 
 
 def verify_signature(secret: str, header: str, body: bytes, tolerance_s: int = 300, now: float | None = None) -> bool:
-    """What a receiver checks (the README's example does the same): a v1 signature of the body with the timestamp,
+    """What a receiver checks (docs/events.md's example does the same): a v1 signature of the body with the timestamp,
     the timestamp within ``tolerance_s`` of now."""
     parts = dict(p.split("=", 1) for p in header.split(",") if "=" in p)
     try:

@@ -1,7 +1,7 @@
 """The trail covers everything that decides, is anchored outside the database, and proves each decision.
 
 Each kind of tampering a superuser can do (triggers disabled and re-enabled) is named by `verify`: the
-table, the row, what is wrong. The table of the README is printed from these runs.
+table, the row, what is wrong. The table in docs/audit.md is printed from these runs.
 """
 
 import json

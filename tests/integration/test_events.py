@@ -360,21 +360,21 @@ def test_streams_beyond_the_limit_are_refused_even_in_a_burst(settings, keys, cl
         app.extensions["rpm"].db.dispose()
 
 
-def test_the_readmes_receiver_works_as_printed(deliver, client, capsys):
-    """The receiver of the README, run as it is printed (its secret and port given), behind a real delivery."""
+def test_the_documented_receiver_works_as_printed(deliver, client, capsys):
+    """The receiver of docs/events.md, run as it is printed (its secret and port given), behind a real delivery."""
     import re
     import urllib.error
     import urllib.request
     from pathlib import Path
 
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[2] / "docs" / "events.md").read_text()
     code = re.search(r"A receiver, with its signature check.*?```python\n(.*?)```", readme, re.S).group(1)
     secret = "whsec_readme-receiver-secret-0123456789"
     code = code.replace('SECRET = b"whsec_..."', f"SECRET = {secret.encode()!r}")
     code, serve = code.rsplit("\n", 2)[0], code.rsplit("\n", 2)[1]
     assert serve.startswith("HTTPServer((") and serve.endswith(".serve_forever()")
     namespace: dict = {}
-    exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102  (the README's own code)
+    exec(compile(code, "docs/events.md", "exec"), namespace)  # noqa: S102  (the page's own code)
     server = namespace["HTTPServer"](("127.0.0.1", 0), namespace["Receiver"])
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:

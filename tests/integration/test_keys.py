@@ -24,7 +24,7 @@ from app.settings import Settings
 from ..conftest import SEED_INTENT, TcpProxy
 
 OPS = Actor("ops", "admin")
-BOUND = 1.0  # seconds: the README's promise for a revocation made in another process
+BOUND = 1.0  # seconds: the documented promise (docs/keys.md) for a revocation made in another process
 LOGGERS = ("rpm", "rpm.auth", "rpm.access", "app")  # they do not propagate: each gets the capture handler
 
 

@@ -48,7 +48,7 @@ def proxy(database_url):
 
 
 def server_env(proxied: str) -> dict[str, str]:
-    # lock and statement timeouts below the silence bound, as the README asks
+    # lock and statement timeouts below the silence bound, as the configuration table asks
     return {"DATABASE_URL": proxied, "RPM_DB_SILENCE_TIMEOUT_MS": str(SILENCE_MS),
             "RPM_CONNECT_TIMEOUT_S": str(CONNECT_S), "RPM_LOCK_TIMEOUT_MS": "1000", "RPM_STATEMENT_TIMEOUT_MS": "1000"}
 
