@@ -12,9 +12,10 @@ from werkzeug.exceptions import HTTPException
 from app.errors import ServiceError
 from app.store.database import READ_FROM
 
-from . import admin, audit, events, firm, health, portfolios, trades
+from . import admin, audit, events, firm, health, openapi, portfolios, trades
 from .auth import authorize, document_security, public
 from .common import error_headers, error_response
+from .schemas import ErrorSchema
 
 MESSAGES = {
     400: "malformed request: the body is not valid JSON",
@@ -24,6 +25,8 @@ MESSAGES = {
 
 
 class Api(SmorestApi):
+    ERROR_SCHEMA = ErrorSchema  # the document's error body: ours (flask-smorest's admits no field beyond its four)
+
     def handle_http_exception(self, error: HTTPException):  # type: ignore[override]
         payload, code, headers = super().handle_http_exception(error)
         # werkzeug's stock descriptions are HTML-minded prose: ours, unless the raiser wrote its own
@@ -113,6 +116,7 @@ def register_api(app: Flask) -> Api:
     app.before_request(authorize)
     app.after_request(_read_source_headers)
     document_security(api, app)
+    openapi.complete(api)
     app.extensions["rpm_declared"] = declared_inputs(api, app)
     if app.config["RPM_SETTINGS"].fast_path:
         from .fast import install

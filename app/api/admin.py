@@ -10,13 +10,17 @@ from app.services import operator, reading
 from .auth import ANY, roles
 from .common import Blueprint, actor, documented_errors, ok, path_symbol, portfolio_query, uow
 from .schemas import (
-    AnyObjectSchema,
+    CapitalResponseSchema,
     CapitalSchema,
     ConfigPutSchema,
+    ConfigVersionSchema,
+    CorrectionSchema,
     CorrectSchema,
     HaltSchema,
     InstrumentsPutSchema,
+    InstrumentsSchema,
     ResumeSchema,
+    TradingStateSchema,
 )
 from .scope import ONE, acts_on, current
 
@@ -32,7 +36,7 @@ class Halt(MethodView):
     @acts_on(ONE)
     @portfolio_query(blp)
     @blp.arguments(HaltSchema())
-    @blp.response(200, AnyObjectSchema)
+    @blp.response(200, TradingStateSchema)
     @_errors
     def post(self, body, **_query):
         """Manual halt (reason required): only reducing trades pass until a manual resume"""
@@ -45,7 +49,7 @@ class Resume(MethodView):
     @acts_on(ONE)
     @portfolio_query(blp)
     @blp.arguments(ResumeSchema())
-    @blp.response(200, AnyObjectSchema)
+    @blp.response(200, TradingStateSchema)
     @_errors
     def post(self, body, **_query):
         """Manual resume: refused (409) during an automatic switch's cooldown unless `force` with a reason"""
@@ -57,7 +61,7 @@ class Config(MethodView):
     @roles(*ANY)
     @acts_on(ONE)
     @portfolio_query(blp)
-    @blp.response(200, AnyObjectSchema)
+    @blp.response(200, ConfigVersionSchema)
     @_errors
     def get(self, **_query):
         """The portfolio's configuration with its version and hash"""
@@ -67,7 +71,7 @@ class Config(MethodView):
     @acts_on(ONE)
     @portfolio_query(blp)
     @blp.arguments(ConfigPutSchema())
-    @blp.response(200, AnyObjectSchema)
+    @blp.response(200, ConfigVersionSchema)
     @_errors
     def put(self, body, **_query):
         """Replace the configuration (validated; a new version; audited)"""
@@ -79,7 +83,7 @@ class Instruments(MethodView):
     @roles(*ANY)
     @acts_on(ONE)
     @portfolio_query(blp)
-    @blp.response(200, AnyObjectSchema)
+    @blp.response(200, InstrumentsSchema)
     @_errors
     def get(self, **_query):
         """The portfolio's instruments (part of its configuration: its version and hash)"""
@@ -89,7 +93,7 @@ class Instruments(MethodView):
     @acts_on(ONE)
     @portfolio_query(blp)
     @blp.arguments(InstrumentsPutSchema())
-    @blp.response(200, AnyObjectSchema)
+    @blp.response(200, ConfigVersionSchema)
     @_errors
     def put(self, body, **_query):
         """Replace the instrument table (validated; a new configuration version; audited)"""
@@ -103,7 +107,7 @@ class Capital(MethodView):
     @acts_on(ONE)
     @portfolio_query(blp)
     @blp.arguments(CapitalSchema())
-    @blp.response(200, AnyObjectSchema)
+    @blp.response(200, CapitalResponseSchema)
     @_errors
     def post(self, body, **_query):
         """A deposit or a withdrawal (reason required; audited): equity moves, not as PnL"""
@@ -118,7 +122,7 @@ class CorrectPosition(MethodView):
     @acts_on(ONE)
     @portfolio_query(blp)
     @blp.arguments(CorrectSchema())
-    @blp.response(200, AnyObjectSchema)
+    @blp.response(200, CorrectionSchema)
     @_errors
     def post(self, body, symbol, **_query):
         """Set a position to the broker's units and average price (reason required; audited; no PnL realised)"""

@@ -12,7 +12,18 @@ from app.risk.model import ReasonCode
 
 from .auth import roles
 from .common import ERROR_RESPONSES, Blueprint, actor, ok, portfolio_query
-from .schemas import AnyObjectSchema, Moment, Whole, identifier, portfolio_field
+from .schemas import (
+    AuditEventsSchema,
+    DecisionPageSchema,
+    DecisionRecordSchema,
+    Moment,
+    ProofSchema,
+    ReplayResultSchema,
+    VerifySchema,
+    Whole,
+    identifier,
+    portfolio_field,
+)
 from .scope import CHAIN, ONE, ONE_OR_ALL, VISIBLE, acts_on, current
 
 blp = Blueprint("compliance", __name__, description="Decision history and the audit trail (compliance)")
@@ -64,7 +75,7 @@ class Decisions(MethodView):
     @blp.arguments(DecisionQuerySchema(), location="query", unknown=RAISE)
     @blp.doc(responses={"200": {
         "description": "a page of decisions (or, with format=csv, all of them as CSV)",
-        "content": {"application/json": {"schema": {"type": "object"}},
+        "content": {"application/json": {"schema": DecisionPageSchema},
                     "text/csv": {"schema": {"type": "string"}}}}})
     @blp.alt_response(422, description=ERROR_RESPONSES[422])
     @blp.alt_response(503, description=ERROR_RESPONSES[503])
@@ -86,7 +97,7 @@ class Decisions(MethodView):
 class DecisionView(MethodView):
     @roles("compliance", "admin")
     @acts_on(VISIBLE)
-    @blp.response(200, AnyObjectSchema)
+    @blp.response(200, DecisionRecordSchema)
     @blp.alt_response(404, description=ERROR_RESPONSES[404])
     @blp.alt_response(503, description=ERROR_RESPONSES[503])
     def get(self, decision_id):
@@ -98,7 +109,7 @@ class DecisionView(MethodView):
 class DecisionProof(MethodView):
     @roles("compliance")
     @acts_on(VISIBLE)
-    @blp.response(200, AnyObjectSchema, description="the decision as hashed, its inclusion proof (RFC 6962) and the "
+    @blp.response(200, ProofSchema, description="the decision as hashed, its inclusion proof (RFC 6962) and the "
                   "signed checkpoint it proves against: `rpm audit check-proof FILE --public-key K` checks it offline")
     @blp.alt_response(404, description=ERROR_RESPONSES[404])
     @blp.alt_response(503, description=ERROR_RESPONSES[503])
@@ -112,7 +123,7 @@ class AuditEvents(MethodView):
     @roles("compliance", "admin")
     @acts_on(CHAIN)
     @blp.arguments(EventQuerySchema(), location="query", unknown=RAISE)
-    @blp.response(200, AnyObjectSchema)
+    @blp.response(200, AuditEventsSchema)
     @blp.alt_response(422, description=ERROR_RESPONSES[422])
     @blp.alt_response(503, description=ERROR_RESPONSES[503])
     def get(self, query):
@@ -126,7 +137,7 @@ class AuditEvents(MethodView):
 class AuditVerify(MethodView):
     @roles("compliance")
     @acts_on(VISIBLE)
-    @blp.response(200, AnyObjectSchema, description='{"ok": true|false, "chains": [...], "broken": {...}}')
+    @blp.response(200, VerifySchema, description='{"ok": true|false, "chains": [...], "broken": {...}}')
     @blp.alt_response(503, description=ERROR_RESPONSES[503])
     def get(self):
         """Verify every audit chain: complete (gap-free), untampered (hashes), in order (links)"""
@@ -171,7 +182,7 @@ class Replay(MethodView):
     @blp.arguments(ReplaySchema(), required=False)
     @blp.doc(responses={"200": {
         "description": "every decision that would differ, and a before/after summary",
-        "content": {"application/json": {"schema": {"type": "object"}},
+        "content": {"application/json": {"schema": ReplayResultSchema},
                     "application/x-ndjson": {"schema": {"type": "string"}}}}})
     @blp.alt_response(422, description=ERROR_RESPONSES[422])
     @blp.alt_response(503, description=ERROR_RESPONSES[503])

@@ -20,7 +20,7 @@ from app.store.events import TYPES, newest_id, read_after
 
 from .auth import ANY, roles
 from .common import Blueprint, actor, documented_errors, ok, uow
-from .schemas import AnyObjectSchema, identifier
+from .schemas import DeliveriesSchema, RegisteredWebhookSchema, RetriedSchema, WebhookListSchema, identifier
 from .scope import FIRM, VISIBLE, acts_on, current
 
 blp = Blueprint("events", __name__, description="Risk events: the live stream and webhooks")
@@ -108,8 +108,12 @@ class Events(MethodView):
     @roles(*ANY)
     @acts_on(VISIBLE)
     @blp.arguments(StreamQuerySchema(), location="query", unknown=RAISE)
-    @blp.response(200, description="text/event-stream: `id:` the event's id, `event:` its type, `data:` the event "
-                  "as JSON; a comment line every few seconds")
+    @blp.doc(responses={"200": {
+        "description": "text/event-stream: `id:` the event's id, `event:` its type, `data:` the event as JSON; a comment "
+                       "line every few seconds",
+        "content": {"text/event-stream": {"schema": {  # an event, as the stream's readers parse it
+            "type": "object", "properties": {"id": {"type": "string"}, "event": {"type": "string"},
+                                             "data": {"type": "string"}, "retry": {"type": "integer"}}}}}}})
     @_errors
     def get(self, query):
         """The live stream of risk events the key may see (Server-Sent Events); reconnect with `Last-Event-ID` to
@@ -200,7 +204,7 @@ def _changed(db: Any, portfolio: str) -> tuple[int, str] | None:
 class Webhooks(MethodView):
     @roles("admin")
     @acts_on(FIRM)
-    @blp.response(200, AnyObjectSchema)
+    @blp.response(200, WebhookListSchema)
     @_errors
     def get(self):
         """The webhooks registered (their secrets are never shown again)"""
@@ -209,7 +213,7 @@ class Webhooks(MethodView):
     @roles("admin")
     @acts_on(FIRM)
     @blp.arguments(WebhookSchema())
-    @blp.response(201, AnyObjectSchema)
+    @blp.response(201, RegisteredWebhookSchema)
     @_errors
     def post(self, body):
         """Register an endpoint for risk events committed from now on: signed, at least once, in order per
@@ -227,7 +231,7 @@ def _webhook_id(webhook_id: str) -> str:
 class Webhook(MethodView):
     @roles("admin")
     @acts_on(FIRM)
-    @blp.response(200, AnyObjectSchema)
+    @blp.response(200, RegisteredWebhookSchema)
     @_errors
     def get(self, webhook_id):
         """A webhook and how many of its deliveries are pending, delivered, failed"""
@@ -236,7 +240,7 @@ class Webhook(MethodView):
     @roles("admin")
     @acts_on(FIRM)
     @blp.arguments(DisableSchema(), required=False)
-    @blp.response(200, AnyObjectSchema)
+    @blp.response(200, RegisteredWebhookSchema)
     @_errors
     def delete(self, body, webhook_id):
         """Stop delivering to a webhook (its deliveries stay readable)"""
@@ -248,7 +252,7 @@ class Deliveries(MethodView):
     @roles("admin")
     @acts_on(FIRM)
     @blp.arguments(DeliveriesQuerySchema(), location="query", unknown=RAISE)
-    @blp.response(200, AnyObjectSchema)
+    @blp.response(200, DeliveriesSchema)
     @_errors
     def get(self, query, webhook_id):
         """A webhook's deliveries in event order: status, attempts, the last answer or error"""
@@ -261,7 +265,7 @@ class Retry(MethodView):
     @roles("admin")
     @acts_on(FIRM)
     @blp.arguments(RetrySchema())
-    @blp.response(200, AnyObjectSchema)
+    @blp.response(200, RetriedSchema)
     @_errors
     def post(self, body, webhook_id):
         """Send failed deliveries again (one event's, or all of the webhook's), in order with the pending ones"""

@@ -11,7 +11,18 @@ from app.services import firm, report
 
 from .auth import ANY, roles
 from .common import Blueprint, actor, documented_errors, ok, uow
-from .schemas import AnyObjectSchema, HaltSchema, MarksSchema, ResumeSchema, identifier
+from .schemas import (
+    EndOfDaySchema,
+    FirmMarksResponseSchema,
+    GroupStateSchema,
+    GroupTreeSchema,
+    HaltSchema,
+    LevelSchema,
+    MarksSchema,
+    MembershipSchema,
+    ResumeSchema,
+    identifier,
+)
 from .scope import FIRM, acts_on
 
 blp = Blueprint("firm", __name__, description="The firm and its groups: views, limits, halts, firm marks")
@@ -61,7 +72,7 @@ def _level(group_id: str) -> str:
 class Firm(MethodView):
     @roles(*ANY)
     @acts_on(FIRM)
-    @blp.response(200, AnyObjectSchema)
+    @blp.response(200, LevelSchema)
     @_errors
     def get(self):
         """The firm: every portfolio's aggregate (positions, exposures, equity, PnL, drawdown), its limits and how
@@ -74,7 +85,7 @@ class FirmMarks(MethodView):
     @roles("market-data", "trader", "admin")
     @acts_on(FIRM)
     @blp.arguments(FirmMarksSchema())
-    @blp.response(200, AnyObjectSchema)
+    @blp.response(200, FirmMarksResponseSchema)
     @_errors
     def post(self, body):
         """Firm marks: the latest prices for every portfolio (a portfolio's own mark is read instead when newer)"""
@@ -85,7 +96,7 @@ class FirmMarks(MethodView):
 class Groups(MethodView):
     @roles(*ANY)
     @acts_on(FIRM)
-    @blp.response(200, AnyObjectSchema)
+    @blp.response(200, GroupTreeSchema)
     @_errors
     def get(self):
         """The tree: the firm, its groups, and the portfolios under each"""
@@ -94,7 +105,7 @@ class Groups(MethodView):
     @roles("admin")
     @acts_on(FIRM)
     @blp.arguments(GroupCreateSchema())
-    @blp.response(201, AnyObjectSchema)
+    @blp.response(201, LevelSchema)
     @_errors
     def post(self, body):
         """A new group under the firm, with its limits"""
@@ -105,7 +116,7 @@ class Groups(MethodView):
 class Group(MethodView):
     @roles(*ANY)
     @acts_on(FIRM)
-    @blp.response(200, AnyObjectSchema)
+    @blp.response(200, LevelSchema)
     @_errors
     def get(self, group_id):
         """A group (or `firm`): the aggregate of its portfolios, its limits and how much of each is used, its
@@ -118,7 +129,7 @@ class GroupLimits(MethodView):
     @roles("admin")
     @acts_on(FIRM)
     @blp.arguments(LimitsSchema())
-    @blp.response(200, AnyObjectSchema)
+    @blp.response(200, LevelSchema)
     @_errors
     def put(self, body, group_id):
         """Replace a group's (or the firm's) limits; audited"""
@@ -130,7 +141,7 @@ class GroupMembers(MethodView):
     @roles("admin")
     @acts_on(FIRM)
     @blp.arguments(MemberSchema())
-    @blp.response(200, AnyObjectSchema)
+    @blp.response(200, MembershipSchema)
     @_errors
     def post(self, body, group_id):
         """Move a portfolio into this group (`firm`: directly under the firm); audited on both chains"""
@@ -152,7 +163,7 @@ class GroupHalt(MethodView):
     @roles("admin")
     @acts_on(FIRM)
     @blp.arguments(LevelHaltSchema())
-    @blp.response(200, AnyObjectSchema)
+    @blp.response(200, GroupStateSchema)
     @_errors
     def post(self, body, group_id):
         """Halt every portfolio under a group (`firm`: all of them): new risk rejected HALTED, reductions pass"""
@@ -164,7 +175,7 @@ class GroupResume(MethodView):
     @roles("admin")
     @acts_on(FIRM)
     @blp.arguments(LevelResumeSchema())
-    @blp.response(200, AnyObjectSchema)
+    @blp.response(200, GroupStateSchema)
     @_errors
     def post(self, body, group_id):
         """Resume a group (or `firm`): refused (409) during an automatic switch's cooldown unless `force` with a
@@ -185,7 +196,7 @@ class EndOfDay(MethodView):
     @blp.doc(responses={"200": {
         "description": "the end-of-day report: JSON, CSV (a line per portfolio, group and the firm) or a printable "
                        "HTML page",
-        "content": {"application/json": {"schema": {"type": "object"}}, "text/csv": {"schema": {"type": "string"}},
+        "content": {"application/json": {"schema": EndOfDaySchema}, "text/csv": {"schema": {"type": "string"}},
                     "text/html": {"schema": {"type": "string"}}}}})
     @_errors
     def get(self, query):

@@ -11,7 +11,18 @@ from app.services import books, reading
 
 from .auth import ANY, current_principal, public, roles
 from .common import Blueprint, documented_errors, error_response, ok, portfolio_query, uow
-from .schemas import AnyObjectSchema, MetricsQuerySchema, Moment, portfolio_field
+from .schemas import (
+    EquityCurveSchema,
+    HealthSchema,
+    LiveSchema,
+    MetricsQuerySchema,
+    MetricsSchema,
+    Moment,
+    PortfolioStateSchema,
+    ReadySchema,
+    WhoAmISchema,
+    portfolio_field,
+)
 from .scope import NONE, ONE, VISIBLE, acts_on, current
 
 blp = Blueprint("monitoring", __name__, description="Portfolio, health and metrics")
@@ -25,7 +36,7 @@ class PortfolioView(MethodView):
     @roles(*ANY)
     @acts_on(ONE)
     @portfolio_query(blp)
-    @blp.response(200, AnyObjectSchema)
+    @blp.response(200, PortfolioStateSchema)
     @_errors
     def get(self, **_query):
         """Positions, exposures (symbol, currency, gross, net), equity, PnL, drawdown"""
@@ -37,7 +48,7 @@ class HealthView(MethodView):
     @roles(*ANY)
     @acts_on(ONE)
     @portfolio_query(blp)
-    @blp.response(200, AnyObjectSchema)
+    @blp.response(200, HealthSchema)
     @_errors
     def get(self, **_query):
         """Overall health, each kill switch (value, threshold, state), risk metrics, database status"""
@@ -61,7 +72,7 @@ class MetricsView(MethodView):
     @blp.arguments(MetricsQuerySchema(), location="query", as_kwargs=True, unknown=RAISE)
     @blp.doc(responses={"200": {
         "description": "decision statistics (JSON), or the Prometheus text format",
-        "content": {"application/json": {"schema": {"type": "object"}},
+        "content": {"application/json": {"schema": MetricsSchema},
                     "text/plain": {"schema": {"type": "string"}}}}})
     @_errors
     def get(self, **_query):
@@ -84,7 +95,7 @@ class MetricsView(MethodView):
 @blp.route("/health/live")
 class Live(MethodView):
     @public
-    @blp.response(200, AnyObjectSchema)
+    @blp.response(200, LiveSchema)
     def get(self):
         """Liveness: the process answers"""
         return ok({"status": "alive"})
@@ -93,7 +104,7 @@ class Live(MethodView):
 @blp.route("/health/ready")
 class Ready(MethodView):
     @public
-    @blp.response(200, AnyObjectSchema)
+    @blp.response(200, ReadySchema)
     @blp.alt_response(503, description="Database unreachable or migrations not at head")
     def get(self):
         """Readiness: the database is reachable and its migrations are at head"""
@@ -116,7 +127,7 @@ class EquityCurve(MethodView):
     @roles(*ANY)
     @acts_on(ONE)
     @blp.arguments(EquityQuerySchema(), location="query", unknown=RAISE)
-    @blp.response(200, AnyObjectSchema)
+    @blp.response(200, EquityCurveSchema)
     @_errors
     def get(self, query):
         """Equity and drawdown over time (after each mark, fill and close), at most 500 points"""
@@ -127,7 +138,7 @@ class EquityCurve(MethodView):
 class WhoAmI(MethodView):
     @roles(*ANY)
     @acts_on(NONE)
-    @blp.response(200, AnyObjectSchema)
+    @blp.response(200, WhoAmISchema)
     def get(self):
         """The calling key: name, role and portfolios (what a console may offer)"""
         principal = current_principal()

@@ -10,7 +10,7 @@ from app.services import portfolios
 
 from .auth import ANY, roles
 from .common import ERROR_RESPONSES, Blueprint, actor, ok, uow
-from .schemas import AnyObjectSchema, identifier, within
+from .schemas import PortfolioListSchema, PortfolioSchema, identifier, within
 from .scope import ONE, VISIBLE, acts_on, current
 
 blp = Blueprint("portfolios", __name__, description="Portfolios")
@@ -27,7 +27,7 @@ class PortfolioCreateSchema(Schema):
 class Portfolios(MethodView):
     @roles(*ANY)
     @acts_on(VISIBLE)
-    @blp.response(200, AnyObjectSchema)
+    @blp.response(200, PortfolioListSchema)
     @blp.alt_response(503, description=ERROR_RESPONSES[503])
     def get(self):
         """The portfolios this key may use"""
@@ -36,7 +36,7 @@ class Portfolios(MethodView):
     @roles("admin")
     @acts_on(ONE)
     @blp.arguments(PortfolioCreateSchema())
-    @blp.response(201, AnyObjectSchema)
+    @blp.response(201, PortfolioSchema)
     @blp.alt_response(409, description="The portfolio already exists")
     @blp.alt_response(422, description=ERROR_RESPONSES[422])
     @blp.alt_response(503, description=ERROR_RESPONSES[503])

@@ -5,10 +5,11 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from marshmallow import Schema, ValidationError, fields, validate, validates_schema
+from marshmallow import INCLUDE, Schema, ValidationError, fields, validate, validates_schema
 
 from app.risk import domain
 from app.risk.config import REGIMES
+from app.risk.model import ReasonCode
 
 
 class StrictFloat(fields.Float):
@@ -198,38 +199,511 @@ class InstrumentsPutSchema(Schema):
     portfolio_id = portfolio_field()
 
 
-# -- responses (documentation; the payloads are built by the services) ------------------
+# -- responses ------------------------------------------------------------------------
+# Documentation only: every view answers with the JSON its service builds (``ok(...)``, a Response that
+# flask-smorest passes through untouched), never dumped through these. Fields beyond the ones listed are
+# welcome (SPEC §5): each schema admits others (``additionalProperties``).
 
-class DecisionSchema(Schema):
-    id = fields.String()
-    portfolio_id = fields.String()
-    seq = fields.Integer()
+class Answer(Schema):
+    class Meta:
+        unknown = INCLUDE
+
+
+def _number(**kwargs: Any) -> fields.Float:
+    return fields.Float(required=True, **kwargs)
+
+
+def _text(**kwargs: Any) -> fields.String:
+    return fields.String(required=True, **kwargs)
+
+
+def _maybe(field: type[fields.Field], **kwargs: Any) -> fields.Field:
+    """A field always present, null when there is nothing to say."""
+    return field(required=True, allow_none=True, **kwargs)
+
+
+TRADING_STATES = ["ACTIVE", "HALTED"]
+
+
+class ErrorSchema(Answer):
+    """Every error answer (4xx, 5xx): one shape. Some add fields of their own: ``required_roles`` (403),
+    ``decision_id`` (409 of a fill), ``retry_after`` (429), the readiness details (503 of /health/ready)."""
+
+    code = fields.Integer(required=True, metadata={"description": "the HTTP status"})
+    status = _text(metadata={"description": "its reason phrase"})
+    message = _text()
+    errors = fields.Dict(required=True, metadata={
+        "description": "a message list per field (a map for a nested field: an intent of a batch, a parameter of a "
+                       "configuration); `_body` for the body as a whole"})
+    required_roles = fields.List(fields.String(), metadata={"description": "403: the roles the route admits"})
+
+
+class DecisionIntentSchema(Answer):
+    """The intent as it was accepted (its portfolio filled in)."""
+
+    symbol = _text()
+    direction = fields.Integer(required=True)
+    confidence_score = _number()
+    regime = _text()
+    atr = _number()
+    vol_percentile = _number()
+    current_price = _number()
     intent_id = fields.String(allow_none=True)
-    status = fields.String(metadata={"enum": ["APPROVED", "REJECTED"]})
-    reason = fields.String(allow_none=True)
-    message = fields.String()
-    decided_at = fields.String()
-    approved_trade = fields.Dict(allow_none=True)
-    rejected_trade = fields.Dict(allow_none=True)
-    breakdown = fields.Dict()
-    config_hash = fields.String()
+    portfolio_id = fields.String()
+    units = fields.Float()
+    reduce_only = fields.Boolean()
+    time_in_force_seconds = fields.Float()
+
+
+class ApprovedTradeSchema(Answer):
+    symbol = _text()
+    direction = fields.Integer(required=True, metadata={"description": "1 buy, -1 sell"})
+    position_units = _number(metadata={"description": "the units approved: what to send to execution (rounded "
+                                                      "down to the instrument's lot)"})
+    confidence_score = _number()
+    regime = _text()
+    atr = _number()
+    risk_per_trade = _number(metadata={"description": "the capital put at risk, in the account currency (0 for a "
+                                                      "reduction)"})
+    current_price = _number()
+    reducing = fields.Boolean(required=True, metadata={"description": "it reduces (or closes) an open position"})
+    expires_at = fields.String(allow_none=True, metadata={
+        "description": "unfilled by then, the approval is released (null: it stands until filled); absent from a "
+                       "what-if"})
+
+
+class RejectedTradeSchema(Answer):
+    rejection_reason = _text()
+    reason_code = _text(metadata={"enum": [r.value for r in ReasonCode]})
+    context = fields.Dict(required=True, metadata={"description": "the values that decided it"})
+
+
+class DecisionSchema(Answer):
+    """A decision. Stored ones (every answer but /what_if) also carry portfolio_id, seq, intent_id,
+    config_version and replay."""
+
+    id = _text(metadata={"description": "the decision's id (`what-if` for one not stored)"})
+    status = _text(metadata={"enum": ["APPROVED", "REJECTED"]})
+    reason = _maybe(fields.String, metadata={"description": "the reason code of a rejection"})
+    message = _text()
+    decided_at = _text()
+    approved_trade = fields.Nested(ApprovedTradeSchema, required=True, allow_none=True)
+    rejected_trade = fields.Nested(RejectedTradeSchema, required=True, allow_none=True)
+    breakdown = _maybe(fields.Dict, metadata={"description": "each step of the pipeline: kill switches, intent "
+                                                             "checks, sizing, constraints, the final result"})
+    config_hash = _text()
+    intent = fields.Nested(DecisionIntentSchema, required=True)
+    portfolio_id = fields.String()
+    seq = fields.Integer(metadata={"description": "its place in the portfolio's decisions"})
+    intent_id = fields.String(allow_none=True)
     config_version = fields.Integer()
-    intent = fields.Dict()
-    replay = fields.Boolean()
+    replay = fields.Boolean(metadata={"description": "true: the stored answer to an intent_id seen before"})
+    what_if = fields.Boolean()
 
 
-class ProcessTradeResponseSchema(Schema):
-    decision = fields.Nested(DecisionSchema)
-    portfolio_state = fields.Dict()
-    risk_metrics = fields.Dict()
+class PositionSchema(Answer):
+    symbol = _text()
+    direction = fields.Integer(required=True)
+    units = _number()
+    avg_price = _number()
+    mark = _number()
+    notional = _number(metadata={"description": "in the account currency"})
+    opened_at = _text()
 
 
-class WhatIfResponseSchema(Schema):
-    decision = fields.Dict()
+class OpenApprovalSchema(Answer):
+    decision_id = _text()
+    symbol = _text()
+    kind = _text()
+    direction = fields.Integer(required=True)
+    units = _number()
+    booked_at = _text()
+    expires_at = _text()
+
+
+class ExposuresSchema(Answer):
+    symbol = fields.Dict(keys=fields.String(), values=fields.Float(), required=True)
+    currency = fields.Dict(keys=fields.String(), values=fields.Float(), required=True)
+    gross = _number()
+    net = _number()
+    gross_pct = _maybe(fields.Float, metadata={"description": "gross / equity (null when equity is not positive)"})
+    net_pct = _maybe(fields.Float)
+
+
+class PortfolioStateSchema(Answer):
+    portfolio_id = _text()
+    account_currency = _text()
+    starting_capital = _number()
+    equity = _number()
+    realised_pnl = _number()
+    unrealised_pnl = _number()
+    peak_equity = _number()
+    drawdown = _number(metadata={"description": "a fraction of the peak"})
+    drawdown_pct = _number()
+    daily_pnl = _number()
+    weekly_pnl = _number()
+    trading_day = _maybe(fields.String)
+    trading_state = _text(metadata={"enum": TRADING_STATES})
+    open_positions = fields.Integer(required=True)
+    positions = fields.List(fields.Nested(PositionSchema), required=True)
+    open_approvals = fields.List(fields.Nested(OpenApprovalSchema), required=True, metadata={
+        "description": "approvals that expire, not yet filled"})
+    exposures = fields.Nested(ExposuresSchema, required=True)
+
+
+class SizingStatsSchema(Answer):
+    avg_approved_units = _maybe(fields.Float)
+    min_approved_units = _maybe(fields.Float)
+    max_approved_units = _maybe(fields.Float)
+    total_approved_units = _maybe(fields.Float)
+
+
+class LatencySchema(Answer):
+    count = fields.Integer(required=True)
+    avg = _maybe(fields.Float)
+    p50 = _maybe(fields.Float)
+    p99 = _maybe(fields.Float)
+    max = _maybe(fields.Float)
+
+
+class RiskMetricsSchema(Answer):
+    total_decisions = fields.Integer(required=True)
+    trades_approved = fields.Integer(required=True)
+    trades_rejected = fields.Integer(required=True)
+    approval_rate = _number()
+    rejections_by_reason = fields.Dict(keys=fields.String(), values=fields.Integer(), required=True)
+    rejections_by_category = fields.Dict(keys=fields.String(), values=fields.Integer(), required=True)
+    sizing = fields.Nested(SizingStatsSchema, required=True)
+    latency_ms = fields.Nested(LatencySchema, required=True)
+
+
+class MetricsSchema(RiskMetricsSchema):
+    portfolio_id = _text()
+
+
+class ProcessTradeResponseSchema(Answer):
+    decision = fields.Nested(DecisionSchema, required=True)
+    portfolio_state = fields.Nested(PortfolioStateSchema, required=True, metadata={"description": "right after it"})
+    risk_metrics = fields.Nested(RiskMetricsSchema, required=True)
+
+
+class ProcessTradesResponseSchema(Answer):
+    decisions = fields.List(fields.Nested(DecisionSchema), required=True, metadata={"description": "in the "
+                                                                                                   "intents' order"})
+    portfolio_states = fields.Dict(keys=fields.String(), values=fields.Nested(PortfolioStateSchema), required=True,
+                                   metadata={"description": "each portfolio's state after the batch"})
+
+
+class WhatIfResponseSchema(Answer):
+    decision = fields.Nested(DecisionSchema, required=True)
+
+
+class SwitchEventSchema(Answer):
+    """A kill switch tripped or cleared."""
+
+    switch = _text()
+    action = _text()
+    at = _text()
+    value = _maybe(fields.Raw)
+    threshold = _maybe(fields.Raw)
+    cooldown_until = _maybe(fields.String)
+    symbol = _maybe(fields.String)
+    reason = _maybe(fields.String)
+    detail = fields.Dict(required=True)
+
+
+class BookChangeSchema(Answer):
+    """The portfolio after a change of its books, and the switches that moved."""
+
+    portfolio_state = fields.Nested(PortfolioStateSchema, required=True)
+    events = fields.List(fields.Nested(SwitchEventSchema), required=True)
+
+
+class MarksResponseSchema(BookChangeSchema):
+    tripped = fields.List(fields.String(), required=True, metadata={"description": "the switches the marks tripped"})
+
+
+class FillResponseSchema(BookChangeSchema):
+    decision_id = _text()
+    filled_units = _number()
+    fill_price = _number()
+    released_units = _number(metadata={"description": "approved but not filled: released"})
+    realised_pnl_change = _number()
+
+
+class CloseResponseSchema(BookChangeSchema):
+    closed = _maybe(fields.Raw, metadata={"description": "the position closed"})
+    closed_units = _number()
+    price = _number()
+    realised_pnl = _number()
+
+
+class CorrectionSchema(BookChangeSchema):
+    portfolio_id = _text()
+    symbol = _text()
+    before = _maybe(fields.Dict, metadata={"description": "the position before (null: none)"})
+    after = _maybe(fields.Dict, metadata={"description": "the position after (null: none)"})
+    difference_units = _number()
+
+
+class CapitalResponseSchema(BookChangeSchema):
+    portfolio_id = _text()
+    amount = _number()
+    before = fields.Dict(required=True, metadata={"description": "the references moved (capital, peaks, day and "
+                                                                 "week starts), before"})
+    after = fields.Dict(required=True)
+
+
+class TradingStateSchema(Answer):
+    """A portfolio's trading state after a halt or a resume."""
+
+    portfolio_id = _text()
+    trading_state = _text(metadata={"enum": TRADING_STATES})
+    tripped_switches = fields.List(fields.String(), required=True)
+    halted_symbols = fields.List(fields.String(), required=True)
+    events = fields.List(fields.Nested(SwitchEventSchema), required=True)
+
+
+class ConfigVersionSchema(Answer):
+    portfolio_id = _text()
+    version = fields.Integer(required=True)
+    config_hash = _text()
+    config = fields.Dict(required=True, metadata={"description": "every parameter, the instruments included"})
+    created_at = _text()
+    created_by = _maybe(fields.String)
+    reason = _maybe(fields.String)
+
+
+class InstrumentsSchema(Answer):
+    portfolio_id = _text()
+    version = fields.Integer(required=True)
+    config_hash = _text()
+    instruments = fields.Dict(keys=fields.String(), values=fields.Dict(), required=True)
+    unlisted = _text(metadata={"description": "what a symbol not listed is"})
+
+
+class HealthSchema(Answer):
+    health = _text()
+    trading_state = _text(metadata={"enum": TRADING_STATES})
+    kill_switches = fields.Dict(keys=fields.String(), values=fields.Dict(), required=True, metadata={
+        "description": "each switch: its current value, threshold and state"})
+    portfolio_state = fields.Nested(PortfolioStateSchema, required=True)
+    risk_metrics = fields.Nested(RiskMetricsSchema, required=True)
+    database = fields.Dict(required=True)
+    config_version = fields.Integer(required=True)
+    config_hash = _text()
+
+
+class LiveSchema(Answer):
+    status = _text()
+
+
+class ReadySchema(Answer):
+    ready = fields.Boolean(required=True)
+    database = _text()
+    message = _text()
+    current = _maybe(fields.List, cls_or_instance=fields.String())
+    head = fields.List(fields.String(), required=True)
+
+
+class EquityPointSchema(Answer):
+    at = _text()
+    equity = _number()
+    drawdown = _number()
+
+
+class EquityCurveSchema(Answer):
+    portfolio_id = _text()
+    points = fields.List(fields.Nested(EquityPointSchema), required=True)
+
+
+class WhoAmISchema(Answer):
+    name = _text()
+    role = _text()
+    key_id = _maybe(fields.String)
+    portfolios = _maybe(fields.List, cls_or_instance=fields.String(), metadata={
+        "description": "the portfolios the key may use (null: every one)"})
+
+
+class PortfolioSchema(Answer):
+    portfolio_id = _text()
+    starting_capital = _number()
+    account_currency = _text()
+    trading_state = _text(metadata={"enum": TRADING_STATES})
+    config_version = fields.Integer(required=True)
+    config_hash = _text()
+    created_at = _text()
+
+
+class PortfolioListSchema(Answer):
+    portfolios = fields.List(fields.Nested(PortfolioSchema), required=True)
+
+
+class LevelSchema(Answer):
+    """The firm or a group: the aggregate of its portfolios, in the shape of a portfolio's view."""
+
+    level = _text(metadata={"enum": ["firm", "group"]})
+    id = _text()
+    currency = _text()
+    starting_capital = _number()
+    equity = _number()
+    realised_pnl = _number()
+    unrealised_pnl = _number()
+    peak_equity = _number()
+    drawdown = _number()
+    drawdown_pct = _number()
+    daily_pnl = _number()
+    trading_state = _text(metadata={"enum": TRADING_STATES})
+    switches = fields.Dict(required=True)
+    open_positions = fields.Integer(required=True)
+    limits = fields.Dict(required=True)
+    limits_used = fields.Dict(required=True)
+    exposures = fields.Nested(ExposuresSchema, required=True)
+    positions = fields.List(fields.Dict(), required=True)
+    portfolios = fields.List(fields.Dict(), required=True)
+    groups = fields.List(fields.Dict(), required=True)
+
+
+class GroupTreeSchema(Answer):
+    id = _text()
+    trading_state = _text(metadata={"enum": TRADING_STATES})
+    limits = fields.Dict(required=True)
+    groups = fields.List(fields.Dict(), required=True, metadata={"description": "each group, in this same shape"})
+    portfolios = fields.List(fields.String(), required=True)
+
+
+class MembershipSchema(Answer):
+    portfolio_id = _text()
+    group = _text()
+    previous_group = _maybe(fields.String)
+
+
+class GroupStateSchema(Answer):
+    group = _text()
+    trading_state = _text(metadata={"enum": TRADING_STATES})
+    events = fields.List(fields.Nested(SwitchEventSchema), required=True)
+
+
+class FirmMarksResponseSchema(Answer):
+    firm_marks = fields.Dict(keys=fields.String(), values=fields.Float(), required=True)
+    at = _text()
+    events = fields.List(fields.Nested(SwitchEventSchema), required=True)
+
+
+class RegisteredWebhookSchema(Answer):
+    id = _text()
+    url = _text()
+    types = _maybe(fields.List, cls_or_instance=fields.String(), metadata={"description": "null: every type"})
+    portfolios = _maybe(fields.List, cls_or_instance=fields.String(), metadata={"description": "null: every event"})
+    description = _maybe(fields.String)
+    created_at = _text()
+    created_by = _maybe(fields.String)
+    active = fields.Boolean(required=True)
+    disabled_at = _maybe(fields.String)
+    queued_to = _maybe(fields.Integer, metadata={"description": "the last event queued for it"})
+    secret = fields.String(metadata={"description": "the signing secret: in the answer to its creation only"})
+    deliveries = fields.Dict(keys=fields.String(), values=fields.Integer(), metadata={
+        "description": "how many deliveries are pending, delivered, failed (GET /webhooks/{webhook_id})"})
+
+
+class WebhookListSchema(Answer):
+    webhooks = fields.List(fields.Nested(RegisteredWebhookSchema), required=True)
+
+
+class DeliveriesSchema(Answer):
+    webhook_id = _text()
+    deliveries = fields.List(fields.Dict(), required=True)
+    next_after = _maybe(fields.Integer, metadata={"description": "the `after` of the next page (null: the last)"})
+
+
+class RetriedSchema(Answer):
+    webhook_id = _text()
+    retried = fields.List(fields.Raw(), required=True, metadata={"description": "the events sent again"})
+
+
+class DecisionRowSchema(Answer):
+    portfolio_id = _text()
+    seq = fields.Integer(required=True)
+    id = _text()
+    decided_at = _text()
+    intent_id = _maybe(fields.String)
+    symbol = _text()
+    direction = fields.Integer(required=True)
+    status = _text(metadata={"enum": ["APPROVED", "REJECTED"]})
+    reason_code = _maybe(fields.String)
+    approved_units = _number()
+    config_hash = _text()
+    message = _text()
+
+
+class DecisionPageSchema(Answer):
+    decisions = fields.List(fields.Nested(DecisionRowSchema), required=True)
+    count = fields.Integer(required=True)
+    next_cursor = _maybe(fields.String, metadata={"description": "the `cursor` of the next page (null: the last)"})
+
+
+class DecisionRecordSchema(DecisionSchema):
+    """A stored decision with everything behind it."""
+
+    context = fields.Dict(allow_none=True)
+    state_before = fields.Dict(allow_none=True, metadata={"description": "the portfolio state it was decided on"})
+    booking = fields.Dict(allow_none=True)
+    submitted_by = fields.Dict(allow_none=True)
+    config = fields.Dict(allow_none=True, metadata={"description": "the configuration it was decided under"})
+    fills = fields.List(fields.Dict())
+    switch_events = fields.List(fields.Dict())
+    latency_ms = fields.Float(allow_none=True)
+    audit = fields.Dict(allow_none=True)
+
+
+class ProofSchema(Answer):
+    format = _text()
+    decision_id = _text()
+    chain = _text()
+    audit_seq = fields.Integer(required=True)
+    prev_hash = _text()
+    canonical = _text(metadata={"description": "the decision's record as hashed"})
+    row_hash = _text()
+    leaf_index = fields.Integer(required=True)
+    inclusion_proof = fields.List(fields.String(), required=True)
+    checkpoint = fields.Dict(required=True, metadata={"description": "the signed checkpoint: statement and signature"})
+
+
+class AuditEventsSchema(Answer):
+    chain = _text()
+    events = fields.List(fields.Dict(), required=True)
+    count = fields.Integer(required=True)
+    next_after_seq = _maybe(fields.Integer, metadata={"description": "the `after_seq` of the next page"})
+
+
+class VerifySchema(Answer):
+    ok = fields.Boolean(required=True)
+    chains = fields.List(fields.Dict(), required=True)
+    count = fields.Integer(required=True)
+    broken = fields.Dict(metadata={"description": "when not ok: per chain, the first broken sequence number and what "
+                                                  "is wrong"})
+
+
+class ReplayResultSchema(Answer):
+    differences = fields.List(fields.Dict(), required=True)
+    summary = fields.Dict(required=True, metadata={"description": "before and after: decisions, approvals, "
+                                                                  "rejections by reason, approved exposure"})
+
+
+class EndOfDaySchema(Answer):
+    report = _text()
+    trading_day = _text()
+    start = _text()
+    cutoff = _text()
+    final = fields.Boolean(required=True, metadata={"description": "the day is over"})
+    calendar = fields.Dict(required=True)
+    firm = fields.Dict(required=True)
+    groups = fields.List(fields.Dict(), required=True)
+    portfolios = fields.List(fields.Dict(), required=True)
 
 
 class AnyObjectSchema(Schema):
     """A JSON object (see the endpoint's description for its fields)."""
 
     class Meta:
-        unknown = "include"
+        unknown = INCLUDE

@@ -13,11 +13,14 @@ from .auth import roles
 from .common import Blueprint, actor, documented_errors, ok, path_symbol, portfolio_query, services, uow
 from .schemas import (
     MAX_BATCH,
-    AnyObjectSchema,
+    CloseResponseSchema,
     CloseSchema,
+    FillResponseSchema,
     FillSchema,
+    MarksResponseSchema,
     MarksSchema,
     ProcessTradeResponseSchema,
+    ProcessTradesResponseSchema,
     TradeIntentSchema,
     WhatIfResponseSchema,
 )
@@ -70,7 +73,7 @@ class ProcessTrades(MethodView):
     @acts_on(BATCH)
     @portfolio_query(blp)
     @blp.arguments(TradeBatchSchema())
-    @blp.response(200, AnyObjectSchema)
+    @blp.response(200, ProcessTradesResponseSchema)
     @_errors
     def post(self, body, **_query):
         """Decide a list of intents in order, atomically per portfolio; each its own decision
@@ -105,7 +108,7 @@ class Marks(MethodView):
     @acts_on(ONE)
     @portfolio_query(blp)
     @blp.arguments(MarksSchema())
-    @blp.response(200, AnyObjectSchema)
+    @blp.response(200, MarksResponseSchema)
     @_errors
     def post(self, body, **_query):
         """Latest prices: revalue the portfolio and evaluate every kill switch"""
@@ -118,7 +121,7 @@ class Fills(MethodView):
     @acts_on(ONE)
     @portfolio_query(blp)
     @blp.arguments(FillSchema())
-    @blp.response(200, AnyObjectSchema)
+    @blp.response(200, FillResponseSchema)
     @_errors
     def post(self, body, **_query):
         """Execution report for an approved decision (final: unfilled units are released)"""
@@ -132,7 +135,7 @@ class ClosePosition(MethodView):
     @acts_on(ONE)
     @portfolio_query(blp)
     @blp.arguments(CloseSchema())
-    @blp.response(200, AnyObjectSchema)
+    @blp.response(200, CloseResponseSchema)
     @_errors
     def post(self, body, symbol, **_query):
         """Close a whole position at a price, realising its PnL"""
