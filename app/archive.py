@@ -19,7 +19,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -37,6 +37,8 @@ FORMAT = "rpm-archive/1"
 DETACH_ATTEMPTS = 30
 _BATCH = 1000
 _text = partitions.month_text
+# how far a month's archiving is: (what, done, total), as app/store/audit.py verify_all gives it
+Progress = Callable[[str, int, int], None]
 
 
 # what a month's table holds of each chain: how many rows, the first and last position
@@ -69,9 +71,11 @@ class Archiver:
     def __init__(self, uow: Any, compliance: Any, anchor: Any):
         self.uow, self.compliance, self.anchor = uow, compliance, anchor
 
-    def archive(self, before: date, directory: str | Path, actor: Any, *, drop: bool = False) -> list[Archived]:
+    def archive(self, before: date, directory: str | Path, actor: Any, *, drop: bool = False,
+                progress: Progress | None = None) -> list[Archived]:
         """Archive every month before ``before`` that has a partition and is not archived yet (and, with ``drop``,
-        drop every archived month's detached table); what was done, oldest first."""
+        drop every archived month's detached table); what was done, oldest first. ``progress(what, done, total)``:
+        each month's verification, then its export, decision by decision."""
         current = partitions.month_of(self.uow.clock())
         if before > current:
             raise Invalid(f"{_text(before)} has not passed: months before {_text(current)} can be archived")
@@ -87,7 +91,7 @@ class Archiver:
             held = [month for month in partitions.months(session.connection()) if month < before]
             done = {a.month: (Archived(a.month, a.file, a.rows, a.sha256, a.dropped_at is not None))
                     for a in session.scalars(select(m.AuditArchive))}
-        made = [self._archive_again(month, directory, actor) for month in held if month not in done]
+        made = [self._archive_again(month, directory, actor, progress) for month in held if month not in done]
         if drop:
             made += [a for a in done.values() if a.month < before and not a.dropped]
             for archived in made:
@@ -103,28 +107,30 @@ class Archiver:
         with self.uow.reading() as session:
             return _per_chain(session.execute(text(_PER_CHAIN % partitions.name_of(month))))
 
-    def _archive_again(self, month: date, directory: Path, actor: Any) -> Archived:
+    def _archive_again(self, month: date, directory: Path, actor: Any, progress: Progress | None) -> Archived:
         """Archive ``month``, again from the start if decisions of it arrived between its export and its detachment
         (a host whose clock is behind, a transaction stamped before midnight committing after it)."""
         for attempt in range(1, 4):
             try:
-                return self._archive(month, directory, actor)
+                return self._archive(month, directory, actor, progress)
             except Arrived:
                 if attempt == 3:
                     raise Conflict(f"decisions of {_text(month)} kept arriving while it was archived: nothing "
                                    "detached; run the command again") from None
         raise AssertionError("unreachable")
 
-    def _archive(self, month: date, directory: Path, actor: Any) -> Archived:
+    def _archive(self, month: date, directory: Path, actor: Any, progress: Progress | None) -> Archived:
         chains = self._chains(month)
         if chains:
-            report = self.compliance.verify(portfolios=tuple(chains))
+            verifying = None if progress is None else (lambda what, done, total: progress(
+                f"{what} {_text(month)}", done, total))
+            report = self.compliance.verify(portfolios=tuple(chains), progress=verifying)
             if not report["ok"]:
                 raise Conflict(f"the chains of {_text(month)} do not verify: nothing archived "
                                f"({json.dumps(report.get('broken') or report.get('findings'))[:400]})")
             self.anchor.checkpoint({c: self._head(c) for c in chains}, wait=True, strict=True)
         path = directory / f"{partitions.name_of(month)}.jsonl.gz"
-        rows, digest = self._export(month, chains, path)
+        rows, digest = self._export(month, chains, path, progress)
         for attempt in range(1, DETACH_ATTEMPTS + 1):
             try:
                 self._detach(month, chains, path, rows, digest, actor)
@@ -167,7 +173,8 @@ class Archiver:
         with self.uow.reading() as session:
             return session.execute(text("SELECT audit_seq FROM portfolios WHERE id = :p"), {"p": chain}).scalar()
 
-    def _export(self, month: date, chains: dict[str, dict[str, int]], path: Path) -> tuple[int, str]:
+    def _export(self, month: date, chains: dict[str, dict[str, int]], path: Path,
+                progress: Progress | None = None) -> tuple[int, str]:
         """Write the month's file (to a temporary name, synced, then renamed): its rows and SHA-256."""
         partial = path.with_suffix(".partial")
         rows = 0
@@ -181,6 +188,8 @@ class Archiver:
                 for proof in self._proofs(session, month, chains):
                     out.write(json.dumps(proof, sort_keys=True).encode() + b"\n")
                     rows += 1
+                    if progress is not None and (rows % _BATCH == 0 or rows == header["rows"]):
+                        progress(f"exporting {_text(month)}", rows, header["rows"])
                 out.flush()
                 raw.flush()
                 os.fsync(raw.fileno())

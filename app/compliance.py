@@ -8,13 +8,13 @@ import io
 import json
 import logging
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import select, text
+from sqlalchemy import func, select, text
 
 from .errors import Conflict, Invalid, NotFound, Unavailable
 from .risk import domain
@@ -26,6 +26,7 @@ from .store.database import DB_ERRORS, NO_IDLE_LIMIT, DatabaseUnavailable
 from .store.repository import decision_by_id
 
 log = logging.getLogger("rpm.audit")
+REPLAY_PROGRESS_EVERY = 100  # decisions re-decided between two calls of a replay's progress callback
 
 CSV_COLUMNS = ("portfolio_id", "seq", "id", "decided_at", "intent_id", "symbol", "direction", "status",
                "reason_code", "approved_units", "price", "reducing", "config_hash", "config_version", "key_id",
@@ -281,11 +282,13 @@ class Compliance:
         return {"chain": chain, "old": found[old], "new": found[new], "consistency_proof": proof, "consistent": holds}
 
     def verify(self, portfolios: tuple[str, ...] | None = None, sink: Any = None,
-               public_key: Any = None, actor: Any = None) -> dict[str, Any]:
+               public_key: Any = None, actor: Any = None,
+               progress: Callable[[str, int, int], None] | None = None) -> dict[str, Any]:
         """The whole trail: every chain walked; the rows named by hash and the state derived from the chains
         checked (app/store/reconcile.py); the chains against every signed checkpoint of the sink
         (``sink``/``public_key``: the service's unless given). ``portfolios``: only theirs (a key limited to
-        them; key administration and mark snapshots are not theirs)."""
+        them; key administration and mark snapshots are not theirs). ``progress(what, done, total)``: how far
+        the walk is (app/store/audit.py verify_all)."""
         from . import anchor as anchoring
         from .store import reconcile
 
@@ -315,7 +318,7 @@ class Compliance:
             # one snapshot for everything read: heads, rows and the state derived from them (read at different
             # moments under decisions being made, a chain looked longer than its head said: "edited")
             session.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"))
-            reports = audit.verify_all(session, portfolios, seen)
+            reports = audit.verify_all(session, portfolios, seen, progress)
             for chain, chain_statements in sorted(statements.items()):
                 findings += anchoring.compared(chain, chain_statements, roots.get(chain))
             for report in reports:
@@ -419,9 +422,10 @@ class _Tally:
 
 
 def replay(uow: UnitOfWork, portfolio_id: str, start: datetime | None, end: datetime | None,
-           candidate: Any | None) -> Iterator[dict[str, Any]]:
+           candidate: Any | None, progress: Callable[[str, int, int], None] | None = None) -> Iterator[dict[str, Any]]:
     """Re-decide every stored decision in a range, each against the state it saw, under ``candidate``
     (None: the configuration each was made with). Yields each decision that would differ, then a summary.
+    ``progress(what, done, total)``: the decisions re-decided of those in the range, every REPLAY_PROGRESS_EVERY.
     """
     from .risk import TradeIntent
     from .risk import engine as risk_engine
@@ -440,7 +444,10 @@ def replay(uow: UnitOfWork, portfolio_id: str, start: datetime | None, end: date
         with uow.history_slot(), uow.history_errors(), uow.history_db.reader() as session:
             session.execute(text(NO_IDLE_LIMIT))  # streamed (format=ndjson): idle while its client reads
             uow.note_history_read(session)
+            total = session.scalar(select(func.count()).select_from(query.order_by(None).subquery())) if progress else 0
             for row in session.scalars(query):
+                if progress is not None and before.total % REPLAY_PROGRESS_EVERY == 0:
+                    progress(f"replaying {portfolio_id}", before.total, total)
                 original = repository.config_for(session, row.portfolio_id, row.config_version)
                 config = candidate or original
                 state = repository.resolve_state(session, row.state_before)
@@ -458,6 +465,8 @@ def replay(uow: UnitOfWork, portfolio_id: str, start: datetime | None, end: date
                            "original": {"status": row.status, "units": units_was, "reason": row.reason_code},
                            "counterfactual": {"status": outcome.status.value, "units": units_now,
                                               "reason": outcome.reason, "message": outcome.message}}
+            if progress is not None:
+                progress(f"replaying {portfolio_id}", before.total, total)
     except DatabaseUnavailable as exc:
         raise Unavailable(str(exc)) from exc
     yield {"type": "summary", "portfolio_id": portfolio_id, "differing": differing,

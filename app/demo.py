@@ -1,49 +1,41 @@
 """`rpm demo`: the nine scenarios of the original design, instruments beyond FX spot and the firm above portfolios (a
-group of its own: the demo never halts or marks the whole firm), run through the HTTP API of a live RPM
-(a URL and keys) or of an embedded one on a throw-away database. Each scenario has its own portfolio."""
+group of its own: the demo never halts or marks the whole firm), run through the HTTP API with the client of
+app/client.py: of a live RPM (a URL and keys), or of an embedded one on a throw-away database (the same client,
+through a WSGI transport). Each scenario has its own portfolio."""
 
 from __future__ import annotations
 
-import json
 import tempfile
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from .client import Client, RpmError
 
 SEED = dict(symbol="EURUSD", direction=1, confidence_score=0.75, regime="TRENDING", atr=0.0010,
             vol_percentile=0.50, current_price=1.1000)
 
 
 class HttpRPM:
-    """A live RPM over HTTP."""
+    """A live RPM over HTTP: a client (app/client.py) per role."""
 
     def __init__(self, url: str, keys: dict[str, str]):
-        self.url = url.rstrip("/")
-        self.keys = keys
-        self.where = self.url
-
-    def call(self, method: str, path: str, body: Any = None, role: str = "trader") -> tuple[int, Any]:
-        data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(self.url + path, data=data, method=method, headers={
-            "Content-Type": "application/json", "Authorization": f"Bearer {self.keys[role]}"})
-        try:
-            with urllib.request.urlopen(request, timeout=30) as response:
-                return response.status, json.loads(response.read())
-        except urllib.error.HTTPError as err:
-            return err.code, json.loads(err.read() or b"null")
+        self.clients = {role: Client(url, key) for role, key in keys.items()}
+        self.where = url.rstrip("/")
 
     def close(self) -> None:
-        pass
+        for client in self.clients.values():
+            client.close()
 
 
 class EmbeddedRPM:
-    """An RPM in this process, called through Flask: on a throw-away embedded PostgreSQL (its instance folder
-    kept with ``keep``), or on the database given."""
+    """An RPM in this process, called by the same client through a WSGI transport: on a throw-away embedded
+    PostgreSQL (its instance folder kept with ``keep``), or on the database given."""
 
     def __init__(self, database_url: str | None = None, keep: bool = False):
+        import httpx
+
         from app import create_app
         from app.services import Actor
         from app.settings import Settings, embedded_data
@@ -60,16 +52,15 @@ class EmbeddedRPM:
         self.app.extensions["rpm"].uow.ensure_default()
         store = self.app.extensions["rpm_keys"]
         demo = Actor("rpm-demo", "admin")
-        self.keys = {role: store.create(role, f"demo-{role}", None, demo)[0] for role in ("trader", "admin")}
-        self.client = self.app.test_client()
+        transport = httpx.WSGITransport(app=self.app)
+        self.clients = {role: Client("http://rpm.embedded", store.create(role, f"demo-{role}", None, demo)[0],
+                                     transport=transport) for role in ("trader", "admin")}
         self.where = (f"embedded RPM on {url}" if self.embedded is None else
                       f"embedded RPM on an embedded PostgreSQL in {folder} (RPM_INSTANCE_PATH={folder})")
 
-    def call(self, method: str, path: str, body: Any = None, role: str = "trader") -> tuple[int, Any]:
-        r = self.client.open(path, method=method, json=body, headers={"Authorization": f"Bearer {self.keys[role]}"})
-        return r.status_code, r.get_json()
-
     def close(self) -> None:
+        for client in self.clients.values():
+            client.close()
         self.app.extensions["rpm"].db.dispose()
         if self.embedded is not None:
             self.embedded.stop()
@@ -80,35 +71,25 @@ class EmbeddedRPM:
 class Demo:
     def __init__(self, rpm: HttpRPM | EmbeddedRPM, echo: Callable[[str], None] = print):
         self.rpm = rpm
+        self.trader, self.admin = rpm.clients["trader"], rpm.clients["admin"]
         self.echo = echo
         self.run_id = uuid.uuid4().hex[:6]
 
     # -- helpers ---------------------------------------------------------------------
     def portfolio(self, n: int, config: dict[str, Any] | None = None, capital: float = 100000.0) -> str:
         pid = f"demo{n}-{self.run_id}"
-        body: dict[str, Any] = {"portfolio_id": pid, "capital": capital}
-        if config:
-            _, defaults = self.rpm.call("GET", "/config", role="admin")
-            body["config"] = {**defaults["config"], **config}
-        status, out = self.rpm.call("POST", "/portfolios", body, role="admin")
-        if status != 201:
-            raise RuntimeError(f"could not create portfolio {pid}: {status} {out}")
+        full = {**self.admin.config()["config"], **config} if config else None
+        self.admin.create_portfolio(pid, capital=capital, config=full)
         return pid
 
     def trade(self, pid: str, **changes: Any) -> dict[str, Any]:
-        status, out = self.rpm.call("POST", "/process_trade", {**SEED, **changes, "portfolio_id": pid})
-        if status != 200:
-            raise RuntimeError(f"process_trade: {status} {out}")
-        return out["decision"]
+        return self.trader.process_trade(**{**SEED, **changes}, portfolio_id=pid)["decision"]
 
     def what_if(self, pid: str, **changes: Any) -> dict[str, Any]:
-        status, out = self.rpm.call("POST", "/what_if", {**SEED, **changes, "portfolio_id": pid})
-        if status != 200:
-            raise RuntimeError(f"what_if: {status} {out}")
-        return out["decision"]
+        return self.trader.what_if(**{**SEED, **changes}, portfolio_id=pid)["decision"]
 
     def health(self, pid: str) -> dict[str, Any]:
-        return self.rpm.call("GET", f"/health?portfolio_id={pid}")[1]
+        return self.trader.health(pid)
 
     def title(self, n: int, text: str) -> None:
         self.echo("")
@@ -125,6 +106,8 @@ class Demo:
 
     # -- the scenarios ---------------------------------------------------------------
     def run(self) -> None:
+        for client in (self.trader, self.admin):  # a server down or a key refused: said before anything is shown
+            client.whoami()
         self.echo(f"RPM demo against {self.rpm.where}")
         for scenario in (self.normal_approval, self.confidence_sizing, self.regime_sizing, self.max_drawdown,
                          self.daily_loss, self.confidence_collapse, self.symbol_exposure, self.manual_halt,
@@ -168,7 +151,7 @@ class Demo:
         pid = self.portfolio(4, {"max_symbol_exposure_pct": 2.5, "max_currency_exposure_pct": 2.5,
                                  "max_gross_exposure_pct": 3.0, "max_net_exposure_pct": 3.0})
         self.show(self.trade(pid), "open EURUSD at 1.1000")
-        _, marked = self.rpm.call("POST", "/marks", {"prices": {"EURUSD": 1.0250}, "portfolio_id": pid})
+        marked = self.trader.marks({"EURUSD": 1.0250}, portfolio_id=pid)
         p = marked["portfolio_state"]
         self.echo(f"  mark EURUSD 1.0250: equity {p['equity']:,.2f}, drawdown {p['drawdown_pct']:.2f}%")
         self.echo(f"  switches tripped: {', '.join(marked['tripped'])}")
@@ -183,7 +166,7 @@ class Demo:
         d = self.trade(pid)
         self.show(d, "open EURUSD at 1.1000")
         price = round(1.1 - 2500 / d["approved_trade"]["position_units"], 8)
-        _, closed = self.rpm.call("POST", f"/positions/EURUSD/close?portfolio_id={pid}", {"price": price})
+        closed = self.trader.close_position("EURUSD", price, portfolio_id=pid)
         self.echo(f"  close at {price}: realised {closed['realised_pnl']:,.2f}, daily PnL "
                   f"{closed['portfolio_state']['daily_pnl']:,.2f}")
         self.echo(f"  switches tripped: {', '.join(e['switch'] for e in closed['events'] if e['action'] == 'TRIPPED')}")
@@ -218,10 +201,10 @@ class Demo:
     def manual_halt(self) -> None:
         self.title(8, "manual halt & resume (emergency stop)")
         pid = self.portfolio(8)
-        _, halted = self.rpm.call("POST", "/halt", {"reason": "emergency drill", "portfolio_id": pid}, role="admin")
+        halted = self.admin.halt("emergency drill", portfolio_id=pid)
         self.echo(f"  halt: {halted['trading_state']} ({', '.join(halted['tripped_switches'])})")
         self.show(self.trade(pid), "intent while halted")
-        _, resumed = self.rpm.call("POST", "/resume", {"portfolio_id": pid}, role="admin")
+        resumed = self.admin.resume(portfolio_id=pid)
         self.echo(f"  resume: {resumed['trading_state']}")
         self.show(self.trade(pid), "intent after resume")
 
@@ -272,7 +255,7 @@ class Demo:
         d = self.trade(pid, direction=-1, current_price=1.12, units=10000, reduce_only=True)
         self.show(d, "sell 10,000 at 1.1200")
         self.echo(f"  {d['message']}")
-        _, closed = self.rpm.call("POST", f"/positions/EURUSD/close?portfolio_id={pid}", {"price": 1.11, "units": 7272.72})
+        closed = self.trader.close_position("EURUSD", 1.11, units=7272.72, portfolio_id=pid)
         left = closed["portfolio_state"]["positions"][0]["units"]
         self.echo(f"  close 7,272.72 at 1.1100: realised {closed['realised_pnl']:,.2f}; {left:,.2f} units left")
         d = self.trade(pid, direction=-1, current_price=1.1, units=50000)
@@ -283,10 +266,9 @@ class Demo:
         self.title(12, "capital that moves: a deposit and a withdrawal are not PnL")
         pid = self.portfolio(12)
         self.trade(pid)
-        self.rpm.call("POST", "/marks", {"prices": {"EURUSD": 1.09}, "portfolio_id": pid})
+        self.trader.marks({"EURUSD": 1.09}, portfolio_id=pid)
         for amount, reason in ((50000, "new money"), (-60000, "redemption")):
-            _, out = self.rpm.call("POST", "/capital", {"amount": amount, "reason": reason, "portfolio_id": pid},
-                                   role="admin")
+            out = self.admin.move_capital(amount, reason, portfolio_id=pid)
             p = out["portfolio_state"]
             kind = "deposit" if amount > 0 else "withdraw"
             self.echo(f"  {kind:<8} {abs(amount):>7,}: capital {p['starting_capital']:>11,.2f}, "
@@ -296,8 +278,7 @@ class Demo:
         self.title(13, "a position corrected to the broker's")
         pid = self.portfolio(13)
         self.trade(pid)
-        _, out = self.rpm.call("POST", f"/positions/EURUSD/correct?portfolio_id={pid}",
-                               {"units": 25000, "avg_price": 1.1005, "reason": "broker statement"}, role="admin")
+        out = self.admin.correct_position("EURUSD", 25000, "broker statement", avg_price=1.1005, portfolio_id=pid)
         before, after = out["before"], out["after"]
         self.echo(f"  EURUSD {float(before['units']):,.2f} at {float(before['avg_price'])} -> "
                   f"{float(after['units']):,.2f} at {float(after['avg_price'])} ({out['difference_units']:+,.2f} "
@@ -307,7 +288,7 @@ class Demo:
         self.title(15, "two desks, one group limit that binds (gross exposure 50,000 USD)")
         group, a, b = _group_demo(self)
         for pid in (a, b):
-            self.rpm.call("POST", "/marks", {"prices": {"EURUSD": 1.1, "GBPUSD": 1.25}, "portfolio_id": pid})
+            self.trader.marks({"EURUSD": 1.1, "GBPUSD": 1.25}, portfolio_id=pid)
         self.show(self.trade(a), "desk A: EURUSD long")
         d = self.trade(b, symbol="GBPUSD", current_price=1.25)
         self.show(d, "desk B: GBPUSD long")
@@ -316,7 +297,7 @@ class Demo:
                 self.echo(f"  group {step['level']} {step['name']}: {step['before']:,.2f} -> {step['after']:,.2f} "
                           f"units ({step['current']:,.2f} of {step['limit']:,.2f} used by the group)")
         self.show(self.trade(b, symbol="USDJPY", current_price=150.0, atr=0.15), "desk B: USDJPY long")
-        _, view = self.rpm.call("GET", f"/groups/{group}")
+        view = self.trader.group(group)
         used = view["limits_used"]["gross_exposure"]
         self.echo(f"  group {group}: {view['open_positions']} positions, gross {view['exposures']['gross']:,.2f} "
                   f"({used['used_pct']:.2f}% of {used['limit']:,.0f})")
@@ -324,17 +305,18 @@ class Demo:
     def group_halt_and_report(self) -> None:
         self.title(16, "a group halted; the end-of-day report")
         group, a, b = _group_demo(self)
-        self.rpm.call("POST", "/marks", {"prices": {"EURUSD": 1.105}, "portfolio_id": a})
-        self.rpm.call("POST", f"/groups/{group}/halt", {"reason": "demo: desk review"}, role="admin")
+        self.trader.marks({"EURUSD": 1.105}, portfolio_id=a)
+        self.admin.halt_group(group, "demo: desk review")
         self.show(self.trade(a), "desk A: more EURUSD")
         self.show(self.trade(b, symbol="GBPUSD", direction=-1, current_price=1.245), "desk B: sells its GBPUSD")
-        self.rpm.call("POST", f"/groups/{group}/resume", {}, role="admin")
+        self.admin.resume_group(group)
         from datetime import UTC, datetime
 
         day = datetime.now(UTC).date().isoformat()  # (the firm's trading day: 00:00 to 00:00 UTC)
-        status, report = self.rpm.call("GET", f"/reports/eod?date={day}", role="admin")
-        if status != 200:
-            self.echo(f"  (no report: {status})")
+        try:
+            report = self.admin.eod_report(day)
+        except RpmError as exc:
+            self.echo(f"  (no report: {exc.status} {exc.message})")
             return
         g = next(x for x in report["groups"] if x["id"] == group)
         self.echo(f"  end-of-day report {report['trading_day']}, group {group}: equity {g['equity']:,.2f}, "
@@ -350,10 +332,10 @@ class Demo:
         d = self.trade(pid, time_in_force_seconds=1)
         self.show(d, "open EURUSD, 1 s to fill")
         self.echo(f"  expires at {d['approved_trade']['expires_at']}")
-        _, before = self.rpm.call("GET", f"/portfolio?portfolio_id={pid}")
+        before = self.trader.portfolio(pid)
         self.echo(f"  open approvals: {[(a['symbol'], a['units']) for a in before['open_approvals']]}")
         time.sleep(1.2)
-        _, marked = self.rpm.call("POST", "/marks", {"prices": {"EURUSD": 1.1}, "portfolio_id": pid})
+        marked = self.trader.marks({"EURUSD": 1.1}, portfolio_id=pid)
         self.echo(f"  1.2 s later, a mark: positions {marked['portfolio_state']['positions']}, open approvals "
                   f"{marked['portfolio_state']['open_approvals']} (released: a fill of 0, an 'expire' ledger entry)")
         self.show(self.trade(pid), "the same intent again")
@@ -365,11 +347,8 @@ def _group_demo(demo: Demo) -> tuple[str, str, str]:
     if not hasattr(demo, "_group"):
         group = f"demo-desks-{demo.run_id}"
         a, b = demo.portfolio(15), demo.portfolio(16)
-        status, out = demo.rpm.call("POST", "/groups", {"group_id": group, "limits": {"gross_exposure": 50000},
-                                                        "reason": "rpm demo"}, role="admin")
-        if status != 201:
-            raise RuntimeError(f"could not create group {group}: {status} {out}")
+        demo.admin.create_group(group, limits={"gross_exposure": 50000}, reason="rpm demo")
         for pid in (a, b):
-            demo.rpm.call("POST", f"/groups/{group}/members", {"portfolio_id": pid}, role="admin")
+            demo.admin.assign_to_group(group, pid)
         demo._group = (group, a, b)
     return demo._group

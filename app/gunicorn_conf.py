@@ -47,12 +47,17 @@ EMBEDDED_DATA = "RPM_EMBEDDED_DATA"
 PROMETHEUS_DIR = "PROMETHEUS_MULTIPROC_DIR"
 # the folder this instance created for the counters, and so removes when it stops
 CREATED_PROMETHEUS_DIR = "RPM_CREATED_PROMETHEUS_DIR"
+# what `rpm serve` prints once the port is bound (where it listens, the database, how to make a key)
+BANNER = "RPM_BANNER"
 
 
 def when_ready(server):
-    """Listening, no worker yet: give the workers a fresh folder for their shared counters
-    (prometheus-client multiprocess mode) unless one is given. Made here, not before gunicorn starts,
-    so that a start that fails (the port taken) leaves no folder behind."""
+    """Listening, no worker yet: `rpm serve`'s banner printed (only now: it says where RPM listens), and the workers
+    given a fresh folder for their shared counters (prometheus-client multiprocess mode) unless one is given. Made
+    here, not before gunicorn starts, so that a start that fails (the port taken) leaves no folder behind."""
+    banner = os.environ.pop(BANNER, None)  # (the workers, forked next, have no use for it)
+    if banner:
+        print(banner, flush=True)
     if server.master_pid:
         return  # a master re-executed by USR2: the old master's folder, and its mark, came in its environment
     if os.environ.get(PROMETHEUS_DIR):

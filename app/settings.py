@@ -226,5 +226,13 @@ def embedded_data(instance_path: str) -> Path:
     return Path(instance_path) / "pgdata"
 
 
+# the project's folder (where alembic.ini and migrations/ are, beside app/)
+PROJECT = Path(__file__).resolve().parents[1]
+
+
 def default_instance_path() -> str:
-    return os.environ.get("RPM_INSTANCE_PATH") or str(Path.cwd() / "instance")
+    """The instance folder (the embedded database, the signing key, the checkpoints): RPM_INSTANCE_PATH, else the
+    project's ``instance/``, as Flask's instance folder is; never the folder `rpm` happens to run from (a command
+    run elsewhere finds the same database as `rpm serve`)."""
+    given = os.environ.get("RPM_INSTANCE_PATH")
+    return str(Path(given).absolute() if given else PROJECT / "instance")

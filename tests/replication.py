@@ -68,6 +68,9 @@ class Pair:
                         "-U", "postgres", "-D", str(target), "-R", "-X", "stream", "-c", "fast"],
                        check=True, capture_output=True, cwd="/", **identity)
         (target / "postmaster.pid").unlink(missing_ok=True)
+        # as a compliance replica is to be run: long reads are not cancelled by the replay of the primary's cleanup
+        with open(target / "postgresql.auto.conf", "a") as conf:
+            conf.write("hot_standby_feedback = on\n")
         self.standby = Node(target)
         self.standby.start()
         self.wait_streaming()

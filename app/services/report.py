@@ -19,6 +19,7 @@ import csv
 import html
 import io
 from collections import defaultdict
+from collections.abc import Callable
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
@@ -52,8 +53,9 @@ def _rows(session: Any, sql: str, **params: Any) -> list[Any]:
     return session.execute(text(sql), params).all()
 
 
-def eod(uow: UnitOfWork, day: date) -> dict[str, Any]:
-    """The report of the firm's trading day ``day``, as JSON values."""
+def eod(uow: UnitOfWork, day: date, progress: Callable[[str, int, int], None] | None = None) -> dict[str, Any]:
+    """The report of the firm's trading day ``day``, as JSON values. ``progress(what, done, total)``: the
+    portfolios' sections made so far, after each."""
     start, cutoff = day_window(day)
     with uow.history() as session:
         portfolios = [pid for (pid,) in _rows(session, "SELECT id FROM portfolios WHERE created_at < :c ORDER BY id",
@@ -61,7 +63,11 @@ def eod(uow: UnitOfWork, day: date) -> dict[str, Any]:
         firm_marks = _marks(session, None, cutoff)
         groups = _groups(session, cutoff)
         currencies = {g["currency"] for g in groups.values()}
-        sections = {pid: _portfolio(session, pid, start, cutoff, firm_marks, currencies) for pid in portfolios}
+        sections = {}
+        for done, pid in enumerate(portfolios, 1):
+            sections[pid] = _portfolio(session, pid, start, cutoff, firm_marks, currencies)
+            if progress is not None:
+                progress("portfolios", done, len(portfolios))
         level_events = _rows(session, "SELECT detail ->> 'level', switch, action, at, value, threshold, reason "
                                       "FROM switch_events WHERE portfolio_id IS NULL AND at >= :s AND at < :c "
                                       "ORDER BY audit_seq", s=start, c=cutoff)

@@ -34,6 +34,7 @@ from . import models as m
 
 GENESIS = "0" * 64
 SYSTEM_CHAIN = "_system"
+PROGRESS_EVERY = 1000  # positions walked between two calls of a verification's progress callback
 AUDITED = (m.Decision, m.SwitchEventRow, m.AdminAction, m.ConfigVersion, m.LedgerEntry, m.Fill, m.EquityPoint,
            m.MarkUpdate, m.RiskEvent)
 # the columns a row's hash covers: all but its surrogate id (for tables whose id the database assigns)
@@ -316,14 +317,16 @@ def archived_positions(session: Session) -> dict[str, Archived]:
 
 
 def verify_chain(session: Session, chain: str, expected_head: tuple[int, str] | None,
-                 seen: Callable[[str | bytes], None] | None = None, archived: Archived | None = None) -> ChainReport:
+                 seen: Callable[[str | bytes], None] | None = None, archived: Archived | None = None,
+                 progress: Callable[[int], None] | None = None) -> ChainReport:
     """Walk one chain in sequence order: every row's hash, link and sequence number.
 
     ``expected_head`` is (seq, hash) from the chain's owner row; ``seen`` is given each row's hash in turn (the
     leaf, as bytes, of an archived position). ``archived``: how many positions the archives took — a position
     of an archived range counts as archived only if no row holds it, and the archived positions found must be
     exactly that many (a row deleted inside an archived range is missing); the row after an archived one must
-    name, as its previous hash, the hash whose leaf the tree holds there.
+    name, as its previous hash, the hash whose leaf the tree holds there. ``progress`` is given the positions
+    walked so far, every PROGRESS_EVERY of them and at the end.
     """
     report = ChainReport(chain)
     streams = [_rows(session, model, chain) for model in AUDITED]
@@ -343,6 +346,8 @@ def verify_chain(session: Session, chain: str, expected_head: tuple[int, str] | 
             report.archived += 1
             if seen is not None:
                 seen(stored_hash)
+            if progress is not None and (report.count + report.archived) % PROGRESS_EVERY == 0:
+                progress(report.count + report.archived)
             prev_hash, prev_leaf = None, stored_hash
             expected_seq = seq + 1
             report.head_seq = seq
@@ -363,10 +368,14 @@ def verify_chain(session: Session, chain: str, expected_head: tuple[int, str] | 
                         kind=kind)
         if seen is not None:
             seen(stored_hash)
+        if progress is not None and (report.count + report.archived) % PROGRESS_EVERY == 0:
+            progress(report.count + report.archived)
         prev_hash = stored_hash
         expected_seq = seq + 1
         report.head_seq = seq
         report.head_hash = stored_hash
+    if progress is not None:
+        progress(report.count + report.archived)
     if report.archived != archived.rows:
         report.fail(0, "missing", detail=f"{report.archived} position(s) of the chain's archived ranges hold no row, "
                     f"the archives took {archived.rows}: rows were deleted there")
@@ -392,14 +401,24 @@ def chain_heads(session: Session) -> dict[str, tuple[int, str]]:
 
 
 def verify_all(session: Session, portfolios: tuple[str, ...] | None = None,
-               seen: Callable[[str], Callable[[str], None] | None] | None = None) -> list[ChainReport]:
+               seen: Callable[[str], Callable[[str], None] | None] | None = None,
+               progress: Callable[[str, int, int], None] | None = None) -> list[ChainReport]:
     """Verify every chain (those of ``portfolios`` only, unless None) against its recorded head.
 
-    ``seen(chain)``: what is given each row's hash of that chain, in order (None: nothing).
+    ``seen(chain)``: what is given each row's hash of that chain, in order (None: nothing). ``progress(what,
+    done, total)``: the positions walked of every chain, of as many as their heads name, now and then.
     """
     heads = chain_heads(session)
     if portfolios is not None:
         heads = {chain: head for chain, head in heads.items() if chain in portfolios}
     archived = archived_positions(session)
-    return [verify_chain(session, chain, head, None if seen is None else seen(chain), archived.get(chain))
-            for chain, head in sorted(heads.items())]
+    total = sum(seq for seq, _ in heads.values())
+    reports: list[ChainReport] = []
+    walked = 0
+    for chain, head in sorted(heads.items()):
+        advanced = None if progress is None else (lambda n, walked=walked: progress("verifying", walked + n, total))
+        report = verify_chain(session, chain, head, None if seen is None else seen(chain), archived.get(chain),
+                              advanced)
+        reports.append(report)
+        walked += report.count + report.archived
+    return reports

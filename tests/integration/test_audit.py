@@ -3,6 +3,7 @@
 import csv
 import io
 import json
+import re
 from decimal import Decimal
 
 import pytest
@@ -377,7 +378,7 @@ def test_rpm_audit_verify_and_checkpoint_on_the_command_line(history, database_u
     monkeypatch.setenv("DATABASE_URL", database_url)
     monkeypatch.setenv("RPM_INSTANCE_PATH", str(tmp_path))
     result = CliRunner().invoke(main, ["audit", "verify"])
-    assert result.exit_code == 0 and "OK      default:" in result.output
+    assert result.exit_code == 0 and re.search(r"^default +OK +\d+", result.output, re.M), result.output
     made = CliRunner().invoke(main, ["audit", "checkpoint"])
     assert made.exit_code == 0 and "2 checkpoint(s) appended" in made.output
     lines = [json.loads(line) for f in (tmp_path / "checkpoints").glob("*.jsonl") for line in f.read_text().splitlines()]

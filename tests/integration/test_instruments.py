@@ -65,6 +65,7 @@ def test_what_if_and_replay_honour_the_instruments(client):
 
 def test_rpm_instruments_list_and_set(client, database_url, monkeypatch, tmp_path):
     import json
+    import re
 
     from click.testing import CliRunner
 
@@ -74,7 +75,7 @@ def test_rpm_instruments_list_and_set(client, database_url, monkeypatch, tmp_pat
     monkeypatch.setenv("DATABASE_URL", database_url)
     monkeypatch.setenv("RPM_INSTANCE_PATH", str(tmp_path))
     listed = CliRunner().invoke(main, ["instruments", "list"])
-    assert listed.exit_code == 0 and "ES         future   USD  x50  lot_size 1" in listed.output, listed.output
+    assert listed.exit_code == 0 and re.search(r"^ES +future +USD +50 +lot_size 1", listed.output, re.M), listed.output
     table = tmp_path / "table.json"
     table.write_text(json.dumps({"TSLA": {"asset_class": "equity", "currency": "USD", "lot_size": 1}}))
     made = CliRunner().invoke(main, ["instruments", "set", str(table), "--reason", "only TSLA"])

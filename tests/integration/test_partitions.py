@@ -195,8 +195,8 @@ def test_decisions_of_the_month_arriving_after_its_export_are_archived_too(app, 
     exports = []
 
     class Late(Archiver):
-        def _export(self, month, chains, path):
-            done = super()._export(month, chains, path)
+        def _export(self, month, chains, path, *more):
+            done = super()._export(month, chains, path, *more)
             exports.append(done[0])
             if len(exports) == 1:  # a decision of March arrives now
                 now = clock.now

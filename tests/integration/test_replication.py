@@ -89,7 +89,8 @@ def test_failover_to_a_promoted_standby_loses_no_acknowledged_decision(pair, sto
               "the promoted standby")
 
 
-def test_compliance_reads_come_from_the_replica_with_its_lag_and_trading_never_reads_it(pair, servers, capsys):
+def test_compliance_reads_come_from_the_replica_with_its_lag_and_trading_never_reads_it(pair, servers, capsys,
+                                                                                           monkeypatch):
     url, keys = rpm_database(pair.primary)
     # a history to export: 100,000 decisions (copies of one, small documents), made before the standby
     server0 = servers({"DATABASE_URL": url}, workers=1, threads=2)
@@ -124,6 +125,8 @@ def test_compliance_reads_come_from_the_replica_with_its_lag_and_trading_never_r
         return times
 
     quiet = lone(60)
+    pair.caught_up("rpm")
+    stored = standby.sql("SELECT count(*) FROM decisions", "rpm")[0][0]  # what the export's snapshot will hold
     exported = {}
 
     def export():
@@ -151,8 +154,27 @@ def test_compliance_reads_come_from_the_replica_with_its_lag_and_trading_never_r
         on_primary = max(on_primary, pair.primary.sql(exporting, "rpm")[0][0])
         time.sleep(0.05)
     reader.join(120)
-    assert exported["from"] == "replica" and exported["lines"] > 100_000
+    # every decision, and the header: an export cut short (a query the standby cancelled) ends without an error
+    # a line-reading client notices, so it is counted
+    assert exported["from"] == "replica" and exported["lines"] == stored + 1 > 100_000
     assert (on_standby, on_primary) == (1, 0)  # the export ran on the replica alone
+    # without hot_standby_feedback the standby would cancel such an export once it replays trading's cleanup on
+    # the primary (after max_standby_streaming_delay): `rpm serve` warns of a replica run so
+    monkeypatch.setenv("DATABASE_URL", url)
+    monkeypatch.setenv("DATABASE_READ_URL", read_url)
+    import click
+
+    from app.cli import _check_read_database, main
+
+    capsys.readouterr()
+    with click.Context(main):  # (as a command runs it: its connections closed at the end)
+        _check_read_database(Settings.from_env())
+    assert "hot_standby_feedback" not in capsys.readouterr().err
+    standby.sql("ALTER SYSTEM SET hot_standby_feedback = off")
+    standby.sql("SELECT pg_reload_conf()")
+    with click.Context(main):
+        _check_read_database(Settings.from_env())
+    assert "a standby with hot_standby_feedback off" in capsys.readouterr().err
     standby.crash()
     assert http("POST", server.url + "/process_trade", {**SEED_INTENT, "atr": 0.05}, key=trader)[0] == 200
     status, body = http("GET", server.url + "/decisions", key=compliance, timeout=30)

@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parents[2]
 # switches that exist for the tests alone (they disable a lock to show the test can fail): not for users
 TEST_ONLY = re.compile(r"RPM_TEST_UNSAFE_")
 # names that look like variables and are not a user's: a Flask config key; what `rpm serve` hands its own workers
-INTERNAL = {"RPM_SETTINGS", "RPM_EMBEDDED_DATA", "RPM_CREATED_PROMETHEUS_DIR"}
+INTERNAL = {"RPM_SETTINGS", "RPM_EMBEDDED_DATA", "RPM_CREATED_PROMETHEUS_DIR", "RPM_BANNER"}
 
 
 def configuration_section() -> str:
