@@ -510,6 +510,7 @@ class EquityPointSchema(Answer):
     at = _text()
     equity = _number()
     drawdown = _number()
+    peak_equity = _maybe(fields.Float, metadata={"description": "the peak the drawdown is measured from"})
 
 
 class EquityCurveSchema(Answer):

@@ -106,15 +106,17 @@ def close_position(uow: UnitOfWork, portfolio_id: str, symbol: str, price: Any, 
 
 
 def equity_curve(uow: UnitOfWork, portfolio_id: str, since: datetime | None, limit: int = 500) -> dict[str, Any]:
-    """Equity and drawdown over time (after each mark, fill and close), at most ``limit`` points."""
+    """Equity, drawdown and the peak it is measured from, over time (after each mark, fill and close), at most
+    ``limit`` points (the peak is null on points stored before it was kept)."""
     uow.known(portfolio_id)
     with uow.reading() as session:
-        query = select(m.EquityPoint.at, m.EquityPoint.equity, m.EquityPoint.drawdown).where(
-            m.EquityPoint.portfolio_id == portfolio_id)
+        query = select(m.EquityPoint.at, m.EquityPoint.equity, m.EquityPoint.drawdown, m.EquityPoint.peak_equity
+                       ).where(m.EquityPoint.portfolio_id == portfolio_id)
         if since is not None:
             query = query.where(m.EquityPoint.at >= since)
         rows = session.execute(query.order_by(m.EquityPoint.at)).all()
     step = max(1, -(-len(rows) // limit))
     picked = rows[::step] + ([rows[-1]] if rows and (len(rows) - 1) % step else [])
     return {"portfolio_id": portfolio_id, "points": [
-        {"at": at.isoformat(), "equity": float(eq), "drawdown": float(dd)} for at, eq, dd in picked]}
+        {"at": at.isoformat(), "equity": float(eq), "drawdown": float(dd),
+         "peak_equity": None if peak is None else float(peak)} for at, eq, dd, peak in picked]}

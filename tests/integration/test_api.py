@@ -62,6 +62,10 @@ def test_marks_revalue_and_trip_the_drawdown_switch(client, sql):
     assert health["kill_switches"]["drawdown"]["state"] == "TRIPPED"
     assert health["kill_switches"]["drawdown"]["current_pct"] == pytest.approx(10.909, abs=0.01)
     assert health["trading_state"] == "HALTED"
+    # the curve's last point: the equity, and the peak its drawdown is measured from
+    last = client.get("/portfolio/equity").json["points"][-1]
+    assert last["peak_equity"] == 100000 and last["equity"] == pytest.approx(89090.91, abs=0.01)
+    assert last["drawdown"] == pytest.approx(1 - last["equity"] / last["peak_equity"])
     events = sql("SELECT switch, action FROM switch_events ORDER BY id")
     assert ("drawdown", "TRIPPED") in events
     blocked = post(client, "/process_trade", {**SEED_INTENT, "symbol": "GBPUSD", "current_price": 1.25})
