@@ -97,7 +97,10 @@ def _database_down(exc: BaseException) -> str | None:
 def _safe_url(url: str) -> str:
     from sqlalchemy.engine import make_url
 
-    return make_url(url).render_as_string(hide_password=True)
+    parsed = make_url(url)
+    # (a password may also come as a query parameter, libpq's way)
+    hidden = {k: "***" for k in parsed.query if k.lower() in ("password", "sslpassword")}
+    return parsed.update_query_dict(hidden).render_as_string(hide_password=True).replace("%2A%2A%2A", "***")
 
 
 def _app():
@@ -304,9 +307,11 @@ def _remote(url: str | None, key: str | None):
     try:
         yield client
     except RpmError as exc:
-        kind = {400: errors.Invalid, 401: errors.Unauthorized, 403: errors.Forbidden, 404: errors.NotFound,
-                409: errors.Conflict, 413: errors.Invalid, 415: errors.Invalid, 422: errors.Invalid,
-                503: errors.Unavailable}.get(exc.status or 0, errors.ServiceError)
+        # (the domain error of that status; any other 4xx a refusal of the request as such)
+        kinds = {k.status: k for k in (errors.Unauthorized, errors.Forbidden, errors.NotFound, errors.Conflict,
+                                        errors.Invalid, errors.TooManyRequests, errors.Unavailable)}
+        status = exc.status or 0
+        kind = kinds.get(status) or (errors.Invalid if 400 <= status < 500 else errors.ServiceError)
         found = exc.errors if isinstance(exc.errors, dict) else {"errors": exc.errors}
         # (no answer at all: say which call and where)
         raise kind(exc.message if exc.status is not None else str(exc), found) from None
@@ -442,8 +447,9 @@ def _listen(host: str, port: int):
     import socket
 
     try:
-        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
-                                                             flags=socket.AI_PASSIVE)[0]
+        found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        # a name with both (localhost: ::1 first in many hosts files) on IPv4, as gunicorn binds it
+        family, kind, proto, _, address = min(found, key=lambda a: a[0] != socket.AF_INET)
     except socket.gaierror as exc:
         raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror}") from None
     listener = socket.socket(family, kind, proto)
@@ -605,7 +611,6 @@ def audit_verify(sink: str | None, public_keys: tuple[str, ...], as_json: bool) 
     import time
 
     from .anchor import Sink, load_public_key
-    from .errors import ServiceError
 
     try:
         keys = [load_public_key(path) for path in public_keys] or None
@@ -613,12 +618,9 @@ def audit_verify(sink: str | None, public_keys: tuple[str, ...], as_json: bool) 
         raise click.ClickException(f"--public-key: {exc}") from None
     started = time.perf_counter()
     compliance = _app().extensions["rpm_compliance"]
-    try:
-        with _progress() as progress:
-            report = compliance.verify(sink=Sink(sink) if sink else None, public_key=keys, actor=_operator(),
-                                       progress=progress)
-    except ServiceError as exc:
-        raise click.ClickException(str(exc)) from None
+    with _progress() as progress:
+        report = compliance.verify(sink=Sink(sink) if sink else None, public_key=keys, actor=_operator(),
+                                   progress=progress)
     elapsed = time.perf_counter() - started
     _print(report, as_json, headers=("CHAIN", "STATE", "RECORDS", "HEAD", "HEAD HASH", "PROBLEM"), rows=[
         (c["chain"], "OK" if c["ok"] else "BROKEN", c["count"], c["head_seq"], c["head_hash"][:16] + "...",
@@ -635,13 +637,9 @@ def audit_verify(sink: str | None, public_keys: tuple[str, ...], as_json: bool) 
 @json_option
 def audit_checkpoint(as_json: bool) -> None:
     """Sign a checkpoint of every chain that grew since its last, now, and append it to the sink."""
-    from .errors import ServiceError
 
     anchor = _app().extensions["rpm_anchor"]
-    try:
-        made = anchor.checkpoint(force=True, wait=True)
-    except ServiceError as exc:
-        raise click.ClickException(str(exc)) from None
+    made = anchor.checkpoint(force=True, wait=True)
     _print(made, as_json, headers=("CHAIN", "SIZE", "ROOT", "AT"), rows=[
         (c["statement"]["chain"], c["statement"]["size"], c["statement"]["root"][:16] + "...", c["statement"]["at"])
         for c in made])
@@ -661,12 +659,8 @@ def audit_public_key() -> None:
 @click.option("--out", "out_file", type=click.Path(dir_okay=False), default="-", show_default=True)
 def audit_proof(decision_id: str, out_file: str) -> None:
     """Write a decision's proof (the decision, its inclusion proof, a signed checkpoint) as JSON."""
-    from .errors import ServiceError
 
-    try:
-        proof = _app().extensions["rpm_compliance"].proof(decision_id, None)
-    except ServiceError as exc:
-        raise click.ClickException(str(exc)) from None
+    proof = _app().extensions["rpm_compliance"].proof(decision_id, None)
     data = json.dumps(proof, indent=2) + "\n"
     if out_file == "-":
         click.echo(data, nl=False)
@@ -707,12 +701,8 @@ def audit_check_proof(proof_file: str, public_key: str) -> None:
 @click.option("--to", "new", type=int, default=None, help="the newer checkpoint's size (default: the last)")
 def audit_consistency(chain: str, old: int | None, new: int | None) -> None:
     """Prove that the trail only grew between two signed checkpoints of a chain."""
-    from .errors import ServiceError
 
-    try:
-        result = _app().extensions["rpm_compliance"].consistency(chain, old, new)
-    except ServiceError as exc:
-        raise click.ClickException(str(exc)) from None
+    result = _app().extensions["rpm_compliance"].consistency(chain, old, new)
     a, b = result["old"], result["new"]
     verdict = "CONSISTENT" if result["consistent"] else "INCONSISTENT"
     click.echo(f"{verdict}: {chain} size {a['size']} ({a['at']}) -> {b['size']} ({b['at']}), proof of "
@@ -934,14 +924,10 @@ def instruments() -> None:
 @json_option
 def instruments_list(portfolio_id: str, url: str | None, key: str | None, as_json: bool) -> None:
     """Print the instruments a portfolio lists, with its configuration version."""
-    from .errors import ServiceError
     from .services import reading
 
-    try:
-        with _remote(url, key) as remote:
-            table = remote.instruments(portfolio_id) if remote else reading.get_instruments(_uow(), portfolio_id)
-    except ServiceError as exc:
-        raise click.ClickException(str(exc)) from None
+    with _remote(url, key) as remote:
+        table = remote.instruments(portfolio_id) if remote else reading.get_instruments(_uow(), portfolio_id)
     number = lambda v: f"{v:,.8f}".rstrip("0").rstrip(".")  # noqa: E731  (1e-08 as 0.00000001)
     _print(table, as_json,
            lines=[f"{portfolio_id}: configuration version {table['version']} ({table['config_hash'][:16]}...)"],
@@ -961,7 +947,6 @@ def instruments_list(portfolio_id: str, url: str | None, key: str | None, as_jso
 def instruments_set(table_file: str, reason: str, portfolio_id: str, url: str | None, key: str | None) -> None:
     """Replace a portfolio's instrument table with a JSON file's ({symbol: {asset_class, currency, ...}}): a new
     configuration version."""
-    from .errors import Invalid, ServiceError
     from .services import operator
 
     try:
@@ -971,14 +956,9 @@ def instruments_set(table_file: str, reason: str, portfolio_id: str, url: str | 
         raise click.ClickException(f"{table_file}: not JSON ({exc})") from None
     if not isinstance(table, dict):
         raise click.ClickException(f"{table_file}: must be a JSON object of symbol -> instrument")
-    try:
-        with _remote(url, key) as remote:
-            out = (remote.put_instruments(table, reason=reason, portfolio_id=portfolio_id) if remote
-                   else operator.put_instruments(_uow(), portfolio_id, table, reason, _operator()))
-    except Invalid as exc:
-        raise click.ClickException(f"{exc.message}: {json.dumps(exc.errors)}") from None
-    except ServiceError as exc:
-        raise click.ClickException(str(exc)) from None
+    with _remote(url, key) as remote:
+        out = (remote.put_instruments(table, reason=reason, portfolio_id=portfolio_id) if remote
+               else operator.put_instruments(_uow(), portfolio_id, table, reason, _operator()))
     click.echo(f"{portfolio_id}: configuration version {out['version']} ({out['config_hash'][:16]}...), "
                f"{len(table)} instrument(s)")
 
@@ -998,15 +978,11 @@ def report() -> None:
 def report_eod(day, fmt: str, output: str | None, url: str | None, key: str | None, as_json: bool) -> None:
     """The end-of-day report: per portfolio, group and the firm, the books at the cut-off, the day's PnL, limits'
     peak use, switches tripped, decisions by status and reason, admin actions. The same whenever it is made."""
-    from .errors import ServiceError
     from .services import report as eod
 
-    try:
-        # (remote too, the JSON: formatted here, as the local report is)
-        with _remote(url, key) as remote, _progress() as progress:
-            out = remote.eod_report(day.date()) if remote else eod.eod(_uow(), day.date(), progress)
-    except ServiceError as exc:
-        raise click.ClickException(str(exc)) from None
+    # (remote too, the JSON: formatted here, as the local report is)
+    with _remote(url, key) as remote, _progress() as progress:
+        out = remote.eod_report(day.date()) if remote else eod.eod(_uow(), day.date(), progress)
     fmt = "json" if as_json else fmt
     text = (json.dumps(out, indent=2) if fmt == "json" else eod.as_csv(out) if fmt == "csv"
             else eod.as_html(out) if fmt == "html" else eod.as_text(out))

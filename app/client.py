@@ -6,13 +6,14 @@ methods above it only name the route and its arguments, and return RPM's JSON as
 
 Retries. RPM fails closed: a 503 means nothing was decided or changed. A call is tried again, after an exponential
 backoff with jitter, bounded in attempts and in each wait, when the answer is 502/503/504 or no answer came (the
-connection failed, was dropped or timed out) — but only for a call whose repeat changes nothing more than the first
-would have: reads, what-if, marks, halt and resume, configuration and instrument PUTs, and the trade calls. Those
-carry an ``intent_id`` — the caller's, or one this client makes (uuid4) before the first attempt — so that every
-attempt carries the same one, and RPM decides the intent once: a repeat of a decided intent is answered with the
-stored decision (``replay: true``), a repeat with another payload is a 409 (SPEC §6). A call whose repeat would act
-twice (a close, a fill, a capital move, creating a portfolio or a group) is tried again only when it never left
-this process (no connection could be made). A 4xx is never retried: it is RPM's answer.
+connection failed, was dropped or timed out) — but only for a call whose repeat changes nothing: reads, what-if,
+and the trade calls. Those carry an ``intent_id`` — the caller's, or one this client makes (uuid4) before the first
+attempt — so that every attempt carries the same one, and RPM decides the intent once: a repeat of a decided intent
+is answered with the stored decision (``replay: true``), a repeat with another payload is a 409. Every other call
+acts again when repeated — a resume retried after its answer was lost would lift a halt placed meanwhile, marks
+retried late would post stale prices over fresher ones, a PUT makes another configuration version — so it is tried
+again only when it never left this process (no connection could be made); otherwise the error is the caller's to
+judge. A 4xx is never retried: it is RPM's answer.
 """
 
 from __future__ import annotations
@@ -277,11 +278,11 @@ class Client:
     # -- the one request -------------------------------------------------------------------------------------------
     def request(self, method: str, path: str, *, json: Any = None, params: Mapping[str, Any] | None = None,
                 idempotent: bool | None = None, text: bool = False) -> Any:
-        """One call: its JSON answer (its text with ``text``), or an RpmError. ``idempotent`` (default: GET, PUT,
-        HEAD, DELETE) says whether a repeat is harmless, so that an answer lost or a 503 may be tried again."""
+        """One call: its JSON answer (its text with ``text``), or an RpmError. ``idempotent`` (default: GET and
+        HEAD) says whether a repeat is harmless, so that an answer lost or a 503 may be tried again."""
         method = method.upper()
         if idempotent is None:
-            idempotent = method in ("GET", "HEAD", "PUT", "DELETE")
+            idempotent = method in ("GET", "HEAD")
         query = {k: _param(v) for k, v in (params or {}).items() if v is not None}
         # one id for every attempt: RPM's log lines of the retries of one call share it
         headers = {"X-Request-ID": uuid.uuid4().hex}
@@ -305,7 +306,14 @@ class Client:
                 attempt += 1
                 continue
             if response.is_success:
-                return response.text if text else response.json()
+                if text:
+                    return response.text
+                try:
+                    return response.json()
+                except ValueError:  # (not RPM: a proxy's page, another service on the port)
+                    raise RpmError(f"the answer from {self.url} is not RPM's JSON "
+                                   f"({response.headers.get('content-type') or 'no content type'})",
+                                   status=response.status_code, method=method, path=path) from None
             raise error_of(response, method, path)
 
     def _wait(self, attempt: int, retry_after: float | None) -> None:
@@ -342,8 +350,7 @@ class Client:
 
     def marks(self, prices: Mapping[str, float], *, portfolio_id: str | None = None) -> JSON:
         """The latest prices: the portfolio revalued, every kill switch evaluated (`tripped`)."""
-        return self.request("POST", "/marks", json=_body(prices=dict(prices), portfolio_id=portfolio_id),
-                            idempotent=True)
+        return self.request("POST", "/marks", json=_body(prices=dict(prices), portfolio_id=portfolio_id))
 
     def fill(self, decision_id: str, filled_units: float, fill_price: float, *,
              portfolio_id: str | None = None) -> JSON:
@@ -398,12 +405,11 @@ class Client:
     # -- operating (admin) -----------------------------------------------------------------------------------------
     def halt(self, reason: str, *, portfolio_id: str | None = None) -> JSON:
         """Manual halt: only reducing trades pass until a manual resume."""
-        return self.request("POST", "/halt", json=_body(reason=reason, portfolio_id=portfolio_id), idempotent=True)
+        return self.request("POST", "/halt", json=_body(reason=reason, portfolio_id=portfolio_id))
 
     def resume(self, *, force: bool = False, reason: str | None = None, portfolio_id: str | None = None) -> JSON:
         """Manual resume; Conflict during an automatic switch's cooldown unless ``force`` with a ``reason``."""
-        return self.request("POST", "/resume", json=_body(force=force, reason=reason, portfolio_id=portfolio_id),
-                            idempotent=True)
+        return self.request("POST", "/resume", json=_body(force=force, reason=reason, portfolio_id=portfolio_id))
 
     def put_config(self, config: Mapping[str, Any], *, reason: str | None = None,
                    portfolio_id: str | None = None) -> JSON:
@@ -455,17 +461,16 @@ class Client:
     def assign_to_group(self, group_id: str, portfolio_id: str, *, reason: str | None = None) -> JSON:
         """Move a portfolio into a group (`firm`: directly under the firm)."""
         return self.request("POST", f"/groups/{_segment(group_id)}/members",
-                            json=_body(portfolio_id=portfolio_id, reason=reason), idempotent=True)
+                            json=_body(portfolio_id=portfolio_id, reason=reason))
 
     def halt_group(self, group_id: str, reason: str) -> JSON:
-        return self.request("POST", f"/groups/{_segment(group_id)}/halt", json={"reason": reason}, idempotent=True)
+        return self.request("POST", f"/groups/{_segment(group_id)}/halt", json={"reason": reason})
 
     def resume_group(self, group_id: str, *, force: bool = False, reason: str | None = None) -> JSON:
-        return self.request("POST", f"/groups/{_segment(group_id)}/resume", json=_body(force=force, reason=reason),
-                            idempotent=True)
+        return self.request("POST", f"/groups/{_segment(group_id)}/resume", json=_body(force=force, reason=reason))
 
     def firm_marks(self, prices: Mapping[str, float]) -> JSON:
-        return self.request("POST", "/firm/marks", json={"prices": dict(prices)}, idempotent=True)
+        return self.request("POST", "/firm/marks", json={"prices": dict(prices)})
 
     # -- compliance ------------------------------------------------------------------------------------------------
     def decisions(self, *, portfolio_id: str | None = None, start: datetime | None = None,

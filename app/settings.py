@@ -235,4 +235,8 @@ def default_instance_path() -> str:
     project's ``instance/``, as Flask's instance folder is; never the folder `rpm` happens to run from (a command
     run elsewhere finds the same database as `rpm serve`)."""
     given = os.environ.get("RPM_INSTANCE_PATH")
-    return str(Path(given).absolute() if given else PROJECT / "instance")
+    if given:
+        return str(Path(given).absolute())
+    # (a checkout, where the migrations are; a package installed elsewhere keeps it where it is run, not inside
+    # site-packages)
+    return str((PROJECT if (PROJECT / "alembic.ini").exists() else Path.cwd()) / "instance")

@@ -14,13 +14,14 @@ from typing import Any
 from flask import Flask, current_app, g, request
 
 from app.errors import Forbidden, Invalid, Unauthorized
-from app.keys import Principal, key_prefix
+from app.keys import ROLES, Principal, key_prefix
 from app.services import Actor
 
 from . import scope
 from .body import MISSING, request_json
 
-ANY = ("trader", "compliance", "admin", "viewer")
+# every role but market-data (which only posts marks)
+ANY = tuple(role for role in ROLES if role != "market-data")
 # flask-smorest's own views (the OpenAPI document and the docs page)
 PUBLIC_ENDPOINTS = frozenset({"api-docs.openapi_json", "api-docs.openapi_swagger_ui"})
 log = logging.getLogger("rpm.auth")

@@ -701,10 +701,3 @@ class EndOfDaySchema(Answer):
     firm = fields.Dict(required=True)
     groups = fields.List(fields.Dict(), required=True)
     portfolios = fields.List(fields.Dict(), required=True)
-
-
-class AnyObjectSchema(Schema):
-    """A JSON object (see the endpoint's description for its fields)."""
-
-    class Meta:
-        unknown = INCLUDE

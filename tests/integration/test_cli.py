@@ -102,6 +102,10 @@ def test_a_database_away_is_one_line_naming_it_without_its_password(empty_databa
                               timeout=60, env={**os.environ, "DATABASE_URL": closed, "RPM_PORT": str(_free_port())})
         assert one_line(done, "Error: database unavailable: postgresql+psycopg://rpm:***@127.0.0.1:"), (args, done)
         assert "s3cret" not in done.stderr and "Connection refused" in done.stderr
+    # (libpq's other way to give it: a query parameter)
+    done = rpm(closed.replace(":s3cret@", "@") + "?password=s3cret&sslmode=disable", "status")
+    assert one_line(done, "Error: database unavailable:"), done
+    assert "s3cret" not in done.stderr and "password=***" in done.stderr
     unmigrated = rpm(empty_database_url, "status")
     assert one_line(unmigrated, "Error: no RPM schema in postgresql+psycopg://"), unmigrated
     assert "run `rpm db upgrade`" in unmigrated.stderr
@@ -151,8 +155,13 @@ def test_the_instance_folder_is_the_projects_and_a_command_never_makes_an_empty_
         assert f"{tmp_path / 'none' / 'pgdata'}" in done.stderr and "rpm serve" in done.stderr
     # nothing made: neither the folder named nor one where the command ran
     assert sorted(p.name for p in tmp_path.iterdir()) == []
-    # and without RPM_INSTANCE_PATH, from another folder: the project's instance folder, not ./instance
-    subprocess.run([sys.executable, "-m", "app.cli", "status"], cwd=tmp_path, capture_output=True, timeout=120, env=env)
+    # and without RPM_INSTANCE_PATH, from another folder: the project's instance folder, not ./instance (asked only
+    # where the project has no database of its own: a command would start it)
+    if not (ROOT / "instance" / "pgdata").exists():
+        done = subprocess.run([sys.executable, "-m", "app.cli", "status"], cwd=tmp_path, capture_output=True,
+                              text=True, timeout=120, env=env)
+        assert one_line(done, "Error: no RPM database here"), done
+        assert f"{ROOT / 'instance' / 'pgdata'}" in done.stderr, done.stderr
     assert not (tmp_path / "instance").exists()
 
 

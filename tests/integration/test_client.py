@@ -308,3 +308,75 @@ def test_the_demo_runs_against_a_live_server_through_the_client(servers, databas
     assert done.stdout.startswith(f"RPM demo against {server.url}")
     assert "APPROVED     27,272.72 units" in done.stdout and "intent while halted         REJECTED  HALTED" in done.stdout
     assert "Demo complete" in done.stdout
+
+
+class Stranger:
+    """Not RPM: a server on a port that reads each request and then either closes the connection without an answer
+    (an answer lost) or answers 200 with an HTML page (a proxy's sign-in page); it counts the requests."""
+
+    def __init__(self, mode: str):
+        import threading
+
+        self.mode, self.requests = mode, []
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            with conn:
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        break
+                    data += chunk
+                head, _, body = data.partition(b"\r\n\r\n")
+                length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                               if line.lower().startswith(b"content-length:")), 0)
+                while len(body) < length:
+                    body += conn.recv(65536)
+                self.requests.append(head.split(b"\r\n")[0].decode())
+                if self.mode == "html":
+                    page = b"<html><body>sign in</body></html>"
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nConnection: close\r\n"
+                                 b"Content-Length: %d\r\n\r\n%s" % (len(page), page))
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def test_a_call_that_acts_again_when_repeated_is_not_retried_once_sent_and_a_trade_is():
+    """An answer lost after the request went out: a resume, a halt, marks, a PUT would act a second time (a resume
+    retried late lifts a halt placed meanwhile), so each is sent once; a trade is retried with its intent_id."""
+    stranger = Stranger("drop")
+    try:
+        with Client(stranger.url, "k", retries=2, backoff=0.01) as client:
+            for call in (lambda: client.resume(force=True, reason="r"), lambda: client.halt("r"),
+                         lambda: client.marks({"EURUSD": 1.1}), lambda: client.put_config({}, reason="r"),
+                         lambda: client.halt_group("fx", "r"), lambda: client.firm_marks({"EURUSD": 1.1})):
+                before = len(stranger.requests)
+                with pytest.raises(ConnectionFailed):
+                    call()
+                assert len(stranger.requests) == before + 1, stranger.requests[before:]
+            before = len(stranger.requests)
+            with pytest.raises(ConnectionFailed, match="after 3 attempts"):
+                client.process_trade(**{k: v for k, v in SEED_INTENT.items()})
+            assert stranger.requests[before:] == ["POST /process_trade HTTP/1.1"] * 3
+    finally:
+        stranger.close()
+
+
+def test_an_answer_that_is_not_rpms_json_is_an_rpm_error_and_one_line_from_the_cli():
+    stranger = Stranger("html")
+    try:
+        with Client(stranger.url, "k", retries=0) as client, pytest.raises(RpmError, match="is not RPM's JSON"):
+            client.portfolio()
+        done = rpm("status", "--url", stranger.url, "--key", "k")
+        assert one_line_error(done) and "is not RPM's JSON (text/html)" in done.stderr, done.stderr
+    finally:
+        stranger.close()

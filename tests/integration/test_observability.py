@@ -211,7 +211,12 @@ def test_a_served_log_is_json_gunicorns_own_lines_too(servers, database_url, key
     assert http("POST", server.url + "/halt", {"reason": " "}, key=keys["admin"])[0] == 422
     server.stop()
     text = (tmp_path / "server-0.log").read_text()
-    served = text.split("=" * 78 + "\n")[-1]  # after `rpm serve`'s banner: gunicorn's process
+    lines = text.splitlines()
+    # gunicorn's process, from its first line, less `rpm serve`'s banner (printed once it listens)
+    rules = [i for i, line in enumerate(lines) if line == "=" * 78]
+    start = next(i for i, line in enumerate(lines) if "Starting gunicorn" in line)
+    assert rules and rules[0] > start  # (the banner: after gunicorn started)
+    served = "\n".join(line for i, line in enumerate(lines) if i >= start and not rules[0] <= i <= rules[-1])
     events = []
     for line in served.splitlines():
         try:

@@ -131,7 +131,7 @@ def test_the_api_reference_is_generated_from_the_current_document():
 
 @pytest.mark.slow
 def test_a_client_generated_from_the_document_trades_reads_and_halts_against_a_real_server(
-        servers, database_url, app, every_role_keys, tmp_path, monkeypatch):
+        servers, database_url, app, every_role_keys, tmp_path, monkeypatch, request):
     server = servers({"DATABASE_URL": database_url}, workers=1, threads=4)
     with urllib.request.urlopen(server.url + "/openapi.json", timeout=10) as answer:
         (tmp_path / "openapi.json").write_bytes(answer.read())
@@ -156,6 +156,8 @@ def test_a_client_generated_from_the_document_trades_reads_and_halts_against_a_r
         return AuthenticatedClient(base_url=server.url, token=every_role_keys[role], raise_on_unexpected_status=True)
 
     trader, admin = client("trader"), client("admin")
+    # (their connections closed at the end: each holds an httpx client)
+    request.addfinalizer(lambda: [c.get_httpx_client().close() for c in (trader, admin)])
     intent = TradeIntent.from_dict(dict(symbol="EURUSD", direction=1, confidence_score=0.75, regime="TRENDING",
                                         atr=0.001, vol_percentile=0.5, current_price=1.1, intent_id="generated-1"))
     answer = post_process_trade.sync(client=trader, body=intent)
