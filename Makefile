@@ -67,7 +67,7 @@ soak: install-test pg
 	RPM_BOOKS_OPS=10000 RPM_SOAK_KILLS=10 RPM_SOAK_SECONDS=5 \
 		$(BIN)/pytest tests/integration/test_books.py tests/integration/test_guarantees.py -k "books or kill" -s
 
-## the nine scenarios of the original design, on a throw-away embedded database
+## the demo's sixteen scenarios (the nine of the original design and beyond), on a throw-away embedded database
 demo: install
 	$(BIN)/rpm demo
 

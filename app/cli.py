@@ -301,7 +301,8 @@ def _remote(url: str | None, key: str | None):
     if not key:
         raise click.UsageError("--url needs --key (or RPM_KEY): the API key to call it with")
     try:
-        client = Client(url, key)
+        # (an operator at a terminal: an answer within 10 s, one more try where a repeat is harmless)
+        client = Client(url, key, read_timeout=10.0, retries=1)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--url") from None
     try:
@@ -423,7 +424,7 @@ def serve(port: int | None, host: str | None, workers: int | None, threads: int 
         os.environ[EMBEDDED_DATA] = str(data)
         database = f"embedded PostgreSQL, data in {data} ({_safe_url(url)})"
     # printed by gunicorn's master once it listens (app/gunicorn_conf.py when_ready)
-    os.environ[BANNER] = _banner(settings, host, port, f"{workers} workers x {threads} threads", database)
+    os.environ[BANNER] = _banner(settings, host, port, f"{workers} worker{'s' * (workers != 1)} x {threads} threads", database)
     sys.stdout.flush()
     gunicorn = shutil.which("gunicorn", path=os.path.dirname(sys.executable)) or shutil.which("gunicorn")
     # the worker class, the control socket and the counters' folder are set in app/gunicorn_conf.py
@@ -506,7 +507,8 @@ def _keys_hint(settings: Settings) -> str:
 @click.option("--keep", is_flag=True, help="embedded: keep the throw-away instance folder (its path is printed)")
 def demo(url: str | None, trader_key: str | None, admin_key: str | None, database_url: str | None,
          keep: bool) -> None:
-    """The nine scenarios of the original design, each on a portfolio of its own."""
+    """Sixteen scenarios — the nine of the original design, then instruments, capital, expiry and the firm — each on
+    a portfolio of its own."""
     from .client import RpmError
     from .demo import Demo, EmbeddedRPM, HttpRPM
 

@@ -260,8 +260,11 @@ class Client:
         headers = {"User-Agent": f"rpm-client/{_version()}", "Accept": "application/json"}
         if key:
             headers["Authorization"] = f"Bearer {key}"
-        self._http = httpx.Client(base_url=self.url, headers=headers, transport=transport,
-                                  timeout=httpx.Timeout(read_timeout, connect=connect_timeout))
+        try:
+            self._http = httpx.Client(base_url=self.url, headers=headers, transport=transport,
+                                      timeout=httpx.Timeout(read_timeout, connect=connect_timeout))
+        except httpx.InvalidURL as exc:
+            raise ValueError(f"not a URL httpx can use: {url!r} ({exc})") from None
 
     def close(self) -> None:
         self._http.close()

@@ -38,9 +38,25 @@ class _Reader:
         try:
             self.env.seal()
         except EnvValidationError as exc:
-            named = "; ".join(f"{name}={os.environ.get(name, '')!r}: {' '.join(map(str, why))}"
-                              for name, why in sorted(exc.error_messages.items()))
+            named = "; ".join(f"{name}{'' if name in _SECRET else '=' + repr(os.environ.get(name, ''))}: "
+                              f"{' '.join(map(str, why))}" for name, why in sorted(exc.error_messages.items()))
             raise SettingsError(f"invalid environment: {named}") from None
+
+
+# variables whose value is not repeated in an error (a password in a URL, a key)
+_SECRET = frozenset({"DATABASE_URL", "DATABASE_READ_URL", "RPM_BOOTSTRAP_ADMIN_KEY"})
+
+
+def _database_url(value: str) -> None:
+    """A PostgreSQL URL, as psycopg 3 will be given it (several hosts as libpq lists them)."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        url = make_url(psycopg_url(value))
+    except Exception:  # noqa: BLE001 (whatever SQLAlchemy makes of it: not a URL it can read)
+        url = None
+    if url is None or url.drivername != "postgresql+psycopg":
+        raise ValidationError("not a PostgreSQL URL: postgresql://user:password@host:port/database")
 
 
 def _log_level(value: str) -> None:
@@ -133,8 +149,8 @@ class Settings:
         read = _Reader()
         text = os.environ.get
         settings = cls(
-            database_url=text("DATABASE_URL") or None,
-            database_read_url=text("DATABASE_READ_URL") or None,
+            database_url=read("str", "DATABASE_URL", None, validate=_database_url),
+            database_read_url=read("str", "DATABASE_READ_URL", None, validate=_database_url),
             history_reads=read("int", "RPM_HISTORY_READS", d.history_reads, validate=_NOT_NEGATIVE),
             port=read("int", "RPM_PORT", d.port, validate=Range(min=1, max=65535)),
             host=text("RPM_HOST") or d.host,

@@ -18,7 +18,9 @@ from app.store.embedded import EmbeddedPostgres, _system_user, binaries
 
 
 class Node(EmbeddedPostgres):
-    """One server of the pair."""
+    """One server of the pair (a throw-away pair of the tests: no password asked)."""
+
+    SECURED = False
 
     @property
     def port(self) -> int:

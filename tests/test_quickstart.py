@@ -59,3 +59,43 @@ def test_an_rpm_command_alone_starts_the_embedded_server_and_stops_it(tmp_path, 
                             text=True, timeout=60)
     assert status.returncode == 0 and "portfolio default: ACTIVE" in status.stdout, status.stderr
     assert not EmbeddedPostgres(tmp_path / "instance" / "pgdata").running()
+
+
+def test_the_embedded_server_asks_its_superuser_for_a_password_kept_for_its_owner_alone(tmp_path):
+    """Loopback keeps other machines out, not other accounts of this one: without a password any local user could
+    connect as the superuser. A folder made before passwords were asked for is given one at its next start."""
+    import stat
+
+    import psycopg
+
+    server = EmbeddedPostgres(tmp_path / "pgdata")
+    server.start()
+    try:
+        port = server._postmaster()[3]
+        with pytest.raises(psycopg.OperationalError, match="password"):
+            psycopg.connect(f"postgresql://postgres@127.0.0.1:{port}/postgres", connect_timeout=5).close()
+        with psycopg.connect(server.url().replace("+psycopg", ""), connect_timeout=5) as conn:
+            assert conn.execute("SELECT current_user").fetchone() == ("postgres",)
+        assert stat.S_IMODE(server.password_file.stat().st_mode) == 0o600
+        assert server.password_file.read_text().strip() not in (tmp_path / "pgdata" / "pg_hba.conf").read_text()
+    finally:
+        server.stop()
+
+    # a folder of trust authentication (as made before): secured at its next start
+    class Trusting(EmbeddedPostgres):
+        SECURED = False
+
+    old = Trusting(tmp_path / "old")
+    old.start()
+    old.stop()
+    again = EmbeddedPostgres(tmp_path / "old")
+    assert not again.password_file.exists()
+    again.start()
+    try:
+        port = again._postmaster()[3]
+        with pytest.raises(psycopg.OperationalError, match="password"):
+            psycopg.connect(f"postgresql://postgres@127.0.0.1:{port}/postgres", connect_timeout=5).close()
+        with psycopg.connect(again.url().replace("+psycopg", ""), connect_timeout=5) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+    finally:
+        again.stop()

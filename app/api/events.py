@@ -46,7 +46,7 @@ class WebhookSchema(Schema):
         "description": "the portfolios whose events to deliver, with those of the groups and the firm above them "
                        "(absent: every event)"})
     secret = fields.String(metadata={"description": "the signing secret (absent: one is made); shown once"})
-    description = fields.String(validate=validate.Length(1, 1000))
+    description = fields.String(validate=validate.Length(1, domain.REASON_LENGTH))
 
 
 class DeliveriesQuerySchema(Schema):
@@ -61,7 +61,7 @@ class RetrySchema(Schema):
 
 
 class DisableSchema(Schema):
-    reason = fields.String(validate=validate.Length(1, 1000))
+    reason = fields.String(validate=validate.Length(1, domain.REASON_LENGTH))
 
 
 class _Open:

@@ -35,7 +35,7 @@ class GroupCreateSchema(Schema):
     group_id = identifier(GROUP_ID, required=True, metadata={"example": "fx-desks"})
     limits = fields.Dict(load_default=dict, metadata={"description": "see PUT /groups/{id}/limits",
                                                       "example": {"gross_exposure": 500000}})
-    reason = fields.String(validate=validate.Length(1, 1000))
+    reason = fields.String(validate=validate.Length(1, domain.REASON_LENGTH))
 
 
 class LimitsSchema(Schema):
@@ -44,12 +44,12 @@ class LimitsSchema(Schema):
                        "symbol_exposure, daily_loss (amounts > 0); positions (a count); drawdown (a fraction "
                        "in (0, 1]). {} removes them all",
         "example": {"gross_exposure": 500000, "daily_loss": 4000, "drawdown": 0.05}})
-    reason = fields.String(validate=validate.Length(1, 1000))
+    reason = fields.String(validate=validate.Length(1, domain.REASON_LENGTH))
 
 
 class MemberSchema(Schema):
     portfolio_id = identifier(domain.PORTFOLIO_ID, required=True)
-    reason = fields.String(validate=validate.Length(1, 1000))
+    reason = fields.String(validate=validate.Length(1, domain.REASON_LENGTH))
 
 
 class FirmMarksSchema(MarksSchema):

@@ -151,7 +151,7 @@ class CloseSchema(Schema):
 class CapitalSchema(Schema):
     amount = within(domain.SIGNED_AMOUNT, required=True, metadata={
         "description": "a deposit (> 0) or a withdrawal (< 0), in the account currency", "example": 50000})
-    reason = fields.String(required=True, validate=validate.Length(1, 1000))
+    reason = fields.String(required=True, validate=validate.Length(1, domain.REASON_LENGTH))
     portfolio_id = portfolio_field()
 
 
@@ -159,12 +159,12 @@ class CorrectSchema(Schema):
     units = within(domain.SIGNED_AMOUNT, required=True, metadata={
         "description": "the position as the broker holds it: signed units (> 0 long, < 0 short, 0: none)"})
     avg_price = within(domain.PRICE, metadata={"description": "its average entry price (required unless units is 0)"})
-    reason = fields.String(required=True, validate=validate.Length(1, 1000))
+    reason = fields.String(required=True, validate=validate.Length(1, domain.REASON_LENGTH))
     portfolio_id = portfolio_field()
 
 
 class HaltSchema(Schema):
-    reason = fields.String(required=True, validate=validate.Length(1, 1000))
+    reason = fields.String(required=True, validate=validate.Length(1, domain.REASON_LENGTH))
     portfolio_id = portfolio_field()
 
     @validates_schema
@@ -175,7 +175,7 @@ class HaltSchema(Schema):
 
 class ResumeSchema(Schema):
     force = StrictBoolean(load_default=False)
-    reason = fields.String(validate=validate.Length(1, 1000))
+    reason = fields.String(validate=validate.Length(1, domain.REASON_LENGTH))
     portfolio_id = portfolio_field()
 
     @validates_schema
@@ -186,7 +186,7 @@ class ResumeSchema(Schema):
 
 class ConfigPutSchema(Schema):
     config = fields.Dict(required=True, metadata={"description": "every parameter; absent ones take the defaults"})
-    reason = fields.String(validate=validate.Length(1, 1000))
+    reason = fields.String(validate=validate.Length(1, domain.REASON_LENGTH))
     portfolio_id = portfolio_field()
 
 
@@ -195,7 +195,7 @@ class InstrumentsPutSchema(Schema):
         "description": "symbol -> {asset_class, currency, multiplier, lot_size, min_quantity, tick_size, max_units, "
                        "max_notional_order, max_notional_position, price_band}: the whole table (a symbol absent is "
                        "no longer listed)"})
-    reason = fields.String(validate=validate.Length(1, 1000))
+    reason = fields.String(validate=validate.Length(1, domain.REASON_LENGTH))
     portfolio_id = portfolio_field()
 
 

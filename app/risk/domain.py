@@ -48,6 +48,9 @@ class Identifier:
         return f"^(?:{self.pattern})$" if "|" in self.pattern else f"^{self.pattern}$"
 
 
+# the longest free-text reason (of a halt, a resume, a configuration change, any admin action), wherever one is
+# given: a request's body or an `rpm` command
+REASON_LENGTH = 1000
 DEFAULT_PORTFOLIO = "default"  # the portfolio a request that names none acts on; it always exists
 
 SYMBOL = Identifier(r"[A-Z0-9._-]{1,32}", "an upper-case symbol such as EURUSD: A-Z, 0-9, '.', '_' or '-', "

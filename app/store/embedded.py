@@ -8,9 +8,12 @@ the package (its import reads a runtime folder, and warns where none is set), an
 it when it ends (``ensure_running``).
 
 The server listens on 127.0.0.1 only, at a port it picks when it starts (recorded in its
-``postmaster.pid``), with trust authentication: reachable from this machine alone. PostgreSQL refuses to
-run as root: as root, it runs as a system user of its own (``rpm-postgres``), who owns the data folder and
-may traverse the folders above it.
+``postmaster.pid``), and asks for a password (SCRAM): its superuser's, made when the folder is made and kept
+beside it in ``<folder>.password`` (readable by its owner alone). Listening on loopback keeps other machines
+out, not other users of this one: without the password, any local account could connect as the superuser, rewrite
+the trail and run programs as the server's user. A folder made before passwords were asked for is given one at its
+next start. PostgreSQL refuses to run as root: as root, it runs as a system user of its own (``rpm-postgres``), who
+owns the data folder and may traverse the folders above it.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import fcntl
 import importlib.util
 import os
 import pwd
+import secrets
 import socket
 import stat
 import subprocess
@@ -41,15 +45,20 @@ def binaries() -> Path:
 class EmbeddedPostgres:
     """A PostgreSQL server whose data lives in ``folder``."""
 
+    # its superuser asked for a password (a throw-away test server may do without)
+    SECURED = True
+
     def __init__(self, folder: str | Path):
         self.folder = Path(folder).absolute()
         self.as_root = os.geteuid() == 0
+        self.password_file = self.folder.with_name(self.folder.name + ".password")
 
     # -- what it is ----------------------------------------------------------------------
     def url(self) -> str:
         """The SQLAlchemy URL of the running server's `postgres` database."""
         port = self._postmaster()[3]
-        return f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
+        secret = f":{self.password_file.read_text().strip()}" if self.SECURED else ""
+        return f"postgresql+psycopg://postgres{secret}@127.0.0.1:{port}/postgres"
 
     def running(self) -> bool:
         if not (self.folder / "postmaster.pid").exists():
@@ -69,6 +78,8 @@ class EmbeddedPostgres:
             port = _free_port()
             self._run("pg_ctl", "-D", str(self.folder), "-w", "-t", str(START_SECONDS), "-l",
                       str(self.folder / "server.log"), "-o", f"-h 127.0.0.1 -p {port} -k ''", "start")
+            if self.SECURED and not self.password_file.exists():
+                self._secure(port)
             return True
 
     def stop(self) -> None:
@@ -85,8 +96,46 @@ class EmbeddedPostgres:
             os.chown(self.folder, account.pw_uid, account.pw_gid)
             _traversable(self.folder)
         self.folder.chmod(0o700)
-        self._run("initdb", "-D", str(self.folder), "-U", "postgres", "--auth=trust", "--encoding=UTF8", "--locale=C",
-                  "--no-instructions")
+        if not self.SECURED:
+            self._run("initdb", "-D", str(self.folder), "-U", "postgres", "--auth=trust", "--encoding=UTF8",
+                      "--locale=C", "--no-instructions")
+            return
+        password = self._new_password()
+        # (initdb reads it from a file the server's user may read — beside the folder, which initdb wants empty —
+        # removed at once)
+        given = self.folder.with_name(f".{self.folder.name}.initdb-password")
+        given.write_text(password + "\n")
+        given.chmod(0o600)
+        if self.as_root:
+            os.chown(given, self.folder.stat().st_uid, self.folder.stat().st_gid)
+        try:
+            self._run("initdb", "-D", str(self.folder), "-U", "postgres", "--auth=scram-sha-256",
+                      f"--pwfile={given}", "--encoding=UTF8", "--locale=C", "--no-instructions")
+        finally:
+            given.unlink(missing_ok=True)
+
+    def _new_password(self) -> str:
+        """A new password for the superuser, kept beside the folder for its owner alone."""
+        password = secrets.token_urlsafe(32)
+        with os.fdopen(os.open(self.password_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as out:
+            out.write(password + "\n")
+        return password
+
+    def _secure(self, port: int) -> None:
+        """A folder made with trust authentication: its superuser given a password, then asked for it."""
+        import psycopg
+        from psycopg import sql
+
+        password = self._new_password()
+        with psycopg.connect(f"postgresql://postgres@127.0.0.1:{port}/postgres", autocommit=True,
+                             connect_timeout=10) as conn:
+            conn.execute("SET password_encryption = 'scram-sha-256'")
+            conn.execute(sql.SQL("ALTER ROLE postgres PASSWORD {}").format(sql.Literal(password)))
+            hba = Path(conn.execute("SHOW hba_file").fetchone()[0])
+            lines = [line if line.lstrip().startswith("#") else line.replace("trust", "scram-sha-256")
+                     for line in hba.read_text().splitlines()]
+            hba.write_text("\n".join(lines) + "\n")
+            conn.execute("SELECT pg_reload_conf()")
 
     def _run(self, program: str, *args: str) -> None:
         done = subprocess.run([str(binaries() / program), *args], capture_output=True, text=True, cwd="/",

@@ -15,7 +15,8 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.risk import PortfolioState, RPMConfig
+from app.errors import Invalid
+from app.risk import PortfolioState, RPMConfig, domain
 from app.risk.config import canonical_json
 from app.risk.kill_switches import drawdown
 from app.risk.model import Approval, SwitchEvent, SwitchState, recent_intents_of
@@ -254,7 +255,10 @@ def _num(value: float | None) -> Decimal | None:
 def admin_values(actor: Any, *, portfolio_id: str | None, action: str, at: datetime, reason: str | None,
                  before: Any = None, after: Any = None) -> dict[str, Any]:
     """An admin action's row: who (``actor``: name, role, key id) did what, when, why, with before and after (None
-    for ``portfolio_id``: the `_system` chain's)."""
+    for ``portfolio_id``: the `_system` chain's). Every admin action is made here, whether asked over HTTP or by an
+    `rpm` command: its reason is checked here too."""
+    if reason is not None and not 1 <= len(reason) <= domain.REASON_LENGTH:
+        raise Invalid("invalid reason", {"reason": [f"Length must be between 1 and {domain.REASON_LENGTH}."]})
     return dict(portfolio_id=portfolio_id, action=action, actor=actor.name, actor_role=actor.role,
                 actor_key_id=actor.key_id, at=at, reason=reason, before=before, after=after)
 

@@ -16,6 +16,8 @@ from ..conftest import ROOT
     (["keys", "create", "--role", "trader", "--name", "two words"], "invalid key name"),
     (["status", "--portfolio", "nope"], "unknown portfolio 'nope'"),
     (["halt", "--reason", " ", "--portfolio", "default"], "reason"),
+    (["halt", "--reason", "x" * 1001], "Length must be between 1 and 1000"),  # (as the API: one rule)
+    (["resume", "--force", "--reason", "x" * 1001], "Length must be between 1 and 1000"),
     (["audit", "archive", "--before", "2999-01"], "has not passed"),
     (["replay", "--portfolio", "nope"], "unknown portfolio 'nope'"),
     (["halt", "--reason", "drill", "--portfolio", "nope"], "unknown portfolio 'nope'"),

@@ -2,7 +2,7 @@
 
 import pytest
 
-from app.settings import Settings, multi_host
+from app.settings import Settings, SettingsError, multi_host
 
 
 @pytest.mark.parametrize("given, expected", [
@@ -51,3 +51,12 @@ def test_a_log_level_is_one_of_pythons(monkeypatch):
     monkeypatch.setenv("RPM_LOG_LEVEL", "loud")
     with pytest.raises(SettingsError, match="RPM_LOG_LEVEL"):
         Settings.from_env()
+
+
+@pytest.mark.parametrize("given", ["garbage", "host=db port=1 password=s3cret", "postgresql://rpm:s3cret@db:notaport/x",
+                                   "mysql://rpm:s3cret@db/rpm"])
+def test_a_database_url_that_is_no_postgresql_url_is_named_without_its_value(monkeypatch, given):
+    monkeypatch.setenv("DATABASE_URL", given)
+    with pytest.raises(SettingsError) as refused:
+        Settings.from_env()
+    assert "DATABASE_URL: not a PostgreSQL URL" in str(refused.value) and "s3cret" not in str(refused.value)
