@@ -16,7 +16,7 @@ from typing import Any
 import click
 
 from .gunicorn_conf import EMBEDDED_DATA
-from .keys import ROLES
+from .risk.domain import ROLES
 from .settings import Settings, SettingsError, default_instance_path, embedded_data, psycopg_url
 
 

@@ -43,9 +43,7 @@ from .store import models as m
 from .store import repository
 from .store.audit import SYSTEM_CHAIN, system_chain
 
-# viewer: read-only (portfolio, health, metrics, events, the console): no trading, no admin, nothing of the audit
-# trail's content (decisions, audit events, proofs, reports)
-ROLES = ("trader", "compliance", "admin", "market-data", "viewer")
+ROLES = domain.ROLES
 # what generate_key() makes; the prefix ("rpm_" + 8 hex) is public: it finds the key and names it in logs
 KEY_RE = re.compile(r"(?P<prefix>rpm_[0-9a-f]{8})_[A-Za-z0-9_-]{43}")
 KEY_FORMAT = "rpm_ + 8 lowercase hex digits + _ + 43 URL-safe base64 characters"

@@ -48,6 +48,9 @@ class Identifier:
         return f"^(?:{self.pattern})$" if "|" in self.pattern else f"^{self.pattern}$"
 
 
+# an API key's roles (app/keys.py); viewer: read-only (portfolio, health, metrics, events, the console), no
+# trading, no admin, nothing of the audit trail's content (decisions, audit events, proofs, reports)
+ROLES = ("trader", "compliance", "admin", "market-data", "viewer")
 # the longest free-text reason (of a halt, a resume, a configuration change, any admin action), wherever one is
 # given: a request's body or an `rpm` command
 REASON_LENGTH = 1000
