@@ -371,7 +371,7 @@ def test_serve_takes_the_port_then_prints_one_banner_once_it_listens(database_ur
         os.killpg(server.pid, signal.SIGTERM)
         rest = server.communicate(timeout=30)[0]
     assert line.startswith("=====") and "listening on" not in rest and "RPM - RISK" not in rest, rest
-    assert f" listening on  http://127.0.0.1:{port}, 1 workers x 2 threads" in banner, banner
+    assert f" listening on  http://127.0.0.1:{port}, 1 worker x 2 threads" in banner, banner
     assert "s3cret" not in banner and f" database      {make_url(with_password).render_as_string()}" in banner
     assert f" console       http://127.0.0.1:{port}/console" in banner
     assert f" API docs      http://127.0.0.1:{port}/docs" in banner
