@@ -26,6 +26,8 @@ from .store.database import DB_ERRORS, NO_IDLE_LIMIT, DatabaseUnavailable
 from .store.repository import decision_by_id
 
 log = logging.getLogger("rpm.audit")
+# the last line of a CSV export the database cut short (its connection is then closed without the transfer's end)
+EXPORT_INCOMPLETE = "EXPORT INCOMPLETE"
 REPLAY_PROGRESS_EVERY = 100  # decisions re-decided between two calls of a replay's progress callback
 
 CSV_COLUMNS = ("portfolio_id", "seq", "id", "decided_at", "intent_id", "symbol", "direction", "status",
@@ -150,14 +152,25 @@ class Compliance:
         writer = csv.writer(buffer, quoting=csv.QUOTE_NONNUMERIC)
 
         def rows() -> Iterator[str]:
+            sent = 0
             try:
                 writer.writerow(CSV_COLUMNS)
-                for partition in result.partitions():
-                    for row in partition:
-                        writer.writerow([_csv_value(v) for v in row])
-                    yield buffer.getvalue()
-                    buffer.seek(0)
-                    buffer.truncate()
+                try:
+                    for partition in result.partitions():
+                        for row in partition:
+                            writer.writerow([_csv_value(v) for v in row])
+                        sent += len(partition)
+                        yield buffer.getvalue()
+                        buffer.seek(0)
+                        buffer.truncate()
+                except DB_ERRORS as exc:
+                    # the answer's status and first rows are gone already: the connection is cut after a last line
+                    # that says the file is short, so that neither a client that reads lines without checking the
+                    # transfer's end nor a person opening the file takes it for every decision asked for
+                    log.error("decisions export cut short after %d rows: %s", sent, type(exc).__name__)
+                    yield (buffer.getvalue() + f'"{EXPORT_INCOMPLETE}: the database failed after {sent} rows '
+                           f'({type(exc).__name__}); these rows are not every decision asked for"\r\n')
+                    raise
                 if buffer.tell():
                     yield buffer.getvalue()
             finally:

@@ -417,3 +417,29 @@ def test_verify_under_decisions_being_made_reads_one_snapshot(app, client, clock
         stop.set()
         thread.join()
     assert all(r["ok"] for r in reports), next(r for r in reports if not r["ok"])
+
+
+def test_a_csv_export_the_database_cuts_short_ends_with_a_line_saying_so(app, client, sql):
+    """A streamed export has sent its status and first rows when the database fails: its last line says the file is
+    short (a client reading lines, or a person opening the file, would take it for every decision), then the
+    connection is cut."""
+    from app.compliance import EXPORT_INCOMPLETE, DecisionFilter
+    from app.store.database import DB_ERRORS
+
+    assert client.post("/process_trade", json={**SEED_INTENT, "intent_id": "seed"}).status_code == 200
+    sql("INSERT INTO decisions SELECT (jsonb_populate_record(d, jsonb_build_object('id', 'copy-' || g, 'seq', 1 + g, "
+        "'intent_id', NULL, 'breakdown', '{}'::jsonb, 'state_before', '{}'::jsonb))).* "
+        "FROM decisions d, generate_series(1, 5000) g WHERE d.intent_id = 'seed' RETURNING 1")
+    stream = app.extensions["rpm_compliance"].decisions_csv(DecisionFilter(portfolios=None))
+    chunks = [next(stream)]  # the header and the first batch
+    assert chunks[0].startswith('"portfolio_id",') and EXPORT_INCOMPLETE not in chunks[0]
+    exporting = sql("SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND "
+                    "query LIKE 'FETCH%' AND pid <> pg_backend_pid()")
+    assert len(exporting) == 1
+    sql("SELECT pg_terminate_backend(:pid)", pid=exporting[0][0])
+    with pytest.raises(DB_ERRORS):
+        for chunk in stream:
+            chunks.append(chunk)
+    rows = list(csv.reader(io.StringIO("".join(chunks))))
+    assert rows[-1][0].startswith(f"{EXPORT_INCOMPLETE}: the database failed after {len(rows) - 2} rows")
+    assert 1 < len(rows) - 2 < 5001  # (some rows, not all)
