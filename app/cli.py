@@ -415,6 +415,7 @@ def serve(port: int | None, host: str | None, workers: int | None, threads: int 
     _uow().ensure_default()
     _ensure_partitions()
     _check_read_database(settings)
+    bootstrapped = _bootstrap(settings)
     database = _safe_url(url)
     if settings.database_url is None:
         # the embedded server, started before gunicorn forks its workers (they are given its URL), is this
@@ -424,7 +425,8 @@ def serve(port: int | None, host: str | None, workers: int | None, threads: int 
         os.environ[EMBEDDED_DATA] = str(data)
         database = f"embedded PostgreSQL, data in {data} ({_safe_url(url)})"
     # printed by gunicorn's master once it listens (app/gunicorn_conf.py when_ready)
-    os.environ[BANNER] = _banner(settings, host, port, f"{workers} worker{'s' * (workers != 1)} x {threads} threads", database)
+    os.environ[BANNER] = _banner(settings, host, port, f"{workers} worker{'s' * (workers != 1)} x {threads} threads", database,
+                              bootstrapped)
     sys.stdout.flush()
     gunicorn = shutil.which("gunicorn", path=os.path.dirname(sys.executable)) or shutil.which("gunicorn")
     # the worker class, the control socket and the counters' folder are set in app/gunicorn_conf.py
@@ -467,7 +469,7 @@ def _listen(host: str, port: int):
     return listener
 
 
-def _banner(settings: Settings, host: str, port: int, processes: str, database: str) -> str:
+def _banner(settings: Settings, host: str, port: int, processes: str, database: str, bootstrapped: str | None) -> str:
     """What `rpm serve` prints once it listens: where (the API, the console, the docs), on which database, how to
     make a key."""
     everywhere = host in ("0.0.0.0", "::", "")
@@ -479,14 +481,13 @@ def _banner(settings: Settings, host: str, port: int, processes: str, database: 
     if settings.database_read_url:
         lines.append(f" reads         {_safe_url(settings.resolved_read_url())} (compliance reads)")
     lines += [f" console       {base}/console", f" API docs      {base}/docs (every operation; {base}/openapi.json)",
-              f" keys          {_keys_hint(settings)}", "=" * 78]
+              f" keys          {_keys_hint(settings, bootstrapped)}", "=" * 78]
     return "\n".join(lines)
 
 
-def _keys_hint(settings: Settings) -> str:
-    """The banner's word on API keys: the bootstrap admin key's fate, else how to make one (here, where the
-    service's database is)."""
-    made = _bootstrap(settings)
+def _keys_hint(settings: Settings, made: str | None) -> str:
+    """The banner's word on API keys: the bootstrap admin key's fate (``made``), else how to make one (here, where
+    the service's database is)."""
     active = sum(k["state"] == "active" for k in _keys().list())
     where = (" with this DATABASE_URL" if settings.database_url
              else f" with RPM_INSTANCE_PATH={settings.instance_path}" if settings.instance_path else "")
