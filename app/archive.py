@@ -19,7 +19,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -32,13 +32,12 @@ from .errors import Conflict, Invalid, NotFound, Unavailable
 from .services.unit_of_work import admin_row
 from .store import audit, merkle, partitions
 from .store import models as m
+from .store.audit import Progress
 
 FORMAT = "rpm-archive/1"
 DETACH_ATTEMPTS = 30
 _BATCH = 1000
 _text = partitions.month_text
-# how far a month's archiving is: (what, done, total), as app/store/audit.py verify_all gives it
-Progress = Callable[[str, int, int], None]
 
 
 # what a month's table holds of each chain: how many rows, the first and last position

@@ -832,17 +832,13 @@ def keys_create(role: str, portfolios: tuple[str, ...], name: str | None, expire
 
 
 @keys.command("list")
-@click.option("--json", "as_json", is_flag=True, help="as JSON")
+@json_option
 def keys_list(as_json: bool) -> None:
     """Every key: prefix, id, role, state, name, portfolios, expiry (never the key)."""
     listed = _keys().list()
-    if as_json:
-        _print(listed)
-        return
-    click.echo(f"{'PREFIX':12}  {'ID':36}  {'ROLE':10} {'STATE':8} {'NAME':24} {'PORTFOLIOS':16} EXPIRES")
-    for k in listed:
-        click.echo(f"{k['prefix']:12}  {k['id']:36}  {k['role']:10} {k['state']:8} {k['name']:24} "
-                   f"{','.join(k['portfolios'] or ['*']):16} {k['expires_at'] or '-'}")
+    _print(listed, as_json, headers=("PREFIX", "ID", "ROLE", "STATE", "NAME", "PORTFOLIOS", "EXPIRES"),
+           rows=[(k["prefix"], k["id"], k["role"], k["state"], k["name"], k["portfolios"] or "*", k["expires_at"])
+                 for k in listed])
 
 
 @keys.command("revoke")
@@ -1011,12 +1007,9 @@ def groups_tree(url: str | None, key: str | None, as_json: bool) -> None:
         for pid in node["portfolios"]:
             yield "  " * (depth + 1) + pid, "portfolio", None, None
 
-    def show(tree):
-        _print(tree, as_json, headers=("ID", "KIND", "STATE", "LIMITS"), rows=rows(tree))
-
     with _remote(url, key) as remote:
         tree = remote.groups() if remote else firm.tree(_uow())
-    show(tree)
+    _print(tree, as_json, headers=("ID", "KIND", "STATE", "LIMITS"), rows=rows(tree))
 
 
 if __name__ == "__main__":

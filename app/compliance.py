@@ -8,7 +8,7 @@ import io
 import json
 import logging
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -22,6 +22,7 @@ from .services import UnitOfWork, decision_payload
 from .services.unit_of_work import admin_row
 from .store import audit
 from .store import models as m
+from .store.audit import Progress
 from .store.database import DB_ERRORS, NO_IDLE_LIMIT, DatabaseUnavailable
 from .store.repository import decision_by_id
 
@@ -296,7 +297,7 @@ class Compliance:
 
     def verify(self, portfolios: tuple[str, ...] | None = None, sink: Any = None,
                public_key: Any = None, actor: Any = None,
-               progress: Callable[[str, int, int], None] | None = None) -> dict[str, Any]:
+               progress: Progress | None = None) -> dict[str, Any]:
         """The whole trail: every chain walked; the rows named by hash and the state derived from the chains
         checked (app/store/reconcile.py); the chains against every signed checkpoint of the sink
         (``sink``/``public_key``: the service's unless given). ``portfolios``: only theirs (a key limited to
@@ -435,7 +436,7 @@ class _Tally:
 
 
 def replay(uow: UnitOfWork, portfolio_id: str, start: datetime | None, end: datetime | None,
-           candidate: Any | None, progress: Callable[[str, int, int], None] | None = None) -> Iterator[dict[str, Any]]:
+           candidate: Any | None, progress: Progress | None = None) -> Iterator[dict[str, Any]]:
     """Re-decide every stored decision in a range, each against the state it saw, under ``candidate``
     (None: the configuration each was made with). Yields each decision that would differ, then a summary.
     ``progress(what, done, total)``: the decisions re-decided of those in the range, every REPLAY_PROGRESS_EVERY.

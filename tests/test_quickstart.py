@@ -61,21 +61,26 @@ def test_an_rpm_command_alone_starts_the_embedded_server_and_stops_it(tmp_path, 
     assert not EmbeddedPostgres(tmp_path / "instance" / "pgdata").running()
 
 
+def asks_for_its_password(server: EmbeddedPostgres) -> None:
+    """The running server refuses its superuser without the password, and admits it with the URL RPM is given."""
+    import psycopg
+
+    port = server._postmaster()[3]
+    with pytest.raises(psycopg.OperationalError, match="password"):
+        psycopg.connect(f"postgresql://postgres@127.0.0.1:{port}/postgres", connect_timeout=5).close()
+    with psycopg.connect(server.url().replace("+psycopg", ""), connect_timeout=5) as conn:
+        assert conn.execute("SELECT current_user").fetchone() == ("postgres",)
+
+
 def test_the_embedded_server_asks_its_superuser_for_a_password_kept_for_its_owner_alone(tmp_path):
     """Loopback keeps other machines out, not other accounts of this one: without a password any local user could
     connect as the superuser. A folder made before passwords were asked for is given one at its next start."""
     import stat
 
-    import psycopg
-
     server = EmbeddedPostgres(tmp_path / "pgdata")
     server.start()
     try:
-        port = server._postmaster()[3]
-        with pytest.raises(psycopg.OperationalError, match="password"):
-            psycopg.connect(f"postgresql://postgres@127.0.0.1:{port}/postgres", connect_timeout=5).close()
-        with psycopg.connect(server.url().replace("+psycopg", ""), connect_timeout=5) as conn:
-            assert conn.execute("SELECT current_user").fetchone() == ("postgres",)
+        asks_for_its_password(server)
         assert stat.S_IMODE(server.password_file.stat().st_mode) == 0o600
         assert server.password_file.read_text().strip() not in (tmp_path / "pgdata" / "pg_hba.conf").read_text()
     finally:
@@ -92,10 +97,6 @@ def test_the_embedded_server_asks_its_superuser_for_a_password_kept_for_its_owne
     assert not again.password_file.exists()
     again.start()
     try:
-        port = again._postmaster()[3]
-        with pytest.raises(psycopg.OperationalError, match="password"):
-            psycopg.connect(f"postgresql://postgres@127.0.0.1:{port}/postgres", connect_timeout=5).close()
-        with psycopg.connect(again.url().replace("+psycopg", ""), connect_timeout=5) as conn:
-            assert conn.execute("SELECT 1").fetchone() == (1,)
+        asks_for_its_password(again)
     finally:
         again.stop()

@@ -9,7 +9,8 @@ import json
 import tempfile
 from typing import Any
 
-METHODS = ("get", "put", "post", "delete", "patch")
+from .openapi import METHODS
+
 LONG = 2000  # characters: a longer example is shown on one line
 
 

@@ -19,7 +19,6 @@ import csv
 import html
 import io
 from collections import defaultdict
-from collections.abc import Callable
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
@@ -29,7 +28,7 @@ from sqlalchemy import text
 from app.errors import Invalid
 from app.risk import RPMConfig, accounting, firm, kill_switches
 from app.risk.model import FIRM, Book, PortfolioState, Position
-from app.store.audit import document
+from app.store.audit import Progress, document
 
 from .unit_of_work import UnitOfWork
 
@@ -53,7 +52,7 @@ def _rows(session: Any, sql: str, **params: Any) -> list[Any]:
     return session.execute(text(sql), params).all()
 
 
-def eod(uow: UnitOfWork, day: date, progress: Callable[[str, int, int], None] | None = None) -> dict[str, Any]:
+def eod(uow: UnitOfWork, day: date, progress: Progress | None = None) -> dict[str, Any]:
     """The report of the firm's trading day ``day``, as JSON values. ``progress(what, done, total)``: the
     portfolios' sections made so far, after each."""
     start, cutoff = day_window(day)

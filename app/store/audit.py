@@ -400,9 +400,14 @@ def chain_heads(session: Session) -> dict[str, tuple[int, str]]:
     return heads
 
 
+# how far long work is, told now and then: ``progress(what, done, total)`` (verify, replay, the EOD report, archive;
+# `rpm` draws it as a bar)
+Progress = Callable[[str, int, int], None]
+
+
 def verify_all(session: Session, portfolios: tuple[str, ...] | None = None,
                seen: Callable[[str], Callable[[str], None] | None] | None = None,
-               progress: Callable[[str, int, int], None] | None = None) -> list[ChainReport]:
+               progress: Progress | None = None) -> list[ChainReport]:
     """Verify every chain (those of ``portfolios`` only, unless None) against its recorded head.
 
     ``seen(chain)``: what is given each row's hash of that chain, in order (None: nothing). ``progress(what,
